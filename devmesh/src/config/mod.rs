@@ -1,0 +1,402 @@
+//! `devmesh.toml`: the workspace's config, read with figment and overridden
+//! by `DEVMESH_<SECTION>__<KEY>` env variables.
+//!
+//! ```toml
+//! [run]
+//! ports = "41000-41999"     # where new front ports are taken from
+//! ready_timeout = "30s"     # how long a request waits for a service that is not ready
+//! grace_period = "5s"       # SIGTERM, then this long, then SIGKILL
+//!
+//! [services.orders]         # a workspace binary (found by itself; listed to configure it)
+//! port = 41001
+//! depends_on = ["payments"]
+//! ready = "/health"         # HTTP GET that must return 2xx; default "tcp"
+//!
+//! [services.web]            # any command
+//! command = "npm run dev"
+//! cwd = "web"
+//! env = { NODE_ENV = "development" }
+//!
+//! [remote.static]           # services that run elsewhere
+//! payments = "https://payments.sandbox.example.com"
+//! ```
+//!
+//! Only env variables with a `__` are config (`DEVMESH_RUN__READY_TIMEOUT=5s`,
+//! `DEVMESH_SERVICES__ORDERS__PORT=41009`); the single-word ones
+//! (`DEVMESH_REGISTRY`, `DEVMESH_SERVICE`, …) are the runtime contract.
+
+mod duration;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The config file's name, at the workspace root.
+pub const FILE_NAME: &str = "devmesh.toml";
+
+/// The whole `devmesh.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// How `cargo devmesh run` supervises.
+    #[serde(default)]
+    pub run: RunConfig,
+    /// Services by name: workspace binaries to configure, or other commands.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Where services that don't run locally are found.
+    #[serde(default)]
+    pub remote: RemoteConfig,
+}
+
+/// `[run]`: how the supervisor behaves.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct RunConfig {
+    /// Where front ports are assigned from, `"41000-41999"`.
+    #[serde(with = "port_range")]
+    pub ports: (u16, u16),
+    /// How long a connection waits for a service that is not ready.
+    #[serde(with = "duration")]
+    pub ready_timeout: Duration,
+    /// How long a service has to exit after SIGTERM before SIGKILL.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            ports: (41000, 41999),
+            ready_timeout: Duration::from_secs(30),
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[services.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The workspace package whose binary this is (default: the service name).
+    pub package: Option<String>,
+    /// The binary's name, when the package has several.
+    pub bin: Option<String>,
+    /// A shell command to run instead of a workspace binary.
+    pub command: Option<String>,
+    /// Arguments passed to the binary.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory, relative to the workspace root.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A fixed front port (default: assigned once and kept).
+    pub port: Option<u16>,
+    /// Services that must be ready before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// How readiness is checked: `"tcp"` or an HTTP path such as `"/health"`.
+    #[serde(default)]
+    pub ready: Readiness,
+    /// Whether it runs here, in the sandbox, or here when it runs.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Set `DEVMESH_<NAME>_ADDR` for every service, for programs that don't
+    /// link devmesh.
+    #[serde(default)]
+    pub inject_env: bool,
+}
+
+/// How the supervisor decides a service is ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// Its socket accepts a connection.
+    #[default]
+    Tcp,
+    /// `GET <path>` returns 2xx.
+    Http(String),
+}
+
+impl<'de> Deserialize<'de> for Readiness {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "tcp" => Ok(Readiness::Tcp),
+            path if path.starts_with('/') => Ok(Readiness::Http(text)),
+            _ => Err(serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(&text),
+                &"`tcp` or an HTTP path starting with `/`",
+            )),
+        }
+    }
+}
+
+/// Where a service runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Always here.
+    Local,
+    /// Always in the sandbox.
+    Remote,
+    /// Here when it runs here, in the sandbox otherwise.
+    #[default]
+    Auto,
+}
+
+/// `[remote]`: backends that know services running elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RemoteConfig {
+    /// `[remote.static]`: service name → base URL.
+    #[serde(rename = "static", default)]
+    pub static_map: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads `path` (a missing file is the default config) and the
+    /// `DEVMESH_*__*` env overrides, and checks names and URLs.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let env = Env::prefixed("DEVMESH_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        Config::extract(Figment::from(Toml::file(path)).merge(env), path)
+    }
+
+    /// Extracts and checks the config from `figment`, whose file is `path`.
+    fn extract(figment: Figment, path: &Path) -> Result<Config, Error> {
+        let config: Config = figment.extract().map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            problems: e.into_iter().map(|e| describe(&e, path)).collect(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Config {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// The config of the workspace around `dir`: `DEVMESH_CONFIG` if set,
+    /// else the nearest `devmesh.toml` in `dir` or a parent. `None` when
+    /// there is none.
+    pub fn locate(dir: &Path, env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        if let Some(path) = env("DEVMESH_CONFIG").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(path));
+        }
+        dir.ancestors()
+            .map(|d| d.join(FILE_NAME))
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// What serde cannot check: names are DNS labels, URLs are usable,
+    /// a service is either a binary or a command.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let names = self.services.keys().chain(self.remote.static_map.keys());
+        for name in names {
+            if let Err(e) = crate::name::validate(name) {
+                problems.push(e.to_string());
+            }
+        }
+        for (name, url) in &self.remote.static_map {
+            let source = crate::Source::Remote {
+                backend: String::new(),
+            };
+            if let Err(e) = crate::Endpoint::from_url(name, url, source) {
+                problems.push(format!("key `remote.static.{name}`: {e}"));
+            }
+        }
+        for (name, service) in &self.services {
+            if service.command.is_some() && (service.package.is_some() || service.bin.is_some()) {
+                problems.push(format!(
+                    "key `services.{name}`: has both `command` and `package`/`bin` \
+                     (hint: a service is a workspace binary or a command, not both)"
+                ));
+            }
+        }
+        let (low, high) = self.run.ports;
+        if low == 0 || low > high {
+            problems.push(format!(
+                "key `run.ports`: `{low}-{high}` is empty (hint: write `LOW-HIGH`, e.g. `41000-41999`)"
+            ));
+        }
+        problems
+    }
+}
+
+/// One figment error as a line naming the key, what was wrong, and where the
+/// value came from when it was not the file.
+fn describe(error: &figment::Error, path: &Path) -> String {
+    let key = error.path.join(".");
+    let kind = match &error.kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            format!("unknown key; expected one of {}", expected.join(", "))
+        }
+        kind => kind.to_string(),
+    };
+    let mut line = if key.is_empty() {
+        kind
+    } else {
+        format!("key `{key}`: {kind}")
+    };
+    if let Some(md) = &error.metadata {
+        let from_file = md.source.as_ref().and_then(|s| s.file_path()) == Some(path);
+        if !from_file {
+            line.push_str(&format!(" (from {})", md.name));
+        }
+    }
+    line
+}
+
+mod port_range {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = text
+            .split_once('-')
+            .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)));
+        parsed.ok_or_else(|| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(&text),
+                &"a port range like `41000-41999`",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, toml).unwrap();
+        // Without env: only `env_overrides_the_file` sets any, in a jail.
+        Config::extract(Figment::from(Toml::file(&path)), &path)
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let config = load(
+            r#"
+            [run]
+            ports = "5000-5099"
+            ready_timeout = "500ms"
+            [services.orders]
+            port = 5001
+            depends_on = ["payments"]
+            ready = "/health"
+            [services.web]
+            command = "npm run dev"
+            env = { A = "b" }
+            mode = "local"
+            [remote.static]
+            payments = "https://payments.example.com"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.run.ports, (5000, 5099));
+        assert_eq!(config.run.ready_timeout, Duration::from_millis(500));
+        assert_eq!(config.run.grace_period, Duration::from_secs(5));
+        assert_eq!(
+            config.services["orders"].ready,
+            Readiness::Http("/health".into())
+        );
+        assert_eq!(config.services["web"].mode, Mode::Local);
+        assert_eq!(
+            config.remote.static_map["payments"],
+            "https://payments.example.com"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        assert_eq!(
+            Config::extract(Figment::from(Toml::file(&path)), &path).unwrap(),
+            Config::default()
+        );
+    }
+
+    fn problems(toml: &str) -> String {
+        load(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_name_file_key_and_choices() {
+        let err = problems("[services.orders]\nprot = 5001\n");
+        assert!(err.contains("devmesh.toml"), "{err}");
+        assert!(
+            err.contains("key `services.orders.prot`: unknown key"),
+            "{err}"
+        );
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_expected_type() {
+        let err = problems("[services.orders]\nport = \"high\"\n");
+        assert!(err.contains("key `services.orders.port`"), "{err}");
+        assert!(err.contains("expected u16"), "{err}");
+        let err = problems("[run]\nready_timeout = \"soon\"\n");
+        assert!(err.contains("key `run.ready_timeout`"), "{err}");
+        assert!(err.contains("a duration like"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = problems("[services.orders\nport = 1\n");
+        assert!(err.contains("devmesh.toml"), "{err}");
+    }
+
+    #[test]
+    fn names_urls_and_ranges_are_checked() {
+        let err = problems(
+            "[services.Orders]\n[remote.static]\npay = \"ftp://x\"\n[run]\nports = \"9-1\"\n",
+        );
+        assert!(
+            err.contains("`Orders` is not a valid service name"),
+            "{err}"
+        );
+        assert!(err.contains("key `remote.static.pay`"), "{err}");
+        assert!(err.contains("key `run.ports`"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail decides the error type")]
+    fn env_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(FILE_NAME, "[services.orders]\nport = 5001\n")?;
+            jail.set_env("DEVMESH_SERVICES__ORDERS__PORT", "6001");
+            jail.set_env("DEVMESH_REGISTRY", "/not/config");
+            let config = Config::load(Path::new(FILE_NAME)).unwrap();
+            assert_eq!(config.services["orders"].port, Some(6001));
+
+            jail.set_env("DEVMESH_RUN__GRACE_PERIOD", "never");
+            let err = Config::load(Path::new(FILE_NAME)).unwrap_err().to_string();
+            assert!(err.contains("key `run.grace_period`"), "{err}");
+            assert!(err.contains("environment variable"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,277 @@
+//! The in-memory snapshot of the registry that `discover` answers from.
+//!
+//! A file watcher on the registry's folder reloads the snapshot when the file
+//! is replaced, so lookups cost a pointer load and a hash lookup, with no
+//! syscall. A file that does not parse never replaces a good snapshot: the
+//! last good one stays, and one warning says why.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::watch;
+
+use super::{Entry, RegistryFile};
+use crate::endpoint::{Endpoint, Source};
+
+/// What the registry said the last time it parsed.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Endpoints by service name, built once per reload.
+    pub endpoints: HashMap<String, Endpoint>,
+    /// The entries as written, for fields beyond the URL.
+    pub entries: HashMap<String, Entry>,
+    /// Whether the file existed at the last reload.
+    pub exists: bool,
+}
+
+/// A registry file kept in memory and reloaded when it changes.
+#[derive(Debug)]
+pub(crate) struct LiveRegistry {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    /// Kept so the watch lasts as long as the registry; `None` when the
+    /// folder could not be watched (the snapshot is then read once).
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    snapshot: ArcSwap<Snapshot>,
+    /// Bumped on every reload that changed the snapshot, for `watch`.
+    generation: watch::Sender<u64>,
+    /// The bytes last parsed and the last warning, so an unchanged file is
+    /// not parsed again and a problem is reported once.
+    reload: Mutex<ReloadState>,
+}
+
+#[derive(Debug, Default)]
+struct ReloadState {
+    bytes: Option<Vec<u8>>,
+    warning: Option<String>,
+}
+
+impl LiveRegistry {
+    /// Loads `path` and watches it. The registry's folder is created if
+    /// needed, so a service can start before the supervisor writes the file.
+    pub fn open(path: PathBuf) -> LiveRegistry {
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            snapshot: ArcSwap::default(),
+            generation: watch::Sender::new(0),
+            reload: Mutex::default(),
+        });
+        // Watch first, then load: a change in between is then never missed.
+        let watcher = watch_folder(&path, Arc::clone(&shared))
+            .map_err(|e| {
+                crate::warn_once(&format!(
+                    "registry `{}`: cannot watch it for changes ({e}); its current content is used",
+                    path.display()
+                ))
+            })
+            .ok();
+        shared.reload();
+        LiveRegistry {
+            path,
+            shared,
+            _watcher: watcher,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current snapshot: a pointer load, no syscall.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.shared.snapshot.load()
+    }
+
+    /// Notified after each reload that changed the snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    /// Reloads now, for callers that cannot wait for the watcher.
+    #[cfg(test)]
+    pub fn reload(&self) {
+        self.shared.reload();
+    }
+}
+
+fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::RecommendedWatcher> {
+    let folder = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&folder)?;
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Temp files come and go beside the registry; only its own name counts.
+        let ours = match &event {
+            Ok(event) => {
+                event.need_rescan()
+                    || event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name() == file_name.as_deref())
+            }
+            Err(_) => true,
+        };
+        if ours {
+            shared.reload();
+        }
+    })?;
+    // Watch the folder, not the file: the file is replaced by rename, and a
+    // watch on the old inode would go quiet after the first write.
+    watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+impl Shared {
+    fn reload(&self) {
+        let mut state = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                self.warn(&mut state, format!("could not read it: {e}"));
+                return;
+            }
+        };
+        if state.bytes == bytes && state.bytes.is_some() {
+            return;
+        }
+        let file = match &bytes {
+            Some(bytes) => match super::parse(bytes) {
+                Ok(file) => file,
+                Err(problem) => {
+                    self.warn(
+                        &mut state,
+                        format!("{problem}; keeping the last good version"),
+                    );
+                    return;
+                }
+            },
+            None => RegistryFile::default(),
+        };
+        let snapshot = self.snapshot_of(file, bytes.is_some(), &mut state);
+        state.bytes = bytes;
+        state.warning = None;
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn snapshot_of(&self, file: RegistryFile, exists: bool, state: &mut ReloadState) -> Snapshot {
+        let mut endpoints = HashMap::with_capacity(file.services.len());
+        let mut entries = HashMap::with_capacity(file.services.len());
+        for (name, entry) in file.services {
+            let source = Source::Registry {
+                path: self.path.clone(),
+            };
+            let endpoint = crate::name::validate(&name)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    Endpoint::from_url(&name, &entry.url, source).map_err(|e| e.to_string())
+                });
+            match endpoint {
+                Ok(endpoint) => {
+                    endpoints.insert(name.clone(), endpoint);
+                    entries.insert(name, entry);
+                }
+                Err(e) => self.warn(state, format!("service `{name}` is skipped: {e}")),
+            }
+        }
+        Snapshot {
+            endpoints,
+            entries,
+            exists,
+        }
+    }
+
+    fn warn(&self, state: &mut ReloadState, message: String) {
+        let message = format!("registry `{}`: {message}", self.path.display());
+        if state.warning.as_ref() != Some(&message) {
+            crate::warn_once(&message);
+            state.warning = Some(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::registry::Registry;
+
+    fn entry(url: &str) -> Entry {
+        Entry::new(url)
+    }
+
+    /// Waits until `check` holds, polling the in-memory snapshot only.
+    fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn sees_a_replaced_file_and_keeps_the_last_good_one_on_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("devmesh/registry.json"));
+        let live = LiveRegistry::open(registry.path().to_path_buf());
+        assert!(!live.snapshot().exists);
+
+        registry
+            .update(|f| {
+                f.services
+                    .insert("orders".into(), entry("http://127.0.0.1:5000"));
+            })
+            .unwrap();
+        eventually("orders to appear", || {
+            live.snapshot().endpoints.contains_key("orders")
+        });
+
+        fs::write(registry.path(), "{ half a file").unwrap();
+        live.reload();
+        assert_eq!(
+            live.snapshot().endpoints["orders"].url(),
+            "http://127.0.0.1:5000"
+        );
+
+        registry
+            .update(|f| {
+                f.services
+                    .insert("orders".into(), entry("http://127.0.0.1:5001"));
+            })
+            .unwrap();
+        eventually("orders to move", || {
+            live.snapshot().endpoints["orders"].url() == "http://127.0.0.1:5001"
+        });
+    }
+
+    #[test]
+    fn skips_entries_that_are_not_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("registry.json"));
+        registry
+            .update(|f| {
+                f.services
+                    .insert("Bad_Name".into(), entry("http://127.0.0.1:1"));
+                f.services.insert("no-url".into(), entry("nonsense"));
+                f.services
+                    .insert("good".into(), entry("http://127.0.0.1:2"));
+            })
+            .unwrap();
+        let live = LiveRegistry::open(registry.path().to_path_buf());
+        let names: Vec<_> = live.snapshot().endpoints.keys().cloned().collect();
+        assert_eq!(names, ["good"]);
+    }
+}
