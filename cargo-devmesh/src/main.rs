@@ -1,1 +1,182 @@
-fn main() {}
+//! `cargo devmesh`: build, run and supervise a workspace's services.
+//!
+//! # Layout
+//!
+//! - `cli`: the command line;
+//! - `workspace`: which services there are (cargo metadata + devmesh.toml);
+//! - `build`: `cargo build` for the services' binaries;
+//! - `ports`: stable front ports, kept in `ports.json`;
+//! - `supervisor/`: one task per service, owning its processes;
+//! - `proxy/`: the front ports, forwarding to the ready instance;
+//! - `logs/`: interleaved terminal output and per-service log files;
+//! - `control/`: the local API other terminals use;
+//! - `watch`: `--watch`, rebuilding what changed;
+//! - `errors`: errors that end a command.
+
+mod build;
+mod cli;
+mod control;
+mod errors;
+mod logs;
+mod ports;
+mod proxy;
+mod supervisor;
+mod watch;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+use workspace::{CargoOptions, Workspace};
+
+fn main() -> ExitCode {
+    // `cargo devmesh x` runs `cargo-devmesh devmesh x`; the alias in
+    // `.cargo/config.toml` runs `cargo-devmesh x`. Accept both.
+    let mut args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "devmesh") {
+        args.remove(1);
+    }
+    let cli = Cli::parse_from(args);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e.downcast_ref::<errors::PlanError>().is_some();
+            ExitCode::from(if usage {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_FAILURE
+            } as u8)
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let mut cargo = CargoOptions {
+        manifest_path: cli.manifest_path,
+        ..CargoOptions::default()
+    };
+    match cli.command {
+        Command::Run(args) => {
+            cargo.release = args.release;
+            cargo.features = args.features;
+            cargo.all_features = args.all_features;
+            cargo.no_default_features = args.no_default_features;
+            let workspace = Workspace::load(&cargo)?;
+            let options = supervisor::RunOptions {
+                services: args.services,
+                packages: args.packages,
+                cargo,
+                watch: args.watch,
+            };
+            supervisor::run(workspace, options, shutdown_on_signal()).await
+        }
+        Command::Ps => {
+            let workspace = Workspace::load(&cargo)?;
+            let services = control::Client::find(&workspace.state_dir)?
+                .services()
+                .await?;
+            print_ps(&services);
+            Ok(())
+        }
+        Command::Restart { services, no_build } => {
+            act(&cargo, &services, "restart", !no_build).await
+        }
+        Command::Stop { services } => act(&cargo, &services, "stop", false).await,
+        Command::Start { services } => act(&cargo, &services, "start", false).await,
+        Command::Logs {
+            services,
+            follow,
+            since,
+        } => {
+            let workspace = Workspace::load(&cargo)?;
+            for name in &services {
+                workspace.service(name)?;
+            }
+            let services = if services.is_empty() {
+                workspace.services.keys().cloned().collect()
+            } else {
+                services
+            };
+            let options = logs::LogsOptions {
+                services,
+                follow,
+                since,
+            };
+            Ok(logs::show(&workspace.state_dir, options, shutdown_on_signal()).await?)
+        }
+    }
+}
+
+/// Sends `action` to each service in turn, through the running supervisor.
+async fn act(
+    cargo: &CargoOptions,
+    services: &[String],
+    action: &str,
+    build: bool,
+) -> anyhow::Result<()> {
+    let workspace = Workspace::load(cargo)?;
+    for name in services {
+        workspace.service(name)?;
+    }
+    let client = control::Client::find(&workspace.state_dir)?;
+    for name in services {
+        let done = client
+            .act(name, action, build)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        println!("{name}: {done}");
+    }
+    Ok(())
+}
+
+fn print_ps(services: &[serde_json::Value]) {
+    println!(
+        "{:<20} {:<12} {:<22} {:>8} {:>8}  NOTE",
+        "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS"
+    );
+    for s in services {
+        let text = |key: &str| s[key].as_str().unwrap_or("").to_owned();
+        let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+        println!(
+            "{:<20} {:<12} {:<22} {:>8} {:>8}  {}",
+            text("name"),
+            text("status"),
+            text("front"),
+            pid,
+            s["restarts"].as_u64().unwrap_or(0),
+            text("note")
+        );
+    }
+}
+
+/// A token cancelled by the first Ctrl-C or SIGTERM; a second one exits at
+/// once (services die with the supervisor, by `PR_SET_PDEATHSIG`).
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        for _ in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if cancel.is_cancelled() {
+                std::process::exit(130);
+            }
+            cancel.cancel();
+        }
+    });
+    token
+}

@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests: the real `cargo-devmesh` binary on fixture workspaces.
+//! One test binary for all, as nextest recommends.
+
+mod errors;
+mod harness;
+mod supervise;

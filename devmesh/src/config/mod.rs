@@ -3,14 +3,14 @@
 //!
 //! ```toml
 //! [run]
-//! ports = "41000-41999"     # where new front ports are taken from
+//! ports = "24000-24999"     # where new front ports are taken from (below the ephemeral range)
 //! ready_timeout = "30s"     # how long a request waits for a service that is not ready
 //! grace_period = "5s"       # SIGTERM, then this long, then SIGKILL
 //!
 //! [services.orders]         # a workspace binary (found by itself; listed to configure it)
 //! port = 41001
 //! depends_on = ["payments"]
-//! ready = "/health"         # HTTP GET that must return 2xx; default "tcp"
+//! ready = "/health"         # GET must return 2xx; or "tcp"; default "responds" (any HTTP answer)
 //!
 //! [services.web]            # any command
 //! command = "npm run dev"
@@ -75,7 +75,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
-            ports: (41000, 41999),
+            ports: (24000, 24999),
             ready_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(5),
         }
@@ -106,7 +106,8 @@ pub struct ServiceConfig {
     /// Services that must be ready before this one starts.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// How readiness is checked: `"tcp"` or an HTTP path such as `"/health"`.
+    /// How readiness is checked: `"responds"` (default), `"tcp"`, or an
+    /// HTTP path such as `"/health"` that must return 2xx.
     #[serde(default)]
     pub ready: Readiness,
     /// Whether it runs here, in the sandbox, or here when it runs.
@@ -122,8 +123,13 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Readiness {
-    /// Its socket accepts a connection.
+    /// It answers `GET /` with any HTTP response (`"responds"`, the
+    /// default). A connect alone proves nothing for a service handed a
+    /// listening socket: the kernel accepts before the service does.
     #[default]
+    Responds,
+    /// Its socket accepts a connection (`"tcp"`), for services that don't
+    /// speak HTTP.
     Tcp,
     /// `GET <path>` returns 2xx.
     Http(String),
@@ -133,11 +139,12 @@ impl<'de> Deserialize<'de> for Readiness {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         match text.as_str() {
+            "responds" => Ok(Readiness::Responds),
             "tcp" => Ok(Readiness::Tcp),
             path if path.starts_with('/') => Ok(Readiness::Http(text)),
             _ => Err(serde::de::Error::invalid_value(
                 serde::de::Unexpected::Str(&text),
-                &"`tcp` or an HTTP path starting with `/`",
+                &"`responds`, `tcp`, or an HTTP path starting with `/`",
             )),
         }
     }
@@ -383,7 +390,10 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::result_large_err, reason = "figment's Jail decides the error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail decides the error type"
+    )]
     fn env_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(FILE_NAME, "[services.orders]\nport = 5001\n")?;

@@ -1,0 +1,105 @@
+//! The command line, as `cargo devmesh --help` shows it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in `--help`.
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo-devmesh",
+    bin_name = "cargo devmesh",
+    version,
+    about = "Build, run and supervise a workspace's services, with ports that never change.",
+    after_help = "Exit codes: 0 success; 1 the command failed; 2 bad arguments or a bad devmesh.toml."
+)]
+pub struct Cli {
+    /// Path to the workspace's Cargo.toml.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the services and run them until Ctrl-C.
+    Run(RunArgs),
+    /// Show each service's status, front address and process.
+    Ps,
+    /// Rebuild and restart services, without disturbing the others.
+    Restart {
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Restart on the binary already built.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Stop services; their front ports stay, and requests wait.
+    Stop {
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Start services that were stopped.
+    Start {
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Show the logs of some services (all by default), interleaved.
+    Logs {
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Keep showing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines newer than this: `30s`, `5m`.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Services to run, with those they depend on (default: all).
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Run the services built from these packages.
+    #[arg(short, long = "package", value_name = "SPEC")]
+    pub packages: Vec<String>,
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+    /// Features to activate, as with cargo.
+    #[arg(short = 'F', long, value_name = "FEATURES", value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Activate all features.
+    #[arg(long)]
+    pub all_features: bool,
+    /// Do not activate the `default` feature.
+    #[arg(long)]
+    pub no_default_features: bool,
+    /// Rebuild and restart the services whose code changes.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like `30s` or `5m`"))?;
+    let seconds = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}` has an unknown unit; use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
+}

@@ -1,0 +1,80 @@
+//! The other end of the API: what `ps`, `restart`, `stop` and `start` use.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+
+use super::ControlFile;
+
+/// A connection to a running supervisor's API.
+#[derive(Debug)]
+pub struct Client {
+    control: ControlFile,
+}
+
+impl Client {
+    /// Finds the supervisor of the workspace whose state is in `state_dir`.
+    pub fn find(state_dir: &Path) -> anyhow::Result<Client> {
+        match super::read(state_dir) {
+            Some(control) if super::alive(control.pid) => Ok(Client { control }),
+            _ => bail!(
+                "no `cargo devmesh run` is running for this workspace (looked for `{}`) \
+                 (hint: start one with `cargo devmesh run`)",
+                state_dir.join("control.json").display()
+            ),
+        }
+    }
+
+    /// `GET /api/services`.
+    pub async fn services(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let body = self.call(Method::GET, "/api/services").await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// `POST /api/services/{name}/{action}`: what happened, or why not.
+    pub async fn act(&self, name: &str, action: &str, build: bool) -> anyhow::Result<String> {
+        let query = if build { "" } else { "?build=false" };
+        let body = self
+            .call(
+                Method::POST,
+                &format!("/api/services/{name}/{action}{query}"),
+            )
+            .await?;
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok(answer["ok"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn call(&self, method: Method, path: &str) -> anyhow::Result<Bytes> {
+        let addr = self.control.addr;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("could not reach the supervisor's API at {addr}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.control.token),
+            )
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status != StatusCode::OK {
+            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!(
+                "{}",
+                answer["error"].as_str().unwrap_or("the supervisor refused")
+            );
+        }
+        Ok(body)
+    }
+}

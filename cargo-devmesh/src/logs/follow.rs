@@ -1,0 +1,117 @@
+//! `cargo devmesh logs`: reads the log files, so it works from any terminal,
+//! while `run` goes on or after it ended.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Logs, timestamp};
+
+/// How often `-f` looks for new lines.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(150);
+
+/// What `cargo devmesh logs` shows.
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    /// Services to show (already checked to exist).
+    pub services: Vec<String>,
+    /// Keep showing new lines until interrupted.
+    pub follow: bool,
+    /// Only lines newer than this.
+    pub since: Option<Duration>,
+}
+
+/// One service's log file and how far it has been read.
+struct Tail {
+    /// Its position in the list, carried by each line read.
+    index: usize,
+    service: String,
+    path: PathBuf,
+    offset: u64,
+    /// A line not yet ended by `\n`, kept for the next read.
+    partial: String,
+}
+
+/// Prints the logs of `options.services`, merged by time, then follows them
+/// with `options.follow` until `shutdown`.
+pub async fn show(
+    state_dir: &Path,
+    options: LogsOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let since = options.since.map(|ago| {
+        timestamp(
+            SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        )
+    });
+    let width = options.services.iter().map(String::len).max().unwrap_or(0);
+    let mut tails: Vec<Tail> = options
+        .services
+        .iter()
+        .enumerate()
+        .map(|(index, service)| Tail {
+            index,
+            service: service.clone(),
+            path: Logs::path(state_dir, service),
+            offset: 0,
+            partial: String::new(),
+        })
+        .collect();
+    loop {
+        let mut lines = Vec::new();
+        for tail in &mut tails {
+            tail.read_new(&mut lines)?;
+        }
+        // Stable: lines of one service with the same time keep their order.
+        lines.sort_by(|a: &(String, usize, String), b| a.0.cmp(&b.0));
+        let mut out = std::io::stdout().lock();
+        for (time, index, text) in lines {
+            if since.as_ref().is_none_or(|since| time >= *since) {
+                writeln!(out, "{:>width$} | {text}", tails[index].service)?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if !options.follow {
+            return Ok(());
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+        }
+    }
+}
+
+impl Tail {
+    /// Appends the complete lines written since the last read, as
+    /// `(time, index, text)`. A file that shrank was started anew: read it
+    /// from the start.
+    fn read_new(&mut self, lines: &mut Vec<(String, usize, String)>) -> std::io::Result<()> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if file.metadata()?.len() < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut bytes = Vec::new();
+        self.offset += file.read_to_end(&mut bytes)? as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let complete = match self.partial.rfind('\n') {
+            Some(end) => self.partial.drain(..=end).collect::<String>(),
+            None => return Ok(()),
+        };
+        for line in complete.lines() {
+            let (time, text) = line.split_once(' ').unwrap_or((line, ""));
+            lines.push((time.to_owned(), self.index, text.to_owned()));
+        }
+        Ok(())
+    }
+}

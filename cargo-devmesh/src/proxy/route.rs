@@ -1,0 +1,96 @@
+//! Where a front port sends traffic right now, set by the supervisor.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use devmesh::registry::Status;
+use tokio::sync::Notify;
+
+/// The state of a service's route, published by its supervisor task.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Requests go to this instance.
+    Ready(Backend),
+    /// No instance serves; requests wait. The status says why.
+    Waiting(Status),
+}
+
+/// One running instance of a service.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where the instance listens (its own socket, not the front port).
+    pub addr: SocketAddr,
+    /// Counts what is in flight to this instance, so it is stopped only once idle.
+    pub drain: Arc<Drain>,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr) -> Backend {
+        Backend {
+            addr,
+            drain: Arc::default(),
+        }
+    }
+}
+
+/// Counts requests and connections in flight to one instance.
+#[derive(Debug, Default)]
+pub struct Drain {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held while a request or connection is in flight; released on drop.
+#[derive(Debug)]
+pub struct Lease(Arc<Drain>);
+
+impl Drain {
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Lease(Arc::clone(self))
+    }
+
+    /// Waits until nothing is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_waits_for_every_lease() {
+        let drain = Arc::new(Drain::default());
+        drain.idle().await;
+        let first = drain.lease();
+        let second = drain.lease();
+        let waiter = tokio::spawn({
+            let drain = Arc::clone(&drain);
+            async move { drain.idle().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(second);
+        waiter.await.unwrap();
+    }
+}

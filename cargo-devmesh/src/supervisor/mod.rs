@@ -1,0 +1,214 @@
+//! The supervisor: builds the selected services, holds their front ports,
+//! runs one task per service, serves the control API, and on shutdown stops
+//! everything and clears its registry entries.
+//!
+//! It owns processes (through [`service`] tasks); the proxy owns connections,
+//! the logs module owns log files.
+
+mod process;
+mod readiness;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use devmesh::registry::{Entry, Registry, Status};
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{BinTarget, Builder};
+use crate::control;
+use crate::logs::Logs;
+use crate::ports::PortBook;
+use crate::proxy::{self, Front};
+use crate::workspace::{CargoOptions, Launch, Workspace};
+pub use service::ServiceHandle;
+
+/// What `cargo devmesh run` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub services: Vec<String>,
+    pub packages: Vec<String>,
+    pub cargo: CargoOptions,
+    pub watch: bool,
+}
+
+/// Runs the workspace's services until `shutdown`.
+pub async fn run(
+    workspace: Workspace,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state_dir = workspace.state_dir.clone();
+    control::ensure_not_running(&state_dir)?;
+    let selected = workspace.select(&options.services, &options.packages)?;
+    if selected.is_empty() {
+        anyhow::bail!(
+            "the workspace at `{}` has no services (hint: a service is a binary that depends on \
+             `devmesh`, or a `[services.NAME]` with a `command` in `devmesh.toml`)",
+            workspace.root.display()
+        );
+    }
+
+    let mut ports = PortBook::open(&state_dir)?;
+    let mut listeners = BTreeMap::new();
+    for name in &selected {
+        let spec = &workspace.services[name];
+        let listener = ports.bind(name, spec.port, workspace.config.run.ports)?;
+        listeners.insert(name.clone(), listener);
+    }
+    ports.save()?;
+    let fronts: BTreeMap<String, std::net::SocketAddr> = listeners
+        .iter()
+        .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
+        .collect::<std::io::Result<_>>()?;
+
+    let logs = Logs::new(&state_dir, &selected).context("could not create the log folder")?;
+    let registry = Registry::new(state_dir.join(devmesh::registry::FILE_NAME));
+    registry.update(|file| {
+        file.supervisor_pid = Some(std::process::id());
+        for (name, front) in &fronts {
+            let mut entry = Entry::new(format!("http://{front}"));
+            entry.status = Status::Building;
+            file.services.insert(name.clone(), entry);
+        }
+    })?;
+
+    let builder = Builder::new(workspace.manifest_path.clone(), options.cargo.build_flags());
+    let targets: Vec<BinTarget> = selected
+        .iter()
+        .filter_map(|name| bin_target(&workspace, name))
+        .collect();
+    let mut built = if targets.is_empty() {
+        Default::default()
+    } else {
+        logs.note(format!("building {}", names(&targets)));
+        builder
+            .build(&targets)
+            .await
+            .context("could not run `cargo build`")?
+    };
+    if !built.success {
+        let failed: Vec<_> = targets
+            .iter()
+            .filter(|t| !built.binaries.contains_key(t))
+            .cloned()
+            .collect();
+        logs.note(format!(
+            "the build of {} failed; the other services start",
+            names(&failed)
+        ));
+    }
+
+    let shared = Arc::new(service::Shared {
+        spawner: process::Spawner::start(),
+        logs: logs.clone(),
+        builder,
+        registry: registry.clone(),
+        config_path: workspace
+            .config_path
+            .is_file()
+            .then(|| workspace.config_path.clone()),
+        fronts: fronts.clone(),
+        grace: workspace.config.run.grace_period,
+    });
+    let mut handles: BTreeMap<String, ServiceHandle> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for name in start_order(&workspace, &selected) {
+        let spec = workspace.services[&name].clone();
+        let dependencies = spec
+            .depends_on
+            .iter()
+            .map(|d| handles[d].state.clone())
+            .collect();
+        let binary = bin_target(&workspace, &name).and_then(|t| built.binaries.remove(&t));
+        let (handle, route, task) = service::spawn(
+            spec,
+            binary,
+            fronts[&name],
+            dependencies,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        );
+        let listener = listeners
+            .remove(&name)
+            .expect("every selected service has a front port");
+        listener.set_nonblocking(true)?;
+        let front = Front {
+            service: name.clone(),
+            listener: tokio::net::TcpListener::from_std(listener)?,
+            route,
+            ready_timeout: workspace.config.run.ready_timeout,
+        };
+        tokio::spawn(proxy::run(front, shutdown.clone()));
+        handles.insert(name, handle);
+        tasks.push(task);
+    }
+    let handles = Arc::new(handles);
+    let api = control::serve(&state_dir, Arc::clone(&handles), shutdown.clone()).await?;
+    logs.note(format!(
+        "control API on http://{api}; `cargo devmesh ps` shows the services"
+    ));
+    if options.watch {
+        tokio::spawn(crate::watch::run(
+            crate::watch::Watched::of(&workspace, &selected),
+            Arc::clone(&handles),
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+        logs.note("watching for changes");
+    }
+
+    shutdown.cancelled().await;
+    logs.note("stopping");
+    for task in tasks {
+        let _ = task.await;
+    }
+    registry.update(|file| {
+        for name in &selected {
+            file.services.remove(name);
+        }
+        if file.services.is_empty() {
+            file.supervisor_pid = None;
+        }
+    })?;
+    control::remove(&state_dir);
+    Ok(())
+}
+
+/// The binary target a service runs, if it is a workspace binary.
+pub fn bin_target(workspace: &Workspace, name: &str) -> Option<BinTarget> {
+    match &workspace.services.get(name)?.launch {
+        Launch::Binary { package, bin, .. } => Some(BinTarget {
+            package: package.clone(),
+            bin: bin.clone(),
+        }),
+        Launch::Command(_) => None,
+    }
+}
+
+/// Dependencies before dependents (the plan has no cycles).
+fn start_order(workspace: &Workspace, selected: &[String]) -> Vec<String> {
+    fn visit(name: &str, workspace: &Workspace, order: &mut Vec<String>) {
+        if order.iter().any(|n| n == name) {
+            return;
+        }
+        for dependency in &workspace.services[name].depends_on {
+            visit(dependency, workspace, order);
+        }
+        order.push(name.to_owned());
+    }
+    let mut order = Vec::new();
+    for name in selected {
+        visit(name, workspace, &mut order);
+    }
+    order
+}
+
+fn names(targets: &[BinTarget]) -> String {
+    targets
+        .iter()
+        .map(|t| format!("`{}`", t.bin))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

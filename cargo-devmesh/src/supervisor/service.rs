@@ -1,0 +1,530 @@
+//! One service's life: a task that owns its processes and publishes its
+//! state and route. Commands (start, stop, restart) arrive on a channel and
+//! answer on a ticket, as with systemctl.
+//!
+//! A restart is blue/green: the new instance starts on a socket of its own
+//! while the old one serves; the route switches when the new one is ready;
+//! the old one is stopped once nothing is in flight to it. The front port
+//! never changes, and no request fails.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devmesh::registry::{Entry, Registry, Status};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, Exit, Process, Spawner};
+use super::readiness;
+use crate::build::{BinTarget, Builder};
+use crate::logs::Logs;
+use crate::proxy::{Backend, Route};
+use crate::workspace::{Launch, ServiceSpec};
+
+/// A crashed service waits this long before its first restart, doubling
+/// with each crash in a row up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An instance that ran this long before crashing resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// What the supervisor's service tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    pub spawner: Spawner,
+    pub logs: Logs,
+    pub builder: Builder,
+    pub registry: Registry,
+    pub config_path: Option<PathBuf>,
+    /// Every service's front address, for `inject_env`.
+    pub fronts: BTreeMap<String, SocketAddr>,
+    /// SIGTERM → SIGKILL.
+    pub grace: Duration,
+}
+
+/// What a service is doing, as `ps` and the API show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub status: Status,
+    pub front: SocketAddr,
+    pub pid: Option<u32>,
+    /// Restarts since the supervisor started, asked for or after a crash.
+    pub restarts: u32,
+    /// The last thing worth knowing: why it crashed, why a build failed.
+    pub note: Option<String>,
+}
+
+/// The answer to a command: what happened, or why it could not.
+pub type Ticket = oneshot::Receiver<Result<String, String>>;
+type Reply = oneshot::Sender<Result<String, String>>;
+
+#[derive(Debug)]
+enum Message {
+    Start(Reply),
+    Stop(Reply),
+    Restart {
+        rebuild: bool,
+        reply: Reply,
+    },
+    /// A new binary is built (by `--watch`); restart onto it.
+    Rebuilt {
+        binary: PathBuf,
+        reply: Reply,
+    },
+    Exited {
+        instance: u64,
+        exit: Exit,
+    },
+}
+
+/// A handle on a service task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServiceHandle {
+    messages: mpsc::UnboundedSender<Message>,
+    pub state: watch::Receiver<ServiceState>,
+}
+
+impl ServiceHandle {
+    pub fn start(&self) -> Ticket {
+        self.send(Message::Start)
+    }
+
+    pub fn stop(&self) -> Ticket {
+        self.send(Message::Stop)
+    }
+
+    /// Restarts it, rebuilding its binary first when `rebuild`.
+    pub fn restart(&self, rebuild: bool) -> Ticket {
+        self.send(|reply| Message::Restart { rebuild, reply })
+    }
+
+    /// Restarts it onto a binary already built.
+    pub fn rebuilt(&self, binary: PathBuf) -> Ticket {
+        self.send(|reply| Message::Rebuilt { binary, reply })
+    }
+
+    fn send(&self, message: impl FnOnce(Reply) -> Message) -> Ticket {
+        let (reply, ticket) = oneshot::channel();
+        // A task that has ended drops the reply: the ticket then says so.
+        let _ = self.messages.send(message(reply));
+        ticket
+    }
+}
+
+/// A running instance of the service.
+struct Instance {
+    id: u64,
+    process: Process,
+    backend: Backend,
+    started: Instant,
+}
+
+struct Task {
+    spec: ServiceSpec,
+    shared: Arc<Shared>,
+    state: watch::Sender<ServiceState>,
+    route: watch::Sender<Route>,
+    messages_tx: mpsc::UnboundedSender<Message>,
+    binary: Option<PathBuf>,
+    current: Option<Instance>,
+    next_id: u64,
+    crashes_in_a_row: u32,
+    restart_at: Option<tokio::time::Instant>,
+    shutdown: CancellationToken,
+}
+
+/// Starts the task of `spec`. `binary` is `None` for a command, or when the
+/// first build failed. It starts its process once `dependencies` are ready.
+pub fn spawn(
+    spec: ServiceSpec,
+    binary: Option<PathBuf>,
+    front: SocketAddr,
+    dependencies: Vec<watch::Receiver<ServiceState>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> (
+    ServiceHandle,
+    watch::Receiver<Route>,
+    tokio::task::JoinHandle<()>,
+) {
+    let build_failed = binary.is_none() && matches!(spec.launch, Launch::Binary { .. });
+    let status = if build_failed {
+        Status::Failed
+    } else {
+        Status::Starting
+    };
+    let state = ServiceState {
+        name: spec.name.clone(),
+        status,
+        front,
+        pid: None,
+        restarts: 0,
+        note: build_failed.then(|| "the build failed; fix it and restart".to_owned()),
+    };
+    let (state_tx, state_rx) = watch::channel(state);
+    let (route_tx, route_rx) = watch::channel(Route::Waiting(status));
+    let (messages_tx, messages) = mpsc::unbounded_channel();
+    let task = Task {
+        spec,
+        shared,
+        state: state_tx,
+        route: route_tx,
+        messages_tx: messages_tx.clone(),
+        binary,
+        current: None,
+        next_id: 0,
+        crashes_in_a_row: 0,
+        restart_at: None,
+        shutdown,
+    };
+    task.publish_registry();
+    let join = tokio::spawn(task.run(messages, dependencies, build_failed));
+    let handle = ServiceHandle {
+        messages: messages_tx,
+        state: state_rx,
+    };
+    (handle, route_rx, join)
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<Message>,
+        dependencies: Vec<watch::Receiver<ServiceState>>,
+        build_failed: bool,
+    ) {
+        if !build_failed && self.wait_for(dependencies).await {
+            let _ = self.start_fresh().await;
+        }
+        loop {
+            let restart_at = self.restart_at;
+            let backoff = async move {
+                match restart_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = backoff => {
+                    self.restart_at = None;
+                    // A failure is reported and rescheduled by `replace`.
+                    let _ = self.start_fresh().await;
+                }
+                Some(message) = messages.recv() => self.handle(message).await,
+            }
+        }
+        if let Some(instance) = self.current.take() {
+            let _ = instance.process.stop(self.shared.grace).await;
+        }
+        self.set_status(Status::Stopped, None);
+    }
+
+    /// Waits until every dependency is ready; false on shutdown.
+    async fn wait_for(&self, dependencies: Vec<watch::Receiver<ServiceState>>) -> bool {
+        for mut dependency in dependencies {
+            let name = dependency.borrow().name.clone();
+            if dependency.borrow().status != Status::Ready {
+                self.note(format!("waiting for `{name}` to be ready"));
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return false,
+                ready = dependency.wait_for(|s| s.status == Status::Ready) => if ready.is_err() { return false },
+            }
+        }
+        true
+    }
+
+    async fn handle(&mut self, message: Message) {
+        match message {
+            Message::Start(reply) => {
+                let answer = if self.current.is_some() {
+                    Ok("already running".to_owned())
+                } else {
+                    self.restart_at = None;
+                    self.start_fresh().await
+                };
+                let _ = reply.send(answer);
+            }
+            Message::Stop(reply) => {
+                self.restart_at = None;
+                let answer = match self.current.take() {
+                    Some(instance) => {
+                        self.set_status(Status::Stopped, None);
+                        let exit = instance.process.stop(self.shared.grace).await;
+                        Ok(format!("stopped ({})", process::describe(&exit)))
+                    }
+                    None => {
+                        self.set_status(Status::Stopped, None);
+                        Ok("was not running".to_owned())
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Message::Restart { rebuild, reply } => {
+                let answer = match rebuild {
+                    true => self.rebuild().await,
+                    false => Ok(()),
+                };
+                let answer = match answer {
+                    Ok(()) => self.replace().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+            Message::Rebuilt { binary, reply } => {
+                self.binary = Some(binary);
+                let _ = reply.send(self.replace().await);
+            }
+            Message::Exited { instance, exit } => {
+                if self.current.as_ref().is_some_and(|i| i.id == instance) {
+                    let ran = self
+                        .current
+                        .take()
+                        .map(|i| i.started.elapsed())
+                        .unwrap_or_default();
+                    self.crashed(format!("exited ({})", process::describe(&exit)), ran);
+                }
+            }
+        }
+    }
+
+    /// Builds this service's binary; on failure the running instance stays.
+    async fn rebuild(&mut self) -> Result<(), String> {
+        let Launch::Binary { package, bin, .. } = &self.spec.launch else {
+            return Ok(());
+        };
+        let target = BinTarget {
+            package: package.clone(),
+            bin: bin.clone(),
+        };
+        let serving = self.current.is_some();
+        if !serving {
+            self.set_status(Status::Building, None);
+        }
+        self.note("building".to_owned());
+        let built = self
+            .shared
+            .builder
+            .build(std::slice::from_ref(&target))
+            .await;
+        match built.map(|mut b| b.binaries.remove(&target)) {
+            Ok(Some(binary)) => {
+                self.binary = Some(binary);
+                Ok(())
+            }
+            Ok(None) | Err(_) => {
+                let message = if serving {
+                    "the build failed; the running instance is kept"
+                } else {
+                    "the build failed; fix it and restart"
+                };
+                if !serving {
+                    self.set_status(Status::Failed, Some(message.to_owned()));
+                }
+                self.note(message.to_owned());
+                Err(message.to_owned())
+            }
+        }
+    }
+
+    /// Starts an instance when none runs (first start, after a crash or a stop).
+    async fn start_fresh(&mut self) -> Result<String, String> {
+        if self.binary.is_none() && matches!(self.spec.launch, Launch::Binary { .. }) {
+            self.rebuild().await?;
+        }
+        self.set_status(Status::Starting, None);
+        self.replace().await
+    }
+
+    /// Starts a new instance, routes to it once ready, then retires the old one.
+    async fn replace(&mut self) -> Result<String, String> {
+        let began = Instant::now();
+        let instance = match self.launch().await {
+            Ok(instance) => instance,
+            Err(why) => {
+                if self.current.is_none() {
+                    self.crashed(why.clone(), began.elapsed());
+                } else {
+                    self.note(format!("{why}; the running instance is kept"));
+                }
+                return Err(why);
+            }
+        };
+        let pid = instance.process.pid;
+        self.route
+            .send_replace(Route::Ready(instance.backend.clone()));
+        let old = self.current.replace(instance);
+        let restarted = old.is_some();
+        self.set_status(Status::Ready, None);
+        self.note(format!(
+            "ready on {} (pid {pid}, {:.1?})",
+            self.state.borrow().front,
+            began.elapsed()
+        ));
+        if let Some(old) = old {
+            self.state.send_modify(|s| s.restarts += 1);
+            self.retire(old).await;
+        }
+        Ok(if restarted {
+            format!("restarted (pid {pid})")
+        } else {
+            format!("started (pid {pid})")
+        })
+    }
+
+    /// Stops an instance the route no longer sends to, once it is idle.
+    async fn retire(&self, old: Instance) {
+        let grace = self.shared.grace;
+        let _ = tokio::time::timeout(grace, old.backend.drain.idle()).await;
+        let _ = old.process.stop(grace).await;
+    }
+
+    /// Spawns an instance and waits until it is ready.
+    async fn launch(&mut self) -> Result<Instance, String> {
+        let socket =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("could not get a socket: {e}"))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|e| format!("could not get a socket: {e}"))?;
+        let inherit = matches!(
+            self.spec.launch,
+            Launch::Binary {
+                links_devmesh: true,
+                ..
+            }
+        );
+        let command = self.command(addr, inherit)?;
+        // A program that binds `PORT` itself needs the port free.
+        let socket = inherit.then_some(socket);
+        let process = self
+            .shared
+            .spawner
+            .spawn(command, socket.as_ref(), &self.spec.name, &self.shared.logs)
+            .await
+            .map_err(|e| format!("could not start: {e}"))?;
+        drop(socket);
+        self.state.send_modify(|s| s.pid = Some(process.pid));
+        let id = self.next_id;
+        self.next_id += 1;
+        let ready = tokio::select! {
+            () = readiness::wait(addr, &self.spec.ready) => Ok(()),
+            exit = process.exited() => Err(format!("exited before it was ready ({})", process::describe(&exit))),
+            () = self.shutdown.cancelled() => Err("the supervisor is stopping".to_owned()),
+        };
+        if let Err(why) = ready {
+            let _ = process.stop(self.shared.grace).await;
+            self.state
+                .send_modify(|s| s.pid = self.current.as_ref().map(|i| i.process.pid));
+            return Err(why);
+        }
+        let watcher = process.clone();
+        let messages = self.messages_tx.clone();
+        tokio::spawn(async move {
+            let exit = watcher.exited().await;
+            let _ = messages.send(Message::Exited { instance: id, exit });
+        });
+        Ok(Instance {
+            id,
+            process,
+            backend: Backend::new(addr),
+            started: Instant::now(),
+        })
+    }
+
+    /// The command for a new instance listening on `addr`.
+    fn command(&self, addr: SocketAddr, inherit: bool) -> Result<std::process::Command, String> {
+        let spec = &self.spec;
+        let mut command = match (&spec.launch, &self.binary) {
+            (Launch::Binary { .. }, Some(binary)) => std::process::Command::new(binary),
+            (Launch::Binary { .. }, None) => return Err("it has no binary yet".to_owned()),
+            (Launch::Command(line), _) => {
+                let mut command = std::process::Command::new("sh");
+                command.arg("-c").arg(format!("exec {line}"));
+                command
+            }
+        };
+        command.args(&spec.args).current_dir(&spec.cwd);
+        command
+            .env("DEVMESH_SERVICE", &spec.name)
+            .env("DEVMESH_REGISTRY", self.shared.registry.path())
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES");
+        if let Some(config) = &self.shared.config_path {
+            command.env("DEVMESH_CONFIG", config);
+        }
+        if inherit {
+            command
+                .env("LISTEN_FDS", "1")
+                .env("LISTEN_FDNAMES", &spec.name);
+        } else {
+            command
+                .env("PORT", addr.port().to_string())
+                .env("DEVMESH_LISTEN", addr.to_string());
+        }
+        if spec.inject_env {
+            for (name, front) in &self.shared.fronts {
+                command.env(devmesh::name::addr_env_var(name), front.to_string());
+            }
+        }
+        command.envs(&spec.env);
+        Ok(command)
+    }
+
+    /// Marks a crash and schedules a restart with backoff.
+    fn crashed(&mut self, why: String, ran: Duration) {
+        if ran >= STABLE_AFTER {
+            self.crashes_in_a_row = 0;
+        }
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1 << self.crashes_in_a_row.min(10))
+            .min(MAX_BACKOFF);
+        self.crashes_in_a_row += 1;
+        self.restart_at = Some(tokio::time::Instant::now() + delay);
+        self.state.send_modify(|s| s.restarts += 1);
+        self.set_status(Status::Crashed, Some(why.clone()));
+        self.note(format!("{why}; restarting in {delay:.1?}"));
+    }
+
+    fn set_status(&self, status: Status, note: Option<String>) {
+        if status != Status::Ready {
+            self.route.send_replace(Route::Waiting(status));
+        }
+        self.state.send_modify(|s| {
+            s.status = status;
+            if !matches!(status, Status::Ready | Status::Starting) {
+                s.pid = self.current.as_ref().map(|i| i.process.pid);
+            }
+            if note.is_some() || status == Status::Ready {
+                s.note = note;
+            }
+        });
+        self.publish_registry();
+    }
+
+    /// Writes this service's entry to the registry.
+    fn publish_registry(&self) {
+        let state = self.state.borrow().clone();
+        let mut entry = Entry::new(format!("http://{}", state.front));
+        entry.status = state.status;
+        entry.pid = state.pid;
+        let result = self.shared.registry.update(|file| {
+            file.supervisor_pid = Some(std::process::id());
+            file.services.insert(state.name.clone(), entry);
+        });
+        if let Err(e) = result {
+            self.shared
+                .logs
+                .note(format!("could not update the registry: {e}"));
+        }
+    }
+
+    fn note(&self, text: String) {
+        self.shared.logs.note(format!("{}: {text}", self.spec.name));
+    }
+}

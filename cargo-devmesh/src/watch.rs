@@ -1,0 +1,173 @@
+//! `cargo devmesh run --watch`: rebuilds and restarts exactly the services
+//! whose code changed. A change in a package restarts the services built
+//! from it and from every workspace package that depends on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::BinTarget;
+use crate::supervisor::service::Shared;
+use crate::supervisor::{ServiceHandle, bin_target};
+use crate::workspace::{PackageInfo, Workspace};
+
+/// Changes that come together (a save touching several files, a branch
+/// switch) are gathered for this long and handled as one.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What `--watch` needs from the workspace.
+#[derive(Debug)]
+pub struct Watched {
+    root: PathBuf,
+    /// Build output and supervisor state: never a source change.
+    ignored: Vec<PathBuf>,
+    packages: Vec<PackageInfo>,
+    /// The selected services built from workspace binaries.
+    services: BTreeMap<String, (BinTarget, cargo_metadata::PackageId)>,
+}
+
+impl Watched {
+    pub fn of(workspace: &Workspace, selected: &[String]) -> Watched {
+        let services = selected
+            .iter()
+            .filter_map(|name| {
+                let target = bin_target(workspace, name)?;
+                let id = match &workspace.services[name].launch {
+                    crate::workspace::Launch::Binary { package_id, .. } => package_id.clone(),
+                    crate::workspace::Launch::Command(_) => return None,
+                };
+                Some((name.clone(), (target, id)))
+            })
+            .collect();
+        Watched {
+            root: workspace.root.clone(),
+            ignored: vec![
+                workspace.target_dir.clone(),
+                workspace.state_dir.clone(),
+                workspace.root.join(".git"),
+            ],
+            packages: workspace.packages.clone(),
+            services,
+        }
+    }
+
+    /// The services to restart after `changed` files changed.
+    pub fn affected(&self, changed: &[PathBuf]) -> BTreeSet<String> {
+        let packages: BTreeSet<_> = changed
+            .iter()
+            .filter(|path| !self.ignore(path))
+            .filter_map(|path| {
+                // The innermost package folder holding the file owns it.
+                self.packages
+                    .iter()
+                    .filter(|p| path.starts_with(&p.dir))
+                    .max_by_key(|p| p.dir.components().count())
+            })
+            .map(|p| &p.id)
+            .collect();
+        self.services
+            .iter()
+            .filter(|(_, (_, id))| {
+                let info = self.packages.iter().find(|p| &p.id == id);
+                packages.contains(id)
+                    || info.is_some_and(|i| i.depends_on.iter().any(|d| packages.contains(d)))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn ignore(&self, path: &Path) -> bool {
+        let hidden_or_backup = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') || n.ends_with('~'));
+        hidden_or_backup || self.ignored.iter().any(|dir| path.starts_with(dir))
+    }
+}
+
+/// Watches the workspace until `shutdown`, rebuilding and restarting the
+/// services each change affects.
+pub async fn run(
+    watched: Watched,
+    services: Arc<BTreeMap<String, ServiceHandle>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (changes_tx, mut changes) = mpsc::unbounded_channel::<PathBuf>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            for path in event.paths {
+                let _ = changes_tx.send(path);
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            return shared
+                .logs
+                .note(format!("--watch is off: could not watch files: {e}"));
+        }
+    };
+    if let Err(e) = watcher.watch(&watched.root, RecursiveMode::Recursive) {
+        return shared.logs.note(format!(
+            "--watch is off: could not watch `{}`: {e}",
+            watched.root.display()
+        ));
+    }
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return,
+            path = changes.recv() => match path { Some(path) => path, None => return },
+        };
+        let mut changed = vec![first];
+        let settle = tokio::time::sleep(SETTLE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                () = &mut settle => break,
+                Some(path) = changes.recv() => changed.push(path),
+            }
+        }
+        let affected = watched.affected(&changed);
+        if affected.is_empty() {
+            continue;
+        }
+        let names: Vec<_> = affected.iter().map(String::as_str).collect();
+        shared
+            .logs
+            .note(format!("changed: rebuilding {}", names.join(", ")));
+        let targets: Vec<BinTarget> = affected
+            .iter()
+            .map(|n| watched.services[n].0.clone())
+            .collect();
+        let mut built = match shared.builder.build(&targets).await {
+            Ok(built) => built,
+            Err(e) => {
+                shared
+                    .logs
+                    .note(format!("could not run `cargo build`: {e}"));
+                continue;
+            }
+        };
+        let mut tickets = Vec::new();
+        for name in &affected {
+            match built.binaries.remove(&watched.services[name].0) {
+                Some(binary) => tickets.push(services[name].rebuilt(binary)),
+                None => shared.logs.note(format!(
+                    "{name}: the build failed; the running instance is kept"
+                )),
+            }
+        }
+        for ticket in tickets {
+            let _ = ticket.await;
+        }
+    }
+}

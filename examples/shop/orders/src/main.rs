@@ -1,0 +1,62 @@
+//! orders: takes an order, charges it through payments, remembers it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shop_common::{CallError, post_json};
+
+/// Cents per unit, by item.
+const PRICES: [(&str, u64); 3] = [("tea", 350), ("coffee", 420), ("cake", 600)];
+
+#[derive(Deserialize)]
+struct NewOrder {
+    item: String,
+    quantity: u64,
+}
+
+#[derive(Clone, Serialize)]
+struct Order {
+    id: u64,
+    item: String,
+    quantity: u64,
+    payment: Value,
+}
+
+type Orders = Arc<Mutex<HashMap<u64, Order>>>;
+
+async fn create(State(orders): State<Orders>, Json(new): Json<NewOrder>) -> Result<Json<Order>, CallError> {
+    let Some((_, price)) = PRICES.iter().find(|(item, _)| *item == new.item) else {
+        let items: Vec<_> = PRICES.iter().map(|(item, _)| *item).collect();
+        return Err(CallError(StatusCode::NOT_FOUND, format!("no item `{}`; we sell {}", new.item, items.join(", "))));
+    };
+    let payment: Value = post_json("payments", "/charge", &json!({ "amount_cents": price * new.quantity })).await?;
+    let mut orders = orders.lock().expect("orders lock");
+    let order = Order {
+        id: orders.len() as u64 + 1,
+        item: new.item,
+        quantity: new.quantity,
+        payment,
+    };
+    orders.insert(order.id, order.clone());
+    Ok(Json(order))
+}
+
+async fn show(State(orders): State<Orders>, Path(id): Path<u64>) -> Result<Json<Order>, StatusCode> {
+    orders.lock().expect("orders lock").get(&id).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+}
+
+#[tokio::main]
+async fn main() {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/orders", post(create))
+        .route("/orders/{id}", get(show))
+        .with_state(Orders::default());
+    shop_common::serve(app).await;
+}

@@ -1,0 +1,276 @@
+//! Runs the real `cargo-devmesh` binary on a copy of a fixture workspace.
+//!
+//! Each mesh gets its own copy, state folder and port range; all share one
+//! target folder, so dependencies are built once per test run. Waits are on
+//! signals (a line the supervisor prints, a file's content), each with a
+//! generous deadline that only a hung run reaches.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Long enough for a first build of the fixture's dependencies on 2 cores.
+pub const DEADLINE: Duration = Duration::from_secs(300);
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cargo-devmesh");
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// A copy of `tests/fixtures/<name>`, its `@DEVMESH_PATH@` pointing at the library.
+pub fn fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    copy(
+        &Path::new(REPO).join("tests/fixtures").join(name),
+        dir.path(),
+    );
+    let manifest = dir.path().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("the fixture has a Cargo.toml");
+    let library = Path::new(REPO)
+        .join("devmesh")
+        .canonicalize()
+        .expect("the library exists");
+    std::fs::write(
+        &manifest,
+        text.replace("@DEVMESH_PATH@", library.to_str().expect("a UTF-8 path")),
+    )
+    .expect("the manifest is written");
+    dir
+}
+
+fn copy(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("the fixture exists") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            if entry.file_name() != "target" {
+                std::fs::create_dir_all(&target).expect("a folder is made");
+                copy(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).expect("a file is copied");
+        }
+    }
+}
+
+/// Ten ports for each mesh, distinct within this test run, below the
+/// ephemeral range so outgoing connections never take them.
+fn port_range() -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base =
+        25_000 + (std::process::id() % 40) as u16 * 100 + NEXT.fetch_add(1, Ordering::SeqCst) * 10;
+    format!("{base}-{}", base + 9)
+}
+
+/// Lines a process printed, and a way to wait for more.
+#[derive(Default)]
+pub struct Lines {
+    lines: Mutex<Vec<String>>,
+    added: Condvar,
+}
+
+impl Lines {
+    fn collect(self: &Arc<Self>, output: impl Read + Send + 'static) {
+        let lines = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                lines.lines.lock().unwrap().push(line);
+                lines.added.notify_all();
+            }
+        });
+    }
+
+    /// Waits until `count` lines match `matches`; returns the last of them.
+    pub fn wait_for(&self, count: usize, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            let found: Vec<&String> = lines.iter().filter(|l| matches(l)).collect();
+            if found.len() >= count {
+                return found[count - 1].clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; output:\n{}",
+                lines.join("\n")
+            );
+            lines = self.added.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}
+
+/// A running `cargo devmesh run`.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    ports: String,
+    child: Option<Child>,
+    pub output: Arc<Lines>,
+}
+
+impl Mesh {
+    /// Starts `cargo devmesh run ARGS` on `dir` and waits until every
+    /// service in `ready` is ready.
+    pub fn start(dir: tempfile::TempDir, args: &[&str], ready: &[&str]) -> Mesh {
+        let mut mesh = Mesh::idle(dir);
+        mesh.run(args);
+        for service in ready {
+            mesh.wait_ready(service, 1);
+        }
+        mesh
+    }
+
+    /// A mesh whose supervisor is not started, for other commands.
+    pub fn idle(dir: tempfile::TempDir) -> Mesh {
+        Mesh {
+            dir,
+            ports: port_range(),
+            child: None,
+            output: Arc::default(),
+        }
+    }
+
+    /// Starts the supervisor (again).
+    pub fn run(&mut self, args: &[&str]) {
+        let mut child = self
+            .command()
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cargo-devmesh starts");
+        self.output.collect(child.stdout.take().unwrap());
+        self.output.collect(child.stderr.take().unwrap());
+        self.child = Some(child);
+    }
+
+    /// `cargo-devmesh` with this mesh's workspace, state and ports.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("--manifest-path")
+            .arg(self.dir.path().join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", shared_target())
+            .env("DEVMESH_STATE_DIR", self.state())
+            .env("DEVMESH_RUN__PORTS", &self.ports)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs another `cargo devmesh` command against this mesh.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("cargo-devmesh runs")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Waits for the `nth` "SERVICE: ready" line.
+    pub fn wait_ready(&self, service: &str, nth: usize) -> String {
+        let prefix = format!("devmesh | {service}: ready on ");
+        self.output
+            .wait_for(nth, &format!("`{service}` ready #{nth}"), |l| {
+                l.trim_start().starts_with(&prefix)
+            })
+    }
+
+    /// The front port `ports.json` gives `service`.
+    pub fn front(&self, service: &str) -> u16 {
+        let ports = read_json(&self.state().join("ports.json"));
+        ports[service].as_u64().expect("the service has a port") as u16
+    }
+
+    /// The pid the registry gives `service`.
+    pub fn pid(&self, service: &str) -> u32 {
+        let registry = read_json(&self.state().join("registry.json"));
+        registry["services"][service]["pid"]
+            .as_u64()
+            .expect("the service has a pid") as u32
+    }
+
+    /// Sends `signal` to the supervisor and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the supervisor runs");
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().expect("the supervisor is waited for")
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn shared_target() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures-target")
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `GET path` on 127.0.0.1:`port` over a new connection: (status, body).
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the front port accepts");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Stdout and stderr of a command, for assertions and failure messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Waits until process `pid` has exited (a zombie counts), up to `timeout`:
+/// a pidfd becomes readable when it exits.
+pub fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
+    // SAFETY: plain syscalls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+        if fd < 0 {
+            // ESRCH: it is gone already (and reaped).
+            return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        }
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ready = libc::poll(&mut poll, 1, timeout.as_millis() as i32);
+        libc::close(fd);
+        ready == 1
+    }
+}

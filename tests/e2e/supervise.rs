@@ -1,0 +1,188 @@
+//! `cargo devmesh run`: services find each other, keep their ports, survive
+//! crashes and restarts, and die with the supervisor.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::harness::{DEADLINE, Mesh, fixture, get, read_json, text, wait_exit};
+
+fn mesh() -> Mesh {
+    Mesh::start(fixture("mesh"), &[], &["beta", "alpha"])
+}
+
+#[test]
+fn services_find_each_other_through_their_front_ports() {
+    let mesh = mesh();
+    let (status, body) = get(mesh.front("alpha"), "/peer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("alpha got: beta "), "{body}");
+    let registry = read_json(&mesh.state().join("registry.json"));
+    let beta = &registry["services"]["beta"];
+    assert_eq!(
+        beta["url"],
+        format!("http://127.0.0.1:{}", mesh.front("beta"))
+    );
+    assert_eq!(beta["status"], "ready");
+}
+
+#[test]
+fn ports_survive_a_restart_and_a_whole_rerun() {
+    let mut mesh = mesh();
+    let (alpha, beta) = (mesh.front("alpha"), mesh.front("beta"));
+    let old_pid = mesh.pid("beta");
+
+    let output = mesh.cli(&["restart", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(mesh.pid("beta"), old_pid);
+    assert_eq!(mesh.front("beta"), beta);
+    assert_eq!(get(beta, "/whoami").0, 200);
+
+    let status = mesh.signal_and_wait(libc::SIGINT);
+    assert!(status.success(), "{status}");
+    let registry = read_json(&mesh.state().join("registry.json"));
+    assert_eq!(
+        registry["services"],
+        serde_json::json!({}),
+        "entries are cleared on exit"
+    );
+
+    mesh.run(&[]);
+    mesh.wait_ready("alpha", 2);
+    assert_eq!((mesh.front("alpha"), mesh.front("beta")), (alpha, beta));
+    assert_eq!(get(alpha, "/peer").0, 200);
+}
+
+#[test]
+fn a_crashed_service_comes_back_while_its_neighbour_serves() {
+    let mesh = mesh();
+    let (alpha, beta) = (mesh.front("alpha"), mesh.front("beta"));
+    get(alpha, "/crash");
+    mesh.output.wait_for(1, "the crash report", |l| {
+        l.contains("alpha: exited (exit status 3); restarting in")
+    });
+    assert_eq!(get(beta, "/whoami").0, 200);
+    mesh.wait_ready("alpha", 2);
+    assert_eq!(get(alpha, "/peer").0, 200);
+    let ps = text(&mesh.cli(&["ps"]));
+    let alpha_row = ps
+        .lines()
+        .find(|l| l.starts_with("alpha"))
+        .unwrap_or_default();
+    assert!(alpha_row.contains("ready"), "{ps}");
+    assert!(
+        alpha_row.split_whitespace().nth(4) == Some("1"),
+        "one restart: {ps}"
+    );
+}
+
+#[test]
+fn a_restart_fails_no_request() {
+    let mesh = mesh();
+    let beta = mesh.front("beta");
+    let first_pid = mesh.pid("beta");
+    let (done, sent, failed) = (
+        AtomicBool::new(false),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let (status, _) = get(beta, "/whoami");
+                sent.fetch_add(1, Ordering::SeqCst);
+                if status != 200 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        for _ in 0..3 {
+            let output = mesh.cli(&["restart", "--no-build", "beta"]);
+            assert!(output.status.success(), "{}", text(&output));
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    assert_ne!(mesh.pid("beta"), first_pid);
+    assert!(sent.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "of {} requests",
+        sent.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn a_request_to_a_stopped_service_waits_for_its_start() {
+    let mesh = mesh();
+    let beta = mesh.front("beta");
+    let output = mesh.cli(&["stop", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&mesh.cli(&["ps"])).contains("stopped"));
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| get(beta, "/whoami"));
+        let output = mesh.cli(&["start", "beta"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let (status, body) = waiting.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_no_service_running() {
+    let mut mesh = mesh();
+    let pids = [mesh.pid("alpha"), mesh.pid("beta")];
+    mesh.signal_and_wait(libc::SIGKILL);
+    for pid in pids {
+        assert!(
+            wait_exit(pid, DEADLINE),
+            "service process {pid} outlived the supervisor"
+        );
+    }
+}
+
+#[test]
+fn logs_show_one_service_or_all() {
+    let mesh = mesh();
+    let output = mesh.cli(&["logs", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let lines = String::from_utf8(output.stdout).unwrap();
+    assert!(lines.contains("beta | beta serving"), "{lines}");
+    assert!(lines.lines().all(|l| l.starts_with("beta | ")), "{lines}");
+
+    let all = String::from_utf8(mesh.cli(&["logs"]).stdout).unwrap();
+    assert!(
+        all.contains("alpha | alpha serving") && all.contains(" beta | beta serving"),
+        "{all}"
+    );
+
+    let output = mesh.cli(&["logs", "gama"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("unknown service `gama`"));
+}
+
+#[test]
+fn watch_restarts_exactly_the_dependents_of_a_changed_crate() {
+    let mesh = Mesh::start(fixture("mesh"), &["--watch"], &["beta", "alpha"]);
+    mesh.output.wait_for(1, "the watch to start", |l| {
+        l.contains("watching for changes")
+    });
+    let alpha_pid = mesh.pid("alpha");
+    let library = mesh.dir.path().join("greeting/src/lib.rs");
+    let code = std::fs::read_to_string(&library)
+        .unwrap()
+        .replace("hello", "bonjour");
+    std::fs::write(&library, code).unwrap();
+
+    mesh.wait_ready("beta", 2);
+    let (status, body) = get(mesh.front("beta"), "/whoami");
+    assert_eq!(status, 200);
+    assert!(body.ends_with("bonjour"), "{body}");
+    assert_eq!(
+        mesh.pid("alpha"),
+        alpha_pid,
+        "alpha does not depend on greeting"
+    );
+    let rebuilt = mesh
+        .output
+        .wait_for(1, "the rebuild note", |l| l.contains("changed: rebuilding"));
+    assert!(rebuilt.ends_with("changed: rebuilding beta"), "{rebuilt}");
+}
