@@ -21,7 +21,7 @@ fn an_unknown_service_is_named_with_the_known_ones() {
 fn a_malformed_config_names_file_and_key() {
     let mesh = idle_mesh();
     std::fs::write(
-        mesh.dir.path().join("devmesh.toml"),
+        mesh.root.join("devmesh.toml"),
         "[services.alpha]\nprot = 1\n",
     )
     .unwrap();

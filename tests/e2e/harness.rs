@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(300);
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cargo-devmesh");
-const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// A copy of `tests/fixtures/<name>`, its `@DEVMESH_PATH@` pointing at the library.
 pub fn fixture(name: &str) -> tempfile::TempDir {
@@ -104,7 +104,12 @@ impl Lines {
 
 /// A running `cargo devmesh run`.
 pub struct Mesh {
-    pub dir: tempfile::TempDir,
+    /// The workspace root.
+    pub root: PathBuf,
+    /// The copy of a fixture, when the mesh runs on one.
+    _copy: Option<tempfile::TempDir>,
+    /// Ports, registry, logs: this mesh's alone.
+    state: tempfile::TempDir,
     ports: String,
     child: Option<Child>,
     pub output: Arc<Lines>,
@@ -123,9 +128,19 @@ impl Mesh {
     }
 
     /// A mesh whose supervisor is not started, for other commands.
-    pub fn idle(dir: tempfile::TempDir) -> Mesh {
+    pub fn idle(copy: tempfile::TempDir) -> Mesh {
+        let mut mesh = Mesh::in_place(copy.path());
+        mesh._copy = Some(copy);
+        mesh
+    }
+
+    /// A mesh on a workspace of the repository itself, used as it is
+    /// (`examples/shop`); only its state is elsewhere.
+    pub fn in_place(root: &Path) -> Mesh {
         Mesh {
-            dir,
+            root: root.to_path_buf(),
+            _copy: None,
+            state: tempfile::tempdir().expect("a temp dir"),
             ports: port_range(),
             child: None,
             output: Arc::default(),
@@ -152,7 +167,7 @@ impl Mesh {
         let mut command = Command::new(BINARY);
         command
             .arg("--manifest-path")
-            .arg(self.dir.path().join("Cargo.toml"))
+            .arg(self.root.join("Cargo.toml"))
             .env("CARGO_TARGET_DIR", shared_target())
             .env("DEVMESH_STATE_DIR", self.state())
             .env("DEVMESH_RUN__PORTS", &self.ports)
@@ -170,7 +185,7 @@ impl Mesh {
     }
 
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.path().to_path_buf()
     }
 
     /// Waits for the `nth` "SERVICE: ready" line.

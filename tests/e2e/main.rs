@@ -3,4 +3,5 @@
 
 mod errors;
 mod harness;
+mod shop;
 mod supervise;

@@ -166,7 +166,7 @@ fn watch_restarts_exactly_the_dependents_of_a_changed_crate() {
         l.contains("watching for changes")
     });
     let alpha_pid = mesh.pid("alpha");
-    let library = mesh.dir.path().join("greeting/src/lib.rs");
+    let library = mesh.root.join("greeting/src/lib.rs");
     let code = std::fs::read_to_string(&library)
         .unwrap()
         .replace("hello", "bonjour");

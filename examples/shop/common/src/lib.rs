@@ -21,11 +21,18 @@ pub async fn serve(app: Router) {
         std::process::exit(1)
     });
     let name = std::env::var("DEVMESH_SERVICE").unwrap_or_else(|_| "service".into());
-    println!("{name} listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    println!(
+        "{name} listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM can be handled");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM can be handled");
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -49,18 +56,35 @@ impl axum::response::IntoResponse for CallError {
 }
 
 /// POSTs `body` as JSON to `path` of `service`, found by name.
-pub async fn post_json<T: DeserializeOwned>(service: &str, path: &str, body: &impl Serialize) -> Result<T, CallError> {
-    let bad_gateway = |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
-    let endpoint = devmesh::discover_async(service).await.map_err(|e| bad_gateway(&e))?;
+pub async fn post_json<T: DeserializeOwned>(
+    service: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<T, CallError> {
+    let bad_gateway =
+        |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
+    let endpoint = devmesh::discover_async(service)
+        .await
+        .map_err(|e| bad_gateway(&e))?;
     let request = hyper::Request::post(endpoint.join(path))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("JSON serializes"))))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("JSON serializes"),
+        )))
         .expect("a valid request");
     let response = CLIENT.request(request).await.map_err(|e| bad_gateway(&e))?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|e| bad_gateway(&e))?.to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| bad_gateway(&e))?
+        .to_bytes();
     if !status.is_success() {
-        return Err(CallError(status, String::from_utf8_lossy(&bytes).into_owned()));
+        return Err(CallError(
+            status,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| bad_gateway(&e))
 }

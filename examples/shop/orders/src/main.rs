@@ -30,12 +30,23 @@ struct Order {
 
 type Orders = Arc<Mutex<HashMap<u64, Order>>>;
 
-async fn create(State(orders): State<Orders>, Json(new): Json<NewOrder>) -> Result<Json<Order>, CallError> {
+async fn create(
+    State(orders): State<Orders>,
+    Json(new): Json<NewOrder>,
+) -> Result<Json<Order>, CallError> {
     let Some((_, price)) = PRICES.iter().find(|(item, _)| *item == new.item) else {
         let items: Vec<_> = PRICES.iter().map(|(item, _)| *item).collect();
-        return Err(CallError(StatusCode::NOT_FOUND, format!("no item `{}`; we sell {}", new.item, items.join(", "))));
+        return Err(CallError(
+            StatusCode::NOT_FOUND,
+            format!("no item `{}`; we sell {}", new.item, items.join(", ")),
+        ));
     };
-    let payment: Value = post_json("payments", "/charge", &json!({ "amount_cents": price * new.quantity })).await?;
+    let payment: Value = post_json(
+        "payments",
+        "/charge",
+        &json!({ "amount_cents": price * new.quantity }),
+    )
+    .await?;
     let mut orders = orders.lock().expect("orders lock");
     let order = Order {
         id: orders.len() as u64 + 1,
@@ -47,8 +58,17 @@ async fn create(State(orders): State<Orders>, Json(new): Json<NewOrder>) -> Resu
     Ok(Json(order))
 }
 
-async fn show(State(orders): State<Orders>, Path(id): Path<u64>) -> Result<Json<Order>, StatusCode> {
-    orders.lock().expect("orders lock").get(&id).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+async fn show(
+    State(orders): State<Orders>,
+    Path(id): Path<u64>,
+) -> Result<Json<Order>, StatusCode> {
+    orders
+        .lock()
+        .expect("orders lock")
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or(StatusCode::NOT_FOUND)
 }
 
 #[tokio::main]

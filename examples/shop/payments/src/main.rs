@@ -22,7 +22,11 @@ struct Receipt {
 static NEXT_CHARGE: AtomicU64 = AtomicU64::new(1);
 
 async fn charge(Json(charge): Json<Charge>) -> Json<Receipt> {
-    let status = if charge.amount_cents > 10_000 { "declined" } else { "approved" };
+    let status = if charge.amount_cents > 10_000 {
+        "declined"
+    } else {
+        "approved"
+    };
     Json(Receipt {
         charge_id: NEXT_CHARGE.fetch_add(1, Ordering::Relaxed),
         amount_cents: charge.amount_cents,
