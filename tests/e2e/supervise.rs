@@ -186,3 +186,11 @@ fn watch_restarts_exactly_the_dependents_of_a_changed_crate() {
         .wait_for(1, "the rebuild note", |l| l.contains("changed: rebuilding"));
     assert!(rebuilt.ends_with("changed: rebuilding beta"), "{rebuilt}");
 }
+
+#[test]
+fn a_command_service_runs_in_its_folder_on_its_front_port() {
+    let mesh = Mesh::start(fixture("mesh"), &["files"], &["files"]);
+    let (status, body) = get(mesh.front("files"), "/src/lib.rs");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pub fn greeting()"), "{body}");
+}

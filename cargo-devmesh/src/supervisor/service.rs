@@ -252,17 +252,17 @@ impl Task {
             }
             Message::Stop(reply) => {
                 self.restart_at = None;
+                self.set_status(Status::Stopped, None);
                 let answer = match self.current.take() {
                     Some(instance) => {
-                        self.set_status(Status::Stopped, None);
                         let exit = instance.process.stop(self.shared.grace).await;
                         Ok(format!("stopped ({})", process::describe(&exit)))
                     }
-                    None => {
-                        self.set_status(Status::Stopped, None);
-                        Ok("was not running".to_owned())
-                    }
+                    None => Ok("was not running".to_owned()),
                 };
+                if let Ok(done) = &answer {
+                    self.note(done.clone());
+                }
                 let _ = reply.send(answer);
             }
             Message::Restart { rebuild, reply } => {

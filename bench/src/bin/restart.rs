@@ -1,0 +1,295 @@
+//! Restarts under load: a service is restarted 20 times while a closed-loop
+//! HTTP load runs against its address; requests sent, failed and the longest
+//! wait are printed for `cargo devmesh` and for honcho (a Procfile runner,
+//! which can only stop and start everything) in the same run, followed by
+//! the supervisor's overhead: restart-to-answering against a bare start, and
+//! its resident memory with ten services.
+//!
+//! Run: `cargo run --release -p devmesh-bench --bin restart`
+//! (installs honcho with pip when it is missing).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use devmesh_bench::{Load, LoadReport, repo, rss_kib, run, wait_until_answers};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+const RESTARTS: usize = 20;
+const WORKERS: usize = 4;
+/// Load runs this long between restarts.
+const BETWEEN: Duration = Duration::from_millis(250);
+
+#[tokio::main]
+async fn main() {
+    let shop = repo().join("examples/shop/Cargo.toml");
+    println!("building cargo-devmesh and the shop (release)…");
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "payments",
+            "--manifest-path",
+        ])
+        .arg(&shop));
+    let supervisor = repo().join("target/release/cargo-devmesh");
+    let payments = repo().join("examples/shop/target/release/payments");
+    ensure_honcho();
+
+    let (devmesh, restart_times) = under_devmesh(&supervisor, &shop).await;
+    let honcho = under_honcho(&payments).await;
+    let bare = bare_starts(&payments).await;
+    let rss = supervisor_rss(&supervisor, &shop).await;
+
+    println!(
+        "\n{RESTARTS} restarts of `payments` under load ({WORKERS} keep-alive clients, GET /health):"
+    );
+    println!(
+        "{:<16} {:>10} {:>8} {:>14}",
+        "", "sent", "failed", "longest wait"
+    );
+    for (name, report) in [("cargo devmesh", &devmesh), ("honcho", &honcho)] {
+        println!(
+            "{name:<16} {:>10} {:>8} {:>14.1?}",
+            report.sent, report.failed, report.longest
+        );
+    }
+    println!(
+        "\nrestart (already built) to answering, median of {RESTARTS}: {:.1?}",
+        median(restart_times)
+    );
+    println!(
+        "bare binary start to answering, median of 10:          {:.1?}",
+        median(bare)
+    );
+    println!(
+        "supervisor RSS with 10 services running:               {} KiB",
+        rss
+    );
+}
+
+/// Runs `payments` under `cargo devmesh run` and restarts it through the API.
+async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Duration>) {
+    let state = tempfile::tempdir().expect("a temp dir");
+    let mut child = supervise(supervisor, shop, state.path(), &["payments"], &[]);
+    let front = front_port(state.path(), "payments").await;
+    wait_until_answers(front, "/health").await;
+    let api = Api::read(state.path());
+    let load = Load::start(front, "/health", WORKERS);
+    let mut times = Vec::new();
+    for _ in 0..RESTARTS {
+        tokio::time::sleep(BETWEEN).await;
+        let began = Instant::now();
+        api.restart("payments").await;
+        times.push(began.elapsed());
+    }
+    tokio::time::sleep(BETWEEN).await;
+    let report = load.stop().await;
+    interrupt(&mut child);
+    (report, times)
+}
+
+/// Runs `payments` under honcho and restarts it the only way honcho can.
+async fn under_honcho(payments: &Path) -> LoadReport {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let procfile = dir.path().join("Procfile");
+    std::fs::write(
+        &procfile,
+        format!("payments: exec {}\n", payments.display()),
+    )
+    .expect("a Procfile");
+    let port = free_port();
+    let start = || {
+        Command::new("honcho")
+            .args(["start", "--no-colour", "-f"])
+            .arg(&procfile)
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("honcho starts")
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut honcho = start();
+    wait_until_answers(addr, "/health").await;
+    let load = Load::start(addr, "/health", WORKERS);
+    for _ in 0..RESTARTS {
+        tokio::time::sleep(BETWEEN).await;
+        terminate(&mut honcho);
+        honcho = start();
+    }
+    wait_until_answers(addr, "/health").await;
+    tokio::time::sleep(BETWEEN).await;
+    let report = load.stop().await;
+    terminate(&mut honcho);
+    report
+}
+
+/// How long the bare binary takes from spawn to answering.
+async fn bare_starts(payments: &Path) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let port = free_port();
+        let began = Instant::now();
+        let mut child = Command::new(payments)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("payments starts");
+        wait_until_answers(SocketAddr::from(([127, 0, 0, 1], port)), "/health").await;
+        times.push(began.elapsed());
+        terminate(&mut child);
+    }
+    times
+}
+
+/// The supervisor's resident memory with ten instances of `payments`.
+async fn supervisor_rss(supervisor: &Path, shop: &Path) -> u64 {
+    let state = tempfile::tempdir().expect("a temp dir");
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let env: Vec<(String, String)> = names
+        .iter()
+        .map(|n| {
+            (
+                format!("DEVMESH_SERVICES__{}__PACKAGE", n.to_uppercase()),
+                "payments".to_owned(),
+            )
+        })
+        .collect();
+    let args: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut child = supervise(supervisor, shop, state.path(), &args, &env);
+    for name in &names {
+        wait_until_answers(front_port(state.path(), name).await, "/health").await;
+    }
+    let rss = rss_kib(child.id());
+    interrupt(&mut child);
+    rss
+}
+
+fn supervise(
+    supervisor: &Path,
+    shop: &Path,
+    state: &Path,
+    services: &[&str],
+    env: &[(String, String)],
+) -> Child {
+    Command::new(supervisor)
+        .args(["run", "--release", "--manifest-path"])
+        .arg(shop)
+        .args(services)
+        .env("DEVMESH_STATE_DIR", state)
+        .env("DEVMESH_RUN__PORTS", "26500-26599")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the supervisor starts")
+}
+
+/// Waits for the supervisor to give `service` a port.
+async fn front_port(state: &Path, service: &str) -> SocketAddr {
+    loop {
+        let ports = std::fs::read(state.join("ports.json")).ok();
+        let port = ports
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|p| p[service].as_u64());
+        if let Some(port) = port {
+            return SocketAddr::from(([127, 0, 0, 1], port as u16));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The supervisor's API, from `control.json`.
+struct Api {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl Api {
+    fn read(state: &Path) -> Api {
+        let control: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(state.join("control.json")).expect("control.json"),
+        )
+        .expect("JSON");
+        Api {
+            addr: control["addr"]
+                .as_str()
+                .expect("addr")
+                .parse()
+                .expect("an address"),
+            token: control["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    async fn restart(&self, service: &str) {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("the API answers");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP");
+        tokio::spawn(connection);
+        let request = hyper::Request::post(format!("/api/services/{service}/restart?build=false"))
+            .header("host", self.addr.to_string())
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Empty::<Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("a response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        assert!(
+            status.is_success(),
+            "restart failed: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn interrupt(child: &mut Child) {
+    signal(child, libc::SIGINT);
+}
+
+fn terminate(child: &mut Child) {
+    signal(child, libc::SIGTERM);
+}
+
+fn signal(child: &mut Child, signal: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let _ = child.wait();
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ensure_honcho() {
+    let found = Command::new("honcho")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("installing honcho with pip…");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "honcho"]));
+    }
+}

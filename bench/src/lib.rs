@@ -1,0 +1,134 @@
+//! What the benchmarks share: a closed-loop HTTP load generator, and ways to
+//! build and run the things measured.
+//!
+//! Run a benchmark with `cargo run --release -p devmesh-bench --bin NAME`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `command` to completion, or exits with what it printed.
+pub fn run(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {command:?}: {e}"));
+    if !output.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        panic!("{command:?} failed: {}", output.status);
+    }
+}
+
+/// Figures of one load run.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub failed: u64,
+    /// The longest a successful request took.
+    pub longest: Duration,
+}
+
+/// A load that runs until stopped: `workers` clients, each sending
+/// `GET path` back to back on a keep-alive connection.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    longest_micros: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &str, workers: usize) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            sent: Arc::default(),
+            failed: Arc::default(),
+            longest_micros: Arc::default(),
+            workers: Vec::new(),
+        };
+        let url: hyper::Uri = format!("http://{addr}{path}").parse().expect("a URL");
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, sent, failed, longest) = (
+                    Arc::clone(&load.stop),
+                    Arc::clone(&load.sent),
+                    Arc::clone(&load.failed),
+                    Arc::clone(&load.longest_micros),
+                );
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        let ok = match client.get(url.clone()).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                response.into_body().collect().await.is_ok() && status.is_success()
+                            }
+                            Err(_) => false,
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if ok {
+                            longest
+                                .fetch_max(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { workers, ..load }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        LoadReport {
+            sent: self.sent.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            longest: Duration::from_micros(self.longest_micros.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Waits until `addr` answers `GET path` with a success, polling.
+pub async fn wait_until_answers(addr: SocketAddr, path: &str) -> Duration {
+    let began = Instant::now();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let url: hyper::Uri = format!("http://{addr}{path}").parse().expect("a URL");
+    loop {
+        if let Ok(response) = client.get(url.clone()).await
+            && response.status().is_success()
+        {
+            return began.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Resident memory of process `pid`, in KiB, from `/proc`.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
