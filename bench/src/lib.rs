@@ -38,6 +38,9 @@ pub struct LoadReport {
     pub failed: u64,
     /// The longest a successful request took.
     pub longest: Duration,
+    /// The longest any client went without a successful response: a
+    /// refused connection fails fast, so this shows an outage that `longest` hides.
+    pub longest_gap: Duration,
 }
 
 /// A load that runs until stopped: `workers` clients, each sending
@@ -48,6 +51,7 @@ pub struct Load {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     longest_micros: Arc<AtomicU64>,
+    longest_gap_micros: Arc<AtomicU64>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -58,20 +62,23 @@ impl Load {
             sent: Arc::default(),
             failed: Arc::default(),
             longest_micros: Arc::default(),
+            longest_gap_micros: Arc::default(),
             workers: Vec::new(),
         };
         let url: hyper::Uri = format!("http://{addr}{path}").parse().expect("a URL");
         let workers = (0..workers)
             .map(|_| {
-                let (stop, sent, failed, longest) = (
+                let (stop, sent, failed, longest, longest_gap) = (
                     Arc::clone(&load.stop),
                     Arc::clone(&load.sent),
                     Arc::clone(&load.failed),
                     Arc::clone(&load.longest_micros),
+                    Arc::clone(&load.longest_gap_micros),
                 );
                 let url = url.clone();
                 tokio::spawn(async move {
                     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                    let mut last_success = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         let began = Instant::now();
                         let ok = match client.get(url.clone()).await {
@@ -83,8 +90,11 @@ impl Load {
                         };
                         sent.fetch_add(1, Ordering::Relaxed);
                         if ok {
-                            longest
-                                .fetch_max(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            let micros = |d: Duration| d.as_micros() as u64;
+                            longest.fetch_max(micros(began.elapsed()), Ordering::Relaxed);
+                            longest_gap
+                                .fetch_max(micros(last_success.elapsed()), Ordering::Relaxed);
+                            last_success = Instant::now();
                         } else {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -104,6 +114,7 @@ impl Load {
             sent: self.sent.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             longest: Duration::from_micros(self.longest_micros.load(Ordering::Relaxed)),
+            longest_gap: Duration::from_micros(self.longest_gap_micros.load(Ordering::Relaxed)),
         }
     }
 }

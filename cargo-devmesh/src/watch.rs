@@ -148,7 +148,7 @@ pub async fn run(
             .iter()
             .map(|n| watched.services[n].0.clone())
             .collect();
-        let mut built = match shared.builder.build(&targets).await {
+        let built = match shared.builder.build(&targets).await {
             Ok(built) => built,
             Err(e) => {
                 shared
@@ -159,8 +159,8 @@ pub async fn run(
         };
         let mut tickets = Vec::new();
         for name in &affected {
-            match built.binaries.remove(&watched.services[name].0) {
-                Some(binary) => tickets.push(services[name].rebuilt(binary)),
+            match built.binaries.get(&watched.services[name].0) {
+                Some(binary) => tickets.push(services[name].rebuilt(binary.clone())),
                 None => shared.logs.note(format!(
                     "{name}: the build failed; the running instance is kept"
                 )),

@@ -110,6 +110,8 @@ pub struct Mesh {
     _copy: Option<tempfile::TempDir>,
     /// Ports, registry, logs: this mesh's alone.
     state: tempfile::TempDir,
+    /// Cargo's target folder: shared by meshes on unchanged fixtures.
+    target: PathBuf,
     ports: String,
     child: Option<Child>,
     pub output: Arc<Lines>,
@@ -120,6 +122,20 @@ impl Mesh {
     /// service in `ready` is ready.
     pub fn start(dir: tempfile::TempDir, args: &[&str], ready: &[&str]) -> Mesh {
         let mut mesh = Mesh::idle(dir);
+        mesh.run(args);
+        for service in ready {
+            mesh.wait_ready(service, 1);
+        }
+        mesh
+    }
+
+    /// [`Mesh::start`] with a target folder of its own, for a test that
+    /// changes the fixture's code. Copies of a workspace hash alike in
+    /// cargo, so in a shared target folder one copy's build would stand in
+    /// for another's changed code.
+    pub fn start_alone(dir: tempfile::TempDir, args: &[&str], ready: &[&str]) -> Mesh {
+        let mut mesh = Mesh::idle(dir);
+        mesh.target = mesh.root.join("target");
         mesh.run(args);
         for service in ready {
             mesh.wait_ready(service, 1);
@@ -141,6 +157,7 @@ impl Mesh {
             root: root.to_path_buf(),
             _copy: None,
             state: tempfile::tempdir().expect("a temp dir"),
+            target: shared_target(),
             ports: port_range(),
             child: None,
             output: Arc::default(),
@@ -168,7 +185,7 @@ impl Mesh {
         command
             .arg("--manifest-path")
             .arg(self.root.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", shared_target())
+            .env("CARGO_TARGET_DIR", &self.target)
             .env("DEVMESH_STATE_DIR", self.state())
             .env("DEVMESH_RUN__PORTS", &self.ports)
             .env("NO_COLOR", "1")

@@ -161,7 +161,7 @@ fn logs_show_one_service_or_all() {
 
 #[test]
 fn watch_restarts_exactly_the_dependents_of_a_changed_crate() {
-    let mesh = Mesh::start(fixture("mesh"), &["--watch"], &["beta", "alpha"]);
+    let mesh = Mesh::start_alone(fixture("mesh"), &["--watch"], &["beta", "alpha"]);
     mesh.output.wait_for(1, "the watch to start", |l| {
         l.contains("watching for changes")
     });
@@ -193,4 +193,35 @@ fn a_command_service_runs_in_its_folder_on_its_front_port() {
     let (status, body) = get(mesh.front("files"), "/src/lib.rs");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("pub fn greeting()"), "{body}");
+}
+
+#[test]
+fn a_failed_build_leaves_the_others_running_until_fixed() {
+    let dir = fixture("mesh");
+    std::fs::write(dir.path().join("devmesh.toml"), "").unwrap();
+    let library = dir.path().join("greeting/src/lib.rs");
+    let good = std::fs::read_to_string(&library).unwrap();
+    std::fs::write(&library, good.replace("\"hello\"", "42")).unwrap();
+
+    let mesh = Mesh::start_alone(dir, &["alpha", "beta"], &["alpha"]);
+    assert_eq!(get(mesh.front("alpha"), "/whoami").0, 200);
+    let ps = text(&mesh.cli(&["ps"]));
+    let beta = ps
+        .lines()
+        .find(|l| l.starts_with("beta"))
+        .unwrap_or_default();
+    assert!(beta.contains("build failed"), "{ps}");
+
+    let output = mesh.cli(&["restart", "beta"]);
+    assert!(!output.status.success(), "a broken build cannot restart");
+    assert!(
+        text(&output).contains("the build failed"),
+        "{}",
+        text(&output)
+    );
+
+    std::fs::write(&library, good).unwrap();
+    let output = mesh.cli(&["restart", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(get(mesh.front("beta"), "/whoami").0, 200);
 }

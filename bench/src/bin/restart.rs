@@ -41,8 +41,11 @@ async fn main() {
     let payments = repo().join("examples/shop/target/release/payments");
     ensure_honcho();
 
+    println!("restarting under cargo devmesh…");
     let (devmesh, restart_times) = under_devmesh(&supervisor, &shop).await;
+    println!("restarting under honcho…");
     let honcho = under_honcho(&payments).await;
+    println!("timing bare starts and the supervisor's memory…");
     let bare = bare_starts(&payments).await;
     let rss = supervisor_rss(&supervisor, &shop).await;
 
@@ -50,13 +53,13 @@ async fn main() {
         "\n{RESTARTS} restarts of `payments` under load ({WORKERS} keep-alive clients, GET /health):"
     );
     println!(
-        "{:<16} {:>10} {:>8} {:>14}",
-        "", "sent", "failed", "longest wait"
+        "{:<16} {:>10} {:>10} {:>14} {:>22}",
+        "", "sent", "failed", "longest wait", "longest without answer"
     );
     for (name, report) in [("cargo devmesh", &devmesh), ("honcho", &honcho)] {
         println!(
-            "{name:<16} {:>10} {:>8} {:>14.1?}",
-            report.sent, report.failed, report.longest
+            "{name:<16} {:>10} {:>10} {:>14.1?} {:>22.1?}",
+            report.sent, report.failed, report.longest, report.longest_gap
         );
     }
     println!(

@@ -79,7 +79,7 @@ pub async fn run(
         .iter()
         .filter_map(|name| bin_target(&workspace, name))
         .collect();
-    let mut built = if targets.is_empty() {
+    let built = if targets.is_empty() {
         Default::default()
     } else {
         logs.note(format!("building {}", names(&targets)));
@@ -121,7 +121,7 @@ pub async fn run(
             .iter()
             .map(|d| handles[d].state.clone())
             .collect();
-        let binary = bin_target(&workspace, &name).and_then(|t| built.binaries.remove(&t));
+        let binary = bin_target(&workspace, &name).and_then(|t| built.binaries.get(&t).cloned());
         let (handle, route, task) = service::spawn(
             spec,
             binary,

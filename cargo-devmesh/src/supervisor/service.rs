@@ -134,6 +134,9 @@ struct Task {
     next_id: u64,
     crashes_in_a_row: u32,
     restart_at: Option<tokio::time::Instant>,
+    /// Old instances draining and stopping after a restart; a restart
+    /// answers once the new instance serves, without waiting for them.
+    retiring: tokio::task::JoinSet<()>,
     shutdown: CancellationToken,
 }
 
@@ -179,6 +182,7 @@ pub fn spawn(
         next_id: 0,
         crashes_in_a_row: 0,
         restart_at: None,
+        retiring: tokio::task::JoinSet::new(),
         shutdown,
     };
     task.publish_registry();
@@ -221,6 +225,7 @@ impl Task {
         if let Some(instance) = self.current.take() {
             let _ = instance.process.stop(self.shared.grace).await;
         }
+        while self.retiring.join_next().await.is_some() {}
         self.set_status(Status::Stopped, None);
     }
 
@@ -368,20 +373,14 @@ impl Task {
         ));
         if let Some(old) = old {
             self.state.send_modify(|s| s.restarts += 1);
-            self.retire(old).await;
+            while self.retiring.try_join_next().is_some() {}
+            self.retiring.spawn(retire(old, self.shared.grace));
         }
         Ok(if restarted {
             format!("restarted (pid {pid})")
         } else {
             format!("started (pid {pid})")
         })
-    }
-
-    /// Stops an instance the route no longer sends to, once it is idle.
-    async fn retire(&self, old: Instance) {
-        let grace = self.shared.grace;
-        let _ = tokio::time::timeout(grace, old.backend.drain.idle()).await;
-        let _ = old.process.stop(grace).await;
     }
 
     /// Spawns an instance and waits until it is ready.
@@ -527,4 +526,11 @@ impl Task {
     fn note(&self, text: String) {
         self.shared.logs.note(format!("{}: {text}", self.spec.name));
     }
+}
+
+/// Stops an instance the route no longer sends to, once nothing is in
+/// flight to it (or after the grace period).
+async fn retire(old: Instance, grace: Duration) {
+    let _ = tokio::time::timeout(grace, old.backend.drain.idle()).await;
+    let _ = old.process.stop(grace).await;
 }
