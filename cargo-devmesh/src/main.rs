@@ -8,6 +8,7 @@
 //! - `ports`: stable front ports, kept in `ports.json`;
 //! - `supervisor/`: one task per service, owning its processes;
 //! - `proxy/`: the front ports, forwarding to the ready instance;
+//! - `inspector/`: captured traffic: store, export, replay support, the page;
 //! - `logs/`: interleaved terminal output and per-service log files;
 //! - `control/`: the local API other terminals use;
 //! - `watch`: `--watch`, rebuilding what changed;
@@ -17,6 +18,7 @@ mod build;
 mod cli;
 mod control;
 mod errors;
+mod inspector;
 mod logs;
 mod ports;
 mod proxy;

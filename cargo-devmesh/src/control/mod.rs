@@ -7,29 +7,43 @@
 //!
 //! | route | what |
 //! | --- | --- |
+//! | `GET /` | the inspector page |
 //! | `GET /api/services` | every service's state, as JSON |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only) |
-//! | `POST /api/services/{name}/stop` | stop it |
-//! | `POST /api/services/{name}/start` | start it |
+//! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
+//! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `after`, `limit` |
+//! | `GET /api/traffic/{id}` | one exchange with headers and bodies |
+//! | `POST /api/traffic/{id}/replay` | send it again; body: optional edits `{method, path, headers, body}` |
+//! | `GET /api/traffic.har`, `/api/traffic.jsonl` | export, with the same filters |
+//! | `GET /api/map` | who calls whom: counts, errors, mean and p99 latency |
+//! | `GET /api/logs` | recent log lines: `service` (comma-separated), `trace`, `after`, `limit` |
+//! | `GET /api/events` | server-sent events: `exchange` and `log` |
+//!
+//! Every `POST` needs the token.
 
 mod client;
+mod query;
+mod replay;
 
 pub use client::Client;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::StartError;
+use crate::inspector::{Event, Exchange, Filter, Inspector, Summary, har};
+use crate::logs::Logs;
 use crate::supervisor::ServiceHandle;
 
 /// `<state>/control.json`: where the API listens and the token it wants.
@@ -73,11 +87,19 @@ pub fn remove(state_dir: &Path) {
     let _ = std::fs::remove_file(control_path(state_dir));
 }
 
+/// What the API serves.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    pub services: Arc<BTreeMap<String, ServiceHandle>>,
+    pub inspector: Arc<Inspector>,
+    pub logs: Logs,
+}
+
 /// Serves the API until `shutdown`; returns its address once listening and
 /// `control.json` is written.
 pub async fn serve(
     state_dir: &Path,
-    services: Arc<BTreeMap<String, ServiceHandle>>,
+    mesh: Mesh,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, StartError> {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -108,7 +130,11 @@ pub async fn serve(
         path,
         source,
     })?;
-    let api = Arc::new(Api { services, control });
+    let api = Arc::new(Api {
+        mesh,
+        control,
+        shutdown: shutdown.clone(),
+    });
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -147,11 +173,19 @@ fn new_token() -> Result<String, StartError> {
 }
 
 struct Api {
-    services: Arc<BTreeMap<String, ServiceHandle>>,
+    mesh: Mesh,
     control: ControlFile,
+    /// Ends live streams when the supervisor stops.
+    shutdown: CancellationToken,
 }
 
-type ApiResponse = Response<Full<Bytes>>;
+type ApiBody = BoxBody<Bytes, Infallible>;
+type ApiResponse = Response<ApiBody>;
+
+/// The inspector page; the token is filled in when served.
+const PAGE: &str = include_str!("../inspector/page.html");
+/// Newest exchanges a list returns unless asked for fewer.
+const LIST_LIMIT: usize = 500;
 
 impl Api {
     async fn handle(&self, request: Request<Incoming>) -> ApiResponse {
@@ -161,58 +195,225 @@ impl Api {
                 &error("the Host header must name this API's address"),
             );
         }
-        let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
-        match (request.method(), path.as_slice()) {
-            (&Method::GET, ["api", "services"]) => {
+        let path = request.uri().path().trim_matches('/').to_owned();
+        let segments: Vec<&str> = path.split('/').collect();
+        let query = query::parse(request.uri().query());
+        let changes_state = request.method() == Method::POST;
+        if changes_state && !self.authorized(&request) {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &error(
+                    "this needs `Authorization: Bearer <token>` with the token from control.json",
+                ),
+            );
+        }
+        match (request.method().clone(), segments.as_slice()) {
+            (Method::GET, [""]) => self.page(),
+            (Method::GET, ["api", "services"]) => {
                 let states: Vec<_> = self
+                    .mesh
                     .services
                     .values()
                     .map(|h| h.state.borrow().clone())
                     .collect();
                 json(StatusCode::OK, &states)
             }
-            (&Method::POST, ["api", "services", name, action]) => {
-                if !self.authorized(&request) {
-                    return json(
-                        StatusCode::UNAUTHORIZED,
-                        &error(
-                            "this needs `Authorization: Bearer <token>` with the token from control.json",
-                        ),
-                    );
-                }
-                let Some(service) = self.services.get(*name) else {
-                    let known: Vec<_> = self.services.keys().map(|n| format!("`{n}`")).collect();
-                    return json(
-                        StatusCode::NOT_FOUND,
-                        &error(&format!(
-                            "unknown service `{name}` (hint: running are {})",
-                            known.join(", ")
-                        )),
-                    );
-                };
-                let build = request.uri().query() != Some("build=false");
-                let ticket = match *action {
-                    "restart" => service.restart(build),
-                    "stop" => service.stop(),
-                    "start" => service.start(),
-                    _ => {
-                        return json(
-                            StatusCode::NOT_FOUND,
-                            &error(&format!("unknown action `{action}`")),
-                        );
-                    }
-                };
-                match ticket.await {
-                    Ok(Ok(done)) => json(StatusCode::OK, &serde_json::json!({ "ok": done })),
-                    Ok(Err(why)) => json(StatusCode::CONFLICT, &error(&why)),
-                    Err(_) => json(StatusCode::CONFLICT, &error("the supervisor is stopping")),
-                }
+            (Method::POST, ["api", "services", name, action]) => {
+                self.act(name, action, &query).await
             }
+            (Method::GET, ["api", "traffic"]) => {
+                let summaries: Vec<Summary> = self
+                    .mesh
+                    .inspector
+                    .store
+                    .list(&filter(&query))
+                    .iter()
+                    .map(Summary::from)
+                    .collect();
+                json(StatusCode::OK, &summaries)
+            }
+            (Method::GET, ["api", "traffic.har"]) => {
+                let exchanges = self.mesh.inspector.store.list(&filter(&query));
+                json(StatusCode::OK, &har::har(&exchanges))
+            }
+            (Method::GET, ["api", "traffic.jsonl"]) => {
+                let mut lines = Vec::new();
+                for exchange in self.mesh.inspector.store.list(&filter(&query)) {
+                    serde_json::to_writer(&mut lines, &exchange).expect("exchanges serialize");
+                    lines.push(b'\n');
+                }
+                respond(StatusCode::OK, "application/x-ndjson", lines)
+            }
+            (Method::GET, ["api", "traffic", id]) => match self.exchange(id) {
+                Ok(exchange) => json(StatusCode::OK, &exchange),
+                Err(response) => *response,
+            },
+            (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
+            (Method::GET, ["api", "map"]) => json(
+                StatusCode::OK,
+                &map(&self.mesh.inspector.store.list(&Filter::default())),
+            ),
+            (Method::GET, ["api", "logs"]) => {
+                let services: Vec<String> = query
+                    .get("service")
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let after = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let limit = query
+                    .get("limit")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(1000);
+                let lines = self.mesh.logs.recent(
+                    &services,
+                    query.get("trace").map(String::as_str),
+                    after,
+                    limit,
+                );
+                json(StatusCode::OK, &lines)
+            }
+            (Method::GET, ["api", "events"]) => self.events(),
             _ => json(
                 StatusCode::NOT_FOUND,
                 &error("no such route; see `GET /api/services`"),
             ),
         }
+    }
+
+    fn page(&self) -> ApiResponse {
+        let page = PAGE.replace("{{TOKEN}}", &self.control.token);
+        let mut response = respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page.into_bytes(),
+        );
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+
+    async fn act(&self, name: &str, action: &str, query: &HashMap<String, String>) -> ApiResponse {
+        let Some(service) = self.mesh.services.get(name) else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &error(&unknown_service(name, &self.mesh.services)),
+            );
+        };
+        let build = query.get("build").map(String::as_str) != Some("false");
+        let ticket = match action {
+            "restart" => service.restart(build),
+            "stop" => service.stop(),
+            "start" => service.start(),
+            _ => {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    &error(&format!("unknown action `{action}`")),
+                );
+            }
+        };
+        match ticket.await {
+            Ok(Ok(done)) => json(StatusCode::OK, &serde_json::json!({ "ok": done })),
+            Ok(Err(why)) => json(StatusCode::CONFLICT, &error(&why)),
+            Err(_) => json(StatusCode::CONFLICT, &error("the supervisor is stopping")),
+        }
+    }
+
+    fn exchange(&self, id: &str) -> Result<Exchange, Box<ApiResponse>> {
+        let parsed: u64 = id.parse().map_err(|_| {
+            Box::new(json(
+                StatusCode::BAD_REQUEST,
+                &error(&format!("`{id}` is not an exchange id")),
+            ))
+        })?;
+        self.mesh.inspector.store.get(parsed).ok_or_else(|| {
+            Box::new(json(
+                StatusCode::NOT_FOUND,
+                &error(&format!("no exchange {parsed}: it never was, or the oldest were dropped to stay within `inspector.memory`")),
+            ))
+        })
+    }
+
+    async fn replay(&self, id: &str, request: Request<Incoming>) -> ApiResponse {
+        let exchange = match self.exchange(id) {
+            Ok(exchange) => exchange,
+            Err(response) => return *response,
+        };
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return json(StatusCode::BAD_REQUEST, &error(&e.to_string())),
+        };
+        let edits: replay::Edits = if body.is_empty() {
+            replay::Edits::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(edits) => edits,
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &error(&format!(
+                            "the edits are not valid: {e} (hint: send {{\"method\", \"path\", \"headers\": [[name, value]], \"body\"}}, each optional)"
+                        )),
+                    );
+                }
+            }
+        };
+        let Some(service) = self.mesh.services.get(&exchange.service) else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &error(&unknown_service(&exchange.service, &self.mesh.services)),
+            );
+        };
+        let front = service.state.borrow().front;
+        match replay::replay(&exchange, edits, front).await {
+            Ok(replayed) => json(StatusCode::OK, &replayed),
+            Err(why) => json(StatusCode::CONFLICT, &error(&why)),
+        }
+    }
+
+    /// Server-sent events: each exchange as it is captured or completes
+    /// (`event: exchange`), each log line (`event: log`).
+    fn events(&self) -> ApiResponse {
+        let (sender, receiver) = mpsc::channel::<Bytes>(256);
+        let mut exchanges = self.mesh.inspector.store.subscribe();
+        let mut logs = self.mesh.logs.subscribe();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    event = exchanges.recv() => match event {
+                        Ok(Event::Exchange(summary)) => sse("exchange", &summary),
+                        Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    line = logs.recv() => match line {
+                        Ok(line) => sse("log", &line),
+                        Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(BodyExt::boxed(ChannelBody(receiver)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
     }
 
     fn host_is_ours(&self, request: &Request<Incoming>) -> bool {
@@ -233,18 +434,100 @@ impl Api {
     }
 }
 
+fn unknown_service(name: &str, services: &BTreeMap<String, ServiceHandle>) -> String {
+    let known: Vec<_> = services.keys().map(|n| format!("`{n}`")).collect();
+    format!(
+        "unknown service `{name}` (hint: running are {})",
+        known.join(", ")
+    )
+}
+
+fn filter(query: &HashMap<String, String>) -> Filter {
+    let text = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
+    Filter {
+        service: text("service"),
+        method: text("method"),
+        status: text("status"),
+        text: text("q"),
+        trace_id: text("trace"),
+        after: query.get("after").and_then(|a| a.parse().ok()),
+        limit: Some(
+            query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(LIST_LIMIT),
+        ),
+    }
+}
+
+/// Who calls whom: an edge per (caller, service) with count, errors and latencies.
+fn map(exchanges: &[Exchange]) -> serde_json::Value {
+    let mut edges: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    let mut errors: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for e in exchanges {
+        let key = (e.caller.clone(), e.service.clone());
+        edges
+            .entry(key.clone())
+            .or_default()
+            .push(e.total_ms.or(e.service_ms).unwrap_or(0.0));
+        if e.status.is_some_and(|s| s >= 500) || e.error.is_some() {
+            *errors.entry(key).or_default() += 1;
+        }
+    }
+    let edges: Vec<_> = edges
+        .into_iter()
+        .map(|((from, to), mut times)| {
+            times.sort_by(f64::total_cmp);
+            let count = times.len();
+            let mean = times.iter().sum::<f64>() / count as f64;
+            let p99 = times[((count as f64 * 0.99).ceil() as usize).clamp(1, count) - 1];
+            let failed = errors.get(&(from.clone(), to.clone())).copied().unwrap_or(0);
+            serde_json::json!({ "from": from, "to": to, "count": count, "errors": failed, "mean_ms": mean, "p99_ms": p99 })
+        })
+        .collect();
+    serde_json::json!({ "edges": edges })
+}
+
+fn sse(event: &str, data: &impl Serialize) -> Bytes {
+    let data = serde_json::to_string(data).expect("events serialize");
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// A body fed by a channel, for streams.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(http_body::Frame::data(bytes))))
+    }
+}
+
 fn error(message: &str) -> serde_json::Value {
     serde_json::json!({ "error": message })
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> ApiResponse {
-    let mut response = Response::new(Full::new(Bytes::from(
+    respond(
+        status,
+        "application/json",
         serde_json::to_vec(body).expect("API bodies serialize"),
-    )));
+    )
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> ApiResponse {
+    let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
+        header::HeaderValue::from_static(content_type),
     );
     response
 }

@@ -13,16 +13,33 @@ mod time;
 pub use follow::{LogsOptions, show};
 pub use time::timestamp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
+use tokio::sync::broadcast;
+
 /// Colours for service names, in turn.
 const COLOURS: [u8; 6] = [36, 33, 35, 32, 34, 31];
 /// The name the supervisor's own lines carry.
 pub const SUPERVISOR: &str = "devmesh";
+/// Lines kept in memory for the inspector page; the files keep them all.
+const RECENT_LINES: usize = 10_000;
+
+/// A log line as the inspector shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Rises by one per line, across services.
+    pub seq: u64,
+    pub service: String,
+    pub time: String,
+    pub text: String,
+    /// A trace id the line mentions, linking it to a request.
+    pub trace_id: Option<String>,
+}
 
 /// Where log lines go. Cloned into every task that produces them.
 #[derive(Debug, Clone)]
@@ -41,6 +58,10 @@ struct Inner {
     files: Mutex<HashMap<String, File>>,
     /// One line at a time on the terminal, so lines never interleave mid-line.
     terminal: Mutex<()>,
+    /// The newest lines, for the inspector.
+    recent: Mutex<VecDeque<LogLine>>,
+    /// Each new line, for live views.
+    events: broadcast::Sender<LogLine>,
 }
 
 impl Logs {
@@ -70,6 +91,8 @@ impl Logs {
                 colours,
                 files: Mutex::default(),
                 terminal: Mutex::default(),
+                recent: Mutex::default(),
+                events: broadcast::channel(1024).0,
             }),
         })
     }
@@ -106,9 +129,52 @@ impl Logs {
                 .ok()
                 .map(|file| files.entry(service.to_owned()).or_insert(file)),
         };
+        let time = timestamp(std::time::SystemTime::now());
         if let Some(file) = file {
-            let _ = writeln!(file, "{} {text}", timestamp(std::time::SystemTime::now()));
+            let _ = writeln!(file, "{time} {text}");
         }
+        drop(files);
+        let mut recent = inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let line = LogLine {
+            seq: recent.back().map_or(1, |l| l.seq + 1),
+            service: service.to_owned(),
+            time,
+            text: text.to_owned(),
+            trace_id: crate::inspector::trace::find_trace_id(text).map(str::to_lowercase),
+        };
+        if recent.len() == RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line.clone());
+        let _ = inner.events.send(line);
+    }
+
+    /// Recent lines of `services` (all when empty), after `after`, that
+    /// mention `trace_id` when given; the newest `limit`.
+    pub fn recent(
+        &self,
+        services: &[String],
+        trace_id: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<LogLine> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines: Vec<LogLine> = recent
+            .iter()
+            .filter(|l| l.seq > after)
+            .filter(|l| services.is_empty() || services.contains(&l.service))
+            .filter(|l| trace_id.is_none_or(|t| l.trace_id.as_deref() == Some(t)))
+            .cloned()
+            .collect();
+        if lines.len() > limit {
+            lines.drain(..lines.len() - limit);
+        }
+        lines
+    }
+
+    /// New lines as they come.
+    pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
+        self.inner.events.subscribe()
     }
 
     /// A line from the supervisor itself.

@@ -4,15 +4,19 @@
 //!
 //! HTTP (HTTP/1.1 and h2c) is forwarded request by request, so a client's
 //! keep-alive connection outlives the instance behind it: a restart is
-//! invisible. Anything else is piped as TCP. The proxy owns no processes.
+//! invisible. Anything else is piped as TCP. Each exchange is handed to the
+//! inspector on its way. The proxy owns no processes.
 
+#[cfg(test)]
+mod capture_tests;
 mod route;
 
 pub use route::{Backend, Route};
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
@@ -23,6 +27,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::inspector::{
+    self, EXCHANGE_HEADER, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace,
+    trace::TraceParent,
+};
+
+const TRACEPARENT: &str = "traceparent";
 
 /// How long the first bytes of a connection are awaited to tell HTTP from
 /// other TCP; a protocol where the server speaks first is piped after this.
@@ -38,14 +49,31 @@ pub struct Front {
     pub route: watch::Receiver<Route>,
     /// How long a request waits for a ready instance before a 503.
     pub ready_timeout: Duration,
+    /// Where traffic is captured.
+    pub inspector: Arc<Inspector>,
 }
 
 struct Context {
     service: String,
     route: watch::Receiver<Route>,
     ready_timeout: Duration,
-    http1: Client<HttpConnector, Incoming>,
-    http2: Client<HttpConnector, Incoming>,
+    inspector: Arc<Inspector>,
+    http1: Client<HttpConnector, Captured>,
+    http2: Client<HttpConnector, Captured>,
+}
+
+/// One client connection: who is on the other end, found once.
+struct Connection {
+    peer: SocketAddr,
+    local: SocketAddr,
+    caller: OnceLock<String>,
+}
+
+impl Connection {
+    fn caller(&self, inspector: &Inspector) -> &str {
+        self.caller
+            .get_or_init(|| inspector.callers.identify(self.peer, self.local))
+    }
 }
 
 /// Serves `front` until `shutdown`.
@@ -54,26 +82,36 @@ pub async fn run(front: Front, shutdown: CancellationToken) {
         service: front.service,
         route: front.route,
         ready_timeout: front.ready_timeout,
+        inspector: front.inspector,
         http1: Client::builder(TokioExecutor::new()).build_http(),
         http2: Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http(),
     });
+    let local = front
+        .listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = front.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // EMFILE and the like: the next accept may work.
                 Err(_) => continue,
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, Arc::clone(&context)));
+        let connection = Arc::new(Connection {
+            peer,
+            local,
+            caller: OnceLock::new(),
+        });
+        tokio::spawn(serve_connection(stream, Arc::clone(&context), connection));
     }
 }
 
-async fn serve_connection(stream: TcpStream, context: Arc<Context>) {
+async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<Connection>) {
     let mut head = [0u8; 16];
     let sniffed = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut head)).await {
         Ok(Ok(0)) | Ok(Err(_)) => return,
@@ -81,13 +119,14 @@ async fn serve_connection(stream: TcpStream, context: Arc<Context>) {
         Err(_) => &[][..],
     };
     if looks_like_http(sniffed) {
-        let service =
-            hyper::service::service_fn(move |request| forward(request, Arc::clone(&context)));
+        let service = hyper::service::service_fn(move |request| {
+            forward(request, Arc::clone(&context), Arc::clone(&connection))
+        });
         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .await;
     } else {
-        pipe(stream, &context).await;
+        pipe(stream, &context, &connection).await;
     }
 }
 
@@ -134,15 +173,36 @@ impl Context {
             self.service, self.ready_timeout, self.service
         ))
     }
+
+    fn capturing(&self) -> bool {
+        self.inspector.store.config.capture
+    }
 }
+
+/// The request body as forwarded: captured on its way, or as it came.
+type Captured = Tee<Incoming>;
 
 async fn forward(
     mut request: Request<Incoming>,
     context: Arc<Context>,
+    connection: Arc<Connection>,
 ) -> Result<Response<Body>, Infallible> {
-    let backend = match context.ready_backend().await {
+    let arrived = Instant::now();
+    let backend = context.ready_backend().await;
+    let waited = arrived.elapsed();
+    let replay_of = request
+        .headers_mut()
+        .remove(REPLAY_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let capture = context
+        .capturing()
+        .then(|| start_capture(&mut request, &context, &connection, waited, replay_of));
+    let backend = match backend {
         Ok(backend) => backend,
-        Err(message) => return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, message)),
+        Err(message) => {
+            let response = plain(StatusCode::SERVICE_UNAVAILABLE, message);
+            return Ok(finish_capture(capture, &context, response, arrived, None));
+        }
     };
     let lease = backend.drain.lease();
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -153,7 +213,24 @@ async fn forward(
         .headers()
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
-    let client = if request.version() == Version::HTTP_2 {
+    let http2 = request.version() == Version::HTTP_2;
+    let limit = context.inspector.store.config.max_body;
+    let request = request.map(|body| {
+        let (inspector, id) = (
+            Arc::clone(&context.inspector),
+            capture.as_ref().map(|c| c.id),
+        );
+        Tee::new(body, if id.is_some() { limit } else { 0 }, move |seen| {
+            if let Some(id) = id {
+                inspector.store.update(id, |e| {
+                    e.request_body = body_of(seen.kept, seen.size, seen.truncated);
+                    e.bytes_up = seen.size;
+                });
+            }
+        })
+    });
+    let forwarded = Instant::now();
+    let client = if http2 {
         &context.http2
     } else {
         &context.http1
@@ -165,36 +242,226 @@ async fn forward(
                 "devmesh: service `{}` at {} did not answer: {e} (hint: `cargo devmesh logs {}`)\n",
                 context.service, backend.addr, context.service
             );
-            return Ok(plain(StatusCode::BAD_GATEWAY, message));
+            let response = plain(StatusCode::BAD_GATEWAY, message);
+            return Ok(finish_capture(
+                capture,
+                &context,
+                response,
+                arrived,
+                Some(forwarded),
+            ));
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
         let backend_upgrade = hyper::upgrade::on(&mut response);
+        let inspector = Arc::clone(&context.inspector);
+        let id = capture.as_ref().map(|c| c.id);
         tokio::spawn(async move {
             let _lease = lease;
             if let (Ok(client), Ok(backend)) = tokio::join!(client_upgrade, backend_upgrade) {
-                let _ = tokio::io::copy_bidirectional(
+                let copied = tokio::io::copy_bidirectional(
                     &mut TokioIo::new(client),
                     &mut TokioIo::new(backend),
                 )
                 .await;
+                if let (Some(id), Ok((up, down))) = (id, copied) {
+                    inspector.store.update(id, |e| {
+                        e.bytes_up = up;
+                        e.bytes_down = down;
+                        e.complete = true;
+                    });
+                }
             }
         });
+        if let Some(capture) = &capture {
+            context
+                .inspector
+                .store
+                .update(capture.id, |e| e.kind = Kind::WebSocket);
+        }
+        let response = response.map(BodyExt::boxed);
+        return Ok(finish_capture(
+            capture,
+            &context,
+            response,
+            arrived,
+            Some(forwarded),
+        ));
     }
-    Ok(response.map(BodyExt::boxed))
+    let response = response.map(|body| {
+        let _lease = lease;
+        BodyExt::boxed(body)
+    });
+    Ok(finish_capture(
+        capture,
+        &context,
+        response,
+        arrived,
+        Some(forwarded),
+    ))
 }
 
-/// Pipes a non-HTTP connection to the ready instance.
-async fn pipe(mut stream: TcpStream, context: &Context) {
+/// An exchange being captured.
+struct Capture {
+    id: u64,
+    service: String,
+    /// A replay answers with the id it was captured as.
+    replay: bool,
+}
+
+/// Records the request head, and gives it a `traceparent` when it has none:
+/// a new trace, or the one of the caller's request in flight.
+fn start_capture(
+    request: &mut Request<Incoming>,
+    context: &Context,
+    connection: &Connection,
+    waited: Duration,
+    replay_of: Option<u64>,
+) -> Capture {
+    let store = &context.inspector.store;
+    let caller = connection.caller(&context.inspector).to_owned();
+    let given = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| TraceParent::parse(v.to_str().ok()?));
+    let (trace, parent, inferred) = match given {
+        Some(given) => (given, None, false),
+        None => {
+            let cause = store.cause(&caller);
+            let trace_id = cause
+                .as_ref()
+                .map_or_else(trace::new_trace_id, |c| c.trace_id.clone());
+            let parent = cause.map(|c| c.span_id);
+            let inferred = parent.is_some();
+            let trace = TraceParent::new(trace_id, trace::new_span_id());
+            if let Ok(value) = header::HeaderValue::from_str(&trace.header()) {
+                request.headers_mut().insert(TRACEPARENT, value);
+            }
+            (trace, parent, inferred)
+        }
+    };
+    let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Http);
+    exchange.method = request.method().to_string();
+    exchange.path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    exchange.version = format!("{:?}", request.version());
+    exchange.request_headers = headers_of(request.headers());
+    exchange.wait_ms = millis(waited);
+    exchange.trace_id = Some(trace.trace_id.clone());
+    exchange.span_id = Some(trace.span_id.clone());
+    exchange.parent_span_id = parent;
+    exchange.trace_inferred = inferred;
+    exchange.replay_of = replay_of;
+    let id = store.add(exchange);
+    store.start(
+        &context.service,
+        InFlight {
+            id,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+        },
+    );
+    Capture {
+        id,
+        service: context.service.clone(),
+        replay: replay_of.is_some(),
+    }
+}
+
+/// Records the response head, and wraps its body to record the rest.
+fn finish_capture(
+    capture: Option<Capture>,
+    context: &Context,
+    mut response: Response<Body>,
+    arrived: Instant,
+    forwarded: Option<Instant>,
+) -> Response<Body> {
+    let Some(Capture {
+        id,
+        service,
+        replay,
+    }) = capture
+    else {
+        return response;
+    };
+    let inspector = Arc::clone(&context.inspector);
+    if replay && let Ok(value) = header::HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(EXCHANGE_HEADER, value);
+    }
+    inspector.store.update(id, |e| {
+        e.status = Some(response.status().as_u16());
+        e.response_headers = headers_of(response.headers());
+        e.service_ms = forwarded.map(|f| millis(f.elapsed()));
+    });
+    let limit = inspector.store.config.max_body;
+    response.map(move |body| {
+        BodyExt::boxed(Tee::new(body, limit, move |seen: Seen| {
+            inspector.store.update(id, |e| {
+                e.response_body = body_of(seen.kept, seen.size, seen.truncated);
+                e.bytes_down = seen.size;
+                e.total_ms = Some(millis(arrived.elapsed()));
+                e.complete = e.kind != Kind::WebSocket;
+                if !seen.finished {
+                    e.error = Some("the response was cut short".to_owned());
+                }
+            });
+            inspector.store.done(&service, id);
+        }))
+    })
+}
+
+/// Pipes a non-HTTP connection to the ready instance, counting bytes.
+async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection) {
     let Ok(backend) = context.ready_backend().await else {
         return;
     };
     let _lease = backend.drain.lease();
-    if let Ok(mut upstream) = TcpStream::connect(backend.addr).await {
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    let id = context.capturing().then(|| {
+        let caller = connection.caller(&context.inspector).to_owned();
+        let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
+        exchange.method = "TCP".to_owned();
+        context.inspector.store.add(exchange)
+    });
+    let began = Instant::now();
+    let copied = match TcpStream::connect(backend.addr).await {
+        Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream).await,
+        Err(e) => Err(e),
+    };
+    if let Some(id) = id {
+        context.inspector.store.update(id, |e| {
+            match &copied {
+                Ok((up, down)) => (e.bytes_up, e.bytes_down) = (*up, *down),
+                Err(error) => e.error = Some(error.to_string()),
+            }
+            e.total_ms = Some(millis(began.elapsed()));
+            e.complete = true;
+        });
     }
+}
+
+fn headers_of(headers: &header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn body_of(kept: Vec<u8>, size: u64, truncated: bool) -> inspector::Body {
+    inspector::Body::new(kept, size, truncated)
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn plain(status: StatusCode, message: String) -> Response<Body> {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::build::{BinTarget, Builder};
 use crate::control;
+use crate::inspector::Inspector;
 use crate::logs::Logs;
 use crate::ports::PortBook;
 use crate::proxy::{self, Front};
@@ -100,7 +101,9 @@ pub async fn run(
         ));
     }
 
+    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone()));
     let shared = Arc::new(service::Shared {
+        inspector: Arc::clone(&inspector),
         spawner: process::Spawner::start(),
         logs: logs.clone(),
         builder,
@@ -139,15 +142,21 @@ pub async fn run(
             listener: tokio::net::TcpListener::from_std(listener)?,
             route,
             ready_timeout: workspace.config.run.ready_timeout,
+            inspector: Arc::clone(&inspector),
         };
         tokio::spawn(proxy::run(front, shutdown.clone()));
         handles.insert(name, handle);
         tasks.push(task);
     }
     let handles = Arc::new(handles);
-    let api = control::serve(&state_dir, Arc::clone(&handles), shutdown.clone()).await?;
+    let mesh = control::Mesh {
+        services: Arc::clone(&handles),
+        inspector: Arc::clone(&inspector),
+        logs: logs.clone(),
+    };
+    let api = control::serve(&state_dir, mesh, shutdown.clone()).await?;
     logs.note(format!(
-        "control API on http://{api}; `cargo devmesh ps` shows the services"
+        "inspector on http://{api}/ (`cargo devmesh ps` lists the services)"
     ));
     if options.watch {
         tokio::spawn(crate::watch::run(

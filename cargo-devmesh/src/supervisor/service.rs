@@ -34,6 +34,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// What the supervisor's service tasks share.
 #[derive(Debug)]
 pub struct Shared {
+    /// Told which process is which service, to name callers.
+    pub inspector: Arc<crate::inspector::Inspector>,
     pub spawner: Spawner,
     pub logs: Logs,
     pub builder: Builder,
@@ -408,6 +410,10 @@ impl Task {
             .map_err(|e| format!("could not start: {e}"))?;
         drop(socket);
         self.state.send_modify(|s| s.pid = Some(process.pid));
+        self.shared
+            .inspector
+            .callers
+            .insert(process.pid, &self.spec.name);
         let id = self.next_id;
         self.next_id += 1;
         let ready = tokio::select! {
@@ -417,14 +423,17 @@ impl Task {
         };
         if let Err(why) = ready {
             let _ = process.stop(self.shared.grace).await;
+            self.shared.inspector.callers.remove(process.pid);
             self.state
                 .send_modify(|s| s.pid = self.current.as_ref().map(|i| i.process.pid));
             return Err(why);
         }
         let watcher = process.clone();
         let messages = self.messages_tx.clone();
+        let inspector = Arc::clone(&self.shared.inspector);
         tokio::spawn(async move {
             let exit = watcher.exited().await;
+            inspector.callers.remove(watcher.pid);
             let _ = messages.send(Message::Exited { instance: id, exit });
         });
         Ok(Instance {

@@ -19,6 +19,11 @@
 //!
 //! [remote.static]           # services that run elsewhere
 //! payments = "https://payments.sandbox.example.com"
+//!
+//! [inspector]
+//! max_body = 262144         # bytes kept per body
+//! memory = 67108864         # bytes of traffic kept in all
+//! mask_headers = ["authorization", "cookie"]
 //! ```
 //!
 //! Only env variables with a `__` are config (`DEVMESH_RUN__READY_TIMEOUT=5s`,
@@ -54,6 +59,37 @@ pub struct Config {
     /// Where services that don't run locally are found.
     #[serde(default)]
     pub remote: RemoteConfig,
+    /// What the traffic inspector keeps.
+    #[serde(default)]
+    pub inspector: InspectorConfig,
+}
+
+/// `[inspector]`: what the front ports capture.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct InspectorConfig {
+    /// Capture traffic at all.
+    pub capture: bool,
+    /// Bytes kept of each request or response body; the rest is counted
+    /// and marked truncated.
+    pub max_body: usize,
+    /// Bytes of captured traffic kept in all; the oldest go first.
+    pub memory: usize,
+    /// Headers whose values are shown as `***` (case-insensitive), e.g.
+    /// `["authorization", "cookie", "set-cookie"]`.
+    pub mask_headers: Vec<String>,
+}
+
+impl Default for InspectorConfig {
+    fn default() -> Self {
+        InspectorConfig {
+            capture: true,
+            max_body: 256 * 1024,
+            memory: 64 * 1024 * 1024,
+            mask_headers: Vec::new(),
+        }
+    }
 }
 
 /// `[run]`: how the supervisor behaves.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ type Orders = Arc<Mutex<HashMap<u64, Order>>>;
 
 async fn create(
     State(orders): State<Orders>,
+    headers: HeaderMap,
     Json(new): Json<NewOrder>,
 ) -> Result<Json<Order>, CallError> {
     let Some((_, price)) = PRICES.iter().find(|(item, _)| *item == new.item) else {
@@ -55,6 +56,15 @@ async fn create(
         payment,
     };
     orders.insert(order.id, order.clone());
+    // The trace id links this line to the request in `cargo devmesh`'s inspector.
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    println!(
+        "order {} placed: {} x{} (traceparent {trace})",
+        order.id, order.item, order.quantity
+    );
     Ok(Json(order))
 }
 

@@ -1,0 +1,220 @@
+//! One captured exchange: a request and its response, a WebSocket, or a
+//! TCP connection, as the inspector keeps and shows it.
+
+use serde::Serialize;
+
+/// What kind of traffic an exchange is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Http,
+    WebSocket,
+    Tcp,
+}
+
+/// A captured exchange.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exchange {
+    pub id: u64,
+    /// The service called.
+    pub service: String,
+    /// The service that called, or `external`.
+    pub caller: String,
+    pub kind: Kind,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub version: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Body,
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Body,
+    /// Time spent waiting for a ready instance (restarting, building).
+    pub wait_ms: f64,
+    /// Time from forwarding the request to the response head: the service's own time.
+    pub service_ms: Option<f64>,
+    /// Time from arrival to the end of the response body.
+    pub total_ms: Option<f64>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub parent_span_id: Option<String>,
+    /// The trace was inferred from the caller's request in flight, not
+    /// propagated by the caller.
+    pub trace_inferred: bool,
+    /// The exchange this one replays.
+    pub replay_of: Option<u64>,
+    pub error: Option<String>,
+    /// Bytes from client to service and back (bodies, or the stream).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Whether it has ended (response body done, connection closed).
+    pub complete: bool,
+}
+
+/// A captured body: text when it is UTF-8, else base64.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Body {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// The whole body's size, kept or not.
+    pub size: u64,
+    /// Only the first bytes were kept.
+    pub truncated: bool,
+}
+
+impl Body {
+    pub fn new(bytes: Vec<u8>, size: u64, truncated: bool) -> Body {
+        match String::from_utf8(bytes) {
+            Ok(text) => Body {
+                text: Some(text),
+                base64: None,
+                size,
+                truncated,
+            },
+            Err(e) => Body {
+                text: None,
+                base64: Some(base64(e.as_bytes())),
+                size,
+                truncated,
+            },
+        }
+    }
+
+    /// The bytes kept.
+    pub fn bytes(&self) -> Vec<u8> {
+        match (&self.text, &self.base64) {
+            (Some(text), _) => text.clone().into_bytes(),
+            (None, Some(encoded)) => unbase64(encoded),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Memory the body holds.
+    pub fn weight(&self) -> usize {
+        self.text.as_ref().map_or(0, String::len) + self.base64.as_ref().map_or(0, String::len)
+    }
+}
+
+impl Exchange {
+    /// Roughly what the exchange holds in memory, for the store's cap.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .request_headers
+            .iter()
+            .chain(&self.response_headers)
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
+        512 + self.path.len() + headers + self.request_body.weight() + self.response_body.weight()
+    }
+}
+
+/// The fields the list shows, without headers and bodies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub id: u64,
+    pub service: String,
+    pub caller: String,
+    pub kind: Kind,
+    pub started_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub status: Option<u16>,
+    pub wait_ms: f64,
+    pub service_ms: Option<f64>,
+    pub total_ms: Option<f64>,
+    pub trace_id: Option<String>,
+    pub replay_of: Option<u64>,
+    pub error: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub complete: bool,
+}
+
+impl From<&Exchange> for Summary {
+    fn from(e: &Exchange) -> Summary {
+        Summary {
+            id: e.id,
+            service: e.service.clone(),
+            caller: e.caller.clone(),
+            kind: e.kind,
+            started_ms: e.started_ms,
+            method: e.method.clone(),
+            path: e.path.clone(),
+            status: e.status,
+            wait_ms: e.wait_ms,
+            service_ms: e.service_ms,
+            total_ms: e.total_ms,
+            trace_id: e.trace_id.clone(),
+            replay_of: e.replay_of,
+            error: e.error.clone(),
+            bytes_up: e.bytes_up,
+            bytes_down: e.bytes_down,
+            complete: e.complete,
+        }
+    }
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn unbase64(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut buffer, mut bits) = (0u32, 0);
+    for byte in text.bytes() {
+        let Some(value) = ALPHABET.iter().position(|&c| c == byte) else {
+            continue;
+        };
+        buffer = (buffer << 6) | value as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for input in [&b""[..], b"f", b"fo", b"foo", b"foob", b"\xff\x00\xfe"] {
+            assert_eq!(unbase64(&base64(input)), input);
+        }
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+    }
+
+    #[test]
+    fn bodies_are_text_when_they_can_be() {
+        assert_eq!(
+            Body::new(b"{}".to_vec(), 2, false).text.as_deref(),
+            Some("{}")
+        );
+        let binary = Body::new(vec![0xff, 0x00], 2, false);
+        assert_eq!(binary.base64.as_deref(), Some("/wA="));
+        assert_eq!(binary.bytes(), vec![0xff, 0x00]);
+    }
+}

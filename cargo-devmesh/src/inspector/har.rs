@@ -1,0 +1,109 @@
+//! HAR 1.2 export, which browser dev tools open.
+
+use serde_json::{Value, json};
+
+use super::{Body, Exchange, Kind};
+
+/// The exchanges as a HAR 1.2 log (HTTP exchanges only: HAR has no room
+/// for raw TCP).
+pub fn har(exchanges: &[Exchange]) -> Value {
+    let entries: Vec<Value> = exchanges
+        .iter()
+        .filter(|e| e.kind != Kind::Tcp)
+        .map(entry)
+        .collect();
+    json!({
+        "log": {
+            "version": "1.2",
+            "creator": { "name": "devmesh", "version": env!("CARGO_PKG_VERSION") },
+            "entries": entries,
+        }
+    })
+}
+
+fn entry(e: &Exchange) -> Value {
+    let started = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.started_ms);
+    let host = e
+        .request_headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or(e.service.as_str(), |(_, v)| v.as_str());
+    let total = e.total_ms.unwrap_or(0.0);
+    let wait = e.service_ms.unwrap_or(0.0);
+    json!({
+        "startedDateTime": crate::logs::timestamp(started),
+        "time": total,
+        "request": {
+            "method": e.method,
+            "url": format!("http://{host}{}", e.path),
+            "httpVersion": e.version,
+            "cookies": [],
+            "headers": headers(&e.request_headers),
+            "queryString": query(&e.path),
+            "postData": post_data(&e.request_body, &e.request_headers),
+            "headersSize": -1,
+            "bodySize": e.request_body.size,
+        },
+        "response": {
+            "status": e.status.unwrap_or(0),
+            "statusText": "",
+            "httpVersion": e.version,
+            "cookies": [],
+            "headers": headers(&e.response_headers),
+            "content": content(&e.response_body, &e.response_headers),
+            "redirectURL": "",
+            "headersSize": -1,
+            "bodySize": e.response_body.size,
+        },
+        "cache": {},
+        "timings": {
+            "blocked": e.wait_ms,
+            "send": 0,
+            "wait": wait,
+            "receive": (total - wait - e.wait_ms).max(0.0),
+        },
+        "_devmesh": { "id": e.id, "caller": e.caller, "service": e.service, "traceId": e.trace_id, "replayOf": e.replay_of },
+    })
+}
+
+fn headers(headers: &[(String, String)]) -> Vec<Value> {
+    headers
+        .iter()
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect()
+}
+
+fn query(path: &str) -> Vec<Value> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            json!({ "name": name, "value": value })
+        })
+        .collect()
+}
+
+fn mime(headers: &[(String, String)]) -> String {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map_or_else(String::new, |(_, v)| v.clone())
+}
+
+fn post_data(body: &Body, headers: &[(String, String)]) -> Value {
+    json!({ "mimeType": mime(headers), "text": body.text.clone().unwrap_or_default() })
+}
+
+fn content(body: &Body, headers: &[(String, String)]) -> Value {
+    match (&body.text, &body.base64) {
+        (Some(text), _) => json!({ "size": body.size, "mimeType": mime(headers), "text": text }),
+        (None, Some(encoded)) => {
+            json!({ "size": body.size, "mimeType": mime(headers), "text": encoded, "encoding": "base64" })
+        }
+        (None, None) => json!({ "size": body.size, "mimeType": mime(headers) }),
+    }
+}

@@ -1,0 +1,326 @@
+//! The bounded store of captured exchanges, with live updates.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use devmesh::config::InspectorConfig;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::exchange::{Exchange, Summary};
+
+/// What the store tells live listeners.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// A new exchange, or new facts about one (its response, its end).
+    Exchange(Summary),
+}
+
+/// A request in flight to a service, so a call that service makes meanwhile
+/// can be linked to it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub id: u64,
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+/// Captured exchanges, newest last, within a memory cap.
+#[derive(Debug)]
+pub struct Store {
+    pub config: InspectorConfig,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    exchanges: VecDeque<Exchange>,
+    /// Sum of the exchanges' weights.
+    weight: usize,
+    in_flight: HashMap<String, Vec<InFlight>>,
+}
+
+/// Which exchanges a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    /// `2` matches 2xx, `404` matches 404.
+    pub status: Option<String>,
+    /// Text in the path or a body.
+    pub text: Option<String>,
+    pub trace_id: Option<String>,
+    /// Only exchanges with a greater id.
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, e: &Exchange) -> bool {
+        let contains =
+            |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
+        self.service
+            .as_ref()
+            .is_none_or(|s| &e.service == s || &e.caller == s)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| e.method.eq_ignore_ascii_case(m))
+            && self.status.as_ref().is_none_or(|s| {
+                e.status
+                    .is_some_and(|status| status.to_string().starts_with(s.as_str()))
+            })
+            && self
+                .trace_id
+                .as_ref()
+                .is_none_or(|t| e.trace_id.as_ref() == Some(t))
+            && self.after.is_none_or(|after| e.id > after)
+            && self.text.as_ref().is_none_or(|t| {
+                contains(&e.path, t)
+                    || e.request_body
+                        .text
+                        .as_deref()
+                        .is_some_and(|b| contains(b, t))
+                    || e.response_body
+                        .text
+                        .as_deref()
+                        .is_some_and(|b| contains(b, t))
+            })
+    }
+}
+
+impl Store {
+    pub fn new(config: InspectorConfig) -> Store {
+        Store {
+            config,
+            inner: Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Adds an exchange, giving it its id; the oldest go when over the cap.
+    pub fn add(&self, mut exchange: Exchange) -> u64 {
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        exchange.id = inner.next_id;
+        self.mask(&mut exchange);
+        let summary = Summary::from(&exchange);
+        inner.weight += exchange.weight();
+        inner.exchanges.push_back(exchange);
+        while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
+            let oldest = inner.exchanges.pop_front().expect("more than one");
+            inner.weight -= oldest.weight();
+        }
+        let _ = self.events.send(Event::Exchange(summary));
+        inner.next_id
+    }
+
+    /// Changes exchange `id`, if it is still kept.
+    pub fn update(&self, id: u64, change: impl FnOnce(&mut Exchange)) {
+        let mut inner = self.lock();
+        let Some(index) = inner.exchanges.iter().position(|e| e.id == id) else {
+            return;
+        };
+        let before = inner.exchanges[index].weight();
+        change(&mut inner.exchanges[index]);
+        let mut exchange = std::mem::replace(&mut inner.exchanges[index], placeholder());
+        self.mask(&mut exchange);
+        let after = exchange.weight();
+        let summary = Summary::from(&exchange);
+        inner.exchanges[index] = exchange;
+        inner.weight = inner.weight + after - before;
+        let _ = self.events.send(Event::Exchange(summary));
+    }
+
+    pub fn get(&self, id: u64) -> Option<Exchange> {
+        self.lock().exchanges.iter().find(|e| e.id == id).cloned()
+    }
+
+    /// Exchanges that match, oldest first; with a limit, the newest ones.
+    pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
+        let inner = self.lock();
+        let mut found: Vec<Exchange> = inner
+            .exchanges
+            .iter()
+            .filter(|e| filter.matches(e))
+            .cloned()
+            .collect();
+        if let Some(limit) = filter.limit
+            && found.len() > limit
+        {
+            found.drain(..found.len() - limit);
+        }
+        found
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Marks a request to `service` in flight until [`Store::done`].
+    pub fn start(&self, service: &str, in_flight: InFlight) {
+        self.lock()
+            .in_flight
+            .entry(service.to_owned())
+            .or_default()
+            .push(in_flight);
+    }
+
+    pub fn done(&self, service: &str, id: u64) {
+        if let Some(list) = self.lock().in_flight.get_mut(service) {
+            list.retain(|f| f.id != id);
+        }
+    }
+
+    /// The newest request in flight to `service`: the likely cause of a call
+    /// it makes now.
+    pub fn cause(&self, service: &str) -> Option<InFlight> {
+        self.lock().in_flight.get(service)?.last().cloned()
+    }
+
+    fn mask(&self, exchange: &mut Exchange) {
+        let masked = &self.config.mask_headers;
+        if masked.is_empty() {
+            return;
+        }
+        for (name, value) in exchange
+            .request_headers
+            .iter_mut()
+            .chain(exchange.response_headers.iter_mut())
+        {
+            if masked.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                *value = "***".to_owned();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn placeholder() -> Exchange {
+    blank(String::new(), String::new(), super::Kind::Http)
+}
+
+/// An exchange with nothing captured yet.
+pub fn blank(service: String, caller: String, kind: super::Kind) -> Exchange {
+    Exchange {
+        id: 0,
+        service,
+        caller,
+        kind,
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        method: String::new(),
+        path: String::new(),
+        version: String::new(),
+        request_headers: Vec::new(),
+        request_body: Default::default(),
+        status: None,
+        response_headers: Vec::new(),
+        response_body: Default::default(),
+        wait_ms: 0.0,
+        service_ms: None,
+        total_ms: None,
+        trace_id: None,
+        span_id: None,
+        parent_span_id: None,
+        trace_inferred: false,
+        replay_of: None,
+        error: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        complete: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspector::{Body, Kind};
+
+    fn config(memory: usize) -> InspectorConfig {
+        let mut config = InspectorConfig::default();
+        config.memory = memory;
+        config.mask_headers = vec!["authorization".into()];
+        config
+    }
+
+    fn exchange(path: &str, body: &str) -> Exchange {
+        let mut e = blank("orders".into(), "gateway".into(), Kind::Http);
+        e.method = "POST".into();
+        e.path = path.into();
+        e.status = Some(201);
+        e.request_body = Body::new(body.as_bytes().to_vec(), body.len() as u64, false);
+        e.request_headers = vec![("Authorization".into(), "Bearer secret".into())];
+        e
+    }
+
+    #[test]
+    fn filters_by_service_method_status_and_text() {
+        let store = Store::new(config(1 << 20));
+        store.add(exchange("/orders", r#"{"item":"tea"}"#));
+        store.add(exchange("/health", ""));
+        let count = |f: Filter| store.list(&f).len();
+        assert_eq!(count(Filter::default()), 2);
+        assert_eq!(
+            count(Filter {
+                text: Some("TEA".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(Filter {
+                status: Some("2".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                status: Some("404".into()),
+                ..Filter::default()
+            }),
+            0
+        );
+        assert_eq!(
+            count(Filter {
+                method: Some("get".into()),
+                ..Filter::default()
+            }),
+            0
+        );
+        assert_eq!(
+            count(Filter {
+                service: Some("gateway".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                after: Some(1),
+                ..Filter::default()
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn keeps_within_the_memory_cap_and_masks() {
+        let store = Store::new(config(4096));
+        for i in 0..100 {
+            store.add(exchange(&format!("/orders/{i}"), &"x".repeat(500)));
+        }
+        let kept = store.list(&Filter::default());
+        assert!(kept.len() < 10, "{}", kept.len());
+        assert_eq!(kept.last().unwrap().path, "/orders/99");
+        assert_eq!(kept[0].request_headers[0].1, "***");
+    }
+}

@@ -1,0 +1,305 @@
+//! Capture through a real front port: a backend served here, the proxy in
+//! front of it, clients of each kind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devmesh::config::InspectorConfig;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Front, Route};
+use crate::inspector::{Filter, Inspector, Kind};
+
+/// A backend: `/echo` echoes the body, `/big` sends 1 MiB in chunks,
+/// `/ws` upgrades and echoes bytes, anything else says hello.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handle);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn handle(mut request: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
+    let full = |bytes: Bytes| Full::new(bytes).map_err(|never| match never {}).boxed();
+    Ok(match request.uri().path() {
+        "/echo" => {
+            let body = request.into_body().collect().await?.to_bytes();
+            Response::new(full(body))
+        }
+        "/big" => {
+            let chunks =
+                (0..16).map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
+            Response::new(BodyExt::boxed(StreamBody::new(futures_lite_iter(chunks))))
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(upgrade.await.unwrap());
+                let mut buf = [0u8; 64];
+                let n = io.read(&mut buf).await.unwrap();
+                io.write_all(&buf[..n]).await.unwrap();
+            });
+            let mut response = Response::new(full(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response
+                .headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            response
+        }
+        _ => Response::new(full(Bytes::from("hello"))),
+    })
+}
+
+/// A stream over an iterator, without a futures crate.
+fn futures_lite_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
+    IterStream(iter)
+}
+
+struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// A front port for `backend`, capturing with `max_body`.
+async fn front(
+    backend: SocketAddr,
+    max_body: usize,
+) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    let mut config = InspectorConfig::default();
+    config.max_body = max_body;
+    let inspector = Arc::new(Inspector::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The route never changes here: its sender may go.
+    let (_, route) = watch::channel(Route::Ready(Backend::new(backend)));
+    let shutdown = CancellationToken::new();
+    let front = Front {
+        service: "svc".into(),
+        listener,
+        route,
+        ready_timeout: Duration::from_secs(5),
+        inspector: Arc::clone(&inspector),
+    };
+    tokio::spawn(super::run(front, shutdown.clone()));
+    (addr, inspector, shutdown)
+}
+
+/// Waits until `count` exchanges are complete.
+async fn complete(inspector: &Inspector, count: usize) -> Vec<crate::inspector::Exchange> {
+    let mut events = inspector.store.subscribe();
+    loop {
+        let all = inspector.store.list(&Filter::default());
+        if all.iter().filter(|e| e.complete).count() >= count {
+            return all;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event in time");
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_requests_are_each_captured_with_trace_and_body() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let stream = TcpStream::connect(front).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for body in ["one", "two"] {
+        let request = Request::post("/echo")
+            .header("host", "svc")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            body
+        );
+    }
+    let all = complete(&inspector, 2).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].request_body.text.as_deref(), Some("one"));
+    assert_eq!(all[1].response_body.text.as_deref(), Some("two"));
+    assert_eq!(
+        (all[0].method.as_str(), all[0].status, all[0].kind),
+        ("POST", Some(200), Kind::Http)
+    );
+    assert_eq!(all[0].caller, "external");
+    assert_ne!(
+        all[0].trace_id, all[1].trace_id,
+        "a request without traceparent starts a trace"
+    );
+    assert!(
+        all[0]
+            .request_headers
+            .iter()
+            .any(|(k, _)| k == "traceparent")
+    );
+}
+
+#[tokio::test]
+async fn a_given_traceparent_is_kept() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = Request::get(format!("http://{front}/"))
+        .header("traceparent", traceparent)
+        .body(Full::default())
+        .unwrap();
+    client
+        .request(request)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let all = complete(&inspector, 1).await;
+    assert_eq!(
+        all[0].trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let sent = all[0]
+        .request_headers
+        .iter()
+        .find(|(k, _)| k == "traceparent")
+        .unwrap();
+    assert_eq!(sent.1, traceparent);
+}
+
+#[tokio::test]
+async fn http2_requests_are_captured() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::post(format!("http://{front}/echo"))
+        .body(Full::new(Bytes::from("h2 body")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "h2 body"
+    );
+    let all = complete(&inspector, 1).await;
+    assert_eq!(all[0].version, "HTTP/2.0");
+    assert_eq!(all[0].request_body.text.as_deref(), Some("h2 body"));
+}
+
+#[tokio::test]
+async fn chunked_and_large_bodies_are_counted_whole_and_kept_in_part() {
+    let (front, inspector, _shutdown) = front(backend().await, 1000).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    let request = "POST /echo HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+                   5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(String::from_utf8_lossy(&response).ends_with("hello world"));
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let big = client
+        .get(format!("http://{front}/big").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        big.into_body().collect().await.unwrap().to_bytes().len(),
+        1 << 20
+    );
+
+    let all = complete(&inspector, 2).await;
+    assert_eq!(all[0].request_body.text.as_deref(), Some("hello world"));
+    assert_eq!(all[0].request_body.size, 11);
+    let big = &all[1].response_body;
+    assert_eq!(
+        (big.size, big.truncated, big.text.as_ref().map(String::len)),
+        (1 << 20, true, Some(1000))
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_passes_through_and_is_counted() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: svc\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(b"ping!").await.unwrap();
+    let mut echoed = [0u8; 5];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping!");
+    drop(stream);
+    let all = complete(&inspector, 1).await;
+    assert_eq!((all[0].kind, all[0].status), (Kind::WebSocket, Some(101)));
+    assert_eq!((all[0].bytes_up, all[0].bytes_down), (5, 5));
+}
+
+#[tokio::test]
+async fn plain_tcp_is_piped_and_counted() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).await.unwrap();
+        stream.write_all(&buf[..n]).await.unwrap();
+    });
+    let (front, inspector, _shutdown) = front(echo_addr, 1024).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream.write_all(b"\x16\x03binary").await.unwrap();
+    let mut back = [0u8; 8];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"\x16\x03binary");
+    drop(stream);
+    let all = complete(&inspector, 1).await;
+    assert_eq!(
+        (all[0].kind, all[0].bytes_up, all[0].bytes_down),
+        (Kind::Tcp, 8, 8)
+    );
+}
