@@ -92,8 +92,7 @@ impl Load {
                         if ok {
                             let micros = |d: Duration| d.as_micros() as u64;
                             longest.fetch_max(micros(began.elapsed()), Ordering::Relaxed);
-                            longest_gap
-                                .fetch_max(micros(last_success.elapsed()), Ordering::Relaxed);
+                            longest_gap.fetch_max(micros(last_success.elapsed()), Ordering::Relaxed);
                             last_success = Instant::now();
                         } else {
                             failed.fetch_add(1, Ordering::Relaxed);

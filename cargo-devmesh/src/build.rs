@@ -49,9 +49,7 @@ impl Builder {
     /// its progress line on a terminal; stdout carries the JSON read here.
     pub async fn build(&self, targets: &[BinTarget]) -> std::io::Result<Built> {
         let _turn = self.one_at_a_time.lock().await;
-        let mut command = tokio::process::Command::new(
-            std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
-        );
+        let mut command = tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         command
             .args([
                 "build",
@@ -81,9 +79,7 @@ impl Builder {
                 Ok(Message::CompilerArtifact(artifact)) => {
                     let target = targets.iter().find(|t| t.bin == artifact.target.name);
                     if let (Some(target), Some(executable)) = (target, artifact.executable) {
-                        built
-                            .binaries
-                            .insert(target.clone(), executable.into_std_path_buf());
+                        built.binaries.insert(target.clone(), executable.into_std_path_buf());
                     }
                 }
                 Ok(Message::BuildFinished(finished)) => built.success = finished.success,

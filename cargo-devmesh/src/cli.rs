@@ -59,6 +59,38 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         since: Option<std::time::Duration>,
     },
+    /// Show the requests between services, as the inspector captured them.
+    Traffic {
+        /// Only exchanges to or from this service.
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+        /// Keep showing new exchanges.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print HAR 1.2 (opens in browser dev tools).
+        #[arg(long, conflicts_with_all = ["jsonl", "follow"])]
+        har: bool,
+        /// Print one JSON object per exchange, with headers and bodies.
+        #[arg(long)]
+        jsonl: bool,
+    },
+    /// Send a captured request again, as it was or edited.
+    Replay {
+        /// The exchange's number, as `traffic` and the inspector show it.
+        id: u64,
+        /// Another method.
+        #[arg(short = 'X', long)]
+        method: Option<String>,
+        /// Another path and query.
+        #[arg(long)]
+        path: Option<String>,
+        /// A header to set, `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// Another body.
+        #[arg(short, long)]
+        body: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -87,10 +119,7 @@ pub struct RunArgs {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let number: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like `30s` or `5m`"))?;

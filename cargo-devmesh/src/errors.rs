@@ -53,11 +53,7 @@ pub enum StartError {
         "no free port is left in {low}-{high} for service `{service}` \
          (hint: widen `run.ports` in `devmesh.toml`)"
     )]
-    NoFreePort {
-        service: String,
-        low: u16,
-        high: u16,
-    },
+    NoFreePort { service: String, low: u16, high: u16 },
     #[error(
         "a supervisor is already running for this workspace (pid {pid}, API at {addr}) \
          (hint: use `cargo devmesh ps`, or stop it first)"
@@ -72,20 +68,13 @@ pub enum StartError {
     #[error("`{}` is corrupt: {detail} (hint: delete it; ports are then assigned anew)", path.display())]
     CorruptState { path: PathBuf, detail: String },
     #[error("could not listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 fn list(names: &[String]) -> String {
     if names.is_empty() {
         "no services".to_owned()
     } else {
-        names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     }
 }

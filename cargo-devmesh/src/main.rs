@@ -10,7 +10,8 @@
 //! - `proxy/`: the front ports, forwarding to the ready instance;
 //! - `inspector/`: captured traffic: store, export, replay support, the page;
 //! - `logs/`: interleaved terminal output and per-service log files;
-//! - `control/`: the local API other terminals use;
+//! - `control/`: the local API other terminals and the inspector page use;
+//! - `traffic`: `traffic` and `replay`, the inspector in a terminal;
 //! - `watch`: `--watch`, rebuilding what changed;
 //! - `errors`: errors that end a command.
 
@@ -23,6 +24,7 @@ mod logs;
 mod ports;
 mod proxy;
 mod supervisor;
+mod traffic;
 mod watch;
 mod workspace;
 
@@ -48,11 +50,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let usage = e.downcast_ref::<errors::PlanError>().is_some();
-            ExitCode::from(if usage {
-                cli::EXIT_USAGE
-            } else {
-                cli::EXIT_FAILURE
-            } as u8)
+            ExitCode::from(if usage { cli::EXIT_USAGE } else { cli::EXIT_FAILURE } as u8)
         }
     }
 }
@@ -79,15 +77,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
-            let services = control::Client::find(&workspace.state_dir)?
-                .services()
-                .await?;
+            let services = control::Client::find(&workspace.state_dir)?.services().await?;
             print_ps(&services);
             Ok(())
         }
-        Command::Restart { services, no_build } => {
-            act(&cargo, &services, "restart", !no_build).await
-        }
+        Command::Restart { services, no_build } => act(&cargo, &services, "restart", !no_build).await,
         Command::Stop { services } => act(&cargo, &services, "stop", false).await,
         Command::Start { services } => act(&cargo, &services, "start", false).await,
         Command::Logs {
@@ -111,16 +105,46 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             Ok(logs::show(&workspace.state_dir, options, shutdown_on_signal()).await?)
         }
+        Command::Traffic {
+            service,
+            follow,
+            har,
+            jsonl,
+        } => {
+            let workspace = Workspace::load(&cargo)?;
+            if let Some(name) = &service {
+                workspace.service(name)?;
+            }
+            let client = control::Client::find(&workspace.state_dir)?;
+            let format = match (har, jsonl) {
+                (true, _) => traffic::Format::Har,
+                (_, true) => traffic::Format::JsonLines,
+                _ => traffic::Format::Table,
+            };
+            traffic::show(&client, service.as_deref(), format, follow, shutdown_on_signal()).await
+        }
+        Command::Replay {
+            id,
+            method,
+            path,
+            headers,
+            body,
+        } => {
+            let workspace = Workspace::load(&cargo)?;
+            let client = control::Client::find(&workspace.state_dir)?;
+            let edits = traffic::Edits {
+                method,
+                path,
+                headers,
+                body,
+            };
+            traffic::replay(&client, id, edits).await
+        }
     }
 }
 
 /// Sends `action` to each service in turn, through the running supervisor.
-async fn act(
-    cargo: &CargoOptions,
-    services: &[String],
-    action: &str,
-    build: bool,
-) -> anyhow::Result<()> {
+async fn act(cargo: &CargoOptions, services: &[String], action: &str, build: bool) -> anyhow::Result<()> {
     let workspace = Workspace::load(cargo)?;
     for name in services {
         workspace.service(name)?;
@@ -163,10 +187,8 @@ fn shutdown_on_signal() -> CancellationToken {
     let cancel = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut interrupt), Ok(mut terminate)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
             return;
         };
         for _ in 0..2 {

@@ -45,13 +45,11 @@ impl PortBook {
     ) -> Result<TcpListener, StartError> {
         let fixed = configured.or_else(|| self.ports.get(service).copied());
         let listener = match fixed {
-            Some(port) => {
-                TcpListener::bind(local(port)).map_err(|source| StartError::PortInUse {
-                    service: service.to_owned(),
-                    port,
-                    source,
-                })?
-            }
+            Some(port) => TcpListener::bind(local(port)).map_err(|source| StartError::PortInUse {
+                service: service.to_owned(),
+                port,
+                source,
+            })?,
             None => {
                 let taken: Vec<u16> = self.ports.values().copied().collect();
                 (range.0..=range.1)
@@ -94,11 +92,7 @@ mod tests {
 
     fn free_range() -> (u16, u16) {
         // A port the OS just handed out, and the next few: free enough for a test.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         (port, port.saturating_add(20))
     }
 
@@ -108,22 +102,12 @@ mod tests {
         let range = free_range();
         let first = {
             let mut book = PortBook::open(dir.path()).unwrap();
-            let port = book
-                .bind("orders", None, range)
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
             book.save().unwrap();
             port
         };
         let mut book = PortBook::open(dir.path()).unwrap();
-        let again = book
-            .bind("orders", None, range)
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let again = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
         assert_eq!(first, again);
     }
 
@@ -133,10 +117,7 @@ mod tests {
         let holder = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = holder.local_addr().unwrap().port();
         let mut book = PortBook::open(dir.path()).unwrap();
-        let err = book
-            .bind("orders", Some(port), free_range())
-            .unwrap_err()
-            .to_string();
+        let err = book.bind("orders", Some(port), free_range()).unwrap_err().to_string();
         assert!(
             err.contains(&format!("front port {port} for service `orders` is in use")),
             "{err}"

@@ -74,8 +74,7 @@ impl Watched {
             .iter()
             .filter(|(_, (_, id))| {
                 let info = self.packages.iter().find(|p| &p.id == id);
-                packages.contains(id)
-                    || info.is_some_and(|i| i.depends_on.iter().any(|d| packages.contains(d)))
+                packages.contains(id) || info.is_some_and(|i| i.depends_on.iter().any(|d| packages.contains(d)))
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -111,9 +110,7 @@ pub async fn run(
     let mut watcher = match watcher {
         Ok(watcher) => watcher,
         Err(e) => {
-            return shared
-                .logs
-                .note(format!("--watch is off: could not watch files: {e}"));
+            return shared.logs.note(format!("--watch is off: could not watch files: {e}"));
         }
     };
     if let Err(e) = watcher.watch(&watched.root, RecursiveMode::Recursive) {
@@ -141,19 +138,12 @@ pub async fn run(
             continue;
         }
         let names: Vec<_> = affected.iter().map(String::as_str).collect();
-        shared
-            .logs
-            .note(format!("changed: rebuilding {}", names.join(", ")));
-        let targets: Vec<BinTarget> = affected
-            .iter()
-            .map(|n| watched.services[n].0.clone())
-            .collect();
+        shared.logs.note(format!("changed: rebuilding {}", names.join(", ")));
+        let targets: Vec<BinTarget> = affected.iter().map(|n| watched.services[n].0.clone()).collect();
         let built = match shared.builder.build(&targets).await {
             Ok(built) => built,
             Err(e) => {
-                shared
-                    .logs
-                    .note(format!("could not run `cargo build`: {e}"));
+                shared.logs.note(format!("could not run `cargo build`: {e}"));
                 continue;
             }
         };
@@ -161,9 +151,9 @@ pub async fn run(
         for name in &affected {
             match built.binaries.get(&watched.services[name].0) {
                 Some(binary) => tickets.push(services[name].rebuilt(binary.clone())),
-                None => shared.logs.note(format!(
-                    "{name}: the build failed; the running instance is kept"
-                )),
+                None => shared
+                    .logs
+                    .note(format!("{name}: the build failed; the running instance is kept")),
             }
         }
         for ticket in tickets {

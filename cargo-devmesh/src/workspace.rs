@@ -110,20 +110,13 @@ impl Workspace {
         if let Some(path) = &options.manifest_path {
             command.manifest_path(path);
         }
-        let metadata = command
-            .exec()
-            .map_err(|e| PlanError::Metadata(e.to_string()))?;
+        let metadata = command.exec().map_err(|e| PlanError::Metadata(e.to_string()))?;
         let root = metadata.workspace_root.clone().into_std_path_buf();
         let config_path = root.join(devmesh::config::FILE_NAME);
         let config = Config::load(&config_path)?;
         let state_dir = std::env::var_os("DEVMESH_STATE_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                metadata
-                    .target_directory
-                    .join("devmesh")
-                    .into_std_path_buf()
-            });
+            .unwrap_or_else(|| metadata.target_directory.join("devmesh").into_std_path_buf());
         let services = services(&metadata, &config, &root)?;
         Ok(Workspace {
             manifest_path: root.join("Cargo.toml"),
@@ -169,22 +162,16 @@ impl Workspace {
 
     /// The service called `name`, or an error listing those there are.
     pub fn service(&self, name: &str) -> Result<&ServiceSpec, PlanError> {
-        self.services
-            .get(name)
-            .ok_or_else(|| PlanError::UnknownService {
-                name: name.to_owned(),
-                known: self.services.keys().cloned().collect(),
-            })
+        self.services.get(name).ok_or_else(|| PlanError::UnknownService {
+            name: name.to_owned(),
+            known: self.services.keys().cloned().collect(),
+        })
     }
 }
 
 /// Every service: workspace binaries that link devmesh, merged with
 /// `[services.*]` from the config.
-fn services(
-    metadata: &Metadata,
-    config: &Config,
-    root: &Path,
-) -> Result<BTreeMap<String, ServiceSpec>, PlanError> {
+fn services(metadata: &Metadata, config: &Config, root: &Path) -> Result<BTreeMap<String, ServiceSpec>, PlanError> {
     let members = metadata.workspace_packages();
     let mut services = BTreeMap::new();
     for package in members
@@ -194,12 +181,8 @@ fn services(
         let bins = binaries(package);
         for bin in &bins {
             // One binary: the service is the package; several: each binary.
-            let name =
-                devmesh::name::from_package(if bins.len() == 1 { &package.name } else { bin });
-            services.insert(
-                name.clone(),
-                default_spec(&name, binary(package, bin), root),
-            );
+            let name = devmesh::name::from_package(if bins.len() == 1 { &package.name } else { bin });
+            services.insert(name.clone(), default_spec(&name, binary(package, bin), root));
         }
     }
     for (name, entry) in &config.services {
@@ -209,9 +192,7 @@ fn services(
         }
         let launch = match (&entry.command, services.get(name)) {
             (Some(command), _) => Launch::Command(command.clone()),
-            (None, Some(found)) if entry.package.is_none() && entry.bin.is_none() => {
-                found.launch.clone()
-            }
+            (None, Some(found)) if entry.package.is_none() && entry.bin.is_none() => found.launch.clone(),
             (None, _) => configured_binary(name, entry, &members)?,
         };
         let mut spec = default_spec(name, launch, root);
@@ -261,17 +242,11 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
 }
 
 /// A binary named in config by `package` and/or `bin`.
-fn configured_binary(
-    name: &str,
-    entry: &ServiceConfig,
-    members: &[&Package],
-) -> Result<Launch, PlanError> {
+fn configured_binary(name: &str, entry: &ServiceConfig, members: &[&Package]) -> Result<Launch, PlanError> {
     let package_name = entry.package.as_deref().unwrap_or(name);
     let package = members
         .iter()
-        .find(|p| {
-            p.name.as_str() == package_name || devmesh::name::from_package(&p.name) == package_name
-        })
+        .find(|p| p.name.as_str() == package_name || devmesh::name::from_package(&p.name) == package_name)
         .ok_or_else(|| PlanError::NoBinary {
             service: name.to_owned(),
             detail: format!("the workspace has no package `{package_name}`"),
@@ -373,10 +348,7 @@ fn packages(metadata: &Metadata) -> Vec<PackageInfo> {
                 .map(|node| {
                     (
                         &node.id,
-                        node.dependencies
-                            .iter()
-                            .filter(|d| members.contains(d))
-                            .collect(),
+                        node.dependencies.iter().filter(|d| members.contains(d)).collect(),
                     )
                 })
                 .collect()

@@ -22,8 +22,7 @@ fn main() {
             // A realistic mesh: the service looked up among twenty.
             for i in 0..20 {
                 let url = format!("http://127.0.0.1:{}", 41000 + i);
-                file.services
-                    .insert(format!("service-{i}"), Entry::new(url));
+                file.services.insert(format!("service-{i}"), Entry::new(url));
             }
         })
         .expect("the registry is written");
@@ -73,8 +72,7 @@ fn change_latency(registry: &Registry, resolver: &Resolver) -> Duration {
             let url = format!("http://127.0.0.1:{}", 42000 + i);
             registry
                 .update(|f| {
-                    f.services
-                        .insert("service-7".into(), Entry::new(url.clone()));
+                    f.services.insert("service-7".into(), Entry::new(url.clone()));
                 })
                 .expect("the registry is written");
             let written = Instant::now();

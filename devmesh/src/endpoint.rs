@@ -195,11 +195,7 @@ impl fmt::Debug for Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at {} (from {})",
-            self.0.name, self.0.url, self.0.source
-        )
+        write!(f, "{} at {} (from {})", self.0.name, self.0.url, self.0.source)
     }
 }
 
@@ -219,10 +215,7 @@ mod tests {
         assert_eq!(e.join("/orders"), "http://127.0.0.1:41001/orders");
 
         let e = Endpoint::from_url("a", "https://orders.example.com/api", env()).unwrap();
-        assert_eq!(
-            (e.host(), e.port(), e.addr()),
-            ("orders.example.com", 443, None)
-        );
+        assert_eq!((e.host(), e.port(), e.addr()), ("orders.example.com", 443, None));
         assert_eq!(e.join("v1"), "https://orders.example.com/api/v1");
 
         let e = Endpoint::from_url("a", "http://[::1]:8080", env()).unwrap();

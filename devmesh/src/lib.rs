@@ -129,10 +129,7 @@ impl Watch {
 /// else the tunnel URL the registry holds for this service
 /// (`DEVMESH_SERVICE`), else the service's own URL.
 pub fn callback_url() -> Result<String, Error> {
-    if let Some(url) = std::env::var("DEVMESH_CALLBACK_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
+    if let Some(url) = std::env::var("DEVMESH_CALLBACK_URL").ok().filter(|u| !u.is_empty()) {
         return Ok(url);
     }
     let own = std::env::var("DEVMESH_SERVICE").map_err(|_| Error::NoCallbackUrl)?;

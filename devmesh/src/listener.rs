@@ -59,10 +59,7 @@ impl ListenSpec {
                     .unwrap_or(0);
                 return Ok(ListenSpec::Inherited {
                     fd: LISTEN_FDS_START + index as i32,
-                    name: names
-                        .get(index)
-                        .filter(|n| !n.is_empty())
-                        .map(|n| n.to_string()),
+                    name: names.get(index).filter(|n| !n.is_empty()).map(|n| n.to_string()),
                 });
             }
         }
@@ -116,9 +113,7 @@ impl ListenSpec {
                     source,
                 })?;
                 let listener = StdListener::from(own);
-                listener
-                    .local_addr()
-                    .map_err(|source| Error::Listen { what, source })?;
+                listener.local_addr().map_err(|source| Error::Listen { what, source })?;
                 Ok(listener)
             }
         }
@@ -129,10 +124,7 @@ impl ListenSpec {
 /// listener. Call it once, from within a tokio runtime.
 pub async fn listener() -> Result<tokio::net::TcpListener, Error> {
     let listener = std_listener()?;
-    let what = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let what = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -149,24 +141,13 @@ mod tests {
     use super::*;
 
     fn spec(vars: &[(&str, &str)]) -> Result<ListenSpec, Error> {
-        ListenSpec::from_env(|k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
+        ListenSpec::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
     }
 
     #[test]
     fn order_is_inherited_then_devmesh_listen_then_port_then_any() {
-        let all = [
-            ("LISTEN_FDS", "1"),
-            ("DEVMESH_LISTEN", "127.0.0.1:7"),
-            ("PORT", "8"),
-        ];
-        assert_eq!(
-            spec(&all).unwrap(),
-            ListenSpec::Inherited { fd: 3, name: None }
-        );
+        let all = [("LISTEN_FDS", "1"), ("DEVMESH_LISTEN", "127.0.0.1:7"), ("PORT", "8")];
+        assert_eq!(spec(&all).unwrap(), ListenSpec::Inherited { fd: 3, name: None });
         assert_eq!(
             spec(&all[1..]).unwrap(),
             ListenSpec::Bind("127.0.0.1:7".parse().unwrap())
@@ -175,10 +156,7 @@ mod tests {
             spec(&all[2..]).unwrap(),
             ListenSpec::Bind("127.0.0.1:8".parse().unwrap())
         );
-        assert_eq!(
-            spec(&[]).unwrap(),
-            ListenSpec::Bind("127.0.0.1:0".parse().unwrap())
-        );
+        assert_eq!(spec(&[]).unwrap(), ListenSpec::Bind("127.0.0.1:0".parse().unwrap()));
     }
 
     #[test]
@@ -200,19 +178,12 @@ mod tests {
     #[test]
     fn ignores_sockets_meant_for_another_process() {
         let vars = [("LISTEN_FDS", "1"), ("LISTEN_PID", "1"), ("PORT", "9")];
-        assert_eq!(
-            spec(&vars).unwrap(),
-            ListenSpec::Bind("127.0.0.1:9".parse().unwrap())
-        );
+        assert_eq!(spec(&vars).unwrap(), ListenSpec::Bind("127.0.0.1:9".parse().unwrap()));
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (var, value) in [
-            ("LISTEN_FDS", "many"),
-            ("DEVMESH_LISTEN", "here"),
-            ("PORT", "http"),
-        ] {
+        for (var, value) in [("LISTEN_FDS", "many"), ("DEVMESH_LISTEN", "here"), ("PORT", "http")] {
             let err = spec(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(&format!("`{var}` = `{value}`")), "{err}");
         }
@@ -220,9 +191,7 @@ mod tests {
 
     #[test]
     fn binds_an_address() {
-        let listener = ListenSpec::Bind("127.0.0.1:0".parse().unwrap())
-            .open()
-            .unwrap();
+        let listener = ListenSpec::Bind("127.0.0.1:0".parse().unwrap()).open().unwrap();
         assert_ne!(listener.local_addr().unwrap().port(), 0);
     }
 }

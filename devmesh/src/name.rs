@@ -57,10 +57,7 @@ fn env_stem(name: &str) -> String {
 
 /// The closest of `candidates` to `name`, when it is close enough to be a
 /// likely typo (edit distance at most a third of the name, and at least 1).
-pub(crate) fn near_miss<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn near_miss<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let allowed = (name.len() / 3).max(1);
     candidates
         .into_iter()
@@ -116,10 +113,7 @@ mod tests {
     fn env_var_names_round_trip() {
         assert_eq!(url_env_var("svc-b"), "DEVMESH_SVC_B_URL");
         assert_eq!(addr_env_var("svc-b"), "DEVMESH_SVC_B_ADDR");
-        assert_eq!(
-            from_url_env_var("DEVMESH_SVC_B_URL").as_deref(),
-            Some("svc-b")
-        );
+        assert_eq!(from_url_env_var("DEVMESH_SVC_B_URL").as_deref(), Some("svc-b"));
         assert_eq!(from_url_env_var("DEVMESH__URL"), None);
         assert_eq!(from_url_env_var("DEVMESH_REGISTRY"), None);
         assert_eq!(from_package("My_Service"), "my-service");

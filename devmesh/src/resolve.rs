@@ -62,8 +62,8 @@ impl ResolverBuilder {
             .into_iter()
             .filter_map(|(var, url)| {
                 let name = name::from_url_env_var(&var)?;
-                let endpoint = Endpoint::from_url(&name, &url, Source::Env { var: var.clone() })
-                    .map_err(|source| (var, source));
+                let endpoint =
+                    Endpoint::from_url(&name, &url, Source::Env { var: var.clone() }).map_err(|source| (var, source));
                 Some((name, endpoint))
             })
             .collect();
@@ -88,17 +88,14 @@ impl Resolver {
     /// read is reported once, and on every miss.
     pub fn from_env() -> Resolver {
         let env = |key: &str| std::env::var(key).ok();
-        let mut builder = Resolver::builder().env(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        );
+        let mut builder = Resolver::builder()
+            .env(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
         if let Some(path) = crate::registry::locate(env) {
             builder = builder.registry(path);
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         if let Some(path) = Config::locate(&cwd, env) {
-            let backend =
-                Config::load(&path).and_then(|c| StaticMap::new(&path, &c.remote.static_map));
+            let backend = Config::load(&path).and_then(|c| StaticMap::new(&path, &c.remote.static_map));
             match backend {
                 Ok(map) => builder = builder.backend(map),
                 Err(e) => {
@@ -135,12 +132,7 @@ impl Resolver {
 
     /// The registry's entry for `name`, for fields beyond its URL.
     pub(crate) fn registry_entry(&self, name: &str) -> Option<crate::registry::Entry> {
-        self.registry
-            .as_ref()?
-            .snapshot()
-            .entries
-            .get(name)
-            .cloned()
+        self.registry.as_ref()?.snapshot().entries.get(name).cloned()
     }
 
     /// A receiver notified whenever the registry changes; `None` without one.
@@ -177,9 +169,7 @@ impl Resolver {
             }
             None => Place {
                 place: "registry".into(),
-                found:
-                    "none found (hint: run under `cargo devmesh run`, or set `DEVMESH_REGISTRY`)"
-                        .into(),
+                found: "none found (hint: run under `cargo devmesh run`, or set `DEVMESH_REGISTRY`)".into(),
             },
         });
         for backend in &self.backends {
@@ -228,10 +218,7 @@ mod tests {
     use crate::registry::{Entry, Registry};
 
     fn static_map(pairs: &[(&str, &str)]) -> StaticMap {
-        let urls: BTreeMap<_, _> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let urls: BTreeMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         StaticMap::new(Path::new("devmesh.toml"), &urls).unwrap()
     }
 
@@ -283,10 +270,7 @@ mod tests {
     #[test]
     fn env_beats_registry_beats_backends() {
         let dir = tempfile::tempdir().unwrap();
-        let path = registry_with(
-            dir.path(),
-            &[("a", "http://127.0.0.1:2"), ("b", "http://127.0.0.1:2")],
-        );
+        let path = registry_with(dir.path(), &[("a", "http://127.0.0.1:2"), ("b", "http://127.0.0.1:2")]);
         let resolver = Resolver::builder()
             .env([var("DEVMESH_A_URL", "http://127.0.0.1:1")])
             .registry(path)
@@ -306,10 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = registry_with(
             dir.path(),
-            &[
-                ("orders", "http://127.0.0.1:2"),
-                ("gateway", "http://127.0.0.1:3"),
-            ],
+            &[("orders", "http://127.0.0.1:2"), ("gateway", "http://127.0.0.1:3")],
         );
         let resolver = Resolver::builder()
             .env([var("DEVMESH_AUTH_URL", "http://127.0.0.1:1")])
@@ -330,11 +311,7 @@ mod tests {
 
     #[test]
     fn a_miss_without_sources_says_how_to_get_them() {
-        let err = Resolver::builder()
-            .build()
-            .discover("x")
-            .unwrap_err()
-            .to_string();
+        let err = Resolver::builder().build().discover("x").unwrap_err().to_string();
         assert!(err.contains("registry: none found (hint:"), "{err}");
         assert!(err.contains("remote backends: none configured"), "{err}");
         assert!(!err.contains("did you mean"), "{err}");
@@ -342,14 +319,9 @@ mod tests {
 
     #[test]
     fn invalid_names_and_bad_overrides_are_errors_of_their_own() {
-        let resolver = Resolver::builder()
-            .env([var("DEVMESH_B_URL", "b:80")])
-            .build();
+        let resolver = Resolver::builder().env([var("DEVMESH_B_URL", "b:80")]).build();
         let err = resolver.discover("Bad_Name").unwrap_err().to_string();
-        assert!(
-            err.contains("`Bad_Name` is not a valid service name"),
-            "{err}"
-        );
+        assert!(err.contains("`Bad_Name` is not a valid service name"), "{err}");
         let err = resolver.discover("b").unwrap_err().to_string();
         assert!(
             err.starts_with("env `DEVMESH_B_URL`: `b:80` is not a usable base URL"),
@@ -372,14 +344,10 @@ mod tests {
                     for i in 0..1500u16 {
                         registry
                             .update(|f| {
-                                f.services.insert(
-                                    "stable".into(),
-                                    Entry::new(format!("http://127.0.0.1:{}", i + 1)),
-                                );
-                                f.services.insert(
-                                    format!("churn-{writer}"),
-                                    Entry::new("http://127.0.0.1:9"),
-                                );
+                                f.services
+                                    .insert("stable".into(), Entry::new(format!("http://127.0.0.1:{}", i + 1)));
+                                f.services
+                                    .insert(format!("churn-{writer}"), Entry::new("http://127.0.0.1:9"));
                                 if i % 2 == 0 {
                                     f.services.remove(&format!("churn-{writer}"));
                                 }
@@ -392,9 +360,7 @@ mod tests {
             s.spawn(|| {
                 let mut lookups = 0u64;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let endpoint = resolver
-                        .discover("stable")
-                        .expect("stable is in every version");
+                    let endpoint = resolver.discover("stable").expect("stable is in every version");
                     assert!(endpoint.port() >= 1);
                     lookups += 1;
                 }

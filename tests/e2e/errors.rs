@@ -20,19 +20,12 @@ fn an_unknown_service_is_named_with_the_known_ones() {
 #[test]
 fn a_malformed_config_names_file_and_key() {
     let mesh = idle_mesh();
-    std::fs::write(
-        mesh.root.join("devmesh.toml"),
-        "[services.alpha]\nprot = 1\n",
-    )
-    .unwrap();
+    std::fs::write(mesh.root.join("devmesh.toml"), "[services.alpha]\nprot = 1\n").unwrap();
     let output = mesh.cli(&["run"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let message = text(&output);
     assert!(message.contains("devmesh.toml"), "{message}");
-    assert!(
-        message.contains("key `services.alpha.prot`: unknown key"),
-        "{message}"
-    );
+    assert!(message.contains("key `services.alpha.prot`: unknown key"), "{message}");
 }
 
 #[test]

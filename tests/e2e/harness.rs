@@ -22,10 +22,7 @@ pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// A copy of `tests/fixtures/<name>`, its `@DEVMESH_PATH@` pointing at the library.
 pub fn fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a temp dir");
-    copy(
-        &Path::new(REPO).join("tests/fixtures").join(name),
-        dir.path(),
-    );
+    copy(&Path::new(REPO).join("tests/fixtures").join(name), dir.path());
     let manifest = dir.path().join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).expect("the fixture has a Cargo.toml");
     let library = Path::new(REPO)
@@ -59,8 +56,7 @@ fn copy(from: &Path, to: &Path) {
 /// ephemeral range so outgoing connections never take them.
 fn port_range() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base =
-        25_000 + (std::process::id() % 40) as u16 * 100 + NEXT.fetch_add(1, Ordering::SeqCst) * 10;
+    let base = 25_000 + (std::process::id() % 40) as u16 * 100 + NEXT.fetch_add(1, Ordering::SeqCst) * 10;
     format!("{base}-{}", base + 9)
 }
 
@@ -195,10 +191,7 @@ impl Mesh {
 
     /// Runs another `cargo devmesh` command against this mesh.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.command()
-            .args(args)
-            .output()
-            .expect("cargo-devmesh runs")
+        self.command().args(args).output().expect("cargo-devmesh runs")
     }
 
     pub fn state(&self) -> PathBuf {
@@ -208,10 +201,9 @@ impl Mesh {
     /// Waits for the `nth` "SERVICE: ready" line.
     pub fn wait_ready(&self, service: &str, nth: usize) -> String {
         let prefix = format!("devmesh | {service}: ready on ");
-        self.output
-            .wait_for(nth, &format!("`{service}` ready #{nth}"), |l| {
-                l.trim_start().starts_with(&prefix)
-            })
+        self.output.wait_for(nth, &format!("`{service}` ready #{nth}"), |l| {
+            l.trim_start().starts_with(&prefix)
+        })
     }
 
     /// The front port `ports.json` gives `service`.
@@ -266,10 +258,7 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("a response");
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `cargo-devmesh` binary on fixture workspaces.
 //! One test binary for all, as nextest recommends.
 
+mod browser;
 mod errors;
 mod harness;
+mod inspector;
 mod shop;
 mod supervise;

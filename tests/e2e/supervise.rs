@@ -17,10 +17,7 @@ fn services_find_each_other_through_their_front_ports() {
     assert!(body.starts_with("alpha got: beta "), "{body}");
     let registry = read_json(&mesh.state().join("registry.json"));
     let beta = &registry["services"]["beta"];
-    assert_eq!(
-        beta["url"],
-        format!("http://127.0.0.1:{}", mesh.front("beta"))
-    );
+    assert_eq!(beta["url"], format!("http://127.0.0.1:{}", mesh.front("beta")));
     assert_eq!(beta["status"], "ready");
 }
 
@@ -63,15 +60,9 @@ fn a_crashed_service_comes_back_while_its_neighbour_serves() {
     mesh.wait_ready("alpha", 2);
     assert_eq!(get(alpha, "/peer").0, 200);
     let ps = text(&mesh.cli(&["ps"]));
-    let alpha_row = ps
-        .lines()
-        .find(|l| l.starts_with("alpha"))
-        .unwrap_or_default();
+    let alpha_row = ps.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
     assert!(alpha_row.contains("ready"), "{ps}");
-    assert!(
-        alpha_row.split_whitespace().nth(4) == Some("1"),
-        "one restart: {ps}"
-    );
+    assert!(alpha_row.split_whitespace().nth(4) == Some("1"), "one restart: {ps}");
 }
 
 #[test]
@@ -79,11 +70,7 @@ fn a_restart_fails_no_request() {
     let mesh = mesh();
     let beta = mesh.front("beta");
     let first_pid = mesh.pid("beta");
-    let (done, sent, failed) = (
-        AtomicBool::new(false),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-    );
+    let (done, sent, failed) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
@@ -162,25 +149,18 @@ fn logs_show_one_service_or_all() {
 #[test]
 fn watch_restarts_exactly_the_dependents_of_a_changed_crate() {
     let mesh = Mesh::start_alone(fixture("mesh"), &["--watch"], &["beta", "alpha"]);
-    mesh.output.wait_for(1, "the watch to start", |l| {
-        l.contains("watching for changes")
-    });
+    mesh.output
+        .wait_for(1, "the watch to start", |l| l.contains("watching for changes"));
     let alpha_pid = mesh.pid("alpha");
     let library = mesh.root.join("greeting/src/lib.rs");
-    let code = std::fs::read_to_string(&library)
-        .unwrap()
-        .replace("hello", "bonjour");
+    let code = std::fs::read_to_string(&library).unwrap().replace("hello", "bonjour");
     std::fs::write(&library, code).unwrap();
 
     mesh.wait_ready("beta", 2);
     let (status, body) = get(mesh.front("beta"), "/whoami");
     assert_eq!(status, 200);
     assert!(body.ends_with("bonjour"), "{body}");
-    assert_eq!(
-        mesh.pid("alpha"),
-        alpha_pid,
-        "alpha does not depend on greeting"
-    );
+    assert_eq!(mesh.pid("alpha"), alpha_pid, "alpha does not depend on greeting");
     let rebuilt = mesh
         .output
         .wait_for(1, "the rebuild note", |l| l.contains("changed: rebuilding"));
@@ -206,19 +186,12 @@ fn a_failed_build_leaves_the_others_running_until_fixed() {
     let mesh = Mesh::start_alone(dir, &["alpha", "beta"], &["alpha"]);
     assert_eq!(get(mesh.front("alpha"), "/whoami").0, 200);
     let ps = text(&mesh.cli(&["ps"]));
-    let beta = ps
-        .lines()
-        .find(|l| l.starts_with("beta"))
-        .unwrap_or_default();
+    let beta = ps.lines().find(|l| l.starts_with("beta")).unwrap_or_default();
     assert!(beta.contains("build failed"), "{ps}");
 
     let output = mesh.cli(&["restart", "beta"]);
     assert!(!output.status.success(), "a broken build cannot restart");
-    assert!(
-        text(&output).contains("the build failed"),
-        "{}",
-        text(&output)
-    );
+    assert!(text(&output).contains("the build failed"), "{}", text(&output));
 
     std::fs::write(&library, good).unwrap();
     let output = mesh.cli(&["restart", "beta"]);

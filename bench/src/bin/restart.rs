@@ -28,14 +28,7 @@ async fn main() {
     println!("building cargo-devmesh and the shop (release)…");
     run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
     run(Command::new("cargo")
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "payments",
-            "--manifest-path",
-        ])
+        .args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"])
         .arg(&shop));
     let supervisor = repo().join("target/release/cargo-devmesh");
     let payments = repo().join("examples/shop/target/release/payments");
@@ -49,9 +42,7 @@ async fn main() {
     let bare = bare_starts(&payments).await;
     let rss = supervisor_rss(&supervisor, &shop).await;
 
-    println!(
-        "\n{RESTARTS} restarts of `payments` under load ({WORKERS} keep-alive clients, GET /health):"
-    );
+    println!("\n{RESTARTS} restarts of `payments` under load ({WORKERS} keep-alive clients, GET /health):");
     println!(
         "{:<16} {:>10} {:>10} {:>14} {:>22}",
         "", "sent", "failed", "longest wait", "longest without answer"
@@ -70,10 +61,7 @@ async fn main() {
         "bare binary start to answering, median of 10:          {:.1?}",
         median(bare)
     );
-    println!(
-        "supervisor RSS with 10 services running:               {} KiB",
-        rss
-    );
+    println!("supervisor RSS with 10 services running:               {} KiB", rss);
 }
 
 /// Runs `payments` under `cargo devmesh run` and restarts it through the API.
@@ -101,11 +89,7 @@ async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Durat
 async fn under_honcho(payments: &Path) -> LoadReport {
     let dir = tempfile::tempdir().expect("a temp dir");
     let procfile = dir.path().join("Procfile");
-    std::fs::write(
-        &procfile,
-        format!("payments: exec {}\n", payments.display()),
-    )
-    .expect("a Procfile");
+    std::fs::write(&procfile, format!("payments: exec {}\n", payments.display())).expect("a Procfile");
     let port = free_port();
     let start = || {
         Command::new("honcho")
@@ -174,13 +158,7 @@ async fn supervisor_rss(supervisor: &Path, shop: &Path) -> u64 {
     rss
 }
 
-fn supervise(
-    supervisor: &Path,
-    shop: &Path,
-    state: &Path,
-    services: &[&str],
-    env: &[(String, String)],
-) -> Child {
+fn supervise(supervisor: &Path, shop: &Path, state: &Path, services: &[&str], env: &[(String, String)]) -> Child {
     Command::new(supervisor)
         .args(["run", "--release", "--manifest-path"])
         .arg(shop)
@@ -216,16 +194,10 @@ struct Api {
 
 impl Api {
     fn read(state: &Path) -> Api {
-        let control: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(state.join("control.json")).expect("control.json"),
-        )
-        .expect("JSON");
+        let control: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
         Api {
-            addr: control["addr"]
-                .as_str()
-                .expect("addr")
-                .parse()
-                .expect("an address"),
+            addr: control["addr"].as_str().expect("addr").parse().expect("an address"),
             token: control["token"].as_str().expect("token").to_owned(),
         }
     }
@@ -234,10 +206,9 @@ impl Api {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("the API answers");
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("HTTP");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP");
         tokio::spawn(connection);
         let request = hyper::Request::post(format!("/api/services/{service}/restart?build=false"))
             .header("host", self.addr.to_string())
@@ -246,12 +217,7 @@ impl Api {
             .expect("a request");
         let response = sender.send_request(request).await.expect("a response");
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
+        let body = response.into_body().collect().await.expect("a body").to_bytes();
         assert!(
             status.is_success(),
             "restart failed: {}",

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -31,49 +31,46 @@ impl Client {
 
     /// `GET /api/services`.
     pub async fn services(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let body = self.call(Method::GET, "/api/services").await?;
-        Ok(serde_json::from_slice(&body)?)
+        Ok(serde_json::from_slice(&self.get("/api/services").await?)?)
     }
 
     /// `POST /api/services/{name}/{action}`: what happened, or why not.
     pub async fn act(&self, name: &str, action: &str, build: bool) -> anyhow::Result<String> {
         let query = if build { "" } else { "?build=false" };
-        let body = self
-            .call(
-                Method::POST,
-                &format!("/api/services/{name}/{action}{query}"),
-            )
-            .await?;
-        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        let path = format!("/api/services/{name}/{action}{query}");
+        let answer: serde_json::Value = serde_json::from_slice(&self.post(&path, Bytes::new()).await?)?;
         Ok(answer["ok"].as_str().unwrap_or_default().to_owned())
     }
 
-    async fn call(&self, method: Method, path: &str) -> anyhow::Result<Bytes> {
+    /// `GET path`: the body of a successful answer.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
+    /// `POST path` with `body`: the body of a successful answer.
+    pub async fn post(&self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        self.call(Method::POST, path, body).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
         let addr = self.control.addr;
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("could not reach the supervisor's API at {addr}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, addr.to_string())
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.control.token),
-            )
-            .body(Empty::<Bytes>::new())?;
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.control.token))
+            .body(Full::new(body))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if status != StatusCode::OK {
             let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            bail!(
-                "{}",
-                answer["error"].as_str().unwrap_or("the supervisor refused")
-            );
+            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
         }
         Ok(body)
     }

@@ -66,12 +66,10 @@ pub fn read(state_dir: &Path) -> Option<ControlFile> {
 /// Fails when another live supervisor runs for this workspace.
 pub fn ensure_not_running(state_dir: &Path) -> Result<(), StartError> {
     match read(state_dir) {
-        Some(control) if control.pid != std::process::id() && alive(control.pid) => {
-            Err(StartError::AlreadyRunning {
-                pid: control.pid,
-                addr: control.addr,
-            })
-        }
+        Some(control) if control.pid != std::process::id() && alive(control.pid) => Err(StartError::AlreadyRunning {
+            pid: control.pid,
+            addr: control.addr,
+        }),
         _ => Ok(()),
     }
 }
@@ -97,22 +95,14 @@ pub struct Mesh {
 
 /// Serves the API until `shutdown`; returns its address once listening and
 /// `control.json` is written.
-pub async fn serve(
-    state_dir: &Path,
-    mesh: Mesh,
-    shutdown: CancellationToken,
-) -> Result<SocketAddr, StartError> {
+pub async fn serve(state_dir: &Path, mesh: Mesh, shutdown: CancellationToken) -> Result<SocketAddr, StartError> {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let listener = tokio::net::TcpListener::bind(any_port)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: any_port,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: any_port,
-        source,
-    })?;
+        .map_err(|source| StartError::Listen { addr: any_port, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: any_port, source })?;
     let control = ControlFile {
         addr,
         token: new_token()?,
@@ -120,16 +110,13 @@ pub async fn serve(
     };
     let path = control_path(state_dir);
     let temp = path.with_extension("json.tmp");
-    std::fs::write(
-        &temp,
-        serde_json::to_vec_pretty(&control).expect("control serializes"),
-    )
-    .and_then(|()| std::fs::rename(&temp, &path))
-    .map_err(|source| StartError::File {
-        action: "write",
-        path,
-        source,
-    })?;
+    std::fs::write(&temp, serde_json::to_vec_pretty(&control).expect("control serializes"))
+        .and_then(|()| std::fs::rename(&temp, &path))
+        .map_err(|source| StartError::File {
+            action: "write",
+            path,
+            source,
+        })?;
     let api = Arc::new(Api {
         mesh,
         control,
@@ -202,25 +189,16 @@ impl Api {
         if changes_state && !self.authorized(&request) {
             return json(
                 StatusCode::UNAUTHORIZED,
-                &error(
-                    "this needs `Authorization: Bearer <token>` with the token from control.json",
-                ),
+                &error("this needs `Authorization: Bearer <token>` with the token from control.json"),
             );
         }
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, [""]) => self.page(),
             (Method::GET, ["api", "services"]) => {
-                let states: Vec<_> = self
-                    .mesh
-                    .services
-                    .values()
-                    .map(|h| h.state.borrow().clone())
-                    .collect();
+                let states: Vec<_> = self.mesh.services.values().map(|h| h.state.borrow().clone()).collect();
                 json(StatusCode::OK, &states)
             }
-            (Method::POST, ["api", "services", name, action]) => {
-                self.act(name, action, &query).await
-            }
+            (Method::POST, ["api", "services", name, action]) => self.act(name, action, &query).await,
             (Method::GET, ["api", "traffic"]) => {
                 let summaries: Vec<Summary> = self
                     .mesh
@@ -256,45 +234,27 @@ impl Api {
             (Method::GET, ["api", "logs"]) => {
                 let services: Vec<String> = query
                     .get("service")
-                    .map(|s| {
-                        s.split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect()
-                    })
+                    .map(|s| s.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
                     .unwrap_or_default();
                 let after = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-                let limit = query
-                    .get("limit")
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or(1000);
-                let lines = self.mesh.logs.recent(
-                    &services,
-                    query.get("trace").map(String::as_str),
-                    after,
-                    limit,
-                );
+                let limit = query.get("limit").and_then(|a| a.parse().ok()).unwrap_or(1000);
+                let lines = self
+                    .mesh
+                    .logs
+                    .recent(&services, query.get("trace").map(String::as_str), after, limit);
                 json(StatusCode::OK, &lines)
             }
             (Method::GET, ["api", "events"]) => self.events(),
-            _ => json(
-                StatusCode::NOT_FOUND,
-                &error("no such route; see `GET /api/services`"),
-            ),
+            _ => json(StatusCode::NOT_FOUND, &error("no such route; see `GET /api/services`")),
         }
     }
 
     fn page(&self) -> ApiResponse {
         let page = PAGE.replace("{{TOKEN}}", &self.control.token);
-        let mut response = respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page.into_bytes(),
-        );
-        response.headers_mut().insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-store"),
-        );
+        let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", page.into_bytes());
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
         response
     }
 
@@ -311,10 +271,7 @@ impl Api {
             "stop" => service.stop(),
             "start" => service.start(),
             _ => {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    &error(&format!("unknown action `{action}`")),
-                );
+                return json(StatusCode::NOT_FOUND, &error(&format!("unknown action `{action}`")));
             }
         };
         match ticket.await {
@@ -334,7 +291,9 @@ impl Api {
         self.mesh.inspector.store.get(parsed).ok_or_else(|| {
             Box::new(json(
                 StatusCode::NOT_FOUND,
-                &error(&format!("no exchange {parsed}: it never was, or the oldest were dropped to stay within `inspector.memory`")),
+                &error(&format!(
+                    "no exchange {parsed}: it never was, or the oldest were dropped to stay within `inspector.memory`"
+                )),
             ))
         })
     }
@@ -409,19 +368,13 @@ impl Api {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/event-stream"),
         );
-        headers.insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-store"),
-        );
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
         response
     }
 
     fn host_is_ours(&self, request: &Request<Incoming>) -> bool {
         let port = self.control.addr.port();
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
         host.is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"))
     }
 
@@ -436,10 +389,7 @@ impl Api {
 
 fn unknown_service(name: &str, services: &BTreeMap<String, ServiceHandle>) -> String {
     let known: Vec<_> = services.keys().map(|n| format!("`{n}`")).collect();
-    format!(
-        "unknown service `{name}` (hint: running are {})",
-        known.join(", ")
-    )
+    format!("unknown service `{name}` (hint: running are {})", known.join(", "))
 }
 
 fn filter(query: &HashMap<String, String>) -> Filter {
@@ -451,12 +401,7 @@ fn filter(query: &HashMap<String, String>) -> Filter {
         text: text("q"),
         trace_id: text("trace"),
         after: query.get("after").and_then(|a| a.parse().ok()),
-        limit: Some(
-            query
-                .get("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(LIST_LIMIT),
-        ),
+        limit: Some(query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(LIST_LIMIT)),
     }
 }
 
@@ -525,9 +470,8 @@ fn json(status: StatusCode, body: &impl Serialize) -> ApiResponse {
 fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> ApiResponse {
     let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
 }

@@ -47,9 +47,7 @@ mod tests {
 
     #[test]
     fn decodes_names_and_values() {
-        let q = parse(Some(
-            "service=orders&q=tea%20cake+pie&empty=&bad=%zz&end=%4",
-        ));
+        let q = parse(Some("service=orders&q=tea%20cake+pie&empty=&bad=%zz&end=%4"));
         assert_eq!(q["service"], "orders");
         assert_eq!(q["q"], "tea cake pie");
         assert_eq!(q["empty"], "");

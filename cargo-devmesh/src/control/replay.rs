@@ -43,11 +43,7 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Sends `original`, with `edits`, to `front`.
-pub async fn replay(
-    original: &Exchange,
-    edits: Edits,
-    front: SocketAddr,
-) -> Result<Replayed, String> {
+pub async fn replay(original: &Exchange, edits: Edits, front: SocketAddr) -> Result<Replayed, String> {
     if original.kind != Kind::Http {
         return Err(format!(
             "exchange {} is {:?}, not HTTP: it cannot be replayed",
@@ -63,15 +59,17 @@ pub async fn replay(
         ));
     }
     let method = edits.method.as_deref().unwrap_or(&original.method);
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("`{method}` is not an HTTP method"))?;
     let path = edits.path.unwrap_or_else(|| original.path.clone());
     if !path.starts_with('/') {
         return Err(format!("`{path}` is not a path (hint: it starts with `/`)"));
     }
-    let headers = edits
-        .headers
-        .unwrap_or_else(|| original.request_headers.clone());
+    // Unless told otherwise, a replay starts a trace of its own.
+    let headers = edits.headers.unwrap_or_else(|| {
+        let mut headers = original.request_headers.clone();
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("traceparent"));
+        headers
+    });
     let body = edits
         .body
         .map_or_else(|| original.request_body.bytes(), String::into_bytes);

@@ -95,9 +95,6 @@ mod tests {
 
     #[test]
     fn parses_proc_addresses() {
-        assert_eq!(
-            parse("0100007F:1F90"),
-            Some("127.0.0.1:8080".parse().unwrap())
-        );
+        assert_eq!(parse("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
     }
 }

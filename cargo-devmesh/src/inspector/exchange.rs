@@ -209,10 +209,7 @@ mod tests {
 
     #[test]
     fn bodies_are_text_when_they_can_be() {
-        assert_eq!(
-            Body::new(b"{}".to_vec(), 2, false).text.as_deref(),
-            Some("{}")
-        );
+        assert_eq!(Body::new(b"{}".to_vec(), 2, false).text.as_deref(), Some("{}"));
         let binary = Body::new(vec![0xff, 0x00], 2, false);
         assert_eq!(binary.base64.as_deref(), Some("/wA="));
         assert_eq!(binary.bytes(), vec![0xff, 0x00]);

@@ -7,11 +7,7 @@ use super::{Body, Exchange, Kind};
 /// The exchanges as a HAR 1.2 log (HTTP exchanges only: HAR has no room
 /// for raw TCP).
 pub fn har(exchanges: &[Exchange]) -> Value {
-    let entries: Vec<Value> = exchanges
-        .iter()
-        .filter(|e| e.kind != Kind::Tcp)
-        .map(entry)
-        .collect();
+    let entries: Vec<Value> = exchanges.iter().filter(|e| e.kind != Kind::Tcp).map(entry).collect();
     json!({
         "log": {
             "version": "1.2",

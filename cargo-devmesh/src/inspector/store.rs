@@ -34,6 +34,16 @@ pub struct Store {
     events: broadcast::Sender<Event>,
 }
 
+impl Inner {
+    /// Ids rise by one and only the oldest are dropped, so an exchange's
+    /// place is its id less the oldest's.
+    fn index_of(&self, id: u64) -> Option<usize> {
+        let oldest = self.exchanges.front()?.id;
+        let index = usize::try_from(id.checked_sub(oldest)?).ok()?;
+        (index < self.exchanges.len()).then_some(index)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
@@ -60,34 +70,19 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, e: &Exchange) -> bool {
-        let contains =
-            |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
-        self.service
-            .as_ref()
-            .is_none_or(|s| &e.service == s || &e.caller == s)
-            && self
-                .method
-                .as_ref()
-                .is_none_or(|m| e.method.eq_ignore_ascii_case(m))
+        let contains = |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
+        self.service.as_ref().is_none_or(|s| &e.service == s || &e.caller == s)
+            && self.method.as_ref().is_none_or(|m| e.method.eq_ignore_ascii_case(m))
             && self.status.as_ref().is_none_or(|s| {
                 e.status
                     .is_some_and(|status| status.to_string().starts_with(s.as_str()))
             })
-            && self
-                .trace_id
-                .as_ref()
-                .is_none_or(|t| e.trace_id.as_ref() == Some(t))
+            && self.trace_id.as_ref().is_none_or(|t| e.trace_id.as_ref() == Some(t))
             && self.after.is_none_or(|after| e.id > after)
             && self.text.as_ref().is_none_or(|t| {
                 contains(&e.path, t)
-                    || e.request_body
-                        .text
-                        .as_deref()
-                        .is_some_and(|b| contains(b, t))
-                    || e.response_body
-                        .text
-                        .as_deref()
-                        .is_some_and(|b| contains(b, t))
+                    || e.request_body.text.as_deref().is_some_and(|b| contains(b, t))
+                    || e.response_body.text.as_deref().is_some_and(|b| contains(b, t))
             })
     }
 }
@@ -107,47 +102,47 @@ impl Store {
         inner.next_id += 1;
         exchange.id = inner.next_id;
         self.mask(&mut exchange);
-        let summary = Summary::from(&exchange);
+        self.publish(&exchange);
         inner.weight += exchange.weight();
         inner.exchanges.push_back(exchange);
         while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
             let oldest = inner.exchanges.pop_front().expect("more than one");
             inner.weight -= oldest.weight();
         }
-        let _ = self.events.send(Event::Exchange(summary));
         inner.next_id
     }
 
     /// Changes exchange `id`, if it is still kept.
     pub fn update(&self, id: u64, change: impl FnOnce(&mut Exchange)) {
         let mut inner = self.lock();
-        let Some(index) = inner.exchanges.iter().position(|e| e.id == id) else {
+        let Some(index) = inner.index_of(id) else {
             return;
         };
-        let before = inner.exchanges[index].weight();
-        change(&mut inner.exchanges[index]);
-        let mut exchange = std::mem::replace(&mut inner.exchanges[index], placeholder());
-        self.mask(&mut exchange);
+        let exchange = &mut inner.exchanges[index];
+        let before = exchange.weight();
+        change(exchange);
+        self.mask(exchange);
         let after = exchange.weight();
-        let summary = Summary::from(&exchange);
-        inner.exchanges[index] = exchange;
+        self.publish(exchange);
         inner.weight = inner.weight + after - before;
-        let _ = self.events.send(Event::Exchange(summary));
+    }
+
+    /// Tells live listeners, if there are any (building a summary costs).
+    fn publish(&self, exchange: &Exchange) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Event::Exchange(Summary::from(exchange)));
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
-        self.lock().exchanges.iter().find(|e| e.id == id).cloned()
+        let inner = self.lock();
+        inner.index_of(id).map(|index| inner.exchanges[index].clone())
     }
 
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let inner = self.lock();
-        let mut found: Vec<Exchange> = inner
-            .exchanges
-            .iter()
-            .filter(|e| filter.matches(e))
-            .cloned()
-            .collect();
+        let mut found: Vec<Exchange> = inner.exchanges.iter().filter(|e| filter.matches(e)).cloned().collect();
         if let Some(limit) = filter.limit
             && found.len() > limit
         {
@@ -200,10 +195,6 @@ impl Store {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn placeholder() -> Exchange {
-    blank(String::new(), String::new(), super::Kind::Http)
 }
 
 /// An exchange with nothing captured yet.

@@ -30,11 +30,7 @@ pub struct Tee<B> {
 }
 
 impl<B> Tee<B> {
-    pub fn new(
-        inner: B,
-        limit: usize,
-        on_end: impl FnOnce(Seen) + Send + Sync + 'static,
-    ) -> Tee<B> {
+    pub fn new(inner: B, limit: usize, on_end: impl FnOnce(Seen) + Send + Sync + 'static) -> Tee<B> {
         Tee {
             inner,
             limit,
@@ -56,19 +52,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen.size += data.len() as u64;
                     let room = this.limit.saturating_sub(this.seen.kept.len());
-                    this.seen
-                        .kept
-                        .extend_from_slice(&data[..data.len().min(room)]);
+                    this.seen.kept.extend_from_slice(&data[..data.len().min(room)]);
                     this.seen.truncated |= data.len() > room;
                 }
                 if this.inner.is_end_stream() {
@@ -122,12 +113,7 @@ mod tests {
         assert_eq!(passed, "hello world");
         let seen = seen.lock().unwrap().take().unwrap();
         assert_eq!(
-            (
-                seen.kept.as_slice(),
-                seen.size,
-                seen.truncated,
-                seen.finished
-            ),
+            (seen.kept.as_slice(), seen.size, seen.truncated, seen.finished),
             (&b"hello"[..], 11, true, true)
         );
     }

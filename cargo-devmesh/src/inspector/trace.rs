@@ -16,8 +16,7 @@ impl TraceParent {
     /// Parses a `traceparent` value; `None` when it is not version 00 form.
     pub fn parse(value: &str) -> Option<TraceParent> {
         let mut parts = value.trim().split('-');
-        let (version, trace_id, span_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         let valid = hex(version, 2)
             && hex(trace_id, 32)
@@ -80,10 +79,7 @@ pub fn find_trace_id(text: &str) -> Option<&str> {
     let bytes = text.as_bytes();
     let mut start = 0;
     while start < bytes.len() {
-        let run = bytes[start..]
-            .iter()
-            .take_while(|b| b.is_ascii_hexdigit())
-            .count();
+        let run = bytes[start..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
         if run == 32 {
             return Some(&text[start..start + 32]);
         }
@@ -119,10 +115,7 @@ mod tests {
     #[test]
     fn finds_trace_ids_in_log_lines() {
         let line = "INFO request{trace_id=4bf92f3577b34da6a3ce929d0e0e4736}: placed order 12";
-        assert_eq!(
-            find_trace_id(line),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
+        assert_eq!(find_trace_id(line), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(find_trace_id("pid 1234 deadbeef"), None);
         assert_eq!(find_trace_id(&"a".repeat(40)), None);
     }

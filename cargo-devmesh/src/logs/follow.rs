@@ -36,18 +36,10 @@ struct Tail {
 
 /// Prints the logs of `options.services`, merged by time, then follows them
 /// with `options.follow` until `shutdown`.
-pub async fn show(
-    state_dir: &Path,
-    options: LogsOptions,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let since = options.since.map(|ago| {
-        timestamp(
-            SystemTime::now()
-                .checked_sub(ago)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        )
-    });
+pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: CancellationToken) -> std::io::Result<()> {
+    let since = options
+        .since
+        .map(|ago| timestamp(SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)));
     let width = options.services.iter().map(String::len).max().unwrap_or(0);
     let mut tails: Vec<Tail> = options
         .services

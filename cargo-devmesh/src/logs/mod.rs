@@ -70,8 +70,7 @@ impl Logs {
     pub fn new(state_dir: &Path, services: &[String]) -> std::io::Result<Logs> {
         let dir = state_dir.join("logs");
         std::fs::create_dir_all(&dir)?;
-        let colour = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let width = services
             .iter()
             .map(String::len)
@@ -110,11 +109,7 @@ impl Logs {
             let mut out = std::io::stdout().lock();
             let _ = if inner.colour {
                 let colour = inner.colours.get(service).copied().unwrap_or(90);
-                writeln!(
-                    out,
-                    "\x1b[{colour}m{service:>w$} |\x1b[0m {text}",
-                    w = inner.width
-                )
+                writeln!(out, "\x1b[{colour}m{service:>w$} |\x1b[0m {text}", w = inner.width)
             } else {
                 writeln!(out, "{service:>w$} | {text}", w = inner.width)
             };
@@ -151,13 +146,7 @@ impl Logs {
 
     /// Recent lines of `services` (all when empty), after `after`, that
     /// mention `trace_id` when given; the newest `limit`.
-    pub fn recent(
-        &self,
-        services: &[String],
-        trace_id: Option<&str>,
-        after: u64,
-        limit: usize,
-    ) -> Vec<LogLine> {
+    pub fn recent(&self, services: &[String], trace_id: Option<&str>, after: u64, limit: usize) -> Vec<LogLine> {
         let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines: Vec<LogLine> = recent
             .iter()

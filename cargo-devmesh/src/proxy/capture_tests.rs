@@ -47,8 +47,7 @@ async fn handle(mut request: Request<Incoming>) -> Result<Response<Body>, hyper:
             Response::new(full(body))
         }
         "/big" => {
-            let chunks =
-                (0..16).map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
+            let chunks = (0..16).map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
             Response::new(BodyExt::boxed(StreamBody::new(futures_lite_iter(chunks))))
         }
         "/ws" => {
@@ -61,12 +60,8 @@ async fn handle(mut request: Request<Incoming>) -> Result<Response<Body>, hyper:
             });
             let mut response = Response::new(full(Bytes::new()));
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            response
-                .headers_mut()
-                .insert("upgrade", "websocket".parse().unwrap());
-            response
-                .headers_mut()
-                .insert("connection", "upgrade".parse().unwrap());
+            response.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+            response.headers_mut().insert("connection", "upgrade".parse().unwrap());
             response
         }
         _ => Response::new(full(Bytes::from("hello"))),
@@ -91,10 +86,7 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
 }
 
 /// A front port for `backend`, capturing with `max_body`.
-async fn front(
-    backend: SocketAddr,
-    max_body: usize,
-) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
     let inspector = Arc::new(Inspector::new(config));
@@ -142,10 +134,7 @@ async fn keep_alive_requests_are_each_captured_with_trace_and_body() {
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
-        assert_eq!(
-            response.into_body().collect().await.unwrap().to_bytes(),
-            body
-        );
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), body);
     }
     let all = complete(&inspector, 2).await;
     assert_eq!(all.len(), 2);
@@ -160,19 +149,13 @@ async fn keep_alive_requests_are_each_captured_with_trace_and_body() {
         all[0].trace_id, all[1].trace_id,
         "a request without traceparent starts a trace"
     );
-    assert!(
-        all[0]
-            .request_headers
-            .iter()
-            .any(|(k, _)| k == "traceparent")
-    );
+    assert!(all[0].request_headers.iter().any(|(k, _)| k == "traceparent"));
 }
 
 #[tokio::test]
 async fn a_given_traceparent_is_kept() {
     let (front, inspector, _shutdown) = front(backend().await, 1024).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let request = Request::get(format!("http://{front}/"))
         .header("traceparent", traceparent)
@@ -187,15 +170,8 @@ async fn a_given_traceparent_is_kept() {
         .await
         .unwrap();
     let all = complete(&inspector, 1).await;
-    assert_eq!(
-        all[0].trace_id.as_deref(),
-        Some("4bf92f3577b34da6a3ce929d0e0e4736")
-    );
-    let sent = all[0]
-        .request_headers
-        .iter()
-        .find(|(k, _)| k == "traceparent")
-        .unwrap();
+    assert_eq!(all[0].trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    let sent = all[0].request_headers.iter().find(|(k, _)| k == "traceparent").unwrap();
     assert_eq!(sent.1, traceparent);
 }
 
@@ -210,10 +186,7 @@ async fn http2_requests_are_captured() {
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), hyper::Version::HTTP_2);
-    assert_eq!(
-        response.into_body().collect().await.unwrap().to_bytes(),
-        "h2 body"
-    );
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "h2 body");
     let all = complete(&inspector, 1).await;
     assert_eq!(all[0].version, "HTTP/2.0");
     assert_eq!(all[0].request_body.text.as_deref(), Some("h2 body"));
@@ -230,16 +203,12 @@ async fn chunked_and_large_bodies_are_counted_whole_and_kept_in_part() {
     stream.read_to_end(&mut response).await.unwrap();
     assert!(String::from_utf8_lossy(&response).ends_with("hello world"));
 
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let big = client
         .get(format!("http://{front}/big").parse().unwrap())
         .await
         .unwrap();
-    assert_eq!(
-        big.into_body().collect().await.unwrap().to_bytes().len(),
-        1 << 20
-    );
+    assert_eq!(big.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
 
     let all = complete(&inspector, 2).await;
     assert_eq!(all[0].request_body.text.as_deref(), Some("hello world"));
@@ -265,11 +234,7 @@ async fn a_websocket_passes_through_and_is_counted() {
         stream.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     stream.write_all(b"ping!").await.unwrap();
     let mut echoed = [0u8; 5];
     stream.read_exact(&mut echoed).await.unwrap();
@@ -298,8 +263,5 @@ async fn plain_tcp_is_piped_and_counted() {
     assert_eq!(&back, b"\x16\x03binary");
     drop(stream);
     let all = complete(&inspector, 1).await;
-    assert_eq!(
-        (all[0].kind, all[0].bytes_up, all[0].bytes_down),
-        (Kind::Tcp, 8, 8)
-    );
+    assert_eq!((all[0].kind, all[0].bytes_up, all[0].bytes_down), (Kind::Tcp, 8, 8));
 }

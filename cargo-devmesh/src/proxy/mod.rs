@@ -29,8 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::inspector::{
-    self, EXCHANGE_HEADER, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace,
-    trace::TraceParent,
+    self, EXCHANGE_HEADER, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace, trace::TraceParent,
 };
 
 const TRACEPARENT: &str = "traceparent";
@@ -84,9 +83,7 @@ pub async fn run(front: Front, shutdown: CancellationToken) {
         ready_timeout: front.ready_timeout,
         inspector: front.inspector,
         http1: Client::builder(TokioExecutor::new()).build_http(),
-        http2: Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http(),
+        http2: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
     });
     let local = front
         .listener
@@ -119,9 +116,8 @@ async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: 
         Err(_) => &[][..],
     };
     if looks_like_http(sniffed) {
-        let service = hyper::service::service_fn(move |request| {
-            forward(request, Arc::clone(&context), Arc::clone(&connection))
-        });
+        let service =
+            hyper::service::service_fn(move |request| forward(request, Arc::clone(&context), Arc::clone(&connection)));
         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .await;
@@ -154,11 +150,7 @@ impl Context {
     /// The ready instance, waiting up to the timeout for one.
     async fn ready_backend(&self) -> Result<Backend, String> {
         let mut route = self.route.clone();
-        let ready = tokio::time::timeout(
-            self.ready_timeout,
-            route.wait_for(|r| matches!(r, Route::Ready(_))),
-        )
-        .await;
+        let ready = tokio::time::timeout(self.ready_timeout, route.wait_for(|r| matches!(r, Route::Ready(_)))).await;
         if let Ok(Ok(route)) = ready
             && let Route::Ready(backend) = &*route
         {
@@ -216,10 +208,7 @@ async fn forward(
     let http2 = request.version() == Version::HTTP_2;
     let limit = context.inspector.store.config.max_body;
     let request = request.map(|body| {
-        let (inspector, id) = (
-            Arc::clone(&context.inspector),
-            capture.as_ref().map(|c| c.id),
-        );
+        let (inspector, id) = (Arc::clone(&context.inspector), capture.as_ref().map(|c| c.id));
         Tee::new(body, if id.is_some() { limit } else { 0 }, move |seen| {
             if let Some(id) = id {
                 inspector.store.update(id, |e| {
@@ -230,11 +219,7 @@ async fn forward(
         })
     });
     let forwarded = Instant::now();
-    let client = if http2 {
-        &context.http2
-    } else {
-        &context.http1
-    };
+    let client = if http2 { &context.http2 } else { &context.http1 };
     let mut response = match client.request(request).await {
         Ok(response) => response,
         Err(e) => {
@@ -243,13 +228,7 @@ async fn forward(
                 context.service, backend.addr, context.service
             );
             let response = plain(StatusCode::BAD_GATEWAY, message);
-            return Ok(finish_capture(
-                capture,
-                &context,
-                response,
-                arrived,
-                Some(forwarded),
-            ));
+            return Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)));
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -261,11 +240,7 @@ async fn forward(
         tokio::spawn(async move {
             let _lease = lease;
             if let (Ok(client), Ok(backend)) = tokio::join!(client_upgrade, backend_upgrade) {
-                let copied = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client),
-                    &mut TokioIo::new(backend),
-                )
-                .await;
+                let copied = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(backend)).await;
                 if let (Some(id), Ok((up, down))) = (id, copied) {
                     inspector.store.update(id, |e| {
                         e.bytes_up = up;
@@ -276,31 +251,16 @@ async fn forward(
             }
         });
         if let Some(capture) = &capture {
-            context
-                .inspector
-                .store
-                .update(capture.id, |e| e.kind = Kind::WebSocket);
+            context.inspector.store.update(capture.id, |e| e.kind = Kind::WebSocket);
         }
         let response = response.map(BodyExt::boxed);
-        return Ok(finish_capture(
-            capture,
-            &context,
-            response,
-            arrived,
-            Some(forwarded),
-        ));
+        return Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)));
     }
     let response = response.map(|body| {
         let _lease = lease;
         BodyExt::boxed(body)
     });
-    Ok(finish_capture(
-        capture,
-        &context,
-        response,
-        arrived,
-        Some(forwarded),
-    ))
+    Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)))
 }
 
 /// An exchange being captured.
@@ -330,9 +290,7 @@ fn start_capture(
         Some(given) => (given, None, false),
         None => {
             let cause = store.cause(&caller);
-            let trace_id = cause
-                .as_ref()
-                .map_or_else(trace::new_trace_id, |c| c.trace_id.clone());
+            let trace_id = cause.as_ref().map_or_else(trace::new_trace_id, |c| c.trace_id.clone());
             let parent = cause.map(|c| c.span_id);
             let inferred = parent.is_some();
             let trace = TraceParent::new(trace_id, trace::new_span_id());
@@ -344,11 +302,7 @@ fn start_capture(
     };
     let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Http);
     exchange.method = request.method().to_string();
-    exchange.path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    exchange.path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     exchange.version = format!("{:?}", request.version());
     exchange.request_headers = headers_of(request.headers());
     exchange.wait_ms = millis(waited);
@@ -381,12 +335,7 @@ fn finish_capture(
     arrived: Instant,
     forwarded: Option<Instant>,
 ) -> Response<Body> {
-    let Some(Capture {
-        id,
-        service,
-        replay,
-    }) = capture
-    else {
+    let Some(Capture { id, service, replay }) = capture else {
         return response;
     };
     let inspector = Arc::clone(&context.inspector);
@@ -447,12 +396,7 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
 fn headers_of(headers: &header::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(name, value)| {
-            (
-                name.to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect()
 }
 
@@ -465,9 +409,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 fn plain(status: StatusCode, message: String) -> Response<Body> {
-    let body = Full::new(Bytes::from(message))
-        .map_err(|never| match never {})
-        .boxed();
+    let body = Full::new(Bytes::from(message)).map_err(|never| match never {}).boxed();
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(

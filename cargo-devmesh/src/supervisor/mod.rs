@@ -35,11 +35,7 @@ pub struct RunOptions {
 }
 
 /// Runs the workspace's services until `shutdown`.
-pub async fn run(
-    workspace: Workspace,
-    options: RunOptions,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(workspace: Workspace, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state_dir = workspace.state_dir.clone();
     control::ensure_not_running(&state_dir)?;
     let selected = workspace.select(&options.services, &options.packages)?;
@@ -84,10 +80,7 @@ pub async fn run(
         Default::default()
     } else {
         logs.note(format!("building {}", names(&targets)));
-        builder
-            .build(&targets)
-            .await
-            .context("could not run `cargo build`")?
+        builder.build(&targets).await.context("could not run `cargo build`")?
     };
     if !built.success {
         let failed: Vec<_> = targets
@@ -108,10 +101,7 @@ pub async fn run(
         logs: logs.clone(),
         builder,
         registry: registry.clone(),
-        config_path: workspace
-            .config_path
-            .is_file()
-            .then(|| workspace.config_path.clone()),
+        config_path: workspace.config_path.is_file().then(|| workspace.config_path.clone()),
         fronts: fronts.clone(),
         grace: workspace.config.run.grace_period,
     });
@@ -119,11 +109,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     for name in start_order(&workspace, &selected) {
         let spec = workspace.services[&name].clone();
-        let dependencies = spec
-            .depends_on
-            .iter()
-            .map(|d| handles[d].state.clone())
-            .collect();
+        let dependencies = spec.depends_on.iter().map(|d| handles[d].state.clone()).collect();
         let binary = bin_target(&workspace, &name).and_then(|t| built.binaries.get(&t).cloned());
         let (handle, route, task) = service::spawn(
             spec,

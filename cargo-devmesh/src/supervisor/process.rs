@@ -32,8 +32,7 @@ pub struct Spawner {
 impl Spawner {
     /// Starts the spawning thread; it ends when every `Spawner` clone is dropped.
     pub fn start() -> Spawner {
-        let (requests, incoming) =
-            mpsc::channel::<(std::process::Command, oneshot::Sender<SpawnResult>)>();
+        let (requests, incoming) = mpsc::channel::<(std::process::Command, oneshot::Sender<SpawnResult>)>();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("devmesh-spawner".into())
@@ -98,12 +97,9 @@ impl Spawner {
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("the process exited at once"))?;
-        for output in [
-            child.stdout.take().map(boxed),
-            child.stderr.take().map(boxed),
-        ]
-        .into_iter()
-        .flatten()
+        for output in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)]
+            .into_iter()
+            .flatten()
         {
             tokio::spawn(forward_lines(output, service.to_owned(), logs.clone()));
         }

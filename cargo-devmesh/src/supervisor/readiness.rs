@@ -34,9 +34,8 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
         Readiness::Http(path) => path.as_str(),
         _ => "/",
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: devmesh-readiness\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: devmesh-readiness\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
@@ -86,11 +85,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_not_ready() {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         assert!(!passes(addr, &Readiness::Tcp).await);
     }
 }

@@ -151,17 +151,9 @@ pub fn spawn(
     dependencies: Vec<watch::Receiver<ServiceState>>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-) -> (
-    ServiceHandle,
-    watch::Receiver<Route>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (ServiceHandle, watch::Receiver<Route>, tokio::task::JoinHandle<()>) {
     let build_failed = binary.is_none() && matches!(spec.launch, Launch::Binary { .. });
-    let status = if build_failed {
-        Status::Failed
-    } else {
-        Status::Starting
-    };
+    let status = if build_failed { Status::Failed } else { Status::Starting };
     let state = ServiceState {
         name: spec.name.clone(),
         status,
@@ -289,11 +281,7 @@ impl Task {
             }
             Message::Exited { instance, exit } => {
                 if self.current.as_ref().is_some_and(|i| i.id == instance) {
-                    let ran = self
-                        .current
-                        .take()
-                        .map(|i| i.started.elapsed())
-                        .unwrap_or_default();
+                    let ran = self.current.take().map(|i| i.started.elapsed()).unwrap_or_default();
                     self.crashed(format!("exited ({})", process::describe(&exit)), ran);
                 }
             }
@@ -314,11 +302,7 @@ impl Task {
             self.set_status(Status::Building, None);
         }
         self.note("building".to_owned());
-        let built = self
-            .shared
-            .builder
-            .build(std::slice::from_ref(&target))
-            .await;
+        let built = self.shared.builder.build(std::slice::from_ref(&target)).await;
         match built.map(|mut b| b.binaries.remove(&target)) {
             Ok(Some(binary)) => {
                 self.binary = Some(binary);
@@ -363,8 +347,7 @@ impl Task {
             }
         };
         let pid = instance.process.pid;
-        self.route
-            .send_replace(Route::Ready(instance.backend.clone()));
+        self.route.send_replace(Route::Ready(instance.backend.clone()));
         let old = self.current.replace(instance);
         let restarted = old.is_some();
         self.set_status(Status::Ready, None);
@@ -387,8 +370,7 @@ impl Task {
 
     /// Spawns an instance and waits until it is ready.
     async fn launch(&mut self) -> Result<Instance, String> {
-        let socket =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("could not get a socket: {e}"))?;
+        let socket = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("could not get a socket: {e}"))?;
         let addr = socket
             .local_addr()
             .map_err(|e| format!("could not get a socket: {e}"))?;
@@ -410,10 +392,7 @@ impl Task {
             .map_err(|e| format!("could not start: {e}"))?;
         drop(socket);
         self.state.send_modify(|s| s.pid = Some(process.pid));
-        self.shared
-            .inspector
-            .callers
-            .insert(process.pid, &self.spec.name);
+        self.shared.inspector.callers.insert(process.pid, &self.spec.name);
         let id = self.next_id;
         self.next_id += 1;
         let ready = tokio::select! {
@@ -467,9 +446,7 @@ impl Task {
             command.env("DEVMESH_CONFIG", config);
         }
         if inherit {
-            command
-                .env("LISTEN_FDS", "1")
-                .env("LISTEN_FDNAMES", &spec.name);
+            command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", &spec.name);
         } else {
             command
                 .env("PORT", addr.port().to_string())
@@ -526,9 +503,7 @@ impl Task {
             file.services.insert(state.name.clone(), entry);
         });
         if let Err(e) = result {
-            self.shared
-                .logs
-                .note(format!("could not update the registry: {e}"));
+            self.shared.logs.note(format!("could not update the registry: {e}"));
         }
     }
 

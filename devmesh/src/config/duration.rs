@@ -8,9 +8,7 @@ const EXPECTED: &str = "a duration like `250ms`, `30s` or `2m`";
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    parse(&text).ok_or_else(|| {
-        serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &EXPECTED)
-    })
+    parse(&text).ok_or_else(|| serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &EXPECTED))
 }
 
 pub fn parse(text: &str) -> Option<Duration> {

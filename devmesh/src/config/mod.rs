@@ -259,9 +259,7 @@ impl Config {
             }
         }
         for (name, url) in &self.remote.static_map {
-            let source = crate::Source::Remote {
-                backend: String::new(),
-            };
+            let source = crate::Source::Remote { backend: String::new() };
             if let Err(e) = crate::Endpoint::from_url(name, url, source) {
                 problems.push(format!("key `remote.static.{name}`: {e}"));
             }
@@ -317,10 +315,7 @@ mod port_range {
             .split_once('-')
             .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)));
         parsed.ok_or_else(|| {
-            serde::de::Error::invalid_value(
-                serde::de::Unexpected::Str(&text),
-                &"a port range like `41000-41999`",
-            )
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &"a port range like `41000-41999`")
         })
     }
 }
@@ -360,15 +355,9 @@ mod tests {
         assert_eq!(config.run.ports, (5000, 5099));
         assert_eq!(config.run.ready_timeout, Duration::from_millis(500));
         assert_eq!(config.run.grace_period, Duration::from_secs(5));
-        assert_eq!(
-            config.services["orders"].ready,
-            Readiness::Http("/health".into())
-        );
+        assert_eq!(config.services["orders"].ready, Readiness::Http("/health".into()));
         assert_eq!(config.services["web"].mode, Mode::Local);
-        assert_eq!(
-            config.remote.static_map["payments"],
-            "https://payments.example.com"
-        );
+        assert_eq!(config.remote.static_map["payments"], "https://payments.example.com");
     }
 
     #[test]
@@ -389,10 +378,7 @@ mod tests {
     fn unknown_keys_name_file_key_and_choices() {
         let err = problems("[services.orders]\nprot = 5001\n");
         assert!(err.contains("devmesh.toml"), "{err}");
-        assert!(
-            err.contains("key `services.orders.prot`: unknown key"),
-            "{err}"
-        );
+        assert!(err.contains("key `services.orders.prot`: unknown key"), "{err}");
         assert!(err.contains("port"), "{err}");
     }
 
@@ -414,22 +400,14 @@ mod tests {
 
     #[test]
     fn names_urls_and_ranges_are_checked() {
-        let err = problems(
-            "[services.Orders]\n[remote.static]\npay = \"ftp://x\"\n[run]\nports = \"9-1\"\n",
-        );
-        assert!(
-            err.contains("`Orders` is not a valid service name"),
-            "{err}"
-        );
+        let err = problems("[services.Orders]\n[remote.static]\npay = \"ftp://x\"\n[run]\nports = \"9-1\"\n");
+        assert!(err.contains("`Orders` is not a valid service name"), "{err}");
         assert!(err.contains("key `remote.static.pay`"), "{err}");
         assert!(err.contains("key `run.ports`"), "{err}");
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment's Jail decides the error type"
-    )]
+    #[allow(clippy::result_large_err, reason = "figment's Jail decides the error type")]
     fn env_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(FILE_NAME, "[services.orders]\nport = 5001\n")?;

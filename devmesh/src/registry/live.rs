@@ -113,13 +113,7 @@ fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::Reco
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Temp files come and go beside the registry; only its own name counts.
         let ours = match &event {
-            Ok(event) => {
-                event.need_rescan()
-                    || event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name() == file_name.as_deref())
-            }
+            Ok(event) => event.need_rescan() || event.paths.iter().any(|p| p.file_name() == file_name.as_deref()),
             Err(_) => true,
         };
         if ours {
@@ -150,10 +144,7 @@ impl Shared {
             Some(bytes) => match super::parse(bytes) {
                 Ok(file) => file,
                 Err(problem) => {
-                    self.warn(
-                        &mut state,
-                        format!("{problem}; keeping the last good version"),
-                    );
+                    self.warn(&mut state, format!("{problem}; keeping the last good version"));
                     return;
                 }
             },
@@ -175,9 +166,7 @@ impl Shared {
             };
             let endpoint = crate::name::validate(&name)
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    Endpoint::from_url(&name, &entry.url, source).map_err(|e| e.to_string())
-                });
+                .and_then(|()| Endpoint::from_url(&name, &entry.url, source).map_err(|e| e.to_string()));
             match endpoint {
                 Ok(endpoint) => {
                     endpoints.insert(name.clone(), endpoint);
@@ -231,25 +220,18 @@ mod tests {
 
         registry
             .update(|f| {
-                f.services
-                    .insert("orders".into(), entry("http://127.0.0.1:5000"));
+                f.services.insert("orders".into(), entry("http://127.0.0.1:5000"));
             })
             .unwrap();
-        eventually("orders to appear", || {
-            live.snapshot().endpoints.contains_key("orders")
-        });
+        eventually("orders to appear", || live.snapshot().endpoints.contains_key("orders"));
 
         fs::write(registry.path(), "{ half a file").unwrap();
         live.reload();
-        assert_eq!(
-            live.snapshot().endpoints["orders"].url(),
-            "http://127.0.0.1:5000"
-        );
+        assert_eq!(live.snapshot().endpoints["orders"].url(), "http://127.0.0.1:5000");
 
         registry
             .update(|f| {
-                f.services
-                    .insert("orders".into(), entry("http://127.0.0.1:5001"));
+                f.services.insert("orders".into(), entry("http://127.0.0.1:5001"));
             })
             .unwrap();
         eventually("orders to move", || {
@@ -263,11 +245,9 @@ mod tests {
         let registry = Registry::new(dir.path().join("registry.json"));
         registry
             .update(|f| {
-                f.services
-                    .insert("Bad_Name".into(), entry("http://127.0.0.1:1"));
+                f.services.insert("Bad_Name".into(), entry("http://127.0.0.1:1"));
                 f.services.insert("no-url".into(), entry("nonsense"));
-                f.services
-                    .insert("good".into(), entry("http://127.0.0.1:2"));
+                f.services.insert("good".into(), entry("http://127.0.0.1:2"));
             })
             .unwrap();
         let live = LiveRegistry::open(registry.path().to_path_buf());

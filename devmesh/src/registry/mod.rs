@@ -190,15 +190,13 @@ impl Registry {
     /// change starts from an empty registry.
     pub fn update<R>(&self, change: impl FnOnce(&mut RegistryFile) -> R) -> Result<R, Error> {
         self.create_dir()?;
-        let lock = fs::File::create(self.lock_path())
-            .map_err(|source| self.io_error("create its lock file", source))?;
-        lock.lock()
-            .map_err(|source| self.io_error("lock it", source))?;
+        let lock =
+            fs::File::create(self.lock_path()).map_err(|source| self.io_error("create its lock file", source))?;
+        lock.lock().map_err(|source| self.io_error("lock it", source))?;
         let mut file = match self.read() {
             Ok(file) => file,
             Err(Error::Registry {
-                problem:
-                    problem @ (RegistryProblem::Corrupt(_) | RegistryProblem::UnsupportedVersion { .. }),
+                problem: problem @ (RegistryProblem::Corrupt(_) | RegistryProblem::UnsupportedVersion { .. }),
                 ..
             }) => {
                 let aside = self.path.with_extension("json.corrupt");
@@ -265,8 +263,7 @@ impl Registry {
 /// Parses registry bytes, checking the version before the shape so that a
 /// newer format is reported as such rather than as corrupt.
 pub(crate) fn parse(bytes: &[u8]) -> Result<RegistryFile, RegistryProblem> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(RegistryProblem::Corrupt)?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(RegistryProblem::Corrupt)?;
     let version = value.get("version").and_then(|v| v.as_u64());
     if let Some(found) = version.filter(|&v| v != u64::from(FORMAT_VERSION)) {
         return Err(RegistryProblem::UnsupportedVersion {
@@ -292,11 +289,10 @@ pub fn locate(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let from_exe = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
-    let from_cwd = std::env::current_dir().ok().into_iter().flat_map(|cwd| {
-        cwd.ancestors()
-            .map(|dir| dir.join("target"))
-            .collect::<Vec<_>>()
-    });
+    let from_cwd = std::env::current_dir()
+        .ok()
+        .into_iter()
+        .flat_map(|cwd| cwd.ancestors().map(|dir| dir.join("target")).collect::<Vec<_>>());
     from_exe
         .into_iter()
         .chain(from_cwd)
@@ -325,8 +321,7 @@ mod tests {
         let (_dir, registry) = registry();
         registry
             .update(|f| {
-                f.services
-                    .insert("orders".into(), Entry::new("http://127.0.0.1:41001"));
+                f.services.insert("orders".into(), Entry::new("http://127.0.0.1:41001"));
             })
             .unwrap();
         let file = registry.read().unwrap();
@@ -367,35 +362,25 @@ mod tests {
         fs::write(registry.path(), b"{\"version\": 1, \"services\": {").unwrap();
         let err = registry.read().unwrap_err().to_string();
         assert!(err.contains("not valid registry JSON"), "{err}");
-        assert!(
-            err.contains(&registry.path().display().to_string()),
-            "{err}"
-        );
+        assert!(err.contains(&registry.path().display().to_string()), "{err}");
 
         registry.update(|_| ()).unwrap();
         let aside = registry.path().with_extension("json.corrupt");
-        assert_eq!(
-            fs::read(aside).unwrap(),
-            b"{\"version\": 1, \"services\": {"
-        );
+        assert_eq!(fs::read(aside).unwrap(), b"{\"version\": 1, \"services\": {");
         assert_eq!(registry.read().unwrap(), RegistryFile::default());
     }
 
     #[test]
     fn a_newer_format_is_reported_as_such() {
         let problem = parse(br#"{"version": 7, "services": []}"#).unwrap_err();
-        assert!(
-            problem.to_string().contains("format version 7"),
-            "{problem}"
-        );
+        assert!(problem.to_string().contains("format version 7"), "{problem}");
     }
 
     #[test]
     fn unknown_fields_and_statuses_are_ignored() {
-        let file = parse(
-            br#"{"version":1,"future":true,"services":{"a":{"url":"http://h:1","status":"hibernating","x":1}}}"#,
-        )
-        .unwrap();
+        let file =
+            parse(br#"{"version":1,"future":true,"services":{"a":{"url":"http://h:1","status":"hibernating","x":1}}}"#)
+                .unwrap();
         assert_eq!(file.services["a"].status, Status::Unknown);
     }
 
@@ -408,9 +393,6 @@ mod tests {
         };
         assert_eq!(locate(env), Some(PathBuf::from("/tmp/r.json")));
         let env = |k: &str| (k == "CARGO_TARGET_DIR").then(|| "/tmp/t".to_owned());
-        assert_eq!(
-            locate(env),
-            Some(PathBuf::from("/tmp/t/devmesh/registry.json"))
-        );
+        assert_eq!(locate(env), Some(PathBuf::from("/tmp/t/devmesh/registry.json")));
     }
 }

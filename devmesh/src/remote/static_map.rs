@@ -37,10 +37,7 @@ impl StaticMap {
                 problems,
             });
         }
-        Ok(StaticMap {
-            description,
-            endpoints,
-        })
+        Ok(StaticMap { description, endpoints })
     }
 }
 

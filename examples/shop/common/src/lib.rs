@@ -23,16 +23,12 @@ pub async fn serve(app: Router) {
     let name = std::env::var("DEVMESH_SERVICE").unwrap_or_else(|_| "service".into());
     println!(
         "{name} listening on {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM can be handled");
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM can be handled");
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -56,16 +52,9 @@ impl axum::response::IntoResponse for CallError {
 }
 
 /// POSTs `body` as JSON to `path` of `service`, found by name.
-pub async fn post_json<T: DeserializeOwned>(
-    service: &str,
-    path: &str,
-    body: &impl Serialize,
-) -> Result<T, CallError> {
-    let bad_gateway =
-        |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
-    let endpoint = devmesh::discover_async(service)
-        .await
-        .map_err(|e| bad_gateway(&e))?;
+pub async fn post_json<T: DeserializeOwned>(service: &str, path: &str, body: &impl Serialize) -> Result<T, CallError> {
+    let bad_gateway = |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
+    let endpoint = devmesh::discover_async(service).await.map_err(|e| bad_gateway(&e))?;
     let request = hyper::Request::post(endpoint.join(path))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(
@@ -81,10 +70,7 @@ pub async fn post_json<T: DeserializeOwned>(
         .map_err(|e| bad_gateway(&e))?
         .to_bytes();
     if !status.is_success() {
-        return Err(CallError(
-            status,
-            String::from_utf8_lossy(&bytes).into_owned(),
-        ));
+        return Err(CallError(status, String::from_utf8_lossy(&bytes).into_owned()));
     }
     serde_json::from_slice(&bytes).map_err(|e| bad_gateway(&e))
 }

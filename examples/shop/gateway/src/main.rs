@@ -18,28 +18,20 @@ fn one() -> u64 {
     1
 }
 
-async fn checkout(
-    Path(item): Path<String>,
-    Query(query): Query<Checkout>,
-) -> Result<Json<Value>, CallError> {
+async fn checkout(Path(item): Path<String>, Query(query): Query<Checkout>) -> Result<Json<Value>, CallError> {
     let order: Value = post_json(
         "orders",
         "/orders",
         &json!({ "item": item, "quantity": query.quantity }),
     )
     .await?;
-    Ok(Json(
-        json!({ "thanks": "your order is placed", "order": order }),
-    ))
+    Ok(Json(json!({ "thanks": "your order is placed", "order": order })))
 }
 
 #[tokio::main]
 async fn main() {
     let app = Router::new()
-        .route(
-            "/",
-            get(|| async { "the shop: try GET /checkout/tea?quantity=2\n" }),
-        )
+        .route("/", get(|| async { "the shop: try GET /checkout/tea?quantity=2\n" }))
         .route("/health", get(|| async { "ok" }))
         .route("/checkout/{item}", get(checkout));
     shop_common::serve(app).await;

@@ -42,12 +42,7 @@ async fn create(
             format!("no item `{}`; we sell {}", new.item, items.join(", ")),
         ));
     };
-    let payment: Value = post_json(
-        "payments",
-        "/charge",
-        &json!({ "amount_cents": price * new.quantity }),
-    )
-    .await?;
+    let payment: Value = post_json("payments", "/charge", &json!({ "amount_cents": price * new.quantity })).await?;
     let mut orders = orders.lock().expect("orders lock");
     let order = Order {
         id: orders.len() as u64 + 1,
@@ -57,10 +52,7 @@ async fn create(
     };
     orders.insert(order.id, order.clone());
     // The trace id links this line to the request in `cargo devmesh`'s inspector.
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let trace = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("-");
     println!(
         "order {} placed: {} x{} (traceparent {trace})",
         order.id, order.item, order.quantity
@@ -68,10 +60,7 @@ async fn create(
     Ok(Json(order))
 }
 
-async fn show(
-    State(orders): State<Orders>,
-    Path(id): Path<u64>,
-) -> Result<Json<Order>, StatusCode> {
+async fn show(State(orders): State<Orders>, Path(id): Path<u64>) -> Result<Json<Order>, StatusCode> {
     orders
         .lock()
         .expect("orders lock")

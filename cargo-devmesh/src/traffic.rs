@@ -1,0 +1,166 @@
+//! `cargo devmesh traffic` and `cargo devmesh replay`: the inspector from
+//! the terminal, through the supervisor's API.
+
+use std::io::Write;
+use std::time::Duration;
+
+use hyper::body::Bytes;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::Client;
+
+/// How often `traffic -f` asks for new exchanges.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What `traffic` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One line per exchange.
+    Table,
+    /// HAR 1.2, for browser dev tools.
+    Har,
+    /// One JSON object per exchange, with headers and bodies.
+    JsonLines,
+}
+
+/// Prints the exchanges of `service` (or all), then follows new ones.
+pub async fn show(
+    client: &Client,
+    service: Option<&str>,
+    format: Format,
+    follow: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let filter = service.map_or_else(String::new, |s| format!("service={s}&"));
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Har => {
+            out.write_all(&client.get(&format!("/api/traffic.har?{filter}")).await?)?;
+            return Ok(writeln!(out)?);
+        }
+        Format::JsonLines if !follow => {
+            return Ok(out.write_all(&client.get(&format!("/api/traffic.jsonl?{filter}")).await?)?);
+        }
+        _ => {}
+    }
+    drop(out);
+    let mut after = 0;
+    loop {
+        let path = match format {
+            Format::JsonLines => format!("/api/traffic.jsonl?{filter}after={after}"),
+            _ => format!("/api/traffic?{filter}after={after}"),
+        };
+        let body = client.get(&path).await?;
+        let exchanges: Vec<Value> = match format {
+            Format::JsonLines => body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(serde_json::from_slice)
+                .collect::<Result<_, _>>()?,
+            _ => serde_json::from_slice(&body)?,
+        };
+        // Only complete exchanges move the cursor, so one in flight is shown once done.
+        let done: Vec<&Value> = exchanges
+            .iter()
+            .take_while(|e| e["complete"].as_bool() == Some(true) || !follow)
+            .collect();
+        let mut out = std::io::stdout().lock();
+        for exchange in &done {
+            match format {
+                Format::JsonLines => writeln!(out, "{exchange}")?,
+                _ => writeln!(out, "{}", line(exchange))?,
+            }
+            after = exchange["id"].as_u64().unwrap_or(after);
+        }
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+        }
+    }
+}
+
+/// `#12  14:02:03.120  gateway → orders  POST /orders  201  3.2 ms`
+fn line(e: &Value) -> String {
+    let text = |key: &str| e[key].as_str().unwrap_or("").to_owned();
+    let time =
+        crate::logs::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e["started_ms"].as_u64().unwrap_or(0)));
+    let status = e["status"].as_u64().map_or_else(|| "-".to_owned(), |s| s.to_string());
+    let total = e["total_ms"]
+        .as_f64()
+        .map_or_else(String::new, |t| format!("{t:.1} ms"));
+    let target = match text("kind").as_str() {
+        "tcp" => format!("{} B up, {} B down", e["bytes_up"], e["bytes_down"]),
+        _ => text("path"),
+    };
+    let mut line = format!(
+        "#{:<5} {}  {} → {}  {} {}  {}  {}",
+        e["id"].as_u64().unwrap_or(0),
+        &time[11..23],
+        text("caller"),
+        text("service"),
+        text("method"),
+        target,
+        status,
+        total
+    );
+    if let Some(original) = e["replay_of"].as_u64() {
+        line.push_str(&format!("  (replay of #{original})"));
+    }
+    if let Some(error) = e["error"].as_str() {
+        line.push_str(&format!("  error: {error}"));
+    }
+    line
+}
+
+/// What to change in a replayed request.
+#[derive(Debug, Default)]
+pub struct Edits {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// `Name: value` headers that replace or add to the captured ones.
+    pub headers: Vec<String>,
+    pub body: Option<String>,
+}
+
+/// Replays exchange `id`, with `edits`, and prints the new exchange.
+pub async fn replay(client: &Client, id: u64, edits: Edits) -> anyhow::Result<()> {
+    let mut request = serde_json::Map::new();
+    if let Some(method) = edits.method {
+        request.insert("method".into(), method.into());
+    }
+    if let Some(path) = edits.path {
+        request.insert("path".into(), path.into());
+    }
+    if !edits.headers.is_empty() {
+        let original: Value = serde_json::from_slice(&client.get(&format!("/api/traffic/{id}")).await?)?;
+        let mut headers: Vec<(String, String)> =
+            serde_json::from_value(original["request_headers"].clone()).unwrap_or_default();
+        for header in &edits.headers {
+            let Some((name, value)) = header.split_once(':') else {
+                anyhow::bail!("`{header}` is not a header (hint: write `Name: value`)");
+            };
+            let name = name.trim().to_owned();
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            headers.push((name, value.trim().to_owned()));
+        }
+        request.insert("headers".into(), serde_json::to_value(headers)?);
+    }
+    if let Some(body) = edits.body {
+        request.insert("body".into(), body.into());
+    }
+    let body = Bytes::from(serde_json::to_vec(&request)?);
+    let answer: Value = serde_json::from_slice(&client.post(&format!("/api/traffic/{id}/replay"), body).await?)?;
+    match answer["exchange"].as_u64() {
+        Some(new) => {
+            let exchange: Value = serde_json::from_slice(&client.get(&format!("/api/traffic/{new}")).await?)?;
+            println!("{}", line(&exchange));
+        }
+        None => println!("replayed #{id}: status {}", answer["status"]),
+    }
+    Ok(())
+}

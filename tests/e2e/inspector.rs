@@ -1,0 +1,147 @@
+//! The inspector: its page in a real browser, its API's guards, and the
+//! `traffic` and `replay` commands.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use crate::browser::Browser;
+use crate::harness::{Mesh, fixture, get, read_json, text};
+
+fn mesh() -> Mesh {
+    Mesh::start(fixture("mesh"), &[], &["beta", "alpha"])
+}
+
+/// The inspector page's URL.
+fn page(mesh: &Mesh) -> String {
+    let control = read_json(&mesh.state().join("control.json"));
+    format!("http://{}/", control["addr"].as_str().expect("an address"))
+}
+
+/// The rows of the traffic list, as their text.
+const ROWS: &str = "[...document.querySelectorAll('#rows tr')].map(tr => tr.innerText.replace(/\\s+/g, ' '))";
+
+#[test]
+fn a_request_between_services_appears_live() {
+    let mesh = mesh();
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until("document.querySelector('#services [data-service=alpha]') && document.getElementById('live').className === 'on'", "the page to go live");
+    let (status, _) = get(mesh.front("alpha"), "/peer");
+    assert_eq!(status, 200);
+    let rows = browser.wait_until(
+        &format!("{ROWS}.find(r => r.includes('alpha → beta') && r.includes('/whoami') && r.includes('200'))"),
+        "alpha's call to beta to appear without a reload",
+    );
+    assert!(rows.as_str().unwrap().contains("GET"), "{rows}");
+}
+
+#[test]
+fn filters_narrow_the_list() {
+    let mesh = mesh();
+    get(mesh.front("alpha"), "/peer");
+    get(mesh.front("beta"), "/whoami");
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 3"), "three exchanges");
+
+    browser.eval("const q = document.getElementById('q'); q.value = 'peer'; q.dispatchEvent(new Event('input'))");
+    let rows = browser.wait_until(&format!("{ROWS}.length === 1 && {ROWS}"), "the text filter");
+    assert!(rows[0].as_str().unwrap().contains("external → alpha"), "{rows}");
+
+    browser.eval(
+        "q.value = ''; q.dispatchEvent(new Event('input')); \
+         const s = document.getElementById('f-service'); s.value = 'beta'; s.dispatchEvent(new Event('change'))",
+    );
+    let rows = browser.wait_until(&format!("{ROWS}.length === 2 && {ROWS}"), "the service filter");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.as_str().unwrap().contains("→ beta")),
+        "{rows}"
+    );
+
+    browser
+        .eval("const st = document.getElementById('f-status'); st.value = '4'; st.dispatchEvent(new Event('change'))");
+    browser.wait_until(&format!("{ROWS}.length === 0"), "the status filter");
+}
+
+#[test]
+fn a_replay_from_the_page_is_a_new_marked_row() {
+    let mesh = mesh();
+    get(mesh.front("beta"), "/whoami");
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 1"), "the exchange");
+    browser.eval("document.querySelector('#rows tr').click()");
+    browser.wait_until("document.getElementById('replay')", "the detail view");
+    browser.eval("document.getElementById('replay').click()");
+    let replayed = browser.wait_until(
+        "document.querySelector('#rows tr .replay') && document.querySelector('#rows tr .replay').closest('tr').innerText",
+        "the replay's row",
+    );
+    assert!(replayed.as_str().unwrap().contains("↺ #1"), "{replayed}");
+    assert!(replayed.as_str().unwrap().contains("200"), "{replayed}");
+}
+
+/// A raw request to the API, to test what the client would never send.
+fn raw(addr: &str, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn the_api_refuses_foreign_hosts_and_missing_tokens() {
+    let mesh = mesh();
+    let control = read_json(&mesh.state().join("control.json"));
+    let addr = control["addr"].as_str().unwrap();
+    let rebinding = raw(
+        addr,
+        "GET /api/services HTTP/1.1\r\nhost: evil.example:80\r\nconnection: close\r\n\r\n",
+    );
+    assert!(rebinding.starts_with("HTTP/1.1 403"), "{rebinding}");
+    let tokenless = raw(
+        addr,
+        &format!(
+            "POST /api/services/beta/stop HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    );
+    assert!(tokenless.starts_with("HTTP/1.1 401"), "{tokenless}");
+    assert!(text(&mesh.cli(&["ps"])).contains("beta"), "beta was not stopped");
+}
+
+#[test]
+fn traffic_and_replay_from_the_terminal() {
+    let mesh = mesh();
+    get(mesh.front("alpha"), "/peer");
+    let output = mesh.cli(&["traffic", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let listed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("alpha → beta  GET /whoami  200"), "{listed}");
+    let id = listed
+        .trim_start_matches('#')
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let output = mesh.cli(&["replay", &id, "--path", "/nope"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let replayed = String::from_utf8(output.stdout).unwrap();
+    assert!(replayed.contains("external → beta  GET /nope  404"), "{replayed}");
+    assert!(replayed.contains(&format!("(replay of #{id})")), "{replayed}");
+
+    let har: serde_json::Value = serde_json::from_slice(&mesh.cli(&["traffic", "--har"]).stdout).unwrap();
+    assert_eq!(har["log"]["version"], "1.2");
+    assert_eq!(har["log"]["entries"].as_array().unwrap().len(), 3);
+    let lines = mesh.cli(&["traffic", "--jsonl"]).stdout;
+    let first: serde_json::Value = serde_json::from_slice(lines.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["path"], "/peer");
+    assert!(
+        first["response_body"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("alpha got: beta")
+    );
+}
