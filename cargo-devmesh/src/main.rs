@@ -44,7 +44,12 @@ fn main() -> ExitCode {
         args.remove(1);
     }
     let cli = Cli::parse_from(args);
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    // One thread: the supervisor mostly waits, and its proxy forwards
+    // faster without handing work between threads (measured in bench/proxy).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
     match runtime.block_on(execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

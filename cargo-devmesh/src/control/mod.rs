@@ -322,7 +322,7 @@ impl Api {
                 }
             }
         };
-        let Some(service) = self.mesh.services.get(&exchange.service) else {
+        let Some(service) = self.mesh.services.get(&*exchange.service) else {
             return json(
                 StatusCode::NOT_FOUND,
                 &error(&unknown_service(&exchange.service, &self.mesh.services)),
@@ -410,7 +410,7 @@ fn map(exchanges: &[Exchange]) -> serde_json::Value {
     let mut edges: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     let mut errors: BTreeMap<(String, String), u64> = BTreeMap::new();
     for e in exchanges {
-        let key = (e.caller.clone(), e.service.clone());
+        let key = (e.caller.to_string(), e.service.to_string());
         edges
             .entry(key.clone())
             .or_default()

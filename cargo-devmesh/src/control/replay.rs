@@ -66,7 +66,7 @@ pub async fn replay(original: &Exchange, edits: Edits, front: SocketAddr) -> Res
     }
     // Unless told otherwise, a replay starts a trace of its own.
     let headers = edits.headers.unwrap_or_else(|| {
-        let mut headers = original.request_headers.clone();
+        let mut headers = original.request_headers.pairs();
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("traceparent"));
         headers
     });

@@ -1,7 +1,11 @@
 //! One captured exchange: a request and its response, a WebSocket, or a
 //! TCP connection, as the inspector keeps and shows it.
 
+use std::sync::Arc;
+
+use hyper::header::HeaderMap;
 use serde::Serialize;
+use serde::ser::SerializeSeq;
 
 /// What kind of traffic an exchange is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,9 +21,9 @@ pub enum Kind {
 pub struct Exchange {
     pub id: u64,
     /// The service called.
-    pub service: String,
+    pub service: Arc<str>,
     /// The service that called, or `external`.
-    pub caller: String,
+    pub caller: Arc<str>,
     pub kind: Kind,
     /// Milliseconds since the Unix epoch.
     pub started_ms: u64,
@@ -27,10 +31,10 @@ pub struct Exchange {
     /// Path and query.
     pub path: String,
     pub version: String,
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: Headers,
     pub request_body: Body,
     pub status: Option<u16>,
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Headers,
     pub response_body: Body,
     /// Time spent waiting for a ready instance (restarting, building).
     pub wait_ms: f64,
@@ -103,12 +107,7 @@ impl Body {
 impl Exchange {
     /// Roughly what the exchange holds in memory, for the store's cap.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .request_headers
-            .iter()
-            .chain(&self.response_headers)
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum();
+        let headers = self.request_headers.weight() + self.response_headers.weight();
         512 + self.path.len() + headers + self.request_body.weight() + self.response_body.weight()
     }
 }
@@ -117,8 +116,8 @@ impl Exchange {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub id: u64,
-    pub service: String,
-    pub caller: String,
+    pub service: Arc<str>,
+    pub caller: Arc<str>,
     pub kind: Kind,
     pub started_ms: u64,
     pub method: String,
@@ -156,6 +155,70 @@ impl From<&Exchange> for Summary {
             bytes_down: e.bytes_down,
             complete: e.complete,
         }
+    }
+}
+
+/// Headers as captured: one string of `name: value` lines, so capturing a
+/// request's headers costs one allocation; shown as `[name, value]` pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Headers(String);
+
+impl Headers {
+    pub fn new(map: &HeaderMap) -> Headers {
+        let size = map.iter().map(|(k, v)| k.as_str().len() + v.len() + 3).sum();
+        let mut text = String::with_capacity(size);
+        for (name, value) in map {
+            text.push_str(name.as_str());
+            text.push_str(": ");
+            // Header values are bytes; they are nearly always ASCII.
+            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            text.push('\n');
+        }
+        Headers(text)
+    }
+
+    /// `(name, value)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        // A value holds no line break: HTTP forbids it.
+        self.0.lines().filter_map(|line| line.split_once(": "))
+    }
+
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned())
+    }
+
+    /// Replaces the values of the headers named in `names` with `***`.
+    pub fn mask(&mut self, names: &[String]) {
+        if !self.iter().any(|(k, _)| names.iter().any(|n| n.eq_ignore_ascii_case(k))) {
+            return;
+        }
+        let masked: String = self
+            .iter()
+            .map(|(k, v)| {
+                let v = if names.iter().any(|n| n.eq_ignore_ascii_case(k)) { "***" } else { v };
+                format!("{k}: {v}\n")
+            })
+            .collect();
+        self.0 = masked;
+    }
+
+    fn weight(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut list = serializer.serialize_seq(None)?;
+        for pair in self.iter() {
+            list.serialize_element(&pair)?;
+        }
+        list.end()
     }
 }
 

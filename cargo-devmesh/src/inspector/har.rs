@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Body, Exchange, Kind};
+use super::{Body, Exchange, Headers, Kind};
 
 /// The exchanges as a HAR 1.2 log (HTTP exchanges only: HAR has no room
 /// for raw TCP).
@@ -19,11 +19,7 @@ pub fn har(exchanges: &[Exchange]) -> Value {
 
 fn entry(e: &Exchange) -> Value {
     let started = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.started_ms);
-    let host = e
-        .request_headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-        .map_or(e.service.as_str(), |(_, v)| v.as_str());
+    let host = e.request_headers.get("host").unwrap_or_else(|| e.service.to_string());
     let total = e.total_ms.unwrap_or(0.0);
     let wait = e.service_ms.unwrap_or(0.0);
     json!({
@@ -62,11 +58,9 @@ fn entry(e: &Exchange) -> Value {
     })
 }
 
-fn headers(headers: &[(String, String)]) -> Vec<Value> {
-    headers
-        .iter()
-        .map(|(name, value)| json!({ "name": name, "value": value }))
-        .collect()
+fn headers(headers: &Headers) -> Vec<Value> {
+    let pairs = headers.pairs().into_iter();
+    pairs.map(|(name, value)| json!({ "name": name, "value": value })).collect()
 }
 
 fn query(path: &str) -> Vec<Value> {
@@ -83,18 +77,15 @@ fn query(path: &str) -> Vec<Value> {
         .collect()
 }
 
-fn mime(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map_or_else(String::new, |(_, v)| v.clone())
+fn mime(headers: &Headers) -> String {
+    headers.get("content-type").unwrap_or_default()
 }
 
-fn post_data(body: &Body, headers: &[(String, String)]) -> Value {
+fn post_data(body: &Body, headers: &Headers) -> Value {
     json!({ "mimeType": mime(headers), "text": body.text.clone().unwrap_or_default() })
 }
 
-fn content(body: &Body, headers: &[(String, String)]) -> Value {
+fn content(body: &Body, headers: &Headers) -> Value {
     match (&body.text, &body.base64) {
         (Some(text), _) => json!({ "size": body.size, "mimeType": mime(headers), "text": text }),
         (None, Some(encoded)) => {

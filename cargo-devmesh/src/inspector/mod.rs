@@ -13,7 +13,7 @@ mod tee;
 pub mod trace;
 
 pub use callers::Callers;
-pub use exchange::{Body, Exchange, Kind, Summary};
+pub use exchange::{Body, Exchange, Headers, Kind, Summary};
 pub use store::{Event, Filter, InFlight, Store, blank};
 pub use tee::{Seen, Tee};
 

@@ -1,7 +1,7 @@
 //! The bounded store of captured exchanges, with live updates.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use devmesh::config::InspectorConfig;
 use serde::Serialize;
@@ -47,10 +47,11 @@ impl Inner {
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    exchanges: VecDeque<Exchange>,
+    /// Boxed: the ring grows by copying, and an exchange is large.
+    exchanges: VecDeque<Box<Exchange>>,
     /// Sum of the exchanges' weights.
     weight: usize,
-    in_flight: HashMap<String, Vec<InFlight>>,
+    in_flight: HashMap<Arc<str>, Vec<InFlight>>,
 }
 
 /// Which exchanges a list shows.
@@ -71,7 +72,7 @@ pub struct Filter {
 impl Filter {
     fn matches(&self, e: &Exchange) -> bool {
         let contains = |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
-        self.service.as_ref().is_none_or(|s| &e.service == s || &e.caller == s)
+        self.service.as_ref().is_none_or(|s| *e.service == **s || *e.caller == **s)
             && self.method.as_ref().is_none_or(|m| e.method.eq_ignore_ascii_case(m))
             && self.status.as_ref().is_none_or(|s| {
                 e.status
@@ -104,7 +105,7 @@ impl Store {
         self.mask(&mut exchange);
         self.publish(&exchange);
         inner.weight += exchange.weight();
-        inner.exchanges.push_back(exchange);
+        inner.exchanges.push_back(Box::new(exchange));
         while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
             let oldest = inner.exchanges.pop_front().expect("more than one");
             inner.weight -= oldest.weight();
@@ -136,13 +137,14 @@ impl Store {
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
         let inner = self.lock();
-        inner.index_of(id).map(|index| inner.exchanges[index].clone())
+        inner.index_of(id).map(|index| (*inner.exchanges[index]).clone())
     }
 
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let inner = self.lock();
-        let mut found: Vec<Exchange> = inner.exchanges.iter().filter(|e| filter.matches(e)).cloned().collect();
+        let mut found: Vec<Exchange> =
+            inner.exchanges.iter().filter(|e| filter.matches(e)).map(|e| (**e).clone()).collect();
         if let Some(limit) = filter.limit
             && found.len() > limit
         {
@@ -156,12 +158,14 @@ impl Store {
     }
 
     /// Marks a request to `service` in flight until [`Store::done`].
-    pub fn start(&self, service: &str, in_flight: InFlight) {
-        self.lock()
-            .in_flight
-            .entry(service.to_owned())
-            .or_default()
-            .push(in_flight);
+    pub fn start(&self, service: &Arc<str>, in_flight: InFlight) {
+        let mut inner = self.lock();
+        match inner.in_flight.get_mut(service) {
+            Some(list) => list.push(in_flight),
+            None => {
+                inner.in_flight.insert(Arc::clone(service), vec![in_flight]);
+            }
+        }
     }
 
     pub fn done(&self, service: &str, id: u64) {
@@ -178,17 +182,9 @@ impl Store {
 
     fn mask(&self, exchange: &mut Exchange) {
         let masked = &self.config.mask_headers;
-        if masked.is_empty() {
-            return;
-        }
-        for (name, value) in exchange
-            .request_headers
-            .iter_mut()
-            .chain(exchange.response_headers.iter_mut())
-        {
-            if masked.iter().any(|m| m.eq_ignore_ascii_case(name)) {
-                *value = "***".to_owned();
-            }
+        if !masked.is_empty() {
+            exchange.request_headers.mask(masked);
+            exchange.response_headers.mask(masked);
         }
     }
 
@@ -198,7 +194,7 @@ impl Store {
 }
 
 /// An exchange with nothing captured yet.
-pub fn blank(service: String, caller: String, kind: super::Kind) -> Exchange {
+pub fn blank(service: Arc<str>, caller: Arc<str>, kind: super::Kind) -> Exchange {
     Exchange {
         id: 0,
         service,
@@ -210,10 +206,10 @@ pub fn blank(service: String, caller: String, kind: super::Kind) -> Exchange {
         method: String::new(),
         path: String::new(),
         version: String::new(),
-        request_headers: Vec::new(),
+        request_headers: Default::default(),
         request_body: Default::default(),
         status: None,
-        response_headers: Vec::new(),
+        response_headers: Default::default(),
         response_body: Default::default(),
         wait_ms: 0.0,
         service_ms: None,
@@ -244,11 +240,13 @@ mod tests {
 
     fn exchange(path: &str, body: &str) -> Exchange {
         let mut e = blank("orders".into(), "gateway".into(), Kind::Http);
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("authorization", "Bearer secret".parse().unwrap());
         e.method = "POST".into();
         e.path = path.into();
         e.status = Some(201);
         e.request_body = Body::new(body.as_bytes().to_vec(), body.len() as u64, false);
-        e.request_headers = vec![("Authorization".into(), "Bearer secret".into())];
+        e.request_headers = crate::inspector::Headers::new(&headers);
         e
     }
 
@@ -312,6 +310,6 @@ mod tests {
         let kept = store.list(&Filter::default());
         assert!(kept.len() < 10, "{}", kept.len());
         assert_eq!(kept.last().unwrap().path, "/orders/99");
-        assert_eq!(kept[0].request_headers[0].1, "***");
+        assert_eq!(kept[0].request_headers.get("authorization").as_deref(), Some("***"));
     }
 }

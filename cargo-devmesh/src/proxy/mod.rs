@@ -15,7 +15,7 @@ pub use route::{Backend, Route};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::inspector::{
-    self, EXCHANGE_HEADER, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace, trace::TraceParent,
+    self, EXCHANGE_HEADER, Headers, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace, trace::TraceParent,
 };
 
 const TRACEPARENT: &str = "traceparent";
@@ -44,7 +44,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug)]
 pub struct Front {
     pub service: String,
-    pub listener: TcpListener,
+    /// The front port; each worker thread accepts on it.
+    pub listener: std::net::TcpListener,
     pub route: watch::Receiver<Route>,
     /// How long a request waits for a ready instance before a 503.
     pub ready_timeout: Duration,
@@ -53,7 +54,7 @@ pub struct Front {
 }
 
 struct Context {
-    service: String,
+    service: Arc<str>,
     route: watch::Receiver<Route>,
     ready_timeout: Duration,
     inspector: Arc<Inspector>,
@@ -65,34 +66,92 @@ struct Context {
 struct Connection {
     peer: SocketAddr,
     local: SocketAddr,
-    caller: OnceLock<String>,
+    caller: OnceLock<Arc<str>>,
+    /// This client connection's own connection to the instance, reused
+    /// request after request (HTTP/1 requests on one connection come one
+    /// at a time), as a reverse proxy's keep-alive upstream is.
+    upstream: Mutex<Option<Upstream>>,
+}
+
+/// A kept connection to an instance.
+struct Upstream {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Captured>,
 }
 
 impl Connection {
-    fn caller(&self, inspector: &Inspector) -> &str {
-        self.caller
-            .get_or_init(|| inspector.callers.identify(self.peer, self.local))
+    fn caller(&self, inspector: &Inspector) -> Arc<str> {
+        let caller = self.caller.get_or_init(|| inspector.callers.identify(self.peer, self.local).into());
+        Arc::clone(caller)
     }
 }
 
+/// Connections to instances: small request/response exchanges on
+/// loopback, where Nagle's algorithm only adds delay.
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
+}
+
 /// Serves `front` until `shutdown`.
-pub async fn run(front: Front, shutdown: CancellationToken) {
-    let context = Arc::new(Context {
-        service: front.service,
-        route: front.route,
-        ready_timeout: front.ready_timeout,
-        inspector: front.inspector,
-        http1: Client::builder(TokioExecutor::new()).build_http(),
-        http2: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
-    });
-    let local = front
-        .listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+/// Serves every front port until `shutdown`, on worker threads of their own
+/// (one per core), each with a single-threaded runtime that accepts on every
+/// port: a connection lives on the thread that accepted it, so forwarding
+/// never hands work between threads. The threads end after `shutdown`.
+pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let workers = std::env::var("DEVMESH_PROXY_THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    for front in &fronts {
+        front.listener.set_nonblocking(true)?;
+    }
+    (0..workers)
+        .map(|worker| {
+            let listeners = fronts
+                .iter()
+                .map(|f| f.listener.try_clone())
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let contexts: Vec<Arc<Context>> = fronts.iter().map(Context::new).collect();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new().name(format!("devmesh-proxy-{worker}")).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a proxy runtime starts");
+                runtime.block_on(async move {
+                    for (listener, context) in listeners.into_iter().zip(contexts) {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tokio::spawn(accept(listener, context, shutdown.clone()));
+                            }
+                            Err(e) => eprintln!("devmesh: front port of `{}`: {e}", context.service),
+                        }
+                    }
+                    shutdown.cancelled().await;
+                });
+            })
+        })
+        .collect()
+}
+
+impl Context {
+    fn new(front: &Front) -> Arc<Context> {
+        Arc::new(Context {
+            service: front.service.as_str().into(),
+            route: front.route.clone(),
+            ready_timeout: front.ready_timeout,
+            inspector: Arc::clone(&front.inspector),
+            http1: Client::builder(TokioExecutor::new()).build(connector()),
+            http2: Client::builder(TokioExecutor::new()).http2_only(true).build(connector()),
+        })
+    }
+}
+
+async fn accept(listener: TcpListener, context: Arc<Context>, shutdown: CancellationToken) {
+    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = front.listener.accept() => match accepted {
+            accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // EMFILE and the like: the next accept may work.
                 Err(_) => continue,
@@ -103,6 +162,7 @@ pub async fn run(front: Front, shutdown: CancellationToken) {
             peer,
             local,
             caller: OnceLock::new(),
+            upstream: Mutex::new(None),
         });
         tokio::spawn(serve_connection(stream, Arc::clone(&context), connection));
     }
@@ -149,6 +209,10 @@ fn looks_like_http(head: &[u8]) -> bool {
 impl Context {
     /// The ready instance, waiting up to the timeout for one.
     async fn ready_backend(&self) -> Result<Backend, String> {
+        // The common case, without a timer.
+        if let Route::Ready(backend) = &*self.route.borrow() {
+            return Ok(backend.clone());
+        }
         let mut route = self.route.clone();
         let ready = tokio::time::timeout(self.ready_timeout, route.wait_for(|r| matches!(r, Route::Ready(_)))).await;
         if let Ok(Ok(route)) = ready
@@ -210,7 +274,8 @@ async fn forward(
     let request = request.map(|body| {
         let (inspector, id) = (Arc::clone(&context.inspector), capture.as_ref().map(|c| c.id));
         Tee::new(body, if id.is_some() { limit } else { 0 }, move |seen| {
-            if let Some(id) = id {
+            // An empty body (most GETs) has nothing to record.
+            if let Some(id) = id.filter(|_| seen.size > 0) {
                 inspector.store.update(id, |e| {
                     e.request_body = body_of(seen.kept, seen.size, seen.truncated);
                     e.bytes_up = seen.size;
@@ -219,8 +284,13 @@ async fn forward(
         })
     });
     let forwarded = Instant::now();
-    let client = if http2 { &context.http2 } else { &context.http1 };
-    let mut response = match client.request(request).await {
+    let sent = if http2 || client_upgrade.is_some() {
+        let client = if http2 { &context.http2 } else { &context.http1 };
+        client.request(request).await.map_err(|e| e.to_string())
+    } else {
+        send_upstream(&connection, backend.addr, request).await
+    };
+    let mut response = match sent {
         Ok(response) => response,
         Err(e) => {
             let message = format!(
@@ -263,10 +333,56 @@ async fn forward(
     Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)))
 }
 
+/// Sends an HTTP/1 request on the client connection's own upstream
+/// connection, opening one when there is none, it went to an instance that
+/// has since been replaced, or it was closed.
+async fn send_upstream(
+    connection: &Connection,
+    addr: SocketAddr,
+    mut request: Request<Captured>,
+) -> Result<Response<Incoming>, String> {
+    let kept = connection.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut kept = kept.filter(|u| u.addr == addr && !u.sender.is_closed());
+    for _ in 0..2 {
+        let mut upstream = match kept.take() {
+            Some(upstream) => upstream,
+            None => Upstream {
+                addr,
+                sender: connect(addr).await?,
+            },
+        };
+        if upstream.sender.ready().await.is_err() {
+            continue;
+        }
+        match upstream.sender.try_send_request(request).await {
+            Ok(response) => {
+                *connection.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream);
+                return Ok(response);
+            }
+            // Closed before the request went out: try once on a new connection.
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(e.into_error().to_string()),
+            },
+        }
+    }
+    Err(format!("the connection to {addr} closed twice before the request went out"))
+}
+
+async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Captured>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// An exchange being captured.
 struct Capture {
     id: u64,
-    service: String,
+    service: Arc<str>,
     /// A replay answers with the id it was captured as.
     replay: bool,
 }
@@ -281,7 +397,7 @@ fn start_capture(
     replay_of: Option<u64>,
 ) -> Capture {
     let store = &context.inspector.store;
-    let caller = connection.caller(&context.inspector).to_owned();
+    let caller = connection.caller(&context.inspector);
     let given = request
         .headers()
         .get(TRACEPARENT)
@@ -304,7 +420,7 @@ fn start_capture(
     exchange.method = request.method().to_string();
     exchange.path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     exchange.version = format!("{:?}", request.version());
-    exchange.request_headers = headers_of(request.headers());
+    exchange.request_headers = Headers::new(request.headers());
     exchange.wait_ms = millis(waited);
     exchange.trace_id = Some(trace.trace_id.clone());
     exchange.span_id = Some(trace.span_id.clone());
@@ -344,7 +460,7 @@ fn finish_capture(
     }
     inspector.store.update(id, |e| {
         e.status = Some(response.status().as_u16());
-        e.response_headers = headers_of(response.headers());
+        e.response_headers = Headers::new(response.headers());
         e.service_ms = forwarded.map(|f| millis(f.elapsed()));
     });
     let limit = inspector.store.config.max_body;
@@ -371,7 +487,7 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
     };
     let _lease = backend.drain.lease();
     let id = context.capturing().then(|| {
-        let caller = connection.caller(&context.inspector).to_owned();
+        let caller = connection.caller(&context.inspector);
         let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
         exchange.method = "TCP".to_owned();
         context.inspector.store.add(exchange)
@@ -391,13 +507,6 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
             e.complete = true;
         });
     }
-}
-
-fn headers_of(headers: &header::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-        .collect()
 }
 
 fn body_of(kept: Vec<u8>, size: u64, truncated: bool) -> inspector::Body {

@@ -107,6 +107,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     });
     let mut handles: BTreeMap<String, ServiceHandle> = BTreeMap::new();
     let mut tasks = Vec::new();
+    let mut fronts_to_serve = Vec::new();
     for name in start_order(&workspace, &selected) {
         let spec = workspace.services[&name].clone();
         let dependencies = spec.depends_on.iter().map(|d| handles[d].state.clone()).collect();
@@ -119,21 +120,18 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
             Arc::clone(&shared),
             shutdown.clone(),
         );
-        let listener = listeners
-            .remove(&name)
-            .expect("every selected service has a front port");
-        listener.set_nonblocking(true)?;
-        let front = Front {
+        let listener = listeners.remove(&name).expect("every selected service has a front port");
+        fronts_to_serve.push(Front {
             service: name.clone(),
-            listener: tokio::net::TcpListener::from_std(listener)?,
+            listener,
             route,
             ready_timeout: workspace.config.run.ready_timeout,
             inspector: Arc::clone(&inspector),
-        };
-        tokio::spawn(proxy::run(front, shutdown.clone()));
+        });
         handles.insert(name, handle);
         tasks.push(task);
     }
+    let proxy_workers = proxy::start(fronts_to_serve, shutdown.clone()).context("could not start the front ports")?;
     let handles = Arc::new(handles);
     let mesh = control::Mesh {
         services: Arc::clone(&handles),
@@ -158,6 +156,9 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     logs.note("stopping");
     for task in tasks {
         let _ = task.await;
+    }
+    for worker in proxy_workers {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     }
     registry.update(|file| {
         for name in &selected {

@@ -1,0 +1,187 @@
+//! Throughput through a front port with capture on, against the service
+//! directly and against nginx as a keep-alive reverse proxy in front of the
+//! same service, with the same load generator (wrk) in one run.
+//!
+//! Run: `cargo run --release -p devmesh-bench --bin proxy`
+//! (needs `wrk` and `nginx`: `apt-get install wrk nginx-light`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use devmesh_bench::{repo, run, wait_until_answers};
+
+const DURATION: &str = "10s";
+const THREADS: &str = "1";
+const CONNECTIONS: &str = "16";
+
+#[tokio::main]
+async fn main() {
+    for tool in ["wrk", "nginx"] {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "`{tool}` is needed (hint: apt-get install wrk nginx-light)"
+        );
+    }
+    let shop = repo().join("examples/shop/Cargo.toml");
+    println!("building cargo-devmesh and the shop (release)…");
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"]).arg(&shop));
+    let payments = repo().join("examples/shop/target/release/payments");
+
+    let direct_port = free_port();
+    let mut service = Command::new(&payments)
+        .env("PORT", direct_port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("payments starts");
+    let direct = SocketAddr::from(([127, 0, 0, 1], direct_port));
+    wait_until_answers(direct, "/health").await;
+
+    let state = tempfile::tempdir().expect("a temp dir");
+    let mut supervisor = Command::new(repo().join("target/release/cargo-devmesh"))
+        .args(["run", "--release", "payments", "--manifest-path"])
+        .arg(&shop)
+        .env("DEVMESH_STATE_DIR", state.path())
+        .env("DEVMESH_RUN__PORTS", "26600-26699")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the supervisor starts");
+    let front = front_port(state.path()).await;
+    wait_until_answers(front, "/health").await;
+
+    let nginx_dir = tempfile::tempdir().expect("a temp dir");
+    let nginx_port = free_port();
+    let mut nginx = start_nginx(nginx_dir.path(), nginx_port, direct_port);
+    let proxied = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    wait_until_answers(proxied, "/health").await;
+
+    println!("wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} GET /health, one after another:");
+    let direct = wrk(direct);
+    let devmesh = wrk(front);
+    let nginx_figures = wrk(proxied);
+    let captured = captured(state.path()).await;
+
+    println!("\n{:<34} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "× direct", "p99", "× direct");
+    for (name, figures) in [
+        ("service directly", &direct),
+        ("cargo devmesh front (capture on)", &devmesh),
+        ("nginx reverse proxy (keep-alive)", &nginx_figures),
+    ] {
+        println!(
+            "{name:<34} {:>12.0} {:>10.2} {:>10.2?} {:>10.2}",
+            figures.rps,
+            figures.rps / direct.rps,
+            figures.p99,
+            figures.p99.as_secs_f64() / direct.p99.as_secs_f64()
+        );
+    }
+    println!("\nexchanges the inspector held at the end: {captured} (bounded by inspector.memory)");
+
+    for child in [&mut supervisor, &mut nginx, &mut service] {
+        // SAFETY: signalling our own children.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+}
+
+struct Figures {
+    rps: f64,
+    p99: Duration,
+}
+
+fn wrk(addr: SocketAddr) -> Figures {
+    let output = Command::new("wrk")
+        .args(["-t", THREADS, "-c", CONNECTIONS, "-d", DURATION, "--latency"])
+        .arg(format!("http://{addr}/health"))
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| parse_latency(v.trim()))
+        .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
+    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(errors) = errors {
+        println!("  {addr}: {}", errors.trim());
+    }
+    Figures { rps, p99 }
+}
+
+/// `1.23ms`, `456.00us`, `1.02s`.
+fn parse_latency(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Child {
+    let config = dir.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "worker_processes auto;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               upstream service {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://service;\n\
+                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("the nginx config is written");
+    Command::new("nginx")
+        .arg("-c")
+        .arg(&config)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx starts")
+}
+
+async fn front_port(state: &Path) -> SocketAddr {
+    loop {
+        let ports = std::fs::read(state.join("ports.json")).ok();
+        let port = ports
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|p| p["payments"].as_u64());
+        if let Some(port) = port {
+            return SocketAddr::from(([127, 0, 0, 1], port as u16));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many exchanges the inspector holds now.
+async fn captured(state: &Path) -> usize {
+    let control: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
+    let addr = control["addr"].as_str().expect("addr");
+    let output = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/api/traffic?limit=1000000")])
+        .output()
+        .expect("curl runs");
+    serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).map_or(0, |v| v.len())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
