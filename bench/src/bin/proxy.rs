@@ -28,7 +28,9 @@ async fn main() {
     let shop = repo().join("examples/shop/Cargo.toml");
     println!("building cargo-devmesh and the shop (release)…");
     run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
-    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"]).arg(&shop));
+    run(Command::new("cargo")
+        .args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"])
+        .arg(&shop));
     let payments = repo().join("examples/shop/target/release/payments");
 
     let direct_port = free_port();
@@ -65,7 +67,10 @@ async fn main() {
     let nginx_figures = wrk(proxied);
     let captured = captured(state.path()).await;
 
-    println!("\n{:<34} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "× direct", "p99", "× direct");
+    println!(
+        "\n{:<34} {:>12} {:>10} {:>10} {:>10}",
+        "", "requests/s", "× direct", "p99", "× direct"
+    );
     for (name, figures) in [
         ("service directly", &direct),
         ("cargo devmesh front (capture on)", &devmesh),
@@ -110,7 +115,9 @@ fn wrk(addr: SocketAddr) -> Figures {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| parse_latency(v.trim()))
         .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
-    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
     if let Some(errors) = errors {
         println!("  {addr}: {}", errors.trim());
     }
@@ -183,5 +190,8 @@ async fn captured(state: &Path) -> usize {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }

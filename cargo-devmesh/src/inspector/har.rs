@@ -60,7 +60,9 @@ fn entry(e: &Exchange) -> Value {
 
 fn headers(headers: &Headers) -> Vec<Value> {
     let pairs = headers.pairs().into_iter();
-    pairs.map(|(name, value)| json!({ "name": name, "value": value })).collect()
+    pairs
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect()
 }
 
 fn query(path: &str) -> Vec<Value> {

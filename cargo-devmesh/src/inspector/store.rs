@@ -72,7 +72,9 @@ pub struct Filter {
 impl Filter {
     fn matches(&self, e: &Exchange) -> bool {
         let contains = |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
-        self.service.as_ref().is_none_or(|s| *e.service == **s || *e.caller == **s)
+        self.service
+            .as_ref()
+            .is_none_or(|s| *e.service == **s || *e.caller == **s)
             && self.method.as_ref().is_none_or(|m| e.method.eq_ignore_ascii_case(m))
             && self.status.as_ref().is_none_or(|s| {
                 e.status
@@ -143,8 +145,12 @@ impl Store {
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let inner = self.lock();
-        let mut found: Vec<Exchange> =
-            inner.exchanges.iter().filter(|e| filter.matches(e)).map(|e| (**e).clone()).collect();
+        let mut found: Vec<Exchange> = inner
+            .exchanges
+            .iter()
+            .filter(|e| filter.matches(e))
+            .map(|e| (**e).clone())
+            .collect();
         if let Some(limit) = filter.limit
             && found.len() > limit
         {

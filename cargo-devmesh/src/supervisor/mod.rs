@@ -120,7 +120,9 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
             Arc::clone(&shared),
             shutdown.clone(),
         );
-        let listener = listeners.remove(&name).expect("every selected service has a front port");
+        let listener = listeners
+            .remove(&name)
+            .expect("every selected service has a front port");
         fronts_to_serve.push(Front {
             service: name.clone(),
             listener,
