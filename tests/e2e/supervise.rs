@@ -74,9 +74,10 @@ fn a_restart_fails_no_request() {
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
-                let (status, _) = get(beta, "/whoami");
+                let (status, body) = get(beta, "/whoami");
                 sent.fetch_add(1, Ordering::SeqCst);
                 if status != 200 {
+                    eprintln!("failed: {status} {body}");
                     failed.fetch_add(1, Ordering::SeqCst);
                 }
             }

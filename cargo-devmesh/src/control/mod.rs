@@ -42,6 +42,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::StartError;
+use crate::inspector::trace::TraceId;
 use crate::inspector::{Event, Exchange, Filter, Inspector, Summary, har};
 use crate::logs::Logs;
 use crate::supervisor::ServiceHandle;
@@ -399,7 +400,8 @@ fn filter(query: &HashMap<String, String>) -> Filter {
         method: text("method"),
         status: text("status"),
         text: text("q"),
-        trace_id: text("trace"),
+        // A trace id that does not parse matches nothing, as it should.
+        trace_id: text("trace").map(|t| TraceId::parse(&t).unwrap_or(TraceId(0))),
         after: query.get("after").and_then(|a| a.parse().ok()),
         limit: Some(query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(LIST_LIMIT)),
     }

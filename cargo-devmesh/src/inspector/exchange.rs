@@ -7,6 +7,8 @@ use hyper::header::HeaderMap;
 use serde::Serialize;
 use serde::ser::SerializeSeq;
 
+use super::trace::{SpanId, TraceId};
+
 /// What kind of traffic an exchange is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,9 +44,9 @@ pub struct Exchange {
     pub service_ms: Option<f64>,
     /// Time from arrival to the end of the response body.
     pub total_ms: Option<f64>,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub parent_span_id: Option<String>,
+    pub trace_id: Option<TraceId>,
+    pub span_id: Option<SpanId>,
+    pub parent_span_id: Option<SpanId>,
     /// The trace was inferred from the caller's request in flight, not
     /// propagated by the caller.
     pub trace_inferred: bool,
@@ -126,7 +128,7 @@ pub struct Summary {
     pub wait_ms: f64,
     pub service_ms: Option<f64>,
     pub total_ms: Option<f64>,
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     pub replay_of: Option<u64>,
     pub error: Option<String>,
     pub bytes_up: u64,
@@ -148,7 +150,7 @@ impl From<&Exchange> for Summary {
             wait_ms: e.wait_ms,
             service_ms: e.service_ms,
             total_ms: e.total_ms,
-            trace_id: e.trace_id.clone(),
+            trace_id: e.trace_id,
             replay_of: e.replay_of,
             error: e.error.clone(),
             bytes_up: e.bytes_up,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::exchange::{Exchange, Summary};
+use super::trace::{SpanId, TraceId};
 
 /// What the store tells live listeners.
 #[derive(Debug, Clone, Serialize)]
@@ -19,11 +20,11 @@ pub enum Event {
 
 /// A request in flight to a service, so a call that service makes meanwhile
 /// can be linked to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct InFlight {
     pub id: u64,
-    pub trace_id: String,
-    pub span_id: String,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
 }
 
 /// Captured exchanges, newest last, within a memory cap.
@@ -63,7 +64,7 @@ pub struct Filter {
     pub status: Option<String>,
     /// Text in the path or a body.
     pub text: Option<String>,
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     /// Only exchanges with a greater id.
     pub after: Option<u64>,
     pub limit: Option<usize>,
@@ -80,7 +81,7 @@ impl Filter {
                 e.status
                     .is_some_and(|status| status.to_string().starts_with(s.as_str()))
             })
-            && self.trace_id.as_ref().is_none_or(|t| e.trace_id.as_ref() == Some(t))
+            && self.trace_id.is_none_or(|t| e.trace_id == Some(t))
             && self.after.is_none_or(|after| e.id > after)
             && self.text.as_ref().is_none_or(|t| {
                 contains(&e.path, t)

@@ -2,14 +2,64 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A trace id: 128 bits, shown as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub u128);
+
+/// A span id: 64 bits, shown as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub u64);
+
+impl TraceId {
+    /// A new random trace id.
+    pub fn random() -> TraceId {
+        TraceId((u128::from(random()) << 64) | u128::from(random()))
+    }
+
+    /// Parses 32 hex digits.
+    pub fn parse(hex: &str) -> Option<TraceId> {
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(hex, 16).ok().map(TraceId))?
+    }
+}
+
+impl SpanId {
+    pub fn random() -> SpanId {
+        SpanId(random())
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Display for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl serde::Serialize for SpanId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A parsed `traceparent`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// 16 lowercase hex digits: the span that sent the request.
-    pub span_id: String,
-    pub flags: String,
+    pub trace_id: TraceId,
+    /// The span that sent the request.
+    pub span_id: SpanId,
+    pub flags: u8,
 }
 
 impl TraceParent {
@@ -18,41 +68,40 @@ impl TraceParent {
         let mut parts = value.trim().split('-');
         let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-        let valid = hex(version, 2)
-            && hex(trace_id, 32)
-            && hex(span_id, 16)
-            && hex(flags, 2)
-            && trace_id != "0".repeat(32)
-            && span_id != "0".repeat(16);
-        valid.then(|| TraceParent {
-            trace_id: trace_id.to_ascii_lowercase(),
-            span_id: span_id.to_ascii_lowercase(),
-            flags: flags.to_owned(),
-        })
+        if !(hex(version, 2) && hex(span_id, 16) && hex(flags, 2)) {
+            return None;
+        }
+        let parsed = TraceParent {
+            trace_id: TraceId::parse(trace_id)?,
+            span_id: SpanId(u64::from_str_radix(span_id, 16).ok()?),
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        (parsed.trace_id.0 != 0 && parsed.span_id.0 != 0).then_some(parsed)
     }
 
-    /// A child of `trace_id` sent by span `span_id`, sampled.
-    pub fn new(trace_id: String, span_id: String) -> TraceParent {
+    /// A request of trace `trace_id` sent by span `span_id`, sampled.
+    pub fn new(trace_id: TraceId, span_id: SpanId) -> TraceParent {
         TraceParent {
             trace_id,
             span_id,
-            flags: "01".to_owned(),
+            flags: 1,
         }
     }
 
-    pub fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    /// The header's value, written without the formatter (it is on every request).
+    pub fn header(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for i in 0..32 {
+            out[3 + i] = HEX[((self.trace_id.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            out[36 + i] = HEX[((self.span_id.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out[53] = HEX[usize::from(self.flags >> 4)];
+        out[54] = HEX[usize::from(self.flags & 0xf)];
+        out
     }
-}
-
-/// A new random trace id.
-pub fn new_trace_id() -> String {
-    format!("{:016x}{:016x}", random(), random())
-}
-
-/// A new random span id.
-pub fn new_span_id() -> String {
-    format!("{:016x}", random())
 }
 
 /// splitmix64 over a counter seeded once from the clock and pid: ids need
@@ -96,8 +145,9 @@ mod tests {
     fn parses_and_writes_traceparent() {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(value).unwrap();
-        assert_eq!(parsed.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(parsed.header(), value);
+        assert_eq!(parsed.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parsed.span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(&parsed.header()[..], value.as_bytes());
         assert_eq!(TraceParent::parse("00-abc-00f067aa0ba902b7-01"), None);
         assert_eq!(
             TraceParent::parse(&format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32))),
@@ -107,9 +157,15 @@ mod tests {
 
     #[test]
     fn new_ids_are_well_formed_and_distinct() {
-        let (a, b) = (new_trace_id(), new_trace_id());
+        let (a, b) = (TraceId::random(), TraceId::random());
         assert_ne!(a, b);
-        assert!(TraceParent::parse(&TraceParent::new(a, new_span_id()).header()).is_some());
+        let header = TraceParent::new(a, SpanId::random()).header();
+        assert_eq!(
+            TraceParent::parse(std::str::from_utf8(&header).unwrap())
+                .unwrap()
+                .trace_id,
+            a
+        );
     }
 
     #[test]

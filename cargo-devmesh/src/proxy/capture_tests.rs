@@ -170,7 +170,10 @@ async fn a_given_traceparent_is_kept() {
         .await
         .unwrap();
     let all = complete(&inspector, 1).await;
-    assert_eq!(all[0].trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(
+        all[0].trace_id.map(|t| t.to_string()).as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
     assert_eq!(all[0].request_headers.get("traceparent").as_deref(), Some(traceparent));
 }
 

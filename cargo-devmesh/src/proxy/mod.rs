@@ -11,7 +11,7 @@
 mod capture_tests;
 mod route;
 
-pub use route::{Backend, Route};
+pub use route::{Backend, Lease, Route};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::inspector::{
-    self, EXCHANGE_HEADER, Headers, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee, trace, trace::TraceParent,
+    self, EXCHANGE_HEADER, Headers, InFlight, Inspector, Kind, REPLAY_HEADER, Seen, Tee,
+    trace::{SpanId, TraceId, TraceParent},
 };
 
 const TRACEPARENT: &str = "traceparent";
@@ -218,17 +219,24 @@ fn looks_like_http(head: &[u8]) -> bool {
 
 impl Context {
     /// The ready instance, waiting up to the timeout for one.
-    async fn ready_backend(&self) -> Result<Backend, String> {
+    /// The ready instance, leased while the route is read: a restart that
+    /// switches the route after this read then waits for the lease before
+    /// stopping the instance.
+    async fn ready_backend(&self) -> Result<(Backend, Lease), String> {
+        let leased = |route: &Route| match route {
+            Route::Ready(backend) => Some((backend.clone(), backend.drain.lease())),
+            Route::Waiting(_) => None,
+        };
         // The common case, without a timer.
-        if let Route::Ready(backend) = &*self.route.borrow() {
-            return Ok(backend.clone());
+        if let Some(ready) = leased(&self.route.borrow()) {
+            return Ok(ready);
         }
         let mut route = self.route.clone();
         let ready = tokio::time::timeout(self.ready_timeout, route.wait_for(|r| matches!(r, Route::Ready(_)))).await;
         if let Ok(Ok(route)) = ready
-            && let Route::Ready(backend) = &*route
+            && let Some(ready) = leased(&route)
         {
-            return Ok(backend.clone());
+            return Ok(ready);
         }
         let status = match &*self.route.borrow() {
             Route::Waiting(status) => status.to_string(),
@@ -254,7 +262,7 @@ async fn forward(
     connection: Arc<Connection>,
 ) -> Result<Response<Body>, Infallible> {
     let arrived = Instant::now();
-    let backend = context.ready_backend().await;
+    let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
     let replay_of = request
         .headers_mut()
@@ -263,14 +271,13 @@ async fn forward(
     let capture = context
         .capturing()
         .then(|| start_capture(&mut request, &context, &connection, waited, replay_of));
-    let backend = match backend {
-        Ok(backend) => backend,
+    let (backend, lease) = match ready {
+        Ok(ready) => ready,
         Err(message) => {
             let response = plain(StatusCode::SERVICE_UNAVAILABLE, message);
             return Ok(finish_capture(capture, &context, response, arrived, None));
         }
     };
-    let lease = backend.drain.lease();
     let client_upgrade = request
         .headers()
         .contains_key(header::UPGRADE)
@@ -338,10 +345,9 @@ async fn forward(
         let response = response.map(BodyExt::boxed);
         return Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)));
     }
-    let response = response.map(|body| {
-        let _lease = lease;
-        BodyExt::boxed(body)
-    });
+    // The lease lasts until the body has passed: the instance is not
+    // stopped while it still sends.
+    let response = response.map(|body| BodyExt::boxed(Tee::new(body, 0, move |_| drop(lease))));
     Ok(finish_capture(capture, &context, response, arrived, Some(forwarded)))
 }
 
@@ -366,9 +372,14 @@ async fn send_upstream(
         if upstream.sender.ready().await.is_err() {
             continue;
         }
+        let closing = wants_close(request.headers());
         match upstream.sender.try_send_request(request).await {
             Ok(response) => {
-                *connection.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream);
+                // A connection either side asked to close is not kept: the
+                // next request would find it closed under it.
+                if !closing && !wants_close(response.headers()) && response.version() == Version::HTTP_11 {
+                    *connection.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream);
+                }
                 return Ok(response);
             }
             // Closed before the request went out: try once on a new connection.
@@ -381,6 +392,14 @@ async fn send_upstream(
     Err(format!(
         "the connection to {addr} closed twice before the request went out"
     ))
+}
+
+/// Whether headers carry `Connection: close`.
+fn wants_close(headers: &header::HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
 }
 
 async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Captured>, String> {
@@ -420,11 +439,11 @@ fn start_capture(
         Some(given) => (given, None, false),
         None => {
             let cause = store.cause(&caller);
-            let trace_id = cause.as_ref().map_or_else(trace::new_trace_id, |c| c.trace_id.clone());
+            let trace_id = cause.map_or_else(TraceId::random, |c| c.trace_id);
             let parent = cause.map(|c| c.span_id);
             let inferred = parent.is_some();
-            let trace = TraceParent::new(trace_id, trace::new_span_id());
-            if let Ok(value) = header::HeaderValue::from_str(&trace.header()) {
+            let trace = TraceParent::new(trace_id, SpanId::random());
+            if let Ok(value) = header::HeaderValue::from_bytes(&trace.header()) {
                 request.headers_mut().insert(TRACEPARENT, value);
             }
             (trace, parent, inferred)
@@ -436,8 +455,8 @@ fn start_capture(
     exchange.version = format!("{:?}", request.version());
     exchange.request_headers = Headers::new(request.headers());
     exchange.wait_ms = millis(waited);
-    exchange.trace_id = Some(trace.trace_id.clone());
-    exchange.span_id = Some(trace.span_id.clone());
+    exchange.trace_id = Some(trace.trace_id);
+    exchange.span_id = Some(trace.span_id);
     exchange.parent_span_id = parent;
     exchange.trace_inferred = inferred;
     exchange.replay_of = replay_of;
@@ -496,10 +515,9 @@ fn finish_capture(
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
 async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection) {
-    let Ok(backend) = context.ready_backend().await else {
+    let Ok((backend, _lease)) = context.ready_backend().await else {
         return;
     };
-    let _lease = backend.drain.lease();
     let id = context.capturing().then(|| {
         let caller = connection.caller(&context.inspector);
         let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
