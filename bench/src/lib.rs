@@ -133,6 +133,53 @@ pub async fn wait_until_answers(addr: SocketAddr, path: &str) -> Duration {
     }
 }
 
+/// What the benchmarks run: `cargo-devmesh` and the shop's `payments`,
+/// built in release mode.
+#[derive(Debug)]
+pub struct Built {
+    pub supervisor: PathBuf,
+    pub payments: PathBuf,
+    /// The shop's `Cargo.toml`.
+    pub shop: PathBuf,
+}
+
+/// Builds the supervisor and the shop's `payments` (release).
+pub fn build() -> Built {
+    let shop = repo().join("examples/shop/Cargo.toml");
+    println!("building cargo-devmesh and the shop (release)…");
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
+    run(Command::new("cargo")
+        .args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"])
+        .arg(&shop));
+    Built {
+        supervisor: repo().join("target/release/cargo-devmesh"),
+        payments: repo().join("examples/shop/target/release/payments"),
+        shop,
+    }
+}
+
+/// Waits for the supervisor whose state is in `state` to give `service` a port.
+pub async fn front_port(state: &Path, service: &str) -> SocketAddr {
+    loop {
+        let ports = std::fs::read(state.join("ports.json")).ok();
+        let port = ports
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|p| p[service].as_u64());
+        if let Some(port) = port {
+            return SocketAddr::from(([127, 0, 0, 1], port as u16));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// Resident memory of process `pid`, in KiB, from `/proc`.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

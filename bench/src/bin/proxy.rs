@@ -5,12 +5,12 @@
 //! Run: `cargo run --release -p devmesh-bench --bin proxy`
 //! (needs `wrk` and `nginx`: `apt-get install wrk nginx-light`).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use devmesh_bench::{repo, run, wait_until_answers};
+use devmesh_bench::{Built, build, free_port, front_port, wait_until_answers};
 
 const DURATION: &str = "10s";
 const THREADS: &str = "1";
@@ -25,13 +25,11 @@ async fn main() {
             "`{tool}` is needed (hint: apt-get install wrk nginx-light)"
         );
     }
-    let shop = repo().join("examples/shop/Cargo.toml");
-    println!("building cargo-devmesh and the shop (release)…");
-    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
-    run(Command::new("cargo")
-        .args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"])
-        .arg(&shop));
-    let payments = repo().join("examples/shop/target/release/payments");
+    let Built {
+        supervisor,
+        payments,
+        shop,
+    } = build();
 
     let direct_port = free_port();
     let mut service = Command::new(&payments)
@@ -43,7 +41,7 @@ async fn main() {
     wait_until_answers(direct, "/health").await;
 
     let state = tempfile::tempdir().expect("a temp dir");
-    let mut supervisor = Command::new(repo().join("target/release/cargo-devmesh"))
+    let mut supervisor = Command::new(&supervisor)
         .args(["run", "--release", "payments", "--manifest-path"])
         .arg(&shop)
         .env("DEVMESH_STATE_DIR", state.path())
@@ -52,7 +50,7 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the supervisor starts");
-    let front = front_port(state.path()).await;
+    let front = front_port(state.path(), "payments").await;
     wait_until_answers(front, "/health").await;
 
     let nginx_dir = tempfile::tempdir().expect("a temp dir");
@@ -164,19 +162,6 @@ fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Child {
         .expect("nginx starts")
 }
 
-async fn front_port(state: &Path) -> SocketAddr {
-    loop {
-        let ports = std::fs::read(state.join("ports.json")).ok();
-        let port = ports
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-            .and_then(|p| p["payments"].as_u64());
-        if let Some(port) = port {
-            return SocketAddr::from(([127, 0, 0, 1], port as u16));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// How many exchanges the inspector holds now.
 async fn captured(state: &Path) -> usize {
     let control: serde_json::Value =
@@ -187,11 +172,4 @@ async fn captured(state: &Path) -> usize {
         .output()
         .expect("curl runs");
     serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).map_or(0, |v| v.len())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }

@@ -8,12 +8,12 @@
 //! Run: `cargo run --release -p devmesh-bench --bin restart`
 //! (installs honcho with pip when it is missing).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{Load, LoadReport, repo, rss_kib, run, wait_until_answers};
+use devmesh_bench::{Built, Load, LoadReport, build, free_port, front_port, rss_kib, run, wait_until_answers};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 
@@ -24,14 +24,11 @@ const BETWEEN: Duration = Duration::from_millis(250);
 
 #[tokio::main]
 async fn main() {
-    let shop = repo().join("examples/shop/Cargo.toml");
-    println!("building cargo-devmesh and the shop (release)…");
-    run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "cargo-devmesh"]));
-    run(Command::new("cargo")
-        .args(["build", "--quiet", "--release", "-p", "payments", "--manifest-path"])
-        .arg(&shop));
-    let supervisor = repo().join("target/release/cargo-devmesh");
-    let payments = repo().join("examples/shop/target/release/payments");
+    let Built {
+        supervisor,
+        payments,
+        shop,
+    } = build();
     ensure_honcho();
 
     println!("restarting under cargo devmesh…");
@@ -172,20 +169,6 @@ fn supervise(supervisor: &Path, shop: &Path, state: &Path, services: &[&str], en
         .expect("the supervisor starts")
 }
 
-/// Waits for the supervisor to give `service` a port.
-async fn front_port(state: &Path, service: &str) -> SocketAddr {
-    loop {
-        let ports = std::fs::read(state.join("ports.json")).ok();
-        let port = ports
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-            .and_then(|p| p[service].as_u64());
-        if let Some(port) = port {
-            return SocketAddr::from(([127, 0, 0, 1], port as u16));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The supervisor's API, from `control.json`.
 struct Api {
     addr: SocketAddr,
@@ -224,13 +207,6 @@ impl Api {
             String::from_utf8_lossy(&body)
         );
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn interrupt(child: &mut Child) {
