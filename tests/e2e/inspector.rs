@@ -73,12 +73,12 @@ fn a_replay_from_the_page_is_a_new_marked_row() {
     browser.eval("document.querySelector('#rows tr').click()");
     browser.wait_until("document.getElementById('replay')", "the detail view");
     browser.eval("document.getElementById('replay').click()");
+    // The row appears as the replay is sent, and completes with its response.
     let replayed = browser.wait_until(
-        "document.querySelector('#rows tr .replay') && document.querySelector('#rows tr .replay').closest('tr').innerText",
-        "the replay's row",
+        "[...document.querySelectorAll('#rows tr')].map(tr => tr.innerText).find(t => t.includes('↺ #1') && t.includes('200'))",
+        "the replay's row, complete",
     );
-    assert!(replayed.as_str().unwrap().contains("↺ #1"), "{replayed}");
-    assert!(replayed.as_str().unwrap().contains("200"), "{replayed}");
+    assert!(replayed.as_str().unwrap().contains("/whoami"), "{replayed}");
 }
 
 /// A raw request to the API, to test what the client would never send.
