@@ -235,7 +235,10 @@ mod tests {
             })
             .unwrap();
         eventually("orders to move", || {
-            live.snapshot().endpoints["orders"].url() == "http://127.0.0.1:5001"
+            live.snapshot()
+                .endpoints
+                .get("orders")
+                .is_some_and(|e| e.url() == "http://127.0.0.1:5001")
         });
     }
 

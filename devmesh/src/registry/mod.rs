@@ -186,8 +186,8 @@ impl Registry {
 
     /// Reads, changes and writes the file under an exclusive lock, so that
     /// concurrent writers never lose each other's changes. A corrupt file is
-    /// moved aside to `registry.json.corrupt` (nothing is lost) and the
-    /// change starts from an empty registry.
+    /// copied to `registry.json.corrupt` (nothing is lost) and the change
+    /// starts from an empty registry.
     pub fn update<R>(&self, change: impl FnOnce(&mut RegistryFile) -> R) -> Result<R, Error> {
         self.create_dir()?;
         let lock =
@@ -199,11 +199,11 @@ impl Registry {
                 problem: problem @ (RegistryProblem::Corrupt(_) | RegistryProblem::UnsupportedVersion { .. }),
                 ..
             }) => {
+                // Copied, not moved: readers never see the registry missing.
                 let aside = self.path.with_extension("json.corrupt");
-                fs::rename(&self.path, &aside)
-                    .map_err(|source| self.io_error("move the corrupt file aside", source))?;
+                fs::copy(&self.path, &aside).map_err(|source| self.io_error("copy the corrupt file aside", source))?;
                 crate::warn_once(&format!(
-                    "registry `{}`: {problem}; moved it to `{}` and started a new one",
+                    "registry `{}`: {problem}; kept a copy in `{}` and started a new one",
                     self.path.display(),
                     aside.display()
                 ));
@@ -356,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_moved_aside_by_update() {
+    fn a_corrupt_file_is_kept_aside_by_update() {
         let (_dir, registry) = registry();
         registry.update(|_| ()).unwrap();
         fs::write(registry.path(), b"{\"version\": 1, \"services\": {").unwrap();
