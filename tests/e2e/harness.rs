@@ -68,7 +68,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn collect(self: &Arc<Self>, output: impl Read + Send + 'static) {
+    pub fn collect(self: &Arc<Self>, output: impl Read + Send + 'static) {
         let lines = Arc::clone(self);
         std::thread::spawn(move || {
             for line in BufReader::new(output).lines().map_while(Result::ok) {

@@ -199,3 +199,28 @@ fn a_failed_build_leaves_the_others_running_until_fixed() {
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(get(mesh.front("beta"), "/whoami").0, 200);
 }
+
+#[test]
+fn logs_follow_shows_new_lines_as_they_come() {
+    let mesh = mesh();
+    let lines = std::sync::Arc::new(crate::harness::Lines::default());
+    let mut follow = mesh
+        .command()
+        .args(["logs", "-f", "--since", "1h", "beta"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f starts");
+    lines.collect(follow.stdout.take().unwrap());
+    lines.wait_for(1, "the first start of beta", |l| l.starts_with("beta | beta serving"));
+    let output = mesh.cli(&["restart", "--no-build", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    lines.wait_for(2, "beta's second start, followed", |l| {
+        l.starts_with("beta | beta serving")
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let output = mesh.cli(&["logs", "--since", "soon"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("`soon` is not a duration"), "{}", text(&output));
+}
