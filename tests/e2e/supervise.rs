@@ -224,3 +224,38 @@ fn logs_follow_shows_new_lines_as_they_come() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("`soon` is not a duration"), "{}", text(&output));
 }
+
+#[test]
+fn a_second_supervisor_for_the_same_workspace_is_refused() {
+    let mesh = mesh();
+    let output = mesh.cli(&["run"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("a supervisor is already running for this workspace"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(get(mesh.front("beta"), "/whoami").0, 200, "the first one goes on");
+}
+
+#[test]
+fn a_request_that_waits_too_long_gets_a_503_that_says_why() {
+    let dir = fixture("mesh");
+    let config = dir.path().join("devmesh.toml");
+    let text_of_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_of_config.replace("ready_timeout = \"20s\"", "ready_timeout = \"200ms\""),
+    )
+    .unwrap();
+    let mesh = Mesh::start(dir, &[], &["beta", "alpha"]);
+    let output = mesh.cli(&["stop", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let (status, body) = get(mesh.front("beta"), "/whoami");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("service `beta` is not ready (stopped) after 200ms"),
+        "{body}"
+    );
+    assert!(body.contains("cargo devmesh logs beta"), "{body}");
+}
