@@ -67,18 +67,14 @@ impl PortBook {
         Ok(listener)
     }
 
-    /// Writes the book back (temp file + rename, like the registry).
+    /// Writes the book back, atomically as every state file is.
     pub fn save(&self) -> Result<(), StartError> {
-        let temp = self.path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(&self.ports).expect("ports serialize");
-        std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))
-            .and_then(|()| std::fs::write(&temp, json))
-            .and_then(|()| std::fs::rename(&temp, &self.path))
-            .map_err(|source| StartError::File {
-                action: "write",
-                path: self.path.clone(),
-                source,
-            })
+        devmesh::registry::write_atomically(&self.path, &json).map_err(|source| StartError::File {
+            action: "write",
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 

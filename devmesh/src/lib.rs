@@ -142,7 +142,7 @@ pub fn callback_url() -> Result<String, Error> {
 
 /// Reports a problem to the service's log: through `tracing` when the
 /// service has a subscriber, else on stderr, so it is never lost.
-pub(crate) fn warn_once(message: &str) {
+pub(crate) fn warn(message: &str) {
     if tracing::dispatcher::has_been_set() {
         tracing::warn!("devmesh: {message}");
     } else {

@@ -99,7 +99,7 @@ impl Resolver {
             match backend {
                 Ok(map) => builder = builder.backend(map),
                 Err(e) => {
-                    crate::warn_once(&e.to_string());
+                    crate::warn(&e.to_string());
                     builder.problems.push(Place {
                         place: format!("config `{}`", path.display()),
                         found: format!("not used: {e}"),

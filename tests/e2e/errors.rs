@@ -1,7 +1,7 @@
 //! Bad input ends a command with a clear error and exit code 2; these need
 //! no build.
 
-use crate::harness::{Mesh, fixture, text};
+use crate::harness::{Mesh, fixture};
 
 fn idle_mesh() -> Mesh {
     Mesh::idle(fixture("mesh"))
@@ -10,9 +10,7 @@ fn idle_mesh() -> Mesh {
 #[test]
 fn an_unknown_service_is_named_with_the_known_ones() {
     let mesh = idle_mesh();
-    let output = mesh.cli(&["run", "gama"]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let message = text(&output);
+    let message = mesh.fails(&["run", "gama"], 2);
     assert!(message.contains("unknown service `gama`"), "{message}");
     assert!(message.contains("`alpha`, `beta`"), "{message}");
 }
@@ -21,9 +19,7 @@ fn an_unknown_service_is_named_with_the_known_ones() {
 fn a_malformed_config_names_file_and_key() {
     let mesh = idle_mesh();
     std::fs::write(mesh.root.join("devmesh.toml"), "[services.alpha]\nprot = 1\n").unwrap();
-    let output = mesh.cli(&["run"]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let message = text(&output);
+    let message = mesh.fails(&["run"], 2);
     assert!(message.contains("devmesh.toml"), "{message}");
     assert!(message.contains("key `services.alpha.prot`: unknown key"), "{message}");
 }
@@ -31,11 +27,6 @@ fn a_malformed_config_names_file_and_key() {
 #[test]
 fn control_commands_without_a_supervisor_say_how_to_start_one() {
     let mesh = idle_mesh();
-    let output = mesh.cli(&["ps"]);
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(
-        text(&output).contains("no `cargo devmesh run` is running"),
-        "{}",
-        text(&output)
-    );
+    let message = mesh.fails(&["ps"], 1);
+    assert!(message.contains("no `cargo devmesh run` is running"), "{message}");
 }

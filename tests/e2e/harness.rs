@@ -117,12 +117,7 @@ impl Mesh {
     /// Starts `cargo devmesh run ARGS` on `dir` and waits until every
     /// service in `ready` is ready.
     pub fn start(dir: tempfile::TempDir, args: &[&str], ready: &[&str]) -> Mesh {
-        let mut mesh = Mesh::idle(dir);
-        mesh.run(args);
-        for service in ready {
-            mesh.wait_ready(service, 1);
-        }
-        mesh
+        Mesh::idle(dir).started(args, ready)
     }
 
     /// [`Mesh::start`] with a target folder of its own, for a test that
@@ -132,11 +127,15 @@ impl Mesh {
     pub fn start_alone(dir: tempfile::TempDir, args: &[&str], ready: &[&str]) -> Mesh {
         let mut mesh = Mesh::idle(dir);
         mesh.target = mesh.root.join("target");
-        mesh.run(args);
+        mesh.started(args, ready)
+    }
+
+    fn started(mut self, args: &[&str], ready: &[&str]) -> Mesh {
+        self.run(args);
         for service in ready {
-            mesh.wait_ready(service, 1);
+            self.wait_ready(service, 1);
         }
-        mesh
+        self
     }
 
     /// A mesh whose supervisor is not started, for other commands.
@@ -187,6 +186,14 @@ impl Mesh {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         command
+    }
+
+    /// Runs a command that must fail with exit code `code`; what it printed.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let output = self.cli(args);
+        let printed = text(&output);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {printed}");
+        printed
     }
 
     /// Runs another `cargo devmesh` command against this mesh.

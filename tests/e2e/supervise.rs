@@ -142,9 +142,8 @@ fn logs_show_one_service_or_all() {
         "{all}"
     );
 
-    let output = mesh.cli(&["logs", "gama"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output).contains("unknown service `gama`"));
+    let message = mesh.fails(&["logs", "gama"], 2);
+    assert!(message.contains("unknown service `gama`"), "{message}");
 }
 
 #[test]
@@ -220,20 +219,17 @@ fn logs_follow_shows_new_lines_as_they_come() {
     let _ = follow.kill();
     let _ = follow.wait();
 
-    let output = mesh.cli(&["logs", "--since", "soon"]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("`soon` is not a duration"), "{}", text(&output));
+    let message = mesh.fails(&["logs", "--since", "soon"], 2);
+    assert!(message.contains("`soon` is not a duration"), "{message}");
 }
 
 #[test]
 fn a_second_supervisor_for_the_same_workspace_is_refused() {
     let mesh = mesh();
-    let output = mesh.cli(&["run"]);
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let message = mesh.fails(&["run"], 1);
     assert!(
-        text(&output).contains("a supervisor is already running for this workspace"),
-        "{}",
-        text(&output)
+        message.contains("a supervisor is already running for this workspace"),
+        "{message}"
     );
     assert_eq!(get(mesh.front("beta"), "/whoami").0, 200, "the first one goes on");
 }

@@ -110,14 +110,12 @@ pub async fn serve(state_dir: &Path, mesh: Mesh, shutdown: CancellationToken) ->
         pid: std::process::id(),
     };
     let path = control_path(state_dir);
-    let temp = path.with_extension("json.tmp");
-    std::fs::write(&temp, serde_json::to_vec_pretty(&control).expect("control serializes"))
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .map_err(|source| StartError::File {
-            action: "write",
-            path,
-            source,
-        })?;
+    let json = serde_json::to_vec_pretty(&control).expect("control serializes");
+    devmesh::registry::write_atomically(&path, &json).map_err(|source| StartError::File {
+        action: "write",
+        path,
+        source,
+    })?;
     let api = Arc::new(Api {
         mesh,
         control,

@@ -68,7 +68,7 @@ impl LiveRegistry {
         // Watch first, then load: a change in between is then never missed.
         let watcher = watch_folder(&path, Arc::clone(&shared))
             .map_err(|e| {
-                crate::warn_once(&format!(
+                crate::warn(&format!(
                     "registry `{}`: cannot watch it for changes ({e}); its current content is used",
                     path.display()
                 ))
@@ -185,7 +185,7 @@ impl Shared {
     fn warn(&self, state: &mut ReloadState, message: String) {
         let message = format!("registry `{}`: {message}", self.path.display());
         if state.warning.as_ref() != Some(&message) {
-            crate::warn_once(&message);
+            crate::warn(&message);
             state.warning = Some(message);
         }
     }

@@ -202,7 +202,7 @@ impl Registry {
                 // Copied, not moved: readers never see the registry missing.
                 let aside = self.path.with_extension("json.corrupt");
                 fs::copy(&self.path, &aside).map_err(|source| self.io_error("copy the corrupt file aside", source))?;
-                crate::warn_once(&format!(
+                crate::warn(&format!(
                     "registry `{}`: {problem}; kept a copy in `{}` and started a new one",
                     self.path.display(),
                     aside.display()
@@ -218,21 +218,7 @@ impl Registry {
     }
 
     fn write_atomically(&self, bytes: &[u8]) -> Result<(), Error> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        self.create_dir()?;
-        let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let temp = self.path.with_file_name(format!(
-            ".{file_name}.{}.{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = fs::File::create(&temp)
-            .and_then(|mut f| f.write_all(bytes))
-            .and_then(|()| fs::rename(&temp, &self.path));
-        written.map_err(|source| {
-            let _ = fs::remove_file(&temp);
-            self.io_error("write it", source)
-        })
+        write_atomically(&self.path, bytes).map_err(|source| self.io_error("write it", source))
     }
 
     fn create_dir(&self) -> Result<(), Error> {
@@ -258,6 +244,30 @@ impl Registry {
     fn io_error(&self, action: &'static str, source: io::Error) -> Error {
         self.error(RegistryProblem::Io { action, source })
     }
+}
+
+/// Writes `bytes` to `path` as every devmesh state file is written (the
+/// registry, `ports.json`, `control.json`): to a temporary file beside it,
+/// then renamed over it, so a reader sees the old file or the new one,
+/// never half of one. Creates the folder if needed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(
+        ".{file_name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
 }
 
 /// Parses registry bytes, checking the version before the shape so that a
