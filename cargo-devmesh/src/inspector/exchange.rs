@@ -32,7 +32,7 @@ pub struct Exchange {
     pub method: String,
     /// Path and query.
     pub path: String,
-    pub version: String,
+    pub version: &'static str,
     pub request_headers: Headers,
     pub request_body: Body,
     pub status: Option<u16>,
@@ -166,6 +166,11 @@ impl From<&Exchange> for Summary {
 pub struct Headers(String);
 
 impl Headers {
+    /// The header lines of an HTTP/1 head, as they came.
+    pub fn from_lines(lines: &[u8]) -> Headers {
+        Headers(String::from_utf8_lossy(lines).into_owned())
+    }
+
     pub fn new(map: &HeaderMap) -> Headers {
         let size = map.iter().map(|(k, v)| k.as_str().len() + v.len() + 3).sum();
         let mut text = String::with_capacity(size);
@@ -182,7 +187,10 @@ impl Headers {
     /// `(name, value)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         // A value holds no line break: HTTP forbids it.
-        self.0.lines().filter_map(|line| line.split_once(": "))
+        self.0
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name, value.trim()))
     }
 
     pub fn pairs(&self) -> Vec<(String, String)> {

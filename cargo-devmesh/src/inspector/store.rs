@@ -101,24 +101,58 @@ impl Store {
     }
 
     /// Adds an exchange, giving it its id; the oldest go when over the cap.
-    pub fn add(&self, mut exchange: Exchange) -> u64 {
+    pub fn add(&self, exchange: Exchange) -> u64 {
+        self.insert(exchange, None)
+    }
+
+    /// Adds an exchange whose request is now in flight to its service,
+    /// until [`Store::finish`]: a call that service makes meanwhile is
+    /// likely caused by it (see [`Store::cause`]).
+    pub fn start(&self, exchange: Exchange, in_flight: InFlight) -> u64 {
+        self.insert(exchange, Some(in_flight))
+    }
+
+    fn insert(&self, mut exchange: Exchange, in_flight: Option<InFlight>) -> u64 {
         let mut inner = self.lock();
         inner.next_id += 1;
-        exchange.id = inner.next_id;
+        let id = inner.next_id;
+        exchange.id = id;
         self.mask(&mut exchange);
         self.publish(&exchange);
+        if let Some(in_flight) = in_flight {
+            let in_flight = InFlight { id, ..in_flight };
+            match inner.in_flight.get_mut(&exchange.service) {
+                Some(list) => list.push(in_flight),
+                None => {
+                    inner.in_flight.insert(Arc::clone(&exchange.service), vec![in_flight]);
+                }
+            }
+        }
         inner.weight += exchange.weight();
         inner.exchanges.push_back(Box::new(exchange));
         while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
             let oldest = inner.exchanges.pop_front().expect("more than one");
             inner.weight -= oldest.weight();
         }
-        inner.next_id
+        id
     }
 
     /// Changes exchange `id`, if it is still kept.
     pub fn update(&self, id: u64, change: impl FnOnce(&mut Exchange)) {
+        self.change(&mut self.lock(), id, change);
+    }
+
+    /// Changes exchange `id` for the last time: its request is no longer in
+    /// flight.
+    pub fn finish(&self, service: &str, id: u64, change: impl FnOnce(&mut Exchange)) {
         let mut inner = self.lock();
+        if let Some(list) = inner.in_flight.get_mut(service) {
+            list.retain(|f| f.id != id);
+        }
+        self.change(&mut inner, id, change);
+    }
+
+    fn change(&self, inner: &mut Inner, id: u64, change: impl FnOnce(&mut Exchange)) {
         let Some(index) = inner.index_of(id) else {
             return;
         };
@@ -164,23 +198,6 @@ impl Store {
         self.events.subscribe()
     }
 
-    /// Marks a request to `service` in flight until [`Store::done`].
-    pub fn start(&self, service: &Arc<str>, in_flight: InFlight) {
-        let mut inner = self.lock();
-        match inner.in_flight.get_mut(service) {
-            Some(list) => list.push(in_flight),
-            None => {
-                inner.in_flight.insert(Arc::clone(service), vec![in_flight]);
-            }
-        }
-    }
-
-    pub fn done(&self, service: &str, id: u64) {
-        if let Some(list) = self.lock().in_flight.get_mut(service) {
-            list.retain(|f| f.id != id);
-        }
-    }
-
     /// The newest request in flight to `service`: the likely cause of a call
     /// it makes now.
     pub fn cause(&self, service: &str) -> Option<InFlight> {
@@ -212,7 +229,7 @@ pub fn blank(service: Arc<str>, caller: Arc<str>, kind: super::Kind) -> Exchange
             .map_or(0, |d| d.as_millis() as u64),
         method: String::new(),
         path: String::new(),
-        version: String::new(),
+        version: "",
         request_headers: Default::default(),
         request_body: Default::default(),
         status: None,

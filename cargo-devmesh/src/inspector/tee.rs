@@ -19,6 +19,16 @@ pub struct Seen {
     pub finished: bool,
 }
 
+impl Seen {
+    /// Counts `data` as passed, keeping what fits under `limit` bytes.
+    pub fn record(&mut self, data: &[u8], limit: usize) {
+        self.size += data.len() as u64;
+        let room = limit.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
+    }
+}
+
 type OnEnd = Box<dyn FnOnce(Seen) + Send + Sync>;
 
 /// Wraps `inner`, calling `on_end` once with what passed.
@@ -57,10 +67,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.seen.size += data.len() as u64;
-                    let room = this.limit.saturating_sub(this.seen.kept.len());
-                    this.seen.kept.extend_from_slice(&data[..data.len().min(room)]);
-                    this.seen.truncated |= data.len() > room;
+                    this.seen.record(data, this.limit);
                 }
                 if this.inner.is_end_stream() {
                     this.end(true);

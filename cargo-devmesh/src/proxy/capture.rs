@@ -1,0 +1,216 @@
+//! Capture of one exchange, from its request head to its end, for both the
+//! HTTP/1 forwarder and the HTTP/2 one. The store is touched when the
+//! exchange starts and when it ends (and once between when its response
+//! streams), so capture costs two uncontended locks a request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Context;
+use crate::inspector::trace::{SpanId, TraceId, TraceParent};
+use crate::inspector::{self, Headers, InFlight, Inspector, Kind, Seen};
+
+/// The trace a request travels in.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    /// The `traceparent` the service sees.
+    pub header: TraceParent,
+    /// The span of the caller's request this one was made during, when
+    /// the caller did not say.
+    pub parent: Option<SpanId>,
+    /// Whether the proxy added the header (the request had none).
+    pub added: bool,
+}
+
+impl Trace {
+    /// The request's own `traceparent` when it has one; else a new span in
+    /// the trace of the caller's request in flight, or a new trace.
+    pub fn of(given: Option<TraceParent>, caller: &str, inspector: &Inspector) -> Trace {
+        if let Some(header) = given {
+            return Trace {
+                header,
+                parent: None,
+                added: false,
+            };
+        }
+        let cause = inspector.store.cause(caller);
+        Trace {
+            header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
+            parent: cause.map(|c| c.span_id),
+            added: true,
+        }
+    }
+}
+
+/// The request as captured.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub version: &'static str,
+    pub headers: Headers,
+    pub waited: Duration,
+    pub replay_of: Option<u64>,
+    pub trace: Trace,
+}
+
+/// An exchange being captured. Dropped before [`Capture::end`], it is
+/// recorded as cut off.
+#[derive(Debug)]
+pub struct Capture {
+    id: u64,
+    inspector: Arc<Inspector>,
+    service: Arc<str>,
+    replay: bool,
+    arrived: Instant,
+    /// The response head, until it is in the store.
+    response: Option<Response>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Headers,
+    service_ms: Option<f64>,
+    kind: Kind,
+}
+
+impl Capture {
+    /// Records the request of an exchange that arrived at `arrived`.
+    pub fn begin(context: &Context, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
+        let mut exchange = inspector::blank(Arc::clone(&context.service), caller, Kind::Http);
+        exchange.method = request.method.to_owned();
+        exchange.path = request.target.to_owned();
+        exchange.version = request.version;
+        exchange.request_headers = request.headers;
+        exchange.wait_ms = millis(request.waited);
+        exchange.trace_id = Some(request.trace.header.trace_id);
+        exchange.span_id = Some(request.trace.header.span_id);
+        exchange.parent_span_id = request.trace.parent;
+        exchange.trace_inferred = request.trace.parent.is_some();
+        exchange.replay_of = request.replay_of;
+        let in_flight = InFlight {
+            id: 0,
+            trace_id: request.trace.header.trace_id,
+            span_id: request.trace.header.span_id,
+        };
+        let id = context.inspector.store.start(exchange, in_flight);
+        Capture {
+            id,
+            inspector: Arc::clone(&context.inspector),
+            service: Arc::clone(&context.service),
+            replay: request.replay_of.is_some(),
+            arrived,
+            response: None,
+            ended: false,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The id to tell the client, when the request is a replay.
+    pub fn replay_id(&self) -> Option<u64> {
+        self.replay.then_some(self.id)
+    }
+
+    /// Notes the response head, which came `service_time` after the request
+    /// was forwarded (`None`: the proxy answered itself).
+    pub fn respond(&mut self, status: u16, headers: Headers, service_time: Option<Duration>) {
+        self.response = Some(Response {
+            status,
+            headers,
+            service_ms: service_time.map(millis),
+            kind: Kind::Http,
+        });
+    }
+
+    /// The connection now carries another protocol (a WebSocket, say).
+    pub fn upgraded(&mut self, protocol: &str) {
+        if let Some(response) = &mut self.response {
+            response.kind = if protocol.eq_ignore_ascii_case("websocket") {
+                Kind::WebSocket
+            } else {
+                Kind::Tcp
+            };
+        }
+    }
+
+    /// Shows the response head now, before the exchange ends: its body is
+    /// still coming.
+    pub fn publish(&mut self) {
+        if let Some(response) = self.response.take() {
+            self.inspector.store.update(self.id, |e| write_response(e, response));
+        }
+    }
+
+    /// Records the end of the exchange: its bodies (`None`: recorded
+    /// elsewhere), and what went wrong.
+    pub fn end(mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
+        self.finish(request, response, error);
+    }
+
+    /// Records the end of an upgraded connection that carried these bytes.
+    pub fn end_stream(mut self, up: u64, down: u64, error: Option<String>) {
+        let bytes = |size| Seen {
+            size,
+            finished: true,
+            ..Seen::default()
+        };
+        self.finish(Some(bytes(up)), Some(bytes(down)), error);
+    }
+
+    fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
+        self.ended = true;
+        let total_ms = millis(self.arrived.elapsed());
+        let pending = self.response.take();
+        let stream = pending.as_ref().is_some_and(|r| r.kind != Kind::Http);
+        self.inspector.store.finish(&self.service, self.id, |e| {
+            if let Some(response) = pending {
+                write_response(e, response);
+            }
+            let streamed = stream || e.kind != Kind::Http;
+            if let Some(seen) = request {
+                e.bytes_up = seen.size;
+                if !streamed {
+                    e.request_body = inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                }
+            }
+            if let Some(seen) = response {
+                e.bytes_down = seen.size;
+                if !streamed {
+                    e.response_body = inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                }
+                if !seen.finished && error.is_none() {
+                    e.error = Some("the response was cut short".to_owned());
+                }
+            }
+            if error.is_some() {
+                e.error = error;
+            }
+            e.total_ms = Some(total_ms);
+            e.complete = true;
+        });
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.finish(None, None, Some("the connection closed mid-exchange".to_owned()));
+        }
+    }
+}
+
+fn write_response(e: &mut inspector::Exchange, response: Response) {
+    e.status = Some(response.status);
+    e.response_headers = response.headers;
+    e.service_ms = response.service_ms;
+    e.kind = response.kind;
+}
+
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,147 @@
+//! HTTP/2 forwarding (h2c with prior knowledge, as gRPC clients speak it),
+//! stream by stream through hyper, to an HTTP/2 connection pool per front
+//! port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::capture::{self, Capture, Trace};
+use super::{Connection, Context};
+use crate::inspector::trace::TraceParent;
+use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The request body as forwarded: captured on its way.
+pub type Captured = Tee<Incoming>;
+
+/// Serves one client connection that opened with the HTTP/2 preface.
+pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<Connection>) {
+    let service =
+        hyper::service::service_fn(move |request| forward(request, Arc::clone(&context), Arc::clone(&connection)));
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn forward(
+    mut request: Request<Incoming>,
+    context: Arc<Context>,
+    connection: Arc<Connection>,
+) -> Result<Response<Body>, Infallible> {
+    let arrived = Instant::now();
+    let ready = context.ready_backend().await;
+    let waited = arrived.elapsed();
+    let replay_of = request
+        .headers_mut()
+        .remove(REPLAY_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let capture = context.capturing().then(|| {
+        let caller = connection.caller(&context.inspector);
+        let given = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| TraceParent::parse(v.to_str().ok()?));
+        let trace = Trace::of(given, &caller, &context.inspector);
+        if trace.added
+            && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
+        let captured = capture::Request {
+            method: request.method().as_str(),
+            target: request.uri().path_and_query().map_or("/", |p| p.as_str()),
+            version: "HTTP/2.0",
+            headers: Headers::new(request.headers()),
+            waited,
+            replay_of,
+            trace,
+        };
+        Capture::begin(&context, caller, captured, arrived)
+    });
+    let (backend, lease) = match ready {
+        Ok(ready) => ready,
+        Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message)),
+    };
+    let limit = context.inspector.store.config.max_body;
+    let request_capture = capture.as_ref().map(|c| (Arc::clone(&context.inspector), c.id()));
+    let mut request = request.map(|body| {
+        Tee::new(body, if request_capture.is_some() { limit } else { 0 }, move |seen| {
+            if let Some((inspector, id)) = request_capture {
+                inspector.store.update(id, |e| {
+                    e.bytes_up = seen.size;
+                    e.request_body = crate::inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                });
+            }
+        })
+    });
+    // The pool wants the absolute form, and sends the origin form.
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = format!("http://{}{path}", backend.addr)
+        .parse()
+        .expect("an address and a path make a URI");
+    let forwarded = Instant::now();
+    let mut response = match context.http2.request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let message = format!(
+                "devmesh: service `{}` at {} did not answer: {e} (hint: `cargo devmesh logs {}`)\n",
+                context.service, backend.addr, context.service
+            );
+            return Ok(answer(capture, StatusCode::BAD_GATEWAY, message));
+        }
+    };
+    let Some(mut capture) = capture else {
+        // The lease lasts until the body has passed: the instance is not
+        // stopped while it still sends.
+        return Ok(response.map(|body| BodyExt::boxed(Tee::new(body, 0, move |_| drop(lease)))));
+    };
+    if let Some(id) = capture.replay_id()
+        && let Ok(value) = header::HeaderValue::from_str(&id.to_string())
+    {
+        response.headers_mut().insert(EXCHANGE_HEADER, value);
+    }
+    capture.respond(
+        response.status().as_u16(),
+        Headers::new(response.headers()),
+        Some(forwarded.elapsed()),
+    );
+    capture.publish();
+    Ok(response.map(move |body| {
+        BodyExt::boxed(Tee::new(body, limit, move |seen: Seen| {
+            drop(lease);
+            capture.end(None, Some(seen), None);
+        }))
+    }))
+}
+
+/// The proxy's own answer, recorded.
+fn answer(capture: Option<Capture>, status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message.clone()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(mut capture) = capture {
+        capture.respond(status.as_u16(), Headers::new(response.headers()), None);
+        let mut seen = Seen {
+            finished: true,
+            ..Seen::default()
+        };
+        seen.record(message.as_bytes(), message.len());
+        capture.end(None, Some(seen), None);
+    }
+    response
+}

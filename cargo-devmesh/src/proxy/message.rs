@@ -1,0 +1,458 @@
+//! HTTP/1 messages as the proxy sees them: where a head ends, what it says
+//! about the connection, and where the body after it ends (RFC 9112).
+//!
+//! The proxy forwards bytes as they came; it parses only what it needs to
+//! find message boundaries and to capture.
+
+use std::ops::Range;
+
+use crate::inspector::REPLAY_HEADER;
+use crate::inspector::trace::TraceParent;
+
+/// More headers than this is a 431.
+const MAX_HEADERS: usize = 100;
+
+/// Why a head could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the message head is not valid HTTP/1: {0}")]
+    Malformed(httparse::Error),
+    #[error("the message has more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("the message's length cannot be told: {0}")]
+    Length(&'static str),
+}
+
+impl From<httparse::Error> for HeadError {
+    fn from(e: httparse::Error) -> HeadError {
+        match e {
+            httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+            e => HeadError::Malformed(e),
+        }
+    }
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes (0: no body).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+/// What the proxy needs of a request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Bytes of the head, through its blank line.
+    pub len: usize,
+    /// Where the header lines start, after the request line.
+    pub fields_at: usize,
+    /// Where the blank line that ends the head starts.
+    pub blank_at: usize,
+    pub method: String,
+    /// The request target: path and query, as sent.
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub body: Framing,
+    /// Whether the client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// The protocol asked for with `Upgrade` (and `Connection: upgrade`).
+    pub upgrade: Option<String>,
+    pub traceparent: Option<TraceParent>,
+    /// The exchange this request replays, and the line that says so, which
+    /// the service does not see.
+    pub replay_of: Option<(u64, Range<usize>)>,
+}
+
+/// What the proxy needs of a response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub fields_at: usize,
+    pub blank_at: usize,
+    pub status: u16,
+    pub body: Framing,
+    /// Whether the service lets the connection carry another request.
+    pub keep_alive: bool,
+}
+
+impl RequestHead {
+    /// Parses a request head at the start of `buf`; `None` until it is whole.
+    pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut fields);
+        let httparse::Status::Complete(len) = request.parse(buf)? else {
+            return Ok(None);
+        };
+        let minor = request.version.unwrap_or(1);
+        let method = request.method.unwrap_or("GET");
+        let connection = Connection::of(request.headers, minor);
+        let body = match message_length(request.headers)? {
+            Some(Framing::UntilClose) => {
+                return Err(HeadError::Length("a request's transfer coding must end in chunked"));
+            }
+            Some(framing) => framing,
+            None => Framing::Length(0),
+        };
+        let upgrade = connection
+            .upgrade
+            .then(|| value(request.headers, "upgrade"))
+            .flatten()
+            .map(str::to_owned);
+        let traceparent = value(request.headers, "traceparent").and_then(TraceParent::parse);
+        let replay_of = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(REPLAY_HEADER))
+            .and_then(|h| {
+                let id = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+                Some((id, line_of(buf, h.name.as_bytes(), h.value)))
+            });
+        Ok(Some(RequestHead {
+            len,
+            fields_at: fields_start(buf),
+            blank_at: blank_start(buf, len),
+            method: method.to_owned(),
+            target: request.path.unwrap_or("/").to_owned(),
+            minor,
+            // Both `Transfer-Encoding` and `Content-Length` is how requests
+            // are smuggled: such a connection carries no second request.
+            keep_alive: connection.keep_alive
+                && !(body == Framing::Chunked && value(request.headers, "content-length").is_some()),
+            body,
+            upgrade,
+            traceparent,
+            replay_of,
+        }))
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method.eq_ignore_ascii_case("HEAD")
+    }
+}
+
+impl ResponseHead {
+    /// Parses a response head at the start of `buf`, to `request`;
+    /// `None` until it is whole.
+    pub fn parse(buf: &[u8], request: &RequestHead) -> Result<Option<ResponseHead>, HeadError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let httparse::Status::Complete(len) = response.parse(buf)? else {
+            return Ok(None);
+        };
+        let status = response.code.unwrap_or(500);
+        let connection = Connection::of(response.headers, response.version.unwrap_or(1));
+        let body = if request.is_head() || (100..200).contains(&status) || status == 204 || status == 304 {
+            Framing::Length(0)
+        } else {
+            message_length(response.headers)?.unwrap_or(Framing::UntilClose)
+        };
+        Ok(Some(ResponseHead {
+            len,
+            fields_at: fields_start(buf),
+            blank_at: blank_start(buf, len),
+            status,
+            keep_alive: connection.keep_alive && body != Framing::UntilClose,
+            body,
+        }))
+    }
+
+    /// An interim response (`100 Continue`, `103 Early Hints`): the final one follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// What the `Connection` header says.
+struct Connection {
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl Connection {
+    fn of(headers: &[httparse::Header<'_>], minor: u8) -> Connection {
+        let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
+        for token in tokens(headers, "connection") {
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            upgrade |= token.eq_ignore_ascii_case("upgrade");
+        }
+        Connection {
+            keep_alive: !close && (minor >= 1 || keep_alive),
+            upgrade,
+        }
+    }
+}
+
+/// The body's framing from `Transfer-Encoding` and `Content-Length`, or
+/// `None` when neither is present.
+fn message_length(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>, HeadError> {
+    if let Some(last) = tokens(headers, "transfer-encoding").last() {
+        return Ok(Some(if last.eq_ignore_ascii_case("chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }));
+    }
+    let mut length = None;
+    for token in tokens(headers, "content-length") {
+        let parsed = (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| token.parse::<u64>().ok())
+            .flatten()
+            .ok_or(HeadError::Length("`Content-Length` is not a number"))?;
+        if length.is_some_and(|l| l != parsed) {
+            return Err(HeadError::Length("`Content-Length` is given twice, differently"));
+        }
+        length = Some(parsed);
+    }
+    Ok(length.map(Framing::Length))
+}
+
+/// The comma-separated tokens of every header named `name`.
+fn tokens<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The first value of the header `name`.
+fn value<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+}
+
+/// Where the line after the start line begins.
+fn fields_start(buf: &[u8]) -> usize {
+    buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1)
+}
+
+/// Where the blank line ending a head of `len` bytes starts.
+fn blank_start(buf: &[u8], len: usize) -> usize {
+    if buf[..len].ends_with(b"\r\n\r\n") || buf[..len].ends_with(b"\n\r\n") {
+        len - 2
+    } else {
+        len - 1
+    }
+}
+
+/// The range of the whole header line whose name and value are these
+/// slices of `buf`.
+fn line_of(buf: &[u8], name: &[u8], value: &[u8]) -> Range<usize> {
+    let start = name.as_ptr() as usize - buf.as_ptr() as usize;
+    let value_end = value.as_ptr() as usize - buf.as_ptr() as usize + value.len();
+    let end = buf[value_end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |i| value_end + i + 1);
+    start..end
+}
+
+/// A chunked body followed byte by byte as it passes, so the proxy knows
+/// where it ends and which bytes are data.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    /// The chunk size being read, then what is left of the chunk.
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    EndLf,
+    Done,
+}
+
+/// A chunked body that breaks the coding's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the chunked body is malformed: {0}")]
+pub struct ChunkError(&'static str);
+
+impl Chunked {
+    /// Follows `input`, handing each run of chunk data to `data`; returns
+    /// how many bytes of `input` belong to the body (all of them unless it
+    /// ends within).
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+        use ChunkState::*;
+        let mut at = 0;
+        while at < input.len() && self.state != Done {
+            if self.state == Data {
+                let take = usize::try_from(self.size).unwrap_or(usize::MAX).min(input.len() - at);
+                data(&input[at..at + take]);
+                at += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let byte = input[at];
+            at += 1;
+            self.state = match (self.state, byte) {
+                (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    let digit = (byte as char).to_digit(16).expect("a hex digit") as u64;
+                    self.digits += 1;
+                    if self.digits > 15 {
+                        return Err(ChunkError("a chunk size is too large"));
+                    }
+                    self.size = self.size * 16 + digit;
+                    Size
+                }
+                (Size, _) if self.digits == 0 => return Err(ChunkError("a chunk size is missing")),
+                (Size, b';' | b' ' | b'\t') => Extension,
+                (Size | Extension, b'\r') => SizeLf,
+                (Size | Extension | SizeLf, b'\n') => self.after_size(),
+                (Size, _) => return Err(ChunkError("a chunk size is not hexadecimal")),
+                (Extension, _) => Extension,
+                (SizeLf, _) => return Err(ChunkError("a chunk size line does not end in CRLF")),
+                (DataCr, b'\r') => DataLf,
+                (DataCr | DataLf, b'\n') => Size,
+                (DataCr | DataLf, _) => return Err(ChunkError("chunk data is longer than its size")),
+                (TrailerStart, b'\r') => EndLf,
+                (TrailerStart | EndLf, b'\n') => Done,
+                (EndLf, _) => return Err(ChunkError("the last chunk does not end in CRLF")),
+                (TrailerLine, b'\n') => TrailerStart,
+                (TrailerStart | TrailerLine, _) => TrailerLine,
+                (Data | Done, _) => unreachable!("handled above"),
+            };
+        }
+        Ok(at)
+    }
+
+    fn after_size(&mut self) -> ChunkState {
+        self.digits = 0;
+        if self.size == 0 {
+            ChunkState::TrailerStart
+        } else {
+            ChunkState::Data
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> RequestHead {
+        RequestHead::parse(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_request_head_says_where_it_and_its_body_end() {
+        let text = "POST /orders?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let head = request(text);
+        assert_eq!(head.len, text.len() - 5);
+        assert_eq!(&text[head.fields_at..head.blank_at], "Host: a\r\nContent-Length: 5\r\n");
+        assert_eq!((head.method.as_str(), head.target.as_str()), ("POST", "/orders?x=1"));
+        assert_eq!((head.body, head.keep_alive), (Framing::Length(5), true));
+        assert!(RequestHead::parse(&text.as_bytes()[..20]).unwrap().is_none());
+    }
+
+    #[test]
+    fn connection_rules_follow_the_version() {
+        assert!(!request("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!request("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").keep_alive);
+        let upgrade = request("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(upgrade.upgrade.as_deref(), Some("websocket"));
+        assert_eq!(request("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade, None);
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        let parse = |text: &str| RequestHead::parse(text.as_bytes());
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HeadError::Length(_))
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(HeadError::Length(_))
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(HeadError::Length(_))
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        let smuggled = request("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((smuggled.body, smuggled.keep_alive), (Framing::Chunked, false));
+    }
+
+    #[test]
+    fn the_replay_line_and_traceparent_are_found() {
+        let text = "GET / HTTP/1.1\r\nx-devmesh-replay: 42\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        let head = request(text);
+        let (id, line) = head.replay_of.unwrap();
+        assert_eq!((id, &text[line]), (42, "x-devmesh-replay: 42\r\n"));
+        assert_eq!(head.traceparent.unwrap().span_id.0, 0x00f0_67aa_0ba9_02b7);
+    }
+
+    #[test]
+    fn a_response_body_depends_on_status_and_request() {
+        let get = request("GET / HTTP/1.1\r\n\r\n");
+        let head = request("HEAD / HTTP/1.1\r\n\r\n");
+        let response = |text: &str, to: &RequestHead| ResponseHead::parse(text.as_bytes(), to).unwrap().unwrap();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(response(ok, &get).body, Framing::Length(2));
+        assert_eq!(response(ok, &head).body, Framing::Length(0));
+        assert_eq!(
+            response("HTTP/1.1 204 No Content\r\n\r\n", &get).body,
+            Framing::Length(0)
+        );
+        let until_close = response("HTTP/1.1 200 OK\r\n\r\n", &get);
+        assert_eq!((until_close.body, until_close.keep_alive), (Framing::UntilClose, false));
+        let chunked = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &get);
+        assert_eq!(chunked.body, Framing::Chunked);
+        assert!(response("HTTP/1.1 100 Continue\r\n\r\n", &get).is_interim());
+        assert!(!response("HTTP/1.1 101 Switching Protocols\r\n\r\n", &get).is_interim());
+    }
+
+    #[test]
+    fn a_chunked_body_is_followed_in_pieces() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut chunked = Chunked::default();
+            let mut data = Vec::new();
+            let first = chunked.scan(&body[..split], |d| data.extend_from_slice(d)).unwrap();
+            assert_eq!(first, split.min(body.len() - 4));
+            let rest = chunked.scan(&body[first..], |d| data.extend_from_slice(d)).unwrap();
+            assert!(chunked.done(), "split at {split}");
+            assert_eq!(first + rest, body.len() - 4, "split at {split}");
+            assert_eq!(data, b"hello world");
+        }
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_an_error() {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"0\r\n\rX"] {
+            let scanned = Chunked::default().scan(bad, |_| ());
+            assert!(scanned.is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
