@@ -14,7 +14,7 @@ pub mod trace;
 
 pub use callers::Callers;
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
-pub use store::{Event, Filter, InFlight, Store, blank};
+pub use store::{Event, Filter, Store, blank};
 pub use tee::{Seen, Tee};
 
 use devmesh::config::InspectorConfig;

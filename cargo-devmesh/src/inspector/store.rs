@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::exchange::{Exchange, Summary};
-use super::trace::{SpanId, TraceId};
+use super::trace::{SpanId, Trace, TraceId, TraceParent};
 
 /// What the store tells live listeners.
 #[derive(Debug, Clone, Serialize)]
@@ -21,10 +21,9 @@ pub enum Event {
 /// A request in flight to a service, so a call that service makes meanwhile
 /// can be linked to it.
 #[derive(Debug, Clone, Copy)]
-pub struct InFlight {
-    pub id: u64,
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
+struct InFlight {
+    trace_id: TraceId,
+    span_id: SpanId,
 }
 
 /// Captured exchanges, newest last, within a memory cap.
@@ -101,40 +100,61 @@ impl Store {
     }
 
     /// Adds an exchange, giving it its id; the oldest go when over the cap.
-    pub fn add(&self, exchange: Exchange) -> u64 {
-        self.insert(exchange, None)
-    }
-
-    /// Adds an exchange whose request is now in flight to its service,
-    /// until [`Store::finish`]: a call that service makes meanwhile is
-    /// likely caused by it (see [`Store::cause`]).
-    pub fn start(&self, exchange: Exchange, in_flight: InFlight) -> u64 {
-        self.insert(exchange, Some(in_flight))
-    }
-
-    fn insert(&self, mut exchange: Exchange, in_flight: Option<InFlight>) -> u64 {
+    pub fn add(&self, mut exchange: Exchange) -> u64 {
+        // What can be done without the lock is: proxy threads share it.
+        self.mask(&mut exchange);
+        let weight = exchange.weight();
+        let mut exchange = Box::new(exchange);
+        let mut evicted = Vec::new();
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
         exchange.id = id;
-        self.mask(&mut exchange);
         self.publish(&exchange);
-        if let Some(in_flight) = in_flight {
-            let in_flight = InFlight { id, ..in_flight };
-            match inner.in_flight.get_mut(&exchange.service) {
-                Some(list) => list.push(in_flight),
-                None => {
-                    inner.in_flight.insert(Arc::clone(&exchange.service), vec![in_flight]);
-                }
-            }
-        }
-        inner.weight += exchange.weight();
-        inner.exchanges.push_back(Box::new(exchange));
+        inner.weight += weight;
+        inner.exchanges.push_back(exchange);
         while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
             let oldest = inner.exchanges.pop_front().expect("more than one");
             inner.weight -= oldest.weight();
+            evicted.push(oldest);
         }
+        drop(inner);
+        drop(evicted);
         id
+    }
+
+    /// A request from `caller` to `service` enters: its trace is the one
+    /// it `given`, else the trace of the caller's own request in flight
+    /// (the likely cause of this call), else a new one. It stays in flight
+    /// until [`Store::finish`] with its span.
+    pub fn enter(&self, service: &Arc<str>, caller: &str, given: Option<TraceParent>) -> Trace {
+        let mut inner = self.lock();
+        let trace = match given {
+            Some(header) => Trace {
+                header,
+                parent: None,
+                added: false,
+            },
+            None => {
+                let cause = inner.in_flight.get(caller).and_then(|list| list.last()).copied();
+                Trace {
+                    header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
+                    parent: cause.map(|c| c.span_id),
+                    added: true,
+                }
+            }
+        };
+        let in_flight = InFlight {
+            trace_id: trace.header.trace_id,
+            span_id: trace.header.span_id,
+        };
+        match inner.in_flight.get_mut(service) {
+            Some(list) => list.push(in_flight),
+            None => {
+                inner.in_flight.insert(Arc::clone(service), vec![in_flight]);
+            }
+        }
+        trace
     }
 
     /// Changes exchange `id`, if it is still kept.
@@ -142,12 +162,12 @@ impl Store {
         self.change(&mut self.lock(), id, change);
     }
 
-    /// Changes exchange `id` for the last time: its request is no longer in
-    /// flight.
-    pub fn finish(&self, service: &str, id: u64, change: impl FnOnce(&mut Exchange)) {
+    /// Changes exchange `id` for the last time: its request, `span` to
+    /// `service`, is no longer in flight.
+    pub fn finish(&self, service: &str, span: SpanId, id: u64, change: impl FnOnce(&mut Exchange)) {
         let mut inner = self.lock();
         if let Some(list) = inner.in_flight.get_mut(service) {
-            list.retain(|f| f.id != id);
+            list.retain(|f| f.span_id != span);
         }
         self.change(&mut inner, id, change);
     }
@@ -196,12 +216,6 @@ impl Store {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
-    }
-
-    /// The newest request in flight to `service`: the likely cause of a call
-    /// it makes now.
-    pub fn cause(&self, service: &str) -> Option<InFlight> {
-        self.lock().in_flight.get(service)?.last().cloned()
     }
 
     fn mask(&self, exchange: &mut Exchange) {

@@ -53,6 +53,18 @@ impl serde::Serialize for SpanId {
     }
 }
 
+/// The trace a request travels in, as the proxy decides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    /// The `traceparent` the service sees.
+    pub header: TraceParent,
+    /// The span of the caller's request this one was made during, when
+    /// the caller did not say.
+    pub parent: Option<SpanId>,
+    /// Whether the proxy added the header (the request had none).
+    pub added: bool,
+}
+
 /// A parsed `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {

@@ -1,46 +1,15 @@
 //! Capture of one exchange, from its request head to its end, for both the
 //! HTTP/1 forwarder and the HTTP/2 one. The store is touched when the
-//! exchange starts and when it ends (and once between when its response
-//! streams), so capture costs two uncontended locks a request.
+//! request enters (its trace), once the request is on its way (the
+//! exchange), and when it ends (and once between when its response
+//! streams): a few short locks a request, off the path where they can be.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Context;
-use crate::inspector::trace::{SpanId, TraceId, TraceParent};
-use crate::inspector::{self, Headers, InFlight, Inspector, Kind, Seen};
-
-/// The trace a request travels in.
-#[derive(Debug, Clone, Copy)]
-pub struct Trace {
-    /// The `traceparent` the service sees.
-    pub header: TraceParent,
-    /// The span of the caller's request this one was made during, when
-    /// the caller did not say.
-    pub parent: Option<SpanId>,
-    /// Whether the proxy added the header (the request had none).
-    pub added: bool,
-}
-
-impl Trace {
-    /// The request's own `traceparent` when it has one; else a new span in
-    /// the trace of the caller's request in flight, or a new trace.
-    pub fn of(given: Option<TraceParent>, caller: &str, inspector: &Inspector) -> Trace {
-        if let Some(header) = given {
-            return Trace {
-                header,
-                parent: None,
-                added: false,
-            };
-        }
-        let cause = inspector.store.cause(caller);
-        Trace {
-            header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
-            parent: cause.map(|c| c.span_id),
-            added: true,
-        }
-    }
-}
+use crate::inspector::trace::{SpanId, Trace};
+use crate::inspector::{self, Headers, Inspector, Kind, Seen};
 
 /// The request as captured.
 #[derive(Debug)]
@@ -61,6 +30,7 @@ pub struct Capture {
     id: u64,
     inspector: Arc<Inspector>,
     service: Arc<str>,
+    span: SpanId,
     replay: bool,
     arrived: Instant,
     /// The response head, until it is in the store.
@@ -90,16 +60,12 @@ impl Capture {
         exchange.parent_span_id = request.trace.parent;
         exchange.trace_inferred = request.trace.parent.is_some();
         exchange.replay_of = request.replay_of;
-        let in_flight = InFlight {
-            id: 0,
-            trace_id: request.trace.header.trace_id,
-            span_id: request.trace.header.span_id,
-        };
-        let id = context.inspector.store.start(exchange, in_flight);
+        let id = context.inspector.store.add(exchange);
         Capture {
             id,
             inspector: Arc::clone(&context.inspector),
             service: Arc::clone(&context.service),
+            span: request.trace.header.span_id,
             replay: request.replay_of.is_some(),
             arrived,
             response: None,
@@ -167,7 +133,7 @@ impl Capture {
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
         let stream = pending.as_ref().is_some_and(|r| r.kind != Kind::Http);
-        self.inspector.store.finish(&self.service, self.id, |e| {
+        self.inspector.store.finish(&self.service, self.span, self.id, |e| {
             if let Some(response) = pending {
                 write_response(e, response);
             }

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::capture::{self, Capture, Trace};
+use super::capture::{self, Capture};
 use super::{Connection, Context};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
@@ -49,7 +49,7 @@ async fn forward(
             .headers()
             .get("traceparent")
             .and_then(|v| TraceParent::parse(v.to_str().ok()?));
-        let trace = Trace::of(given, &caller, &context.inspector);
+        let trace = context.inspector.store.enter(&context.service, &caller, given);
         if trace.added
             && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
         {

@@ -15,9 +15,10 @@ use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::capture::{self, Capture, Trace};
+use super::capture::{self, Capture};
 use super::message::{ChunkError, Chunked, Framing, HeadError, RequestHead, ResponseHead};
 use super::{Connection, Context};
+use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 
 /// Read buffers start this large, which holds most whole exchanges.
@@ -119,12 +120,12 @@ async fn exchange(
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
 
-    let trace = context.capturing().then(|| {
-        Trace::of(
-            request.traceparent,
-            &connection.caller(&context.inspector),
-            &context.inspector,
-        )
+    let caller = context.capturing().then(|| connection.caller(&context.inspector));
+    let trace = caller.as_ref().map(|caller| {
+        context
+            .inspector
+            .store
+            .enter(&context.service, caller, request.traceparent)
     });
     write_request_head(
         &mut link.scratch,
@@ -132,24 +133,27 @@ async fn exchange(
         &request,
         trace,
     );
-    let mut capture = trace.map(|trace| {
-        let headers_end = link.scratch.len() - 2;
+    // Capture begins once the head is on its way: its bookkeeping overlaps
+    // the service's own time.
+    let begin = |head: &[u8]| {
+        let (trace, caller) = (trace?, caller.clone()?);
         let captured = capture::Request {
             method: &request.method,
             target: &request.target,
             version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
-            headers: Headers::from_lines(&link.scratch[request.fields_at..headers_end]),
+            headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
             waited,
             replay_of: request.replay_of.as_ref().map(|(id, _)| *id),
             trace,
         };
-        Capture::begin(context, connection.caller(&context.inspector), captured, arrived)
-    });
+        Some(Capture::begin(context, caller, captured, arrived))
+    };
     link.inbound.consume(request.len);
 
     let (backend, _lease) = match ready {
         Ok(ready) => ready,
         Err(message) => {
+            let capture = begin(&link.scratch);
             answer(client, StatusCode::SERVICE_UNAVAILABLE, &message, capture).await;
             return Next::Close;
         }
@@ -160,6 +164,7 @@ async fn exchange(
     let limit = context.inspector.store.config.max_body;
     let mut request_seen = Seen::default();
     let mut response_seen = Seen::default();
+    let mut capture = None;
     loop {
         let reused = kept.is_some();
         let mut upstream = match kept.take() {
@@ -168,12 +173,12 @@ async fn exchange(
                 Ok(upstream) => upstream,
                 Err(e) => {
                     let message = did_not_answer(context, backend.addr, &e.to_string());
+                    let capture = capture.or_else(|| begin(&link.scratch));
                     answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                     return Next::Close;
                 }
             },
         };
-        let forwarded = Instant::now();
         let outcome = forward(
             client,
             link,
@@ -184,7 +189,11 @@ async fn exchange(
                 request: &mut request_seen,
                 response: &mut response_seen,
             },
-            capture.as_mut().map(|c| (c, forwarded)),
+            Capturing {
+                capture: &mut capture,
+                begin: &begin,
+                forwarded: Instant::now(),
+            },
         )
         .await;
         let response = match outcome {
@@ -193,11 +202,12 @@ async fn exchange(
             Err(Failure::NoResponse(_)) if reused && request.body == Framing::Length(0) => continue,
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
                 let message = did_not_answer(context, backend.addr, &e);
+                let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                 return Next::Close;
             }
             Err(Failure::Broken(e)) => {
-                if let Some(capture) = capture {
+                if let Some(capture) = capture.or_else(|| begin(&link.scratch)) {
                     capture.end(Some(request_seen), Some(response_seen), Some(e));
                 }
                 return Next::Close;
@@ -282,6 +292,16 @@ impl Forwarded {
     }
 }
 
+/// Where an exchange's capture is: begun by `forward` once the head is on
+/// its way (or before, for a request with a body).
+struct Capturing<'a> {
+    capture: &'a mut Option<Capture>,
+    /// Begins capture given the head as forwarded; `None` when capture is off.
+    begin: &'a (dyn Fn(&[u8]) -> Option<Capture> + Sync),
+    /// When the request went to the instance.
+    forwarded: Instant,
+}
+
 /// Sends the request in `link.scratch` (its head) and its body, and relays
 /// the response, at once: an instance may answer before it reads the body.
 async fn forward(
@@ -291,10 +311,48 @@ async fn forward(
     request: &RequestHead,
     limit: usize,
     seens: Seens<'_>,
-    capture: Option<(&mut Capture, Instant)>,
+    capturing: Capturing<'_>,
 ) -> Result<Forwarded, Failure> {
+    let Capturing {
+        capture,
+        begin,
+        forwarded,
+    } = capturing;
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.stream.split();
+    let response_relay = Relay {
+        buffer: &mut upstream.buffer,
+        from: &mut upstream_read,
+        to: &mut client_write,
+        limit,
+    };
+    if request.body == Framing::Length(0) {
+        // Only the head goes out; it fits in the socket's buffer.
+        upstream_write
+            .write_all(&link.scratch)
+            .await
+            .map_err(|e| Failure::NoResponse(e.to_string()))?;
+        seens.request.finished = true;
+        if capture.is_none() {
+            *capture = begin(&link.scratch);
+        }
+        let receiving = capture.as_mut().map(|c| (c, forwarded));
+        let head = receive(
+            response_relay,
+            &mut link.response_scratch,
+            request,
+            seens.response,
+            receiving,
+        )
+        .await?;
+        return Ok(Forwarded {
+            head,
+            request_sent: true,
+        });
+    }
+    if capture.is_none() {
+        *capture = begin(&link.scratch);
+    }
     let to_service = Relay {
         buffer: &mut link.inbound,
         from: &mut client_read,
@@ -302,28 +360,14 @@ async fn forward(
         limit,
     };
     let mut send = std::pin::pin!(to_service.body(&mut link.scratch, request.body, seens.request));
-    let receive = receive(
-        Relay {
-            buffer: &mut upstream.buffer,
-            from: &mut upstream_read,
-            to: &mut client_write,
-            limit,
-        },
+    let receiving = capture.as_mut().map(|c| (c, forwarded));
+    let mut receive = std::pin::pin!(receive(
+        response_relay,
         &mut link.response_scratch,
         request,
         seens.response,
-        capture,
-    );
-    if request.body == Framing::Length(0) {
-        // Only the head goes out; it fits in the socket's buffer.
-        send.await.map_err(|e| Failure::NoResponse(e.to_string()))?;
-        let head = receive.await?;
-        return Ok(Forwarded {
-            head,
-            request_sent: true,
-        });
-    }
-    let mut receive = std::pin::pin!(receive);
+        receiving
+    ));
     let mut request_sent = false;
     loop {
         tokio::select! {

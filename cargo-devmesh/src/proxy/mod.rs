@@ -80,46 +80,58 @@ fn connector() -> HttpConnector {
     connector
 }
 
-/// Serves every front port until `shutdown` on a thread of its own, with a
-/// single-threaded runtime: a connection lives on the thread that accepted
-/// it, so forwarding never hands work between threads. Measured with
-/// bench/proxy on 2 cores, a multi-threaded runtime managed 22k requests/s
-/// and two such threads no more than one; `WORKERS` says how many.
+/// Serves every front port until `shutdown` on `WORKERS` threads of their
+/// own, each with a single-threaded runtime: a connection lives on one
+/// thread from accept to close, so forwarding never hands work between
+/// threads. The first thread accepts and deals connections out in turn.
 /// The threads end after `shutdown`.
 pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    const WORKERS: usize = 1;
-    for front in &fronts {
-        front.listener.set_nonblocking(true)?;
+    let mut threads = Vec::with_capacity(WORKERS);
+    let mut workers = Vec::with_capacity(WORKERS);
+    for index in 0..WORKERS {
+        let (runtime, thread) = worker(index, shutdown.clone())?;
+        threads.push(thread);
+        workers.push(Worker {
+            runtime,
+            contexts: fronts.iter().map(Context::new).collect(),
+        });
     }
-    (0..WORKERS)
-        .map(|worker| {
-            let listeners = fronts
-                .iter()
-                .map(|f| f.listener.try_clone())
-                .collect::<std::io::Result<Vec<_>>>()?;
-            let contexts: Vec<Arc<Context>> = fronts.iter().map(Context::new).collect();
-            let shutdown = shutdown.clone();
-            std::thread::Builder::new()
-                .name(format!("devmesh-proxy-{worker}"))
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a proxy runtime starts");
-                    runtime.block_on(async move {
-                        for (listener, context) in listeners.into_iter().zip(contexts) {
-                            match TcpListener::from_std(listener) {
-                                Ok(listener) => {
-                                    tokio::spawn(accept(listener, context, shutdown.clone()));
-                                }
-                                Err(e) => eprintln!("devmesh: front port of `{}`: {e}", context.service),
-                            }
-                        }
-                        shutdown.cancelled().await;
-                    });
-                })
-        })
-        .collect()
+    let workers: Arc<[Worker]> = workers.into();
+    let first = workers[0].runtime.clone();
+    for (index, front) in fronts.into_iter().enumerate() {
+        front.listener.set_nonblocking(true)?;
+        let (workers, shutdown) = (Arc::clone(&workers), shutdown.clone());
+        first.spawn(async move {
+            match TcpListener::from_std(front.listener) {
+                Ok(listener) => accept(listener, index, workers, shutdown).await,
+                Err(e) => eprintln!("devmesh: front port of `{}`: {e}", front.service),
+            }
+        });
+    }
+    Ok(threads)
+}
+
+/// Proxy threads. Measured with bench/proxy on 2 cores (wrk, the proxy and
+/// the service sharing them): see `bench/src/bin/proxy.rs`.
+const WORKERS: usize = 2;
+
+/// A proxy thread, and its state for each front port.
+struct Worker {
+    runtime: tokio::runtime::Handle,
+    contexts: Vec<Arc<Context>>,
+}
+
+/// Starts a proxy thread; returns its runtime's handle.
+fn worker(
+    index: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<(tokio::runtime::Handle, std::thread::JoinHandle<()>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("devmesh-proxy-{index}"))
+        .spawn(move || runtime.block_on(shutdown.cancelled()))?;
+    Ok((handle, thread))
 }
 
 impl Context {
@@ -136,11 +148,12 @@ impl Context {
     }
 }
 
-async fn accept(listener: TcpListener, context: Arc<Context>, shutdown: CancellationToken) {
+/// Accepts on front port `front` and deals the connections out to the workers in turn.
+async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shutdown: CancellationToken) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    loop {
+    for turn in (0..workers.len()).cycle() {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -155,7 +168,18 @@ async fn accept(listener: TcpListener, context: Arc<Context>, shutdown: Cancella
             local,
             caller: OnceLock::new(),
         });
-        tokio::spawn(serve_connection(stream, Arc::clone(&context), connection));
+        let context = Arc::clone(&workers[turn].contexts[front]);
+        if turn == 0 {
+            tokio::spawn(serve_connection(stream, context, connection));
+            continue;
+        }
+        // A socket is registered with the runtime that polls it.
+        let Ok(stream) = stream.into_std() else { continue };
+        workers[turn].runtime.spawn(async move {
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                serve_connection(stream, context, connection).await;
+            }
+        });
     }
 }
 
