@@ -99,19 +99,6 @@ impl Body {
             (None, None) => Vec::new(),
         }
     }
-
-    /// Memory the body holds.
-    pub fn weight(&self) -> usize {
-        self.text.as_ref().map_or(0, String::len) + self.base64.as_ref().map_or(0, String::len)
-    }
-}
-
-impl Exchange {
-    /// Roughly what the exchange holds in memory, for the store's cap.
-    pub fn weight(&self) -> usize {
-        let headers = self.request_headers.weight() + self.response_headers.weight();
-        512 + self.path.len() + headers + self.request_body.weight() + self.response_body.weight()
-    }
 }
 
 /// The fields the list shows, without headers and bodies.
@@ -166,6 +153,16 @@ impl From<&Exchange> for Summary {
 pub struct Headers(String);
 
 impl Headers {
+    /// Headers as [`Headers::text`] gave them.
+    pub fn from_text(text: String) -> Headers {
+        Headers(text)
+    }
+
+    /// The header lines.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
     /// The header lines of an HTTP/1 head, as they came.
     pub fn from_lines(lines: &[u8]) -> Headers {
         Headers(String::from_utf8_lossy(lines).into_owned())
@@ -224,10 +221,6 @@ impl Headers {
             })
             .collect();
         self.0 = masked;
-    }
-
-    fn weight(&self) -> usize {
-        self.0.len()
     }
 }
 

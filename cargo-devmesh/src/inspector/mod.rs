@@ -8,6 +8,7 @@
 mod callers;
 mod exchange;
 pub mod har;
+mod ring;
 mod store;
 mod tee;
 pub mod trace;

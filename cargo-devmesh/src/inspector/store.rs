@@ -1,6 +1,7 @@
-//! The bounded store of captured exchanges, with live updates.
+//! The bounded store of captured exchanges, with live updates: exchanges
+//! in flight as values, finished ones as records in a [`Ring`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use devmesh::config::InspectorConfig;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::exchange::{Exchange, Summary};
+use super::ring::{self, Ring};
 use super::trace::{SpanId, Trace, TraceId, TraceParent};
 
 /// What the store tells live listeners.
@@ -26,7 +28,7 @@ struct InFlight {
     span_id: SpanId,
 }
 
-/// Captured exchanges, newest last, within a memory cap.
+/// Captured exchanges within a memory cap.
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
@@ -34,23 +36,17 @@ pub struct Store {
     events: broadcast::Sender<Event>,
 }
 
-impl Inner {
-    /// Ids rise by one and only the oldest are dropped, so an exchange's
-    /// place is its id less the oldest's.
-    fn index_of(&self, id: u64) -> Option<usize> {
-        let oldest = self.exchanges.front()?.id;
-        let index = usize::try_from(id.checked_sub(oldest)?).ok()?;
-        (index < self.exchanges.len()).then_some(index)
-    }
-}
-
-#[derive(Debug, Default)]
+/// The store's state, behind one lock that proxy threads share.
+#[derive(Debug)]
 struct Inner {
     next_id: u64,
-    /// Boxed: the ring grows by copying, and an exchange is large.
-    exchanges: VecDeque<Box<Exchange>>,
-    /// Sum of the exchanges' weights.
-    weight: usize,
+    /// Exchanges that have not ended; they change until they do.
+    open: HashMap<u64, Box<Exchange>>,
+    /// Ended exchanges, within the memory cap.
+    ring: Ring,
+    /// Where a record is written before it goes into the ring.
+    record: Vec<u8>,
+    /// Requests in flight to each service, newest last.
     in_flight: HashMap<Arc<str>, Vec<InFlight>>,
 }
 
@@ -93,33 +89,32 @@ impl Filter {
 impl Store {
     pub fn new(config: InspectorConfig) -> Store {
         Store {
+            inner: Mutex::new(Inner {
+                next_id: 0,
+                open: HashMap::new(),
+                ring: Ring::new(config.memory),
+                record: Vec::with_capacity(4096),
+                in_flight: HashMap::new(),
+            }),
             config,
-            inner: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
 
-    /// Adds an exchange, giving it its id; the oldest go when over the cap.
+    /// Adds an exchange that has begun, giving it its id; it changes by
+    /// [`Store::update`] until [`Store::finish`].
     pub fn add(&self, mut exchange: Exchange) -> u64 {
-        // What can be done without the lock is: proxy threads share it.
         self.mask(&mut exchange);
-        let weight = exchange.weight();
         let mut exchange = Box::new(exchange);
-        let mut evicted = Vec::new();
+        let listening = self.listening();
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
         exchange.id = id;
-        self.publish(&exchange);
-        inner.weight += weight;
-        inner.exchanges.push_back(exchange);
-        while inner.weight > self.config.memory && inner.exchanges.len() > 1 {
-            let oldest = inner.exchanges.pop_front().expect("more than one");
-            inner.weight -= oldest.weight();
-            evicted.push(oldest);
+        if listening {
+            self.publish(&exchange);
         }
-        drop(inner);
-        drop(evicted);
+        inner.open.insert(id, exchange);
         id
     }
 
@@ -157,58 +152,83 @@ impl Store {
         trace
     }
 
-    /// Changes exchange `id`, if it is still kept.
+    /// Changes exchange `id`, if it has not ended.
     pub fn update(&self, id: u64, change: impl FnOnce(&mut Exchange)) {
-        self.change(&mut self.lock(), id, change);
+        let listening = self.listening();
+        let mut inner = self.lock();
+        if let Some(exchange) = inner.open.get_mut(&id) {
+            change(exchange);
+            self.mask(exchange);
+            if listening {
+                self.publish(exchange);
+            }
+        }
     }
 
-    /// Changes exchange `id` for the last time: its request, `span` to
-    /// `service`, is no longer in flight.
-    pub fn finish(&self, service: &str, span: SpanId, id: u64, change: impl FnOnce(&mut Exchange)) {
+    /// Changes exchange `id` for the last time and keeps it in the ring; the
+    /// request it was, `span` to a service, is no longer in flight.
+    pub fn finish(&self, id: u64, span: Option<(&str, SpanId)>, change: impl FnOnce(&mut Exchange)) {
+        let listening = self.listening();
         let mut inner = self.lock();
-        if let Some(list) = inner.in_flight.get_mut(service) {
+        if let Some((service, span)) = span
+            && let Some(list) = inner.in_flight.get_mut(service)
+        {
             list.retain(|f| f.span_id != span);
         }
-        self.change(&mut inner, id, change);
-    }
-
-    fn change(&self, inner: &mut Inner, id: u64, change: impl FnOnce(&mut Exchange)) {
-        let Some(index) = inner.index_of(id) else {
+        let Some(mut exchange) = inner.open.remove(&id) else {
             return;
         };
-        let exchange = &mut inner.exchanges[index];
-        let before = exchange.weight();
-        change(exchange);
-        self.mask(exchange);
-        let after = exchange.weight();
-        self.publish(exchange);
-        inner.weight = inner.weight + after - before;
+        change(&mut exchange);
+        self.mask(&mut exchange);
+        if listening {
+            self.publish(&exchange);
+        }
+        let Inner { ring, record, .. } = &mut *inner;
+        record.clear();
+        ring::encode(&exchange, record);
+        ring.push(id, record);
+        drop(inner);
+        drop(exchange);
     }
 
-    /// Tells live listeners, if there are any (building a summary costs).
+    /// Whether anyone listens for live events (building one costs).
+    fn listening(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     fn publish(&self, exchange: &Exchange) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Event::Exchange(Summary::from(exchange)));
-        }
+        let _ = self.events.send(Event::Exchange(Summary::from(exchange)));
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
         let inner = self.lock();
-        inner.index_of(id).map(|index| (*inner.exchanges[index]).clone())
+        if let Some(open) = inner.open.get(&id) {
+            return Some((**open).clone());
+        }
+        inner
+            .ring
+            .iter()
+            .rev()
+            .find(|(kept, _)| *kept == id)
+            .map(|(_, record)| ring::decode(record))
     }
 
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
         let inner = self.lock();
         let mut found: Vec<Exchange> = inner
-            .exchanges
+            .ring
             .iter()
+            .rev()
+            .map(|(_, record)| ring::decode(record))
             .filter(|e| filter.matches(e))
-            .map(|e| (**e).clone())
+            .take(limit)
             .collect();
-        if let Some(limit) = filter.limit
-            && found.len() > limit
-        {
+        found.extend(inner.open.values().filter(|e| filter.matches(e)).map(|e| (**e).clone()));
+        drop(inner);
+        found.sort_unstable_by_key(|e| e.id);
+        if found.len() > limit {
             found.drain(..found.len() - limit);
         }
         found
@@ -311,7 +331,8 @@ mod tests {
     fn keeps_within_the_memory_cap_and_masks() {
         let store = Store::new(config(4096));
         for i in 0..100 {
-            store.add(exchange(&format!("/orders/{i}"), &"x".repeat(500)));
+            let id = store.add(exchange(&format!("/orders/{i}"), &"x".repeat(500)));
+            store.finish(id, None, |e| e.complete = true);
         }
         let kept = store.list(&Filter::default());
         assert!(kept.len() < 10, "{}", kept.len());

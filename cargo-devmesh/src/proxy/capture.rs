@@ -132,22 +132,29 @@ impl Capture {
         self.ended = true;
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
-        let stream = pending.as_ref().is_some_and(|r| r.kind != Kind::Http);
-        self.inspector.store.finish(&self.service, self.span, self.id, |e| {
+        // A stream's bytes are counted, not kept.
+        let streamed = pending.as_ref().is_some_and(|r| r.kind != Kind::Http);
+        let body = |seen: &mut Seen| {
+            let kept = std::mem::take(&mut seen.kept);
+            (!streamed).then(|| inspector::Body::new(kept, seen.size, seen.truncated))
+        };
+        // Bodies are made ready before the store's lock is taken.
+        let request = request.map(|mut seen| (body(&mut seen), seen));
+        let response = response.map(|mut seen| (body(&mut seen), seen));
+        self.inspector.store.finish(self.id, Some((&self.service, self.span)), |e| {
             if let Some(response) = pending {
                 write_response(e, response);
             }
-            let streamed = stream || e.kind != Kind::Http;
-            if let Some(seen) = request {
+            if let Some((body, seen)) = request {
                 e.bytes_up = seen.size;
-                if !streamed {
-                    e.request_body = inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                    e.request_body = body;
                 }
             }
-            if let Some(seen) = response {
+            if let Some((body, seen)) = response {
                 e.bytes_down = seen.size;
-                if !streamed {
-                    e.response_body = inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                    e.response_body = body;
                 }
                 if !seen.finished && error.is_none() {
                     e.error = Some("the response was cut short".to_owned());

@@ -113,7 +113,7 @@ pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result
 
 /// Proxy threads. Measured with bench/proxy on 2 cores (wrk, the proxy and
 /// the service sharing them): see `bench/src/bin/proxy.rs`.
-const WORKERS: usize = 2;
+const WORKERS: usize = 1;
 
 /// A proxy thread, and its state for each front port.
 struct Worker {
@@ -271,7 +271,7 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
         Err(e) => Err(e),
     };
     if let Some(id) = id {
-        context.inspector.store.update(id, |e| {
+        context.inspector.store.finish(id, None, |e| {
             match &copied {
                 Ok((up, down)) => (e.bytes_up, e.bytes_down) = (*up, *down),
                 Err(error) => e.error = Some(error.to_string()),
