@@ -13,7 +13,7 @@ mod store;
 mod tee;
 pub mod trace;
 
-pub use callers::Callers;
+pub use callers::{Callers, EXTERNAL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
 pub use store::{Event, Filter, Store, blank};
 pub use tee::{Seen, Tee};

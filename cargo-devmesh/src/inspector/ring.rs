@@ -84,7 +84,11 @@ impl Ring {
         }
         let end = at + len;
         // The ring holds the last `capacity` bytes written: older records are gone.
-        while self.records.front().is_some_and(|r| r.at < end.saturating_sub(capacity)) {
+        while self
+            .records
+            .front()
+            .is_some_and(|r| r.at < end.saturating_sub(capacity))
+        {
             self.records.pop_front();
         }
         let offset = (at % capacity) as usize;
@@ -320,7 +324,10 @@ mod tests {
         let ids: Vec<u64> = ring.iter().map(|(id, _)| id).collect();
         assert_eq!(ids, (1..=3000).collect::<Vec<_>>());
         assert!(ring.iter().all(|(id, bytes)| bytes == id.to_le_bytes().repeat(10)));
-        assert!(!ring.staged.is_empty() && !ring.records.is_empty(), "some staged, some in the ring");
+        assert!(
+            !ring.staged.is_empty() && !ring.records.is_empty(),
+            "some staged, some in the ring"
+        );
     }
 
     #[test]

@@ -141,31 +141,33 @@ impl Capture {
         // Bodies are made ready before the store's lock is taken.
         let request = request.map(|mut seen| (body(&mut seen), seen));
         let response = response.map(|mut seen| (body(&mut seen), seen));
-        self.inspector.store.finish(self.id, Some((&self.service, self.span)), |e| {
-            if let Some(response) = pending {
-                write_response(e, response);
-            }
-            if let Some((body, seen)) = request {
-                e.bytes_up = seen.size;
-                if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
-                    e.request_body = body;
+        self.inspector
+            .store
+            .finish(self.id, Some((&self.service, self.span)), |e| {
+                if let Some(response) = pending {
+                    write_response(e, response);
                 }
-            }
-            if let Some((body, seen)) = response {
-                e.bytes_down = seen.size;
-                if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
-                    e.response_body = body;
+                if let Some((body, seen)) = request {
+                    e.bytes_up = seen.size;
+                    if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                        e.request_body = body;
+                    }
                 }
-                if !seen.finished && error.is_none() {
-                    e.error = Some("the response was cut short".to_owned());
+                if let Some((body, seen)) = response {
+                    e.bytes_down = seen.size;
+                    if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                        e.response_body = body;
+                    }
+                    if !seen.finished && error.is_none() {
+                        e.error = Some("the response was cut short".to_owned());
+                    }
                 }
-            }
-            if error.is_some() {
-                e.error = error;
-            }
-            e.total_ms = Some(total_ms);
-            e.complete = true;
-        });
+                if error.is_some() {
+                    e.error = error;
+                }
+                e.total_ms = Some(total_ms);
+                e.complete = true;
+            });
     }
 }
 

@@ -43,8 +43,11 @@ async fn forward(
         .headers_mut()
         .remove(REPLAY_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let capture = context.capturing().then(|| {
-        let caller = connection.caller(&context.inspector);
+    let caller = match context.capturing() {
+        true => Some(connection.caller(&context.inspector).await),
+        false => None,
+    };
+    let capture = caller.map(|caller| {
         let given = request
             .headers()
             .get("traceparent")

@@ -120,7 +120,10 @@ async fn exchange(
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
 
-    let caller = context.capturing().then(|| connection.caller(&context.inspector));
+    let caller = match context.capturing() {
+        true => Some(connection.caller(&context.inspector).await),
+        false => None,
+    };
     let trace = caller.as_ref().map(|caller| {
         context
             .inspector

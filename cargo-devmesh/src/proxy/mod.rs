@@ -19,7 +19,7 @@ mod route;
 pub use route::{Backend, Lease, Route};
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper_util::client::legacy::Client;
@@ -60,14 +60,24 @@ struct Context {
 struct Connection {
     peer: SocketAddr,
     local: SocketAddr,
-    caller: OnceLock<Arc<str>>,
+    caller: tokio::sync::OnceCell<Arc<str>>,
 }
 
 impl Connection {
-    fn caller(&self, inspector: &Inspector) -> Arc<str> {
+    /// The service that opened this connection. Finding it reads `/proc`,
+    /// which takes milliseconds when the machine has many sockets: it is
+    /// done on the blocking pool, so only this connection's first request
+    /// waits for it.
+    async fn caller(&self, inspector: &Arc<Inspector>) -> Arc<str> {
         let caller = self
             .caller
-            .get_or_init(|| inspector.callers.identify(self.peer, self.local).into());
+            .get_or_init(|| async {
+                let (inspector, peer, local) = (Arc::clone(inspector), self.peer, self.local);
+                tokio::task::spawn_blocking(move || inspector.callers.identify(peer, local))
+                    .await
+                    .map_or_else(|_| inspector::EXTERNAL.into(), Arc::from)
+            })
+            .await;
         Arc::clone(caller)
     }
 }
@@ -113,7 +123,7 @@ pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result
 
 /// Proxy threads. Measured with bench/proxy on 2 cores (wrk, the proxy and
 /// the service sharing them): see `bench/src/bin/proxy.rs`.
-const WORKERS: usize = 1;
+const WORKERS: usize = 2;
 
 /// A proxy thread, and its state for each front port.
 struct Worker {
@@ -126,7 +136,11 @@ fn worker(
     index: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<(tokio::runtime::Handle, std::thread::JoinHandle<()>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // No process or signal driver: a proxy thread has no use for them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     let handle = runtime.handle().clone();
     let thread = std::thread::Builder::new()
         .name(format!("devmesh-proxy-{index}"))
@@ -166,7 +180,7 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
         let connection = Arc::new(Connection {
             peer,
             local,
-            caller: OnceLock::new(),
+            caller: tokio::sync::OnceCell::new(),
         });
         let context = Arc::clone(&workers[turn].contexts[front]);
         if turn == 0 {
@@ -259,12 +273,15 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
     let Ok((backend, _lease)) = context.ready_backend().await else {
         return;
     };
-    let id = context.capturing().then(|| {
-        let caller = connection.caller(&context.inspector);
-        let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
-        exchange.method = "TCP".to_owned();
-        context.inspector.store.add(exchange)
-    });
+    let id = match context.capturing() {
+        true => {
+            let caller = connection.caller(&context.inspector).await;
+            let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
+            exchange.method = "TCP".to_owned();
+            Some(context.inspector.store.add(exchange))
+        }
+        false => None,
+    };
     let began = Instant::now();
     let copied = match TcpStream::connect(backend.addr).await {
         Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream).await,
