@@ -23,10 +23,27 @@ pub struct Ring {
     /// Where the next batch goes, counted in bytes ever written (with the
     /// padding left when a batch would not fit before the end).
     end: u64,
-    /// Records not in the ring yet, placed relative to the stage.
-    staged: Vec<u8>,
-    staged_records: Vec<Record>,
+    /// An empty stage, traded for a full one when it comes in.
+    spare: Stage,
+    /// How far the ring's pages have been asked for, ahead of the writes.
+    populated: usize,
 }
+
+/// Records on their way into the ring, kept apart so that they can be
+/// added under one lock and copied in under another.
+#[derive(Debug)]
+pub struct Stage {
+    bytes: Vec<u8>,
+    /// Placed relative to the stage.
+    records: Vec<Record>,
+    /// How full the stage gets before it goes in.
+    limit: usize,
+}
+
+/// Pages are faulted in this far ahead of the writes, off the proxy's
+/// threads: the first write to a huge page zeroes 2 MiB, a stall a request
+/// would otherwise wait out.
+const AHEAD: usize = 8 << 20;
 
 /// Bytes staged before they go into the ring (less for a small ring).
 const STAGE: usize = 64 * 1024;
@@ -38,6 +55,47 @@ struct Record {
     len: u32,
 }
 
+impl Stage {
+    /// A stage for a ring of `capacity` bytes.
+    pub fn new(capacity: usize) -> Stage {
+        let limit = STAGE.min(capacity / 8).max(1);
+        Stage {
+            bytes: Vec::with_capacity(limit),
+            records: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Adds `record` as exchange `id`; says whether the stage is now full.
+    pub fn push(&mut self, id: u64, record: &[u8]) -> bool {
+        if let Ok(len) = u32::try_from(record.len()) {
+            self.records.push(Record {
+                id,
+                at: self.bytes.len() as u64,
+                len,
+            });
+            self.bytes.extend_from_slice(record);
+        }
+        self.is_full()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= self.limit
+    }
+
+    /// Records, oldest first, as `(id, bytes)`.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &[u8])> {
+        self.records
+            .iter()
+            .map(|r| (r.id, &self.bytes[r.at as usize..(r.at + u64::from(r.len)) as usize]))
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+}
+
 impl Ring {
     /// A ring of `capacity` bytes. Its pages are the kernel's until written.
     pub fn new(capacity: usize) -> Ring {
@@ -45,90 +103,117 @@ impl Ring {
         huge_pages(&bytes);
         Ring {
             bytes,
-            records: VecDeque::new(),
+            // Room for as many records as small exchanges fill the ring
+            // with, so that the index does not grow by copying while the
+            // proxy waits; untouched, the room costs no memory.
+            records: VecDeque::with_capacity(capacity / 256),
             end: 0,
-            staged: Vec::with_capacity(STAGE.min(capacity)),
-            staged_records: Vec::new(),
+            spare: Stage::new(capacity),
+            populated: 0,
         }
     }
 
-    /// Keeps `record` as exchange `id`; the oldest records go as newer ones
-    /// overwrite them. A record larger than the ring is not kept.
-    pub fn push(&mut self, id: u64, record: &[u8]) {
-        if record.len() > self.bytes.len() || record.len() > u32::MAX as usize {
-            return;
-        }
-        if self.staged.len() + record.len() > self.bytes.len() {
-            self.flush();
-        }
-        self.staged_records.push(Record {
-            id,
-            at: self.staged.len() as u64,
-            len: record.len() as u32,
-        });
-        self.staged.extend_from_slice(record);
-        if self.staged.len() >= STAGE.min(self.bytes.len() / 8) {
-            self.flush();
-        }
+    /// Trades `stage` for the ring's empty one; [`Ring::keep_traded`] then
+    /// copies it in. Two steps, so that whoever fills stages can go on
+    /// while the copy is made.
+    pub fn trade(&mut self, stage: &mut Stage) {
+        std::mem::swap(stage, &mut self.spare);
     }
 
-    /// Moves the staged records into the ring.
-    fn flush(&mut self) {
-        let (capacity, len) = (self.bytes.len() as u64, self.staged.len() as u64);
-        if len == 0 {
-            return;
-        }
-        let mut at = self.end;
-        if at % capacity + len > capacity {
-            at = at.next_multiple_of(capacity);
-        }
-        let end = at + len;
-        // The ring holds the last `capacity` bytes written: older records are gone.
-        while self
+    /// Copies the stage last traded in; the oldest records go as newer
+    /// ones overwrite them, and records that cannot fit are not kept.
+    pub fn keep_traded(&mut self) {
+        let capacity = self.bytes.len() as u64;
+        let mut stage = std::mem::replace(&mut self.spare, Stage::new(0));
+        // Only the newest records of a stage larger than the ring fit.
+        let first = stage
             .records
-            .front()
-            .is_some_and(|r| r.at < end.saturating_sub(capacity))
-        {
-            self.records.pop_front();
+            .iter()
+            .position(|r| stage.bytes.len() as u64 - r.at <= capacity)
+            .unwrap_or(stage.records.len());
+        if let Some(from) = stage.records.get(first).map(|r| r.at) {
+            let len = stage.bytes.len() as u64 - from;
+            let mut at = self.end;
+            if at % capacity + len > capacity {
+                at = at.next_multiple_of(capacity);
+            }
+            let end = at + len;
+            // The ring holds the last `capacity` bytes written: older records are gone.
+            while self
+                .records
+                .front()
+                .is_some_and(|r| r.at < end.saturating_sub(capacity))
+            {
+                self.records.pop_front();
+            }
+            let offset = (at % capacity) as usize;
+            self.populate(offset + len as usize + AHEAD);
+            self.bytes[offset..offset + len as usize].copy_from_slice(&stage.bytes[from as usize..]);
+            self.records.extend(stage.records[first..].iter().map(|r| Record {
+                at: at + r.at - from,
+                ..*r
+            }));
+            self.end = end;
         }
-        let offset = (at % capacity) as usize;
-        self.bytes[offset..offset + self.staged.len()].copy_from_slice(&self.staged);
-        self.records
-            .extend(self.staged_records.iter().map(|r| Record { at: at + r.at, ..*r }));
-        self.end = end;
-        self.staged.clear();
-        self.staged_records.clear();
+        stage.clear();
+        self.spare = stage;
     }
 
     /// Records, oldest first, as `(id, bytes)`.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &[u8])> {
         let capacity = self.bytes.len() as u64;
-        let kept = self.records.iter().map(move |r| {
+        self.records.iter().map(move |r| {
             let offset = (r.at % capacity) as usize;
             (r.id, &self.bytes[offset..offset + r.len as usize])
-        });
-        let staged = self
-            .staged_records
-            .iter()
-            .map(|r| (r.id, &self.staged[r.at as usize..(r.at + u64::from(r.len)) as usize]));
-        kept.chain(staged)
+        })
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.records.len() + self.staged_records.len()
+        self.records.len()
+    }
+}
+
+impl Ring {
+    /// Has the pages up to `to` faulted in on a thread of their own, once:
+    /// after the first lap they stay.
+    fn populate(&mut self, to: usize) {
+        let to = to.min(self.bytes.len());
+        if to <= self.populated {
+            return;
+        }
+        let (from, to) = (self.populated, (self.populated + AHEAD).max(to).min(self.bytes.len()));
+        self.populated = to;
+        let range = page_range(&self.bytes[from..to]);
+        // The kernel fills the pages in; nothing here reads or writes them.
+        // Should the ring be gone by then, advice on freed memory fails
+        // harmlessly.
+        let spawned = std::thread::Builder::new()
+            .name("devmesh-ring".into())
+            .spawn(move || advise(range, libc::MADV_POPULATE_WRITE));
+        drop(spawned);
     }
 }
 
 /// Asks the kernel to back `bytes` with huge pages where it can: written
 /// all over, a ring of small pages misses the TLB on most records.
 fn huge_pages(bytes: &[u8]) {
+    advise(page_range(bytes), libc::MADV_HUGEPAGE);
+}
+
+/// The whole pages within `bytes`, as an address range.
+fn page_range(bytes: &[u8]) -> std::ops::Range<usize> {
     const PAGE: usize = 4096;
     let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
     let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
-    if end > start {
-        // SAFETY: advice on memory this ring owns; it changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    start..end.max(start)
+}
+
+fn advise(pages: std::ops::Range<usize>, advice: libc::c_int) {
+    if !pages.is_empty() {
+        // SAFETY: advice on whole pages of a ring's memory; neither advice
+        // used changes what the memory holds.
+        unsafe { libc::madvise(pages.start as *mut libc::c_void, pages.len(), advice) };
     }
 }
 
@@ -306,26 +391,43 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_as_the_exchange_it_was() {
-        let mut bytes = Vec::new();
-        encode(&sample(3), &mut bytes);
+        let (exchange, mut bytes) = (sample(3), Vec::new());
+        encode(&exchange, &mut bytes);
         let back = decode(&bytes);
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
-            serde_json::to_value(sample(3)).unwrap()
+            serde_json::to_value(&exchange).unwrap()
         );
+    }
+
+    /// Pushes records as the store does: staged, traded in when full.
+    fn fill(ring: &mut Ring, stage: &mut Stage, records: impl Iterator<Item = (u64, Vec<u8>)>) {
+        for (id, record) in records {
+            if stage.push(id, &record) {
+                ring.trade(stage);
+                ring.keep_traded();
+            }
+        }
     }
 
     #[test]
     fn staged_records_are_kept_and_seen_in_order() {
         let mut ring = Ring::new(1 << 20);
-        for id in 1..=3000u64 {
-            ring.push(id, &id.to_le_bytes().repeat(10));
-        }
-        let ids: Vec<u64> = ring.iter().map(|(id, _)| id).collect();
+        let mut stage = Stage::new(1 << 20);
+        fill(
+            &mut ring,
+            &mut stage,
+            (1..=3000u64).map(|id| (id, id.to_le_bytes().repeat(10))),
+        );
+        let ids: Vec<u64> = ring.iter().chain(stage.iter()).map(|(id, _)| id).collect();
         assert_eq!(ids, (1..=3000).collect::<Vec<_>>());
-        assert!(ring.iter().all(|(id, bytes)| bytes == id.to_le_bytes().repeat(10)));
         assert!(
-            !ring.staged.is_empty() && !ring.records.is_empty(),
+            ring.iter()
+                .chain(stage.iter())
+                .all(|(id, bytes)| bytes == id.to_le_bytes().repeat(10))
+        );
+        assert!(
+            stage.iter().next().is_some() && ring.len() > 0,
             "some staged, some in the ring"
         );
     }
@@ -333,13 +435,12 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_newest_whole_records() {
         let mut ring = Ring::new(100);
-        for id in 1..=20u64 {
-            ring.push(id, &[id as u8; 30]);
-        }
+        let mut stage = Stage::new(100);
+        fill(&mut ring, &mut stage, (1..=20u64).map(|id| (id, vec![id as u8; 30])));
         let kept: Vec<(u64, Vec<u8>)> = ring.iter().map(|(id, bytes)| (id, bytes.to_vec())).collect();
         assert_eq!(kept.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [18, 19, 20]);
         assert!(kept.iter().all(|(id, bytes)| bytes == &vec![*id as u8; 30]));
-        ring.push(21, &[0; 101]);
+        fill(&mut ring, &mut stage, [(21, vec![0; 101])].into_iter());
         assert_eq!(ring.len(), 3, "a record larger than the ring is not kept");
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::exchange::{Exchange, Summary};
-use super::ring::{self, Ring};
+use super::ring::{self, Ring, Stage};
 use super::trace::{SpanId, Trace, TraceId, TraceParent};
 
 /// What the store tells live listeners.
@@ -29,22 +29,28 @@ struct InFlight {
 }
 
 /// Captured exchanges within a memory cap.
+///
+/// Two locks: `inner` for what changes on every request, held briefly;
+/// `ring` for the copy of a full stage into the ring, which takes longer
+/// and so is made without `inner`. Whoever needs both takes `ring` first.
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
     inner: Mutex<Inner>,
+    /// Ended exchanges, within the memory cap.
+    ring: Mutex<Ring>,
     events: broadcast::Sender<Event>,
 }
 
-/// The store's state, behind one lock that proxy threads share.
+/// The store's state that changes on every request.
 #[derive(Debug)]
 struct Inner {
     next_id: u64,
     /// Exchanges that have not ended; they change until they do.
     open: HashMap<u64, Box<Exchange>>,
-    /// Ended exchanges, within the memory cap.
-    ring: Ring,
-    /// Where a record is written before it goes into the ring.
+    /// Ended exchanges on their way into the ring.
+    stage: Stage,
+    /// Where a record is written before it is staged.
     record: Vec<u8>,
     /// Requests in flight to each service, newest last.
     in_flight: HashMap<Arc<str>, Vec<InFlight>>,
@@ -92,10 +98,11 @@ impl Store {
             inner: Mutex::new(Inner {
                 next_id: 0,
                 open: HashMap::new(),
-                ring: Ring::new(config.memory),
+                stage: Stage::new(config.memory),
                 record: Vec::with_capacity(4096),
                 in_flight: HashMap::new(),
             }),
+            ring: Mutex::new(Ring::new(config.memory)),
             config,
             events: broadcast::channel(1024).0,
         }
@@ -183,12 +190,36 @@ impl Store {
         if listening {
             self.publish(&exchange);
         }
-        let Inner { ring, record, .. } = &mut *inner;
+        let Inner { stage, record, .. } = &mut *inner;
         record.clear();
         ring::encode(&exchange, record);
-        ring.push(id, record);
+        let full = stage.push(id, record);
         drop(inner);
         drop(exchange);
+        if full {
+            self.keep_stage();
+        }
+    }
+
+    /// Moves the full stage into the ring. Readers hold the ring's lock
+    /// from before the trade until after the copy, so they see each
+    /// record either staged or in the ring. While one reads (a list takes
+    /// a while), the stage grows and a later request moves it.
+    fn keep_stage(&self) {
+        let mut ring = match self.ring.try_lock() {
+            Ok(ring) => ring,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        {
+            let mut inner = self.lock();
+            if !inner.stage.is_full() {
+                // Another thread kept it first.
+                return;
+            }
+            ring.trade(&mut inner.stage);
+        }
+        ring.keep_traded();
     }
 
     /// Whether anyone listens for live events (building one costs).
@@ -201,13 +232,13 @@ impl Store {
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
+        let ring = lock(&self.ring);
         let inner = self.lock();
         if let Some(open) = inner.open.get(&id) {
             return Some((**open).clone());
         }
-        inner
-            .ring
-            .iter()
+        ring.iter()
+            .chain(inner.stage.iter())
             .rev()
             .find(|(kept, _)| *kept == id)
             .map(|(_, record)| ring::decode(record))
@@ -216,10 +247,11 @@ impl Store {
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let ring = lock(&self.ring);
         let inner = self.lock();
-        let mut found: Vec<Exchange> = inner
-            .ring
+        let mut found: Vec<Exchange> = ring
             .iter()
+            .chain(inner.stage.iter())
             .rev()
             .map(|(_, record)| ring::decode(record))
             .filter(|e| filter.matches(e))
@@ -227,6 +259,7 @@ impl Store {
             .collect();
         found.extend(inner.open.values().filter(|e| filter.matches(e)).map(|e| (**e).clone()));
         drop(inner);
+        drop(ring);
         found.sort_unstable_by_key(|e| e.id);
         if found.len() > limit {
             found.drain(..found.len() - limit);
@@ -247,8 +280,12 @@ impl Store {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An exchange with nothing captured yet.
