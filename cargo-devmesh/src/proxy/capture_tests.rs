@@ -267,3 +267,129 @@ async fn plain_tcp_is_piped_and_counted() {
     let all = complete(&inspector, 1).await;
     assert_eq!((all[0].kind, all[0].bytes_up, all[0].bytes_down), (Kind::Tcp, 8, 8));
 }
+
+/// Sends `request` on a new connection to `front` and reads until the
+/// proxy closes it.
+async fn exchange_raw(front: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A backend that answers each request with `answer` as raw bytes, then
+/// closes the connection.
+async fn raw_backend(answer: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let response = exchange_raw(
+        front,
+        "POST /echo HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\nfirstPOST /echo HTTP/1.1\r\nhost: svc\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecond",
+    )
+    .await;
+    let first = response.find("first").expect("the first answer");
+    let second = response.find("second").expect("the second answer");
+    assert!(first < second, "{response}");
+    let all = complete(&inspector, 2).await;
+    assert_eq!(all[1].request_body.text.as_deref(), Some("second"));
+}
+
+#[tokio::test]
+async fn expect_continue_passes_through() {
+    let (front, _inspector, _shutdown) = front(backend().await, 1024).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: svc\r\ncontent-length: 4\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+        .await
+        .expect("the interim answer comes before the body is sent")
+        .unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(b"body").await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("200 OK") && rest.ends_with("body"), "{rest}");
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_and_the_connection_goes_on() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let response = exchange_raw(
+        front,
+        "HEAD / HTTP/1.1\r\nhost: svc\r\n\r\nGET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.matches("HTTP/1.1 200 OK").count(), 2, "{response}");
+    assert!(
+        response.ends_with("hello") && response.matches("hello").count() == 1,
+        "{response}"
+    );
+    let all = complete(&inspector, 2).await;
+    assert_eq!((all[0].method.as_str(), all[0].bytes_down), ("HEAD", 0));
+}
+
+#[tokio::test]
+async fn a_response_ended_by_closing_is_relayed_whole() {
+    let (front, inspector, _shutdown) = front(raw_backend("HTTP/1.1 200 OK\r\n\r\nuntil the end").await, 1024).await;
+    let response = exchange_raw(front, "GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await;
+    assert!(response.ends_with("\r\n\r\nuntil the end"), "{response}");
+    let all = complete(&inspector, 1).await;
+    assert_eq!(all[0].response_body.text.as_deref(), Some("until the end"));
+}
+
+#[tokio::test]
+async fn a_service_that_closes_after_each_answer_serves_a_kept_client_connection() {
+    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (front, _inspector, _shutdown) = front(raw_backend(answer).await, 1024).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    for _ in 0..3 {
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+        let mut response = vec![0u8; answer.len()];
+        stream.read_exact(&mut response).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&response), answer);
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_a_400_that_names_the_port() {
+    let (front, _inspector, _shutdown) = front(backend().await, 1024).await;
+    let response = exchange_raw(front, "GET / HTTP/1.1\r\nbad header line\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 400 Bad Request"), "{response}");
+    assert!(response.contains("front port of `svc`"), "{response}");
+    let response = exchange_raw(front, "POST / HTTP/1.1\r\ncontent-length: ten\r\n\r\n").await;
+    assert!(
+        response.starts_with("HTTP/1.1 400") && response.contains("Content-Length"),
+        "{response}"
+    );
+}
