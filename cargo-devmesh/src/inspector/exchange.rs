@@ -165,7 +165,11 @@ impl Headers {
 
     /// The header lines of an HTTP/1 head, as they came.
     pub fn from_lines(lines: &[u8]) -> Headers {
-        Headers(String::from_utf8_lossy(lines).into_owned())
+        // Checking is faster than the lossy conversion, and nearly always enough.
+        match std::str::from_utf8(lines) {
+            Ok(text) => Headers(text.to_owned()),
+            Err(_) => Headers(String::from_utf8_lossy(lines).into_owned()),
+        }
     }
 
     pub fn new(map: &HeaderMap) -> Headers {

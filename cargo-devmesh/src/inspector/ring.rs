@@ -31,7 +31,7 @@ pub struct Ring {
 
 /// Records on their way into the ring, kept apart so that they can be
 /// added under one lock and copied in under another.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stage {
     bytes: Vec<u8>,
     /// Placed relative to the stage.

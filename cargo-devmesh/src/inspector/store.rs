@@ -31,8 +31,10 @@ struct InFlight {
 /// Captured exchanges within a memory cap.
 ///
 /// Two locks: `inner` for what changes on every request, held briefly;
-/// `ring` for the copy of a full stage into the ring, which takes longer
-/// and so is made without `inner`. Whoever needs both takes `ring` first.
+/// `ring` for the copy of a full stage into the ring and for reading the
+/// ring, which take longer. Whoever needs both takes `ring` first; a
+/// request only ever tries `ring`, and leaves the copy to a later one when
+/// it is taken.
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
@@ -233,12 +235,12 @@ impl Store {
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
         let ring = lock(&self.ring);
-        let inner = self.lock();
-        if let Some(open) = inner.open.get(&id) {
-            return Some((**open).clone());
+        let (stage, open) = self.snapshot(|e| e.id == id);
+        if let Some(open) = open.into_iter().next() {
+            return Some(open);
         }
         ring.iter()
-            .chain(inner.stage.iter())
+            .chain(stage.iter())
             .rev()
             .find(|(kept, _)| *kept == id)
             .map(|(_, record)| ring::decode(record))
@@ -248,23 +250,35 @@ impl Store {
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let ring = lock(&self.ring);
-        let inner = self.lock();
-        let mut found: Vec<Exchange> = ring
-            .iter()
-            .chain(inner.stage.iter())
-            .rev()
-            .map(|(_, record)| ring::decode(record))
-            .filter(|e| filter.matches(e))
-            .take(limit)
-            .collect();
-        found.extend(inner.open.values().filter(|e| filter.matches(e)).map(|e| (**e).clone()));
-        drop(inner);
+        let (stage, mut found) = self.snapshot(|e| filter.matches(e));
+        found.extend(
+            ring.iter()
+                .chain(stage.iter())
+                .rev()
+                .map(|(_, record)| ring::decode(record))
+                .filter(|e| filter.matches(e))
+                .take(limit),
+        );
         drop(ring);
         found.sort_unstable_by_key(|e| e.id);
         if found.len() > limit {
             found.drain(..found.len() - limit);
         }
         found
+    }
+
+    /// A copy of the stage and the open exchanges that match, taken under
+    /// the lock every request takes and then let go: a long search holds
+    /// only the ring's lock, which no request waits for.
+    fn snapshot(&self, matches: impl Fn(&Exchange) -> bool) -> (Stage, Vec<Exchange>) {
+        let inner = self.lock();
+        let open = inner
+            .open
+            .values()
+            .filter(|e| matches(e))
+            .map(|e| (**e).clone())
+            .collect();
+        (inner.stage.clone(), open)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
