@@ -21,11 +21,19 @@ use crate::inspector::{Filter, Inspector, Kind};
 /// A backend: `/echo` echoes the body, `/big` sends 1 MiB in chunks,
 /// `/ws` upgrades and echoes bytes, anything else says hello.
 async fn backend() -> SocketAddr {
+    counted_backend().await.0
+}
+
+/// [`backend`], and how many connections it has accepted.
+async fn counted_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(handle);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -34,7 +42,7 @@ async fn backend() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -391,5 +399,28 @@ async fn a_malformed_request_gets_a_400_that_names_the_port() {
     assert!(
         response.starts_with("HTTP/1.1 400") && response.contains("Content-Length"),
         "{response}"
+    );
+}
+
+#[tokio::test]
+async fn clients_that_connect_per_request_share_connections_to_the_instance() {
+    let (addr, accepted) = counted_backend().await;
+    let (front, _inspector, _shutdown) = front(addr, 1024).await;
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(front).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+        // Closing its side and reading to the end, the client knows the
+        // proxy is done with the connection (and has pooled its upstream).
+        stream.shutdown().await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        assert!(String::from_utf8_lossy(&response).ends_with("hello"));
+    }
+    // The connections are dealt to the proxy's threads in turn: one
+    // connection to the instance for each at most.
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=super::WORKERS).contains(&opened),
+        "{opened} connections for 5 clients"
     );
 }

@@ -34,8 +34,47 @@ pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connec
         scratch: Vec::with_capacity(1024),
         response_scratch: Vec::with_capacity(1024),
     };
+    serve_requests(&mut client, &mut link, context, connection).await;
+    if let Some(upstream) = link.upstream.take() {
+        context.pool.give(upstream);
+    }
+}
+
+/// Connections to instances that outlived the client connection they
+/// served, for the next client connection to take, as a reverse proxy's
+/// keep-alive pool does: a new client does not wait for a new connection,
+/// and the instance is not handed a burst of them. One per front port and
+/// proxy thread, as sockets belong to the thread that polls them.
+#[derive(Debug, Default)]
+pub struct Pool(std::sync::Mutex<Vec<Upstream>>);
+
+/// Connections a pool keeps at most.
+const POOL: usize = 64;
+
+impl Pool {
+    /// A kept connection to `addr`; those to other instances (replaced
+    /// since) and closed ones are dropped on the way.
+    fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(upstream) = kept.pop() {
+            if upstream.addr == addr && upstream.is_usable() {
+                return Some(upstream);
+            }
+        }
+        None
+    }
+
+    fn give(&self, upstream: Upstream) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < POOL && upstream.is_usable() {
+            kept.push(upstream);
+        }
+    }
+}
+
+async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Context, connection: &Connection) {
     loop {
-        let request = match read_head(&mut link.inbound, &mut client, RequestHead::parse).await {
+        let request = match read_head(&mut link.inbound, client, RequestHead::parse).await {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(ReadError::Io(_)) => return,
@@ -58,7 +97,7 @@ pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connec
                 return;
             }
         };
-        if exchange(&mut client, &mut link, request, context, connection).await == Next::Close {
+        if exchange(client, link, request, context, connection).await == Next::Close {
             return;
         }
     }
@@ -76,6 +115,7 @@ struct Link {
     response_scratch: Vec<u8>,
 }
 
+#[derive(Debug)]
 struct Upstream {
     addr: SocketAddr,
     stream: TcpStream,
@@ -163,7 +203,11 @@ async fn exchange(
     };
     // A kept connection may have been closed under a request that was
     // already written; one without a body is sent again on a new one.
-    let mut kept = link.upstream.take().filter(|u| u.addr == backend.addr && u.is_usable());
+    let mut kept = link
+        .upstream
+        .take()
+        .filter(|u| u.addr == backend.addr && u.is_usable())
+        .or_else(|| context.pool.take(backend.addr));
     let limit = context.inspector.store.config.max_body;
     let mut request_seen = Seen::default();
     let mut response_seen = Seen::default();
@@ -648,6 +692,7 @@ async fn read_head<T>(
 }
 
 /// Bytes read from a socket and not used yet.
+#[derive(Debug)]
 struct Buffer {
     bytes: Vec<u8>,
     start: usize,

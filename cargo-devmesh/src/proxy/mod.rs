@@ -53,6 +53,8 @@ struct Context {
     route: watch::Receiver<Route>,
     ready_timeout: Duration,
     inspector: Arc<Inspector>,
+    /// Connections to the instance kept for HTTP/1 clients to come.
+    pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
 }
 
@@ -155,6 +157,7 @@ impl Context {
             route: front.route.clone(),
             ready_timeout: front.ready_timeout,
             inspector: Arc::clone(&front.inspector),
+            pool: http1::Pool::default(),
             http2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build(connector()),
