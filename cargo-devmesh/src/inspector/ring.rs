@@ -83,6 +83,12 @@ impl Stage {
         self.bytes.len() >= self.limit
     }
 
+    /// Full several times over: whoever moves stages into the ring has
+    /// fallen behind, and the memory cap needs them moved now.
+    pub fn is_overfull(&self) -> bool {
+        self.bytes.len() >= 4 * self.limit
+    }
+
     /// Records, oldest first, as `(id, bytes)`.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &[u8])> {
         self.records

@@ -2,7 +2,7 @@
 //! in flight as values, finished ones as records in a [`Ring`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use devmesh::config::InspectorConfig;
 use serde::Serialize;
@@ -32,16 +32,67 @@ struct InFlight {
 ///
 /// Two locks: `inner` for what changes on every request, held briefly;
 /// `ring` for the copy of a full stage into the ring and for reading the
-/// ring, which take longer. Whoever needs both takes `ring` first; a
-/// request only ever tries `ring`, and leaves the copy to a later one when
-/// it is taken.
+/// ring, which take longer. Whoever needs both takes `ring` first. The copy
+/// is made by a thread of the store's own, so no request waits for it.
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
+    shared: Arc<Shared>,
+    /// Dropped after `shared`, so that the keeper finds it gone and ends.
+    keeper: Option<Keeper>,
+    events: broadcast::Sender<Event>,
+}
+
+#[derive(Debug)]
+struct Shared {
     inner: Mutex<Inner>,
     /// Ended exchanges, within the memory cap.
     ring: Mutex<Ring>,
-    events: broadcast::Sender<Event>,
+}
+
+/// The thread that moves full stages into the ring, woken when one fills.
+#[derive(Debug)]
+struct Keeper(std::thread::Thread);
+
+impl Keeper {
+    fn start(shared: Weak<Shared>) -> Option<Keeper> {
+        let thread = std::thread::Builder::new()
+            .name("devmesh-inspector".into())
+            .spawn(move || {
+                loop {
+                    std::thread::park();
+                    match shared.upgrade() {
+                        Some(shared) => shared.keep_stage(),
+                        None => return,
+                    }
+                }
+            })
+            .ok()?;
+        Some(Keeper(thread.thread().clone()))
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.0.unpark();
+    }
+}
+
+impl Shared {
+    /// Moves the full stage into the ring. Readers hold the ring's lock
+    /// from before the trade until after the copy, so they see each
+    /// record either staged or in the ring.
+    fn keep_stage(&self) {
+        let mut ring = lock(&self.ring);
+        {
+            let mut inner = lock(&self.inner);
+            if !inner.stage.is_full() {
+                return;
+            }
+            ring.trade(&mut inner.stage);
+        }
+        ring.keep_traded();
+    }
 }
 
 /// The store's state that changes on every request.
@@ -96,7 +147,7 @@ impl Filter {
 
 impl Store {
     pub fn new(config: InspectorConfig) -> Store {
-        Store {
+        let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 next_id: 0,
                 open: HashMap::new(),
@@ -105,6 +156,10 @@ impl Store {
                 in_flight: HashMap::new(),
             }),
             ring: Mutex::new(Ring::new(config.memory)),
+        });
+        Store {
+            keeper: Keeper::start(Arc::downgrade(&shared)),
+            shared,
             config,
             events: broadcast::channel(1024).0,
         }
@@ -195,33 +250,14 @@ impl Store {
         let Inner { stage, record, .. } = &mut *inner;
         record.clear();
         ring::encode(&exchange, record);
-        let full = stage.push(id, record);
+        let (full, overfull) = (stage.push(id, record), stage.is_overfull());
         drop(inner);
         drop(exchange);
-        if full {
-            self.keep_stage();
+        match &self.keeper {
+            Some(keeper) if full && !overfull => keeper.0.unpark(),
+            _ if full => self.shared.keep_stage(),
+            _ => {}
         }
-    }
-
-    /// Moves the full stage into the ring. Readers hold the ring's lock
-    /// from before the trade until after the copy, so they see each
-    /// record either staged or in the ring. While one reads (a list takes
-    /// a while), the stage grows and a later request moves it.
-    fn keep_stage(&self) {
-        let mut ring = match self.ring.try_lock() {
-            Ok(ring) => ring,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        {
-            let mut inner = self.lock();
-            if !inner.stage.is_full() {
-                // Another thread kept it first.
-                return;
-            }
-            ring.trade(&mut inner.stage);
-        }
-        ring.keep_traded();
     }
 
     /// Whether anyone listens for live events (building one costs).
@@ -234,7 +270,7 @@ impl Store {
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
-        let ring = lock(&self.ring);
+        let ring = lock(&self.shared.ring);
         let (stage, open) = self.snapshot(|e| e.id == id);
         if let Some(open) = open.into_iter().next() {
             return Some(open);
@@ -249,7 +285,7 @@ impl Store {
     /// Exchanges that match, oldest first; with a limit, the newest ones.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let limit = filter.limit.unwrap_or(usize::MAX);
-        let ring = lock(&self.ring);
+        let ring = lock(&self.shared.ring);
         let (stage, mut found) = self.snapshot(|e| filter.matches(e));
         found.extend(
             ring.iter()
@@ -294,7 +330,7 @@ impl Store {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        lock(&self.inner)
+        lock(&self.shared.inner)
     }
 }
 
