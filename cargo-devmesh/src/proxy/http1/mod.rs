@@ -1,30 +1,33 @@
 //! HTTP/1 forwarding: each client connection gets a connection of its own
-//! to the instance, kept from request to request as a reverse proxy's
-//! keep-alive upstream is, and replaced when a restart moves the service.
+//! to the instance ([`upstream`]), kept from request to request and then
+//! pooled for the next client, as a reverse proxy's keep-alive upstreams
+//! are, and replaced when a restart moves the service.
 //!
 //! Messages pass as the bytes they came as: the proxy parses heads to find
 //! where each message ends, adds a `traceparent` when a request has none,
 //! and keeps a copy of what it captures. A request and its response each
 //! take one read and one write when they fit in a buffer, as through nginx.
 
+mod relay;
+mod upstream;
+
+pub use upstream::Pool;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use hyper::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
-use super::message::{ChunkError, Chunked, Framing, HeadError, RequestHead, ResponseHead};
+use super::message::{Framing, HeadError, RequestHead, ResponseHead};
 use super::{Connection, Context};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
-
-/// Read buffers start this large, which holds most whole exchanges.
-const BUFFER: usize = 16 * 1024;
-/// A head larger than this is refused (431), as most servers do.
-const MAX_HEAD: usize = 64 * 1024;
+use relay::{Broken, Buffer, MAX_HEAD, ReadError, Relay, read_head};
+use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
 pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connection) {
@@ -37,38 +40,6 @@ pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connec
     serve_requests(&mut client, &mut link, context, connection).await;
     if let Some(upstream) = link.upstream.take() {
         context.pool.give(upstream);
-    }
-}
-
-/// Connections to instances that outlived the client connection they
-/// served, for the next client connection to take, as a reverse proxy's
-/// keep-alive pool does: a new client does not wait for a new connection,
-/// and the instance is not handed a burst of them. One per front port and
-/// proxy thread, as sockets belong to the thread that polls them.
-#[derive(Debug, Default)]
-pub struct Pool(std::sync::Mutex<Vec<Upstream>>);
-
-/// Connections a pool keeps at most.
-const POOL: usize = 64;
-
-impl Pool {
-    /// A kept connection to `addr`; those to other instances (replaced
-    /// since) and closed ones are dropped on the way.
-    fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(upstream) = kept.pop() {
-            if upstream.addr == addr && upstream.is_usable() {
-                return Some(upstream);
-            }
-        }
-        None
-    }
-
-    fn give(&self, upstream: Upstream) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < POOL && upstream.is_usable() {
-            kept.push(upstream);
-        }
     }
 }
 
@@ -113,33 +84,6 @@ struct Link {
     scratch: Vec<u8>,
     /// The response head as forwarded, then the first of its body.
     response_scratch: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Upstream {
-    addr: SocketAddr,
-    stream: TcpStream,
-    buffer: Buffer,
-}
-
-impl Upstream {
-    async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
-        Ok(Upstream {
-            addr,
-            stream,
-            buffer: Buffer::new(),
-        })
-    }
-
-    /// Whether the kept connection can carry a request: the instance has
-    /// not closed it and sent nothing unasked. Readiness is known from the
-    /// last poll, so this costs no system call.
-    fn is_usable(&self) -> bool {
-        self.buffer.filled().is_empty()
-            && matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -490,113 +434,6 @@ where
     Ok(head)
 }
 
-/// One direction of an exchange: bytes read `from` one side into `buffer`
-/// and written `to` the other.
-struct Relay<'a, R, W> {
-    buffer: &'a mut Buffer,
-    from: &'a mut R,
-    to: &'a mut W,
-    /// Bytes of a body kept for the inspector.
-    limit: usize,
-}
-
-/// Why a body did not pass whole.
-#[derive(Debug, thiserror::Error)]
-enum Broken {
-    #[error("reading it failed: {0}")]
-    Source(io::Error),
-    #[error("it ended early")]
-    Ended,
-    #[error("writing it failed: {0}")]
-    Sink(io::Error),
-    #[error(transparent)]
-    Framing(#[from] ChunkError),
-}
-
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
-    /// Writes `head`, then the body of `framing` that follows it, the first
-    /// of it in the same write; records the body's data in `seen`.
-    async fn body(self, head: &mut Vec<u8>, framing: Framing, seen: &mut Seen) -> Result<(), Broken> {
-        let mut rest = Rest::from(framing);
-        let mut pending = Some(head);
-        loop {
-            let taken = rest.take(self.buffer.filled(), seen, self.limit)?;
-            let bytes = &self.buffer.filled()[..taken];
-            match pending.take() {
-                Some(head) => {
-                    let written = head.len();
-                    head.extend_from_slice(bytes);
-                    let sent = self.to.write_all(head).await;
-                    // The head stays for a second try on a new connection.
-                    head.truncate(written);
-                    sent.map_err(Broken::Sink)?;
-                }
-                None if taken > 0 => self.to.write_all(bytes).await.map_err(Broken::Sink)?,
-                None => {}
-            }
-            self.buffer.consume(taken);
-            if rest.done() {
-                seen.finished = true;
-                return Ok(());
-            }
-            match self.buffer.fill(self.from).await {
-                Ok(0) if matches!(rest, Rest::UntilClose) => {
-                    seen.finished = true;
-                    return Ok(());
-                }
-                Ok(0) => return Err(Broken::Ended),
-                Ok(_) => {}
-                Err(e) => return Err(Broken::Source(e)),
-            }
-        }
-    }
-}
-
-/// What is left of a body.
-#[derive(Debug)]
-enum Rest {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-}
-
-impl From<Framing> for Rest {
-    fn from(framing: Framing) -> Rest {
-        match framing {
-            Framing::Length(n) => Rest::Length(n),
-            Framing::Chunked => Rest::Chunked(Chunked::default()),
-            Framing::UntilClose => Rest::UntilClose,
-        }
-    }
-}
-
-impl Rest {
-    /// How much of `input` is body, recording its data.
-    fn take(&mut self, input: &[u8], seen: &mut Seen, limit: usize) -> Result<usize, ChunkError> {
-        match self {
-            Rest::Length(left) => {
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
-                seen.record(&input[..n], limit);
-                *left -= n as u64;
-                Ok(n)
-            }
-            Rest::Chunked(chunked) => chunked.scan(input, |data| seen.record(data, limit)),
-            Rest::UntilClose => {
-                seen.record(input, limit);
-                Ok(input.len())
-            }
-        }
-    }
-
-    fn done(&self) -> bool {
-        match self {
-            Rest::Length(left) => *left == 0,
-            Rest::Chunked(chunked) => chunked.done(),
-            Rest::UntilClose => false,
-        }
-    }
-}
-
 /// Once a `101 Switching Protocols` has passed, the connection is the
 /// client's and the instance's: bytes go both ways until either closes.
 async fn pipe_upgraded(
@@ -650,89 +487,4 @@ fn did_not_answer(context: &Context, addr: SocketAddr, error: &str) -> String {
         "devmesh: service `{}` at {addr} did not answer: {error} (hint: `cargo devmesh logs {}`)\n",
         context.service, context.service
     )
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error(transparent)]
-    Io(io::Error),
-    #[error(transparent)]
-    Head(HeadError),
-    #[error("the head is larger than {MAX_HEAD} bytes")]
-    TooLarge,
-}
-
-/// Reads until `buffer` starts with a whole head; `None` when the peer
-/// closed before sending a byte of one.
-async fn read_head<T>(
-    buffer: &mut Buffer,
-    from: &mut (impl AsyncRead + Unpin),
-    parse: impl Fn(&[u8]) -> Result<Option<T>, HeadError>,
-) -> Result<Option<T>, ReadError> {
-    loop {
-        if !buffer.filled().is_empty()
-            && let Some(head) = parse(buffer.filled()).map_err(ReadError::Head)?
-        {
-            return Ok(Some(head));
-        }
-        if buffer.filled().len() >= MAX_HEAD {
-            return Err(ReadError::TooLarge);
-        }
-        match buffer.fill(from).await.map_err(ReadError::Io)? {
-            0 if buffer.filled().is_empty() => return Ok(None),
-            0 => {
-                return Err(ReadError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the connection closed mid-head",
-                )));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Bytes read from a socket and not used yet.
-#[derive(Debug)]
-struct Buffer {
-    bytes: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Buffer {
-    fn new() -> Buffer {
-        Buffer {
-            bytes: vec![0; BUFFER],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.bytes[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        debug_assert!(self.start <= self.end);
-    }
-
-    /// Reads what is there into the free end, making room first.
-    async fn fill(&mut self, from: &mut (impl AsyncRead + Unpin)) -> io::Result<usize> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        } else if self.end == self.bytes.len() {
-            if self.start > 0 {
-                self.bytes.copy_within(self.start..self.end, 0);
-                (self.start, self.end) = (0, self.end - self.start);
-            } else {
-                // A head longer than the buffer: room up to `MAX_HEAD`
-                // (`read_head` stops there).
-                self.bytes.resize((self.bytes.len() * 2).min(MAX_HEAD), 0);
-            }
-        }
-        let n = from.read(&mut self.bytes[self.end..]).await?;
-        self.end += n;
-        Ok(n)
-    }
 }
