@@ -15,7 +15,7 @@ use std::time::Duration;
 use devmesh_bench::{Built, build, free_port, front_port, wait_until_answers};
 
 const DURATION: &str = "5s";
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const THREADS: &str = "1";
 const CONNECTIONS: &str = "16";
 
