@@ -204,8 +204,8 @@ impl Api {
                     .inspector
                     .store
                     .list(&filter(&query))
-                    .iter()
-                    .map(Summary::from)
+                    .into_iter()
+                    .map(|e| e.summary)
                     .collect();
                 json(StatusCode::OK, &summaries)
             }
@@ -226,10 +226,7 @@ impl Api {
                 Err(response) => *response,
             },
             (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
-            (Method::GET, ["api", "map"]) => json(
-                StatusCode::OK,
-                &map(&self.mesh.inspector.store.list(&Filter::default())),
-            ),
+            (Method::GET, ["api", "map"]) => json(StatusCode::OK, &map(&self.mesh.inspector.store.summaries())),
             (Method::GET, ["api", "logs"]) => {
                 let services: Vec<String> = query
                     .get("service")
@@ -406,7 +403,7 @@ fn filter(query: &HashMap<String, String>) -> Filter {
 }
 
 /// Who calls whom: an edge per (caller, service) with count, errors and latencies.
-fn map(exchanges: &[Exchange]) -> serde_json::Value {
+fn map(exchanges: &[Summary]) -> serde_json::Value {
     let mut edges: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     let mut errors: BTreeMap<(String, String), u64> = BTreeMap::new();
     for e in exchanges {

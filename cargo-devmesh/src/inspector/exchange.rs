@@ -18,46 +18,36 @@ pub enum Kind {
     Tcp,
 }
 
-/// A captured exchange.
+/// A captured exchange: what the list shows, and its headers and bodies.
+/// It reads as its [`Summary`] (`exchange.status`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Exchange {
-    pub id: u64,
-    /// The service called.
-    pub service: Arc<str>,
-    /// The service that called, or `external`.
-    pub caller: Arc<str>,
-    pub kind: Kind,
-    /// Milliseconds since the Unix epoch.
-    pub started_ms: u64,
-    pub method: String,
-    /// Path and query.
-    pub path: String,
+    #[serde(flatten)]
+    pub summary: Summary,
     pub version: &'static str,
     pub request_headers: Headers,
     pub request_body: Body,
-    pub status: Option<u16>,
     pub response_headers: Headers,
     pub response_body: Body,
-    /// Time spent waiting for a ready instance (restarting, building).
-    pub wait_ms: f64,
-    /// Time from forwarding the request to the response head: the service's own time.
-    pub service_ms: Option<f64>,
-    /// Time from arrival to the end of the response body.
-    pub total_ms: Option<f64>,
-    pub trace_id: Option<TraceId>,
     pub span_id: Option<SpanId>,
     pub parent_span_id: Option<SpanId>,
     /// The trace was inferred from the caller's request in flight, not
     /// propagated by the caller.
     pub trace_inferred: bool,
-    /// The exchange this one replays.
-    pub replay_of: Option<u64>,
-    pub error: Option<String>,
-    /// Bytes from client to service and back (bodies, or the stream).
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    /// Whether it has ended (response body done, connection closed).
-    pub complete: bool,
+}
+
+impl std::ops::Deref for Exchange {
+    type Target = Summary;
+
+    fn deref(&self) -> &Summary {
+        &self.summary
+    }
+}
+
+impl std::ops::DerefMut for Exchange {
+    fn deref_mut(&mut self) -> &mut Summary {
+        &mut self.summary
+    }
 }
 
 /// A captured body: text when it is UTF-8, else base64.
@@ -101,50 +91,36 @@ impl Body {
     }
 }
 
-/// The fields the list shows, without headers and bodies.
+/// What the list shows of an exchange, without headers and bodies.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub id: u64,
+    /// The service called.
     pub service: Arc<str>,
+    /// The service that called, or `external`.
     pub caller: Arc<str>,
     pub kind: Kind,
+    /// Milliseconds since the Unix epoch.
     pub started_ms: u64,
     pub method: String,
+    /// Path and query.
     pub path: String,
     pub status: Option<u16>,
+    /// Time spent waiting for a ready instance (restarting, building).
     pub wait_ms: f64,
+    /// Time from forwarding the request to the response head: the service's own time.
     pub service_ms: Option<f64>,
+    /// Time from arrival to the end of the response body.
     pub total_ms: Option<f64>,
     pub trace_id: Option<TraceId>,
+    /// The exchange this one replays.
     pub replay_of: Option<u64>,
     pub error: Option<String>,
+    /// Bytes from client to service and back (bodies, or the stream).
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Whether it has ended (response body done, connection closed).
     pub complete: bool,
-}
-
-impl From<&Exchange> for Summary {
-    fn from(e: &Exchange) -> Summary {
-        Summary {
-            id: e.id,
-            service: e.service.clone(),
-            caller: e.caller.clone(),
-            kind: e.kind,
-            started_ms: e.started_ms,
-            method: e.method.clone(),
-            path: e.path.clone(),
-            status: e.status,
-            wait_ms: e.wait_ms,
-            service_ms: e.service_ms,
-            total_ms: e.total_ms,
-            trace_id: e.trace_id,
-            replay_of: e.replay_of,
-            error: e.error.clone(),
-            bytes_up: e.bytes_up,
-            bytes_down: e.bytes_down,
-            complete: e.complete,
-        }
-    }
 }
 
 /// Headers as captured: one string of `name: value` lines, so capturing a

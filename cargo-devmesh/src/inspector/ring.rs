@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::exchange::{Body, Exchange, Headers, Kind};
+use super::exchange::{Body, Exchange, Headers, Kind, Summary};
 use super::trace::{SpanId, TraceId};
 
 /// The ring and where each record in it is, oldest first.
@@ -31,7 +31,7 @@ pub struct Ring {
 
 /// Records on their way into the ring, kept apart so that they can be
 /// added under one lock and copied in under another.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Stage {
     bytes: Vec<u8>,
     /// Placed relative to the stage.
@@ -130,7 +130,7 @@ impl Ring {
     /// ones overwrite them, and records that cannot fit are not kept.
     pub fn keep_traded(&mut self) {
         let capacity = self.bytes.len() as u64;
-        let mut stage = std::mem::replace(&mut self.spare, Stage::new(0));
+        let mut stage = std::mem::take(&mut self.spare);
         // Only the newest records of a stage larger than the ring fit.
         let first = stage
             .records
@@ -223,73 +223,60 @@ fn advise(pages: std::ops::Range<usize>, advice: libc::c_int) {
     }
 }
 
-/// Writes `exchange` as a record into `out`.
+/// Writes `exchange` as a record into `out`: its summary first, so that
+/// [`decode_summary`] reads no further.
 pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     let mut w = Writer(out);
-    w.u64(exchange.id);
-    w.str(&exchange.service);
-    w.str(&exchange.caller);
-    w.u8(exchange.kind as u8);
-    w.u64(exchange.started_ms);
-    w.str(&exchange.method);
-    w.str(&exchange.path);
-    w.u8(VERSIONS.iter().position(|v| *v == exchange.version).unwrap_or(0) as u8);
-    w.str(exchange.request_headers.text());
-    w.body(&exchange.request_body);
-    w.option(exchange.status, |w, s| w.u64(u64::from(s)));
-    w.str(exchange.response_headers.text());
-    w.body(&exchange.response_body);
-    w.f64(exchange.wait_ms);
-    w.option(exchange.service_ms, Writer::f64);
-    w.option(exchange.total_ms, Writer::f64);
-    w.option(exchange.trace_id, |w, t| {
+    let s = &exchange.summary;
+    w.u64(s.id);
+    w.str(&s.service);
+    w.str(&s.caller);
+    w.u8(s.kind as u8);
+    w.u64(s.started_ms);
+    w.str(&s.method);
+    w.str(&s.path);
+    w.option(s.status, |w, status| w.u64(u64::from(status)));
+    w.f64(s.wait_ms);
+    w.option(s.service_ms, Writer::f64);
+    w.option(s.total_ms, Writer::f64);
+    w.option(s.trace_id, |w, t| {
         w.u64((t.0 >> 64) as u64);
         w.u64(t.0 as u64);
     });
-    w.option(exchange.span_id, |w, s| w.u64(s.0));
-    w.option(exchange.parent_span_id, |w, s| w.u64(s.0));
+    w.option(s.replay_of, Writer::u64);
+    w.option(s.error.as_deref(), Writer::str);
+    w.u64(s.bytes_up);
+    w.u64(s.bytes_down);
+    w.u8(u8::from(s.complete));
+    w.u8(VERSIONS.iter().position(|v| *v == exchange.version).unwrap_or(0) as u8);
+    w.str(exchange.request_headers.text());
+    w.body(&exchange.request_body);
+    w.str(exchange.response_headers.text());
+    w.body(&exchange.response_body);
+    w.option(exchange.span_id, |w, span| w.u64(span.0));
+    w.option(exchange.parent_span_id, |w, span| w.u64(span.0));
     w.u8(u8::from(exchange.trace_inferred));
-    w.option(exchange.replay_of, Writer::u64);
-    w.option(exchange.error.as_deref(), Writer::str);
-    w.u64(exchange.bytes_up);
-    w.u64(exchange.bytes_down);
-    w.u8(u8::from(exchange.complete));
 }
 
 /// Reads a record written by [`encode`].
 pub fn decode(record: &[u8]) -> Exchange {
     let mut r = Reader(record);
     Exchange {
-        id: r.u64(),
-        service: Arc::from(r.str()),
-        caller: Arc::from(r.str()),
-        kind: match r.u8() {
-            1 => Kind::WebSocket,
-            2 => Kind::Tcp,
-            _ => Kind::Http,
-        },
-        started_ms: r.u64(),
-        method: r.str().to_owned(),
-        path: r.str().to_owned(),
+        summary: r.summary(),
         version: VERSIONS.get(usize::from(r.u8())).copied().unwrap_or(""),
         request_headers: Headers::from_text(r.str().to_owned()),
         request_body: r.body(),
-        status: r.option(|r| r.u64() as u16),
         response_headers: Headers::from_text(r.str().to_owned()),
         response_body: r.body(),
-        wait_ms: r.f64(),
-        service_ms: r.option(Reader::f64),
-        total_ms: r.option(Reader::f64),
-        trace_id: r.option(|r| TraceId((u128::from(r.u64()) << 64) | u128::from(r.u64()))),
         span_id: r.option(|r| SpanId(r.u64())),
         parent_span_id: r.option(|r| SpanId(r.u64())),
         trace_inferred: r.u8() == 1,
-        replay_of: r.option(Reader::u64),
-        error: r.option(|r| r.str().to_owned()),
-        bytes_up: r.u64(),
-        bytes_down: r.u64(),
-        complete: r.u8() == 1,
     }
+}
+
+/// Reads the summary of a record written by [`encode`], and no more.
+pub fn decode_summary(record: &[u8]) -> Summary {
+    Reader(record).summary()
 }
 
 /// The HTTP versions an exchange can name, by their code in a record.
@@ -362,6 +349,32 @@ impl<'a> Reader<'a> {
         (self.u8() == 1).then(|| read(self))
     }
 
+    fn summary(&mut self) -> Summary {
+        Summary {
+            id: self.u64(),
+            service: Arc::from(self.str()),
+            caller: Arc::from(self.str()),
+            kind: match self.u8() {
+                1 => Kind::WebSocket,
+                2 => Kind::Tcp,
+                _ => Kind::Http,
+            },
+            started_ms: self.u64(),
+            method: self.str().to_owned(),
+            path: self.str().to_owned(),
+            status: self.option(|r| r.u64() as u16),
+            wait_ms: self.f64(),
+            service_ms: self.option(Reader::f64),
+            total_ms: self.option(Reader::f64),
+            trace_id: self.option(|r| TraceId((u128::from(r.u64()) << 64) | u128::from(r.u64()))),
+            replay_of: self.option(Reader::u64),
+            error: self.option(|r| r.str().to_owned()),
+            bytes_up: self.u64(),
+            bytes_down: self.u64(),
+            complete: self.u8() == 1,
+        }
+    }
+
     fn body(&mut self) -> Body {
         Body {
             text: self.option(|r| r.str().to_owned()),
@@ -403,6 +416,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&exchange).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(decode_summary(&bytes)).unwrap(),
+            serde_json::to_value(&exchange.summary).unwrap()
         );
     }
 

@@ -266,7 +266,7 @@ impl Store {
     }
 
     fn publish(&self, exchange: &Exchange) {
-        let _ = self.events.send(Event::Exchange(Summary::from(exchange)));
+        let _ = self.events.send(Event::Exchange(exchange.summary.clone()));
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
@@ -300,6 +300,22 @@ impl Store {
         if found.len() > limit {
             found.drain(..found.len() - limit);
         }
+        found
+    }
+
+    /// The summaries of every exchange kept, oldest first: what the call map
+    /// needs, read without the headers and bodies.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let ring = lock(&self.shared.ring);
+        let (stage, open) = self.snapshot(|_| true);
+        let mut found: Vec<Summary> = open.into_iter().map(|e| e.summary).collect();
+        found.extend(
+            ring.iter()
+                .chain(stage.iter())
+                .map(|(_, record)| ring::decode_summary(record)),
+        );
+        drop(ring);
+        found.sort_unstable_by_key(|s| s.id);
         found
     }
 
@@ -341,33 +357,35 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An exchange with nothing captured yet.
 pub fn blank(service: Arc<str>, caller: Arc<str>, kind: super::Kind) -> Exchange {
     Exchange {
-        id: 0,
-        service,
-        caller,
-        kind,
-        started_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        method: String::new(),
-        path: String::new(),
+        summary: Summary {
+            id: 0,
+            service,
+            caller,
+            kind,
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            method: String::new(),
+            path: String::new(),
+            status: None,
+            wait_ms: 0.0,
+            service_ms: None,
+            total_ms: None,
+            trace_id: None,
+            replay_of: None,
+            error: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            complete: false,
+        },
         version: "",
         request_headers: Default::default(),
         request_body: Default::default(),
-        status: None,
         response_headers: Default::default(),
         response_body: Default::default(),
-        wait_ms: 0.0,
-        service_ms: None,
-        total_ms: None,
-        trace_id: None,
         span_id: None,
         parent_span_id: None,
         trace_inferred: false,
-        replay_of: None,
-        error: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        complete: false,
     }
 }
 

@@ -118,6 +118,18 @@ impl Capture {
         self.finish(request, response, error);
     }
 
+    /// Records the end of an exchange the proxy answered itself (the
+    /// service was not ready, or did not answer) with `message`.
+    pub fn end_answered(mut self, status: u16, headers: Headers, message: &str) {
+        self.respond(status, headers, None);
+        let mut seen = Seen {
+            finished: true,
+            ..Seen::default()
+        };
+        seen.record(message.as_bytes(), message.len());
+        self.finish(None, Some(seen), None);
+    }
+
     /// Records the end of an upgraded connection that carried these bytes.
     pub fn end_stream(mut self, up: u64, down: u64, error: Option<String>) {
         let bytes = |size| Seen {
@@ -132,12 +144,7 @@ impl Capture {
         self.ended = true;
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
-        // A stream's bytes are counted, not kept.
-        let streamed = pending.as_ref().is_some_and(|r| r.kind != Kind::Http);
-        let body = |seen: &mut Seen| {
-            let kept = std::mem::take(&mut seen.kept);
-            (!streamed).then(|| inspector::Body::new(kept, seen.size, seen.truncated))
-        };
+        let body = |seen: &mut Seen| inspector::Body::new(std::mem::take(&mut seen.kept), seen.size, seen.truncated);
         // Bodies are made ready before the store's lock is taken.
         let request = request.map(|mut seen| (body(&mut seen), seen));
         let response = response.map(|mut seen| (body(&mut seen), seen));
@@ -147,15 +154,17 @@ impl Capture {
                 if let Some(response) = pending {
                     write_response(e, response);
                 }
+                // A stream's bytes are counted, not kept.
+                let http = e.kind == Kind::Http;
                 if let Some((body, seen)) = request {
                     e.bytes_up = seen.size;
-                    if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                    if http {
                         e.request_body = body;
                     }
                 }
                 if let Some((body, seen)) = response {
                     e.bytes_down = seen.size;
-                    if let Some(body) = body.filter(|_| e.kind == Kind::Http) {
+                    if http {
                         e.response_body = body;
                     }
                     if !seen.finished && error.is_none() {

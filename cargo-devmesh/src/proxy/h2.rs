@@ -43,11 +43,7 @@ async fn forward(
         .headers_mut()
         .remove(REPLAY_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let caller = match context.capturing() {
-        true => Some(connection.caller(&context.inspector).await),
-        false => None,
-    };
-    let capture = caller.map(|caller| {
+    let capture = context.caller(&connection).await.map(|caller| {
         let given = request
             .headers()
             .get("traceparent")
@@ -78,9 +74,13 @@ async fn forward(
     let mut request = request.map(|body| {
         Tee::new(body, if request_capture.is_some() { limit } else { 0 }, move |seen| {
             if let Some((inspector, id)) = request_capture {
+                let (size, body) = (
+                    seen.size,
+                    crate::inspector::Body::new(seen.kept, seen.size, seen.truncated),
+                );
                 inspector.store.update(id, |e| {
-                    e.bytes_up = seen.size;
-                    e.request_body = crate::inspector::Body::new(seen.kept, seen.size, seen.truncated);
+                    e.bytes_up = size;
+                    e.request_body = body;
                 });
             }
         })
@@ -94,10 +94,7 @@ async fn forward(
     let mut response = match context.http2.request(request).await {
         Ok(response) => response,
         Err(e) => {
-            let message = format!(
-                "devmesh: service `{}` at {} did not answer: {e} (hint: `cargo devmesh logs {}`)\n",
-                context.service, backend.addr, context.service
-            );
+            let message = context.did_not_answer(backend.addr, &e.to_string());
             return Ok(answer(capture, StatusCode::BAD_GATEWAY, message));
         }
     };
@@ -137,14 +134,8 @@ fn answer(capture: Option<Capture>, status: StatusCode, message: String) -> Resp
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Some(mut capture) = capture {
-        capture.respond(status.as_u16(), Headers::new(response.headers()), None);
-        let mut seen = Seen {
-            finished: true,
-            ..Seen::default()
-        };
-        seen.record(message.as_bytes(), message.len());
-        capture.end(None, Some(seen), None);
+    if let Some(capture) = capture {
+        capture.end_answered(status.as_u16(), Headers::new(response.headers()), &message);
     }
     response
 }

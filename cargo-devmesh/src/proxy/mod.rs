@@ -39,7 +39,7 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
 #[derive(Debug)]
 pub struct Front {
     pub service: String,
-    /// The front port; each worker thread accepts on it.
+    /// The front port; the first proxy thread accepts on it.
     pub listener: std::net::TcpListener,
     pub route: watch::Receiver<Route>,
     /// How long a request waits for a ready instance before a 503.
@@ -66,10 +66,9 @@ struct Connection {
 }
 
 impl Connection {
-    /// The service that opened this connection. Finding it reads `/proc`,
-    /// which takes milliseconds when the machine has many sockets: it is
-    /// done on the blocking pool, so only this connection's first request
-    /// waits for it.
+    /// The service that opened this connection. Finding it asks the kernel
+    /// and reads the services' open files in `/proc`: it is done on the
+    /// blocking pool, so only this connection's first request waits for it.
     async fn caller(&self, inspector: &Arc<Inspector>) -> Arc<str> {
         let caller = self
             .caller
@@ -269,6 +268,23 @@ impl Context {
     fn capturing(&self) -> bool {
         self.inspector.store.config.capture
     }
+
+    /// Who is on the other end of `connection`, when traffic is captured.
+    async fn caller(&self, connection: &Connection) -> Option<Arc<str>> {
+        if self.capturing() {
+            Some(connection.caller(&self.inspector).await)
+        } else {
+            None
+        }
+    }
+
+    /// What a client is told when the instance at `addr` failed it.
+    fn did_not_answer(&self, addr: SocketAddr, error: &str) -> String {
+        format!(
+            "devmesh: service `{}` at {addr} did not answer: {error} (hint: `cargo devmesh logs {}`)\n",
+            self.service, self.service
+        )
+    }
 }
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
@@ -276,15 +292,11 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
     let Ok((backend, _lease)) = context.ready_backend().await else {
         return;
     };
-    let id = match context.capturing() {
-        true => {
-            let caller = connection.caller(&context.inspector).await;
-            let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
-            exchange.method = "TCP".to_owned();
-            Some(context.inspector.store.add(exchange))
-        }
-        false => None,
-    };
+    let id = context.caller(connection).await.map(|caller| {
+        let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
+        exchange.method = "TCP".to_owned();
+        context.inspector.store.add(exchange)
+    });
     let began = Instant::now();
     let copied = match TcpStream::connect(backend.addr).await {
         Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream).await,

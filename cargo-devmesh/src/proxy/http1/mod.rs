@@ -14,7 +14,6 @@ mod upstream;
 pub use upstream::Pool;
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use hyper::StatusCode;
@@ -26,7 +25,7 @@ use super::message::{Framing, HeadError, RequestHead, ResponseHead};
 use super::{Connection, Context};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
-use relay::{Broken, Buffer, MAX_HEAD, ReadError, Relay, read_head};
+use relay::{Broken, Buffer, ReadError, Relay, read_head};
 use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
@@ -49,22 +48,15 @@ async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Conte
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(ReadError::Io(_)) => return,
-            Err(ReadError::Head(e)) => {
+            Err(e) => {
                 let status = match e {
-                    HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    ReadError::Head(HeadError::TooManyHeaders) | ReadError::TooLarge => {
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                    }
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let message = format!("devmesh: {e} (front port of `{}`)\n", context.service);
                 let _ = client.write_all(&local_response(status, &message)).await;
-                return;
-            }
-            Err(ReadError::TooLarge) => {
-                let message = format!(
-                    "devmesh: the request head is larger than {MAX_HEAD} bytes (front port of `{}`)\n",
-                    context.service
-                );
-                let response = local_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message);
-                let _ = client.write_all(&response).await;
                 return;
             }
         };
@@ -104,10 +96,7 @@ async fn exchange(
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
 
-    let caller = match context.capturing() {
-        true => Some(connection.caller(&context.inspector).await),
-        false => None,
-    };
+    let caller = context.caller(connection).await;
     let trace = caller.as_ref().map(|caller| {
         context
             .inspector
@@ -163,7 +152,7 @@ async fn exchange(
             None => match Upstream::connect(backend.addr).await {
                 Ok(upstream) => upstream,
                 Err(e) => {
-                    let message = did_not_answer(context, backend.addr, &e.to_string());
+                    let message = context.did_not_answer(backend.addr, &e.to_string());
                     let capture = capture.or_else(|| begin(&link.scratch));
                     answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                     return Next::Close;
@@ -192,7 +181,7 @@ async fn exchange(
             // The head is still in `link.scratch` (see `Relay::body`).
             Err(Failure::NoResponse(_)) if reused && request.body == Framing::Length(0) => continue,
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
-                let message = did_not_answer(context, backend.addr, &e);
+                let message = context.did_not_answer(backend.addr, &e);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                 return Next::Close;
@@ -454,20 +443,11 @@ async fn pipe_upgraded(
 async fn answer(client: &mut TcpStream, status: StatusCode, message: &str, capture: Option<Capture>) {
     let response = local_response(status, message);
     let _ = client.write_all(&response).await;
-    if let Some(mut capture) = capture {
+    if let Some(capture) = capture {
         let head_end = response.len() - message.len();
         let fields_at = response.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        capture.respond(
-            status.as_u16(),
-            Headers::from_lines(&response[fields_at..head_end - 2]),
-            None,
-        );
-        let mut seen = Seen {
-            finished: true,
-            ..Seen::default()
-        };
-        seen.record(message.as_bytes(), message.len());
-        capture.end(None, Some(seen), None);
+        let headers = Headers::from_lines(&response[fields_at..head_end - 2]);
+        capture.end_answered(status.as_u16(), headers, message);
     }
 }
 
@@ -480,11 +460,4 @@ fn local_response(status: StatusCode, message: &str) -> Vec<u8> {
         message.len()
     )
     .into_bytes()
-}
-
-fn did_not_answer(context: &Context, addr: SocketAddr, error: &str) -> String {
-    format!(
-        "devmesh: service `{}` at {addr} did not answer: {error} (hint: `cargo devmesh logs {}`)\n",
-        context.service, context.service
-    )
 }

@@ -126,7 +126,7 @@ pub enum ReadError {
     Io(io::Error),
     #[error(transparent)]
     Head(HeadError),
-    #[error("the head is larger than {MAX_HEAD} bytes")]
+    #[error("the message head is larger than {MAX_HEAD} bytes")]
     TooLarge,
 }
 
