@@ -15,7 +15,7 @@ pub mod trace;
 
 pub use callers::{Callers, EXTERNAL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
-pub use store::{Event, Filter, Store, blank};
+pub use store::{Event, Filter, Open, Store, blank};
 pub use tee::{Seen, Tee};
 
 use devmesh::config::InspectorConfig;
@@ -28,9 +28,11 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    pub fn new(config: InspectorConfig) -> Inspector {
+    /// An inspector fed by `threads` threads, each capturing into a
+    /// shard of its own (numbered from 0).
+    pub fn new(config: InspectorConfig, threads: usize) -> Inspector {
         Inspector {
-            store: Store::new(config),
+            store: Store::new(config, threads),
             callers: Callers::default(),
         }
     }

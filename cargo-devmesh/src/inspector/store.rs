@@ -1,13 +1,17 @@
 //! The bounded store of captured exchanges, with live updates: exchanges
 //! in flight as values, finished ones as records in a [`Ring`].
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use devmesh::config::InspectorConfig;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use super::EXTERNAL;
 use super::exchange::{Exchange, Summary};
 use super::ring::{self, Ring, Stage};
 use super::trace::{SpanId, Trace, TraceId, TraceParent};
@@ -26,14 +30,26 @@ pub enum Event {
 struct InFlight {
     trace_id: TraceId,
     span_id: SpanId,
+    arrived: Instant,
+}
+
+/// An exchange that has begun: its id, and the shard it is open in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    pub id: u64,
+    shard: usize,
 }
 
 /// Captured exchanges within a memory cap.
 ///
-/// Two locks: `inner` for what changes on every request, held briefly;
-/// `ring` for the copy of a full stage into the ring and for reading the
-/// ring, which take longer. Whoever needs both takes `ring` first. The copy
-/// is made by a thread of the store's own, so no request waits for it.
+/// Each thread that captures (a proxy thread) names a shard of its own,
+/// which holds the exchanges open through it, the requests in flight
+/// through it and a stage of ended ones: threads neither wait for each
+/// other nor pass cache lines back and forth on the request path, where
+/// all they share is the id counter. Behind the stages is the ring, with a
+/// lock of its own for the copy of a full stage and for reading, which take
+/// longer; whoever needs both takes the ring's first. The copy is made by
+/// a thread of the store's own, so no request waits for it.
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
@@ -41,14 +57,22 @@ pub struct Store {
     /// Dropped after `shared`, so that the keeper finds it gone and ends.
     keeper: Option<Keeper>,
     events: broadcast::Sender<Event>,
+    /// Live listeners, counted here: asking the channel takes its lock.
+    listeners: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
 struct Shared {
-    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    shards: Box<[Shard]>,
     /// Ended exchanges, within the memory cap.
     ring: Mutex<Ring>,
 }
+
+/// A shard's state, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Mutex<Inner>);
 
 /// The thread that moves full stages into the ring, woken when one fills.
 #[derive(Debug)]
@@ -62,7 +86,7 @@ impl Keeper {
                 loop {
                     std::thread::park();
                     match shared.upgrade() {
-                        Some(shared) => shared.keep_stage(),
+                        Some(shared) => shared.keep_stages(),
                         None => return,
                     }
                 }
@@ -79,26 +103,31 @@ impl Drop for Keeper {
 }
 
 impl Shared {
-    /// Moves the full stage into the ring. Readers hold the ring's lock
-    /// from before the trade until after the copy, so they see each
-    /// record either staged or in the ring.
-    fn keep_stage(&self) {
+    /// Moves full stages into the ring. Readers hold the ring's lock from
+    /// before a trade until after its copy, so they see each record either
+    /// staged or in the ring.
+    fn keep_stages(&self) {
         let mut ring = lock(&self.ring);
-        {
-            let mut inner = lock(&self.inner);
-            if !inner.stage.is_full() {
-                return;
+        for shard in &self.shards {
+            {
+                let mut inner = lock(&shard.0);
+                if !inner.stage.is_full() {
+                    continue;
+                }
+                ring.trade(&mut inner.stage);
             }
-            ring.trade(&mut inner.stage);
+            ring.keep_traded();
         }
-        ring.keep_traded();
+    }
+
+    fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Inner> {
+        lock(&self.shards[shard % self.shards.len()].0)
     }
 }
 
-/// The store's state that changes on every request.
+/// The state of a shard, which changes on every request through it.
 #[derive(Debug)]
 struct Inner {
-    next_id: u64,
     /// Exchanges that have not ended; they change until they do.
     open: HashMap<u64, Box<Exchange>>,
     /// Ended exchanges on their way into the ring.
@@ -107,6 +136,25 @@ struct Inner {
     record: Vec<u8>,
     /// Requests in flight to each service, newest last.
     in_flight: HashMap<Arc<str>, Vec<InFlight>>,
+}
+
+/// Live events from the store, for as long as this is kept.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: broadcast::Receiver<Event>,
+    listeners: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.listeners.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Which exchanges a list shows.
@@ -146,15 +194,21 @@ impl Filter {
 }
 
 impl Store {
-    pub fn new(config: InspectorConfig) -> Store {
+    /// A store for `shards` capturing threads (at least one).
+    pub fn new(config: InspectorConfig, shards: usize) -> Store {
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                Shard(Mutex::new(Inner {
+                    open: HashMap::new(),
+                    stage: Stage::new(config.memory),
+                    record: Vec::with_capacity(4096),
+                    in_flight: HashMap::new(),
+                }))
+            })
+            .collect();
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                next_id: 0,
-                open: HashMap::new(),
-                stage: Stage::new(config.memory),
-                record: Vec::with_capacity(4096),
-                in_flight: HashMap::new(),
-            }),
+            next_id: AtomicU64::new(1),
+            shards,
             ring: Mutex::new(Ring::new(config.memory)),
         });
         Store {
@@ -162,32 +216,36 @@ impl Store {
             shared,
             config,
             events: broadcast::channel(1024).0,
+            listeners: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Adds an exchange that has begun, giving it its id; it changes by
-    /// [`Store::update`] until [`Store::finish`].
-    pub fn add(&self, mut exchange: Exchange) -> u64 {
+    /// Adds an exchange that has begun in `shard`, giving it its id; it
+    /// changes by [`Store::update`] until [`Store::finish`].
+    pub fn add(&self, shard: usize, mut exchange: Exchange) -> Open {
         self.mask(&mut exchange);
         let mut exchange = Box::new(exchange);
-        let listening = self.listening();
-        let mut inner = self.lock();
-        inner.next_id += 1;
-        let id = inner.next_id;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         exchange.id = id;
-        if listening {
+        if self.listening() {
             self.publish(&exchange);
         }
-        inner.open.insert(id, exchange);
-        id
+        self.shared.shard(shard).open.insert(id, exchange);
+        Open { id, shard }
     }
 
-    /// A request from `caller` to `service` enters: its trace is the one
-    /// it `given`, else the trace of the caller's own request in flight
-    /// (the likely cause of this call), else a new one. It stays in flight
-    /// until [`Store::finish`] with its span.
-    pub fn enter(&self, service: &Arc<str>, caller: &str, given: Option<TraceParent>) -> Trace {
-        let mut inner = self.lock();
+    /// A request from `caller` to `service`, which `arrived` in `shard`,
+    /// enters: its trace is the one it was `given`, else the trace of the
+    /// caller's own request in flight (the likely cause of this call), else
+    /// a new one. It stays in flight until [`Store::finish`] with its span.
+    pub fn enter(
+        &self,
+        shard: usize,
+        service: &Arc<str>,
+        caller: &str,
+        given: Option<TraceParent>,
+        arrived: Instant,
+    ) -> Trace {
         let trace = match given {
             Some(header) => Trace {
                 header,
@@ -195,7 +253,7 @@ impl Store {
                 added: false,
             },
             None => {
-                let cause = inner.in_flight.get(caller).and_then(|list| list.last()).copied();
+                let cause = self.in_flight_to(caller);
                 Trace {
                     header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
                     parent: cause.map(|c| c.span_id),
@@ -206,7 +264,9 @@ impl Store {
         let in_flight = InFlight {
             trace_id: trace.header.trace_id,
             span_id: trace.header.span_id,
+            arrived,
         };
+        let mut inner = self.shared.shard(shard);
         match inner.in_flight.get_mut(service) {
             Some(list) => list.push(in_flight),
             None => {
@@ -216,11 +276,24 @@ impl Store {
         trace
     }
 
-    /// Changes exchange `id`, if it has not ended.
-    pub fn update(&self, id: u64, change: impl FnOnce(&mut Exchange)) {
+    /// The newest request in flight to `service`, through any shard.
+    fn in_flight_to(&self, service: &str) -> Option<InFlight> {
+        // Nothing calls the outside world's requests.
+        if service == EXTERNAL {
+            return None;
+        }
+        self.shared
+            .shards
+            .iter()
+            .filter_map(|shard| lock(&shard.0).in_flight.get(service)?.last().copied())
+            .max_by_key(|f| f.arrived)
+    }
+
+    /// Changes exchange `open`, if it has not ended.
+    pub fn update(&self, open: Open, change: impl FnOnce(&mut Exchange)) {
         let listening = self.listening();
-        let mut inner = self.lock();
-        if let Some(exchange) = inner.open.get_mut(&id) {
+        let mut inner = self.shared.shard(open.shard);
+        if let Some(exchange) = inner.open.get_mut(&open.id) {
             change(exchange);
             self.mask(exchange);
             if listening {
@@ -229,17 +302,17 @@ impl Store {
         }
     }
 
-    /// Changes exchange `id` for the last time and keeps it in the ring; the
-    /// request it was, `span` to a service, is no longer in flight.
-    pub fn finish(&self, id: u64, span: Option<(&str, SpanId)>, change: impl FnOnce(&mut Exchange)) {
+    /// Changes exchange `open` for the last time and keeps it in the ring;
+    /// the request it was, `span` to a service, is no longer in flight.
+    pub fn finish(&self, open: Open, span: Option<(&str, SpanId)>, change: impl FnOnce(&mut Exchange)) {
         let listening = self.listening();
-        let mut inner = self.lock();
+        let mut inner = self.shared.shard(open.shard);
         if let Some((service, span)) = span
             && let Some(list) = inner.in_flight.get_mut(service)
         {
             list.retain(|f| f.span_id != span);
         }
-        let Some(mut exchange) = inner.open.remove(&id) else {
+        let Some(mut exchange) = inner.open.remove(&open.id) else {
             return;
         };
         change(&mut exchange);
@@ -250,19 +323,19 @@ impl Store {
         let Inner { stage, record, .. } = &mut *inner;
         record.clear();
         ring::encode(&exchange, record);
-        let (full, overfull) = (stage.push(id, record), stage.is_overfull());
+        let (full, overfull) = (stage.push(open.id, record), stage.is_overfull());
         drop(inner);
         drop(exchange);
         match &self.keeper {
             Some(keeper) if full && !overfull => keeper.0.unpark(),
-            _ if full => self.shared.keep_stage(),
+            _ if full => self.shared.keep_stages(),
             _ => {}
         }
     }
 
     /// Whether anyone listens for live events (building one costs).
     fn listening(&self) -> bool {
-        self.events.receiver_count() > 0
+        self.listeners.load(Ordering::Relaxed) > 0
     }
 
     fn publish(&self, exchange: &Exchange) {
@@ -271,13 +344,12 @@ impl Store {
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
         let ring = lock(&self.shared.ring);
-        let (stage, open) = self.snapshot(|e| e.id == id);
+        let (stages, open) = self.snapshot(|e| e.id == id);
         if let Some(open) = open.into_iter().next() {
             return Some(open);
         }
         ring.iter()
-            .chain(stage.iter())
-            .rev()
+            .chain(stages.iter().flat_map(Stage::iter))
             .find(|(kept, _)| *kept == id)
             .map(|(_, record)| ring::decode(record))
     }
@@ -286,11 +358,18 @@ impl Store {
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let ring = lock(&self.shared.ring);
-        let (stage, mut found) = self.snapshot(|e| filter.matches(e));
+        let (stages, mut found) = self.snapshot(|e| filter.matches(e));
+        // Stages from different shards take turns in the ring, so its order
+        // is not quite the ids': the newest are found by id.
+        let mut records: Vec<(u64, &[u8])> = ring
+            .iter()
+            .chain(stages.iter().flat_map(Stage::iter))
+            .filter(|(id, _)| filter.after.is_none_or(|after| *id > after))
+            .collect();
+        records.sort_unstable_by_key(|(id, _)| Reverse(*id));
         found.extend(
-            ring.iter()
-                .chain(stage.iter())
-                .rev()
+            records
+                .into_iter()
                 .map(|(_, record)| ring::decode(record))
                 .filter(|e| filter.matches(e))
                 .take(limit),
@@ -307,11 +386,11 @@ impl Store {
     /// needs, read without the headers and bodies.
     pub fn summaries(&self) -> Vec<Summary> {
         let ring = lock(&self.shared.ring);
-        let (stage, open) = self.snapshot(|_| true);
+        let (stages, open) = self.snapshot(|_| true);
         let mut found: Vec<Summary> = open.into_iter().map(|e| e.summary).collect();
         found.extend(
             ring.iter()
-                .chain(stage.iter())
+                .chain(stages.iter().flat_map(Stage::iter))
                 .map(|(_, record)| ring::decode_summary(record)),
         );
         drop(ring);
@@ -319,22 +398,26 @@ impl Store {
         found
     }
 
-    /// A copy of the stage and the open exchanges that match, taken under
-    /// the lock every request takes and then let go: a long search holds
-    /// only the ring's lock, which no request waits for.
-    fn snapshot(&self, matches: impl Fn(&Exchange) -> bool) -> (Stage, Vec<Exchange>) {
-        let inner = self.lock();
-        let open = inner
-            .open
-            .values()
-            .filter(|e| matches(e))
-            .map(|e| (**e).clone())
-            .collect();
-        (inner.stage.clone(), open)
+    /// Copies of the stages and of the open exchanges that match, taken
+    /// under each shard's lock in turn: a long search then holds only the
+    /// ring's lock, which no request waits for.
+    fn snapshot(&self, matches: impl Fn(&Exchange) -> bool) -> (Vec<Stage>, Vec<Exchange>) {
+        let mut stages = Vec::with_capacity(self.shared.shards.len());
+        let mut open = Vec::new();
+        for shard in &self.shared.shards {
+            let inner = lock(&shard.0);
+            open.extend(inner.open.values().filter(|e| matches(e)).map(|e| (**e).clone()));
+            stages.push(inner.stage.clone());
+        }
+        (stages, open)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            receiver: self.events.subscribe(),
+            listeners: Arc::clone(&self.listeners),
+        }
     }
 
     fn mask(&self, exchange: &mut Exchange) {
@@ -343,10 +426,6 @@ impl Store {
             exchange.request_headers.mask(masked);
             exchange.response_headers.mask(masked);
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        lock(&self.shared.inner)
     }
 }
 
@@ -415,9 +494,9 @@ mod tests {
 
     #[test]
     fn filters_by_service_method_status_and_text() {
-        let store = Store::new(config(1 << 20));
-        store.add(exchange("/orders", r#"{"item":"tea"}"#));
-        store.add(exchange("/health", ""));
+        let store = Store::new(config(1 << 20), 2);
+        store.add(0, exchange("/orders", r#"{"item":"tea"}"#));
+        store.add(1, exchange("/health", ""));
         let count = |narrow: fn(&mut Filter)| {
             let mut filter = Filter::default();
             narrow(&mut filter);
@@ -434,14 +513,54 @@ mod tests {
 
     #[test]
     fn keeps_within_the_memory_cap_and_masks() {
-        let store = Store::new(config(4096));
+        let store = Store::new(config(4096), 1);
         for i in 0..100 {
-            let id = store.add(exchange(&format!("/orders/{i}"), &"x".repeat(500)));
-            store.finish(id, None, |e| e.complete = true);
+            let open = store.add(0, exchange(&format!("/orders/{i}"), &"x".repeat(500)));
+            store.finish(open, None, |e| e.complete = true);
         }
         let kept = store.list(&Filter::default());
         assert!(kept.len() < 10, "{}", kept.len());
         assert_eq!(kept.last().unwrap().path, "/orders/99");
         assert_eq!(kept[0].request_headers.get("authorization").as_deref(), Some("***"));
+    }
+
+    #[test]
+    fn the_newest_are_listed_whichever_shard_kept_them() {
+        let store = Store::new(config(1 << 20), 2);
+        // Shard 0 fills its stage, which goes into the ring; shard 1's
+        // exchanges, older and newer, wait in its stage.
+        let early = store.add(1, exchange("/early", ""));
+        store.finish(early, None, |_| ());
+        for i in 0..400 {
+            let open = store.add(0, exchange(&format!("/orders/{i}"), &"x".repeat(400)));
+            store.finish(open, None, |_| ());
+        }
+        let late = store.add(1, exchange("/late", ""));
+        store.finish(late, None, |_| ());
+        let newest = store.list(&Filter {
+            limit: Some(3),
+            ..Filter::default()
+        });
+        let paths: Vec<&str> = newest.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["/orders/398", "/orders/399", "/late"]);
+        assert_eq!(store.list(&Filter::default()).len(), 402);
+        assert_eq!(store.get(early.id).map(|e| e.path.clone()).as_deref(), Some("/early"));
+    }
+
+    #[test]
+    fn a_call_is_linked_to_the_request_its_caller_is_handling_through_another_shard() {
+        let store = Store::new(config(1 << 20), 2);
+        let (gateway, orders): (Arc<str>, Arc<str>) = ("gateway".into(), "orders".into());
+        let outer = store.enter(0, &gateway, EXTERNAL, None, Instant::now());
+        assert_eq!(outer.parent, None, "the outside world handles no request");
+        let inner = store.enter(1, &orders, "gateway", None, Instant::now());
+        assert_eq!(inner.header.trace_id, outer.header.trace_id);
+        assert_eq!(inner.parent, Some(outer.header.span_id));
+        // Once the gateway's request is over, a call starts a trace of its own.
+        let open = store.add(0, exchange("/", ""));
+        store.finish(open, Some(("gateway", outer.header.span_id)), |_| ());
+        let later = store.enter(1, &orders, "gateway", None, Instant::now());
+        assert_ne!(later.header.trace_id, outer.header.trace_id);
+        assert_eq!(later.parent, None);
     }
 }

@@ -1,7 +1,5 @@
 //! W3C trace context: `traceparent: 00-<trace id>-<parent span id>-<flags>`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 /// A trace id: 128 bits, shown as 32 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId(pub u128);
@@ -119,19 +117,32 @@ impl TraceParent {
 /// splitmix64 over a counter seeded once from the clock and pid: ids need
 /// to be unique, not secret.
 fn random() -> u64 {
-    static STATE: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
-    let state = STATE.get_or_init(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        AtomicU64::new(now ^ (u64::from(std::process::id()) << 32))
-    });
-    let mut z = state
-        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)).max(1)
+    // Each thread has a generator of its own: proxy threads draw ids for
+    // every request and would otherwise pass one counter back and forth.
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+    }
+    STATE.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).max(1)
+    })
+}
+
+/// A seed that differs between processes, threads and times.
+fn seed() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let thread = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(now);
+        hasher.finish()
+    };
+    now ^ (u64::from(std::process::id()) << 32) ^ thread
 }
 
 /// The first 32-hex-digit run in a log line, which is how a trace id shows

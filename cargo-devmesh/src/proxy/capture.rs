@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Context;
 use crate::inspector::trace::{SpanId, Trace};
-use crate::inspector::{self, Headers, Inspector, Kind, Seen};
+use crate::inspector::{self, Headers, Kind, Open, Seen};
 
 /// The request as captured.
 #[derive(Debug)]
@@ -25,11 +25,10 @@ pub struct Request<'a> {
 
 /// An exchange being captured. Dropped before [`Capture::end`], it is
 /// recorded as cut off.
-#[derive(Debug)]
 pub struct Capture {
-    id: u64,
-    inspector: Arc<Inspector>,
-    service: Arc<str>,
+    open: Open,
+    /// The front port on the thread that captures.
+    context: Arc<Context>,
     span: SpanId,
     replay: bool,
     arrived: Instant,
@@ -48,7 +47,7 @@ struct Response {
 
 impl Capture {
     /// Records the request of an exchange that arrived at `arrived`.
-    pub fn begin(context: &Context, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
+    pub fn begin(context: &Arc<Context>, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
         let mut exchange = inspector::blank(Arc::clone(&context.service), caller, Kind::Http);
         exchange.method = request.method.to_owned();
         exchange.path = request.target.to_owned();
@@ -60,11 +59,9 @@ impl Capture {
         exchange.parent_span_id = request.trace.parent;
         exchange.trace_inferred = request.trace.parent.is_some();
         exchange.replay_of = request.replay_of;
-        let id = context.inspector.store.add(exchange);
         Capture {
-            id,
-            inspector: Arc::clone(&context.inspector),
-            service: Arc::clone(&context.service),
+            open: context.inspector.store.add(context.shard, exchange),
+            context: Arc::clone(context),
             span: request.trace.header.span_id,
             replay: request.replay_of.is_some(),
             arrived,
@@ -73,13 +70,13 @@ impl Capture {
         }
     }
 
-    pub fn id(&self) -> u64 {
-        self.id
+    pub fn open(&self) -> Open {
+        self.open
     }
 
     /// The id to tell the client, when the request is a replay.
     pub fn replay_id(&self) -> Option<u64> {
-        self.replay.then_some(self.id)
+        self.replay.then_some(self.open.id)
     }
 
     /// Notes the response head, which came `service_time` after the request
@@ -108,7 +105,10 @@ impl Capture {
     /// still coming.
     pub fn publish(&mut self) {
         if let Some(response) = self.response.take() {
-            self.inspector.store.update(self.id, |e| write_response(e, response));
+            self.context
+                .inspector
+                .store
+                .update(self.open, |e| write_response(e, response));
         }
     }
 
@@ -148,9 +148,10 @@ impl Capture {
         // Bodies are made ready before the store's lock is taken.
         let request = request.map(|mut seen| (body(&mut seen), seen));
         let response = response.map(|mut seen| (body(&mut seen), seen));
-        self.inspector
+        self.context
+            .inspector
             .store
-            .finish(self.id, Some((&self.service, self.span)), |e| {
+            .finish(self.open, Some((&self.context.service, self.span)), |e| {
                 if let Some(response) = pending {
                     write_response(e, response);
                 }

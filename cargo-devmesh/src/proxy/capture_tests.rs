@@ -97,7 +97,7 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
 async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
-    let inspector = Arc::new(Inspector::new(config));
+    let inspector = Arc::new(Inspector::new(config, super::WORKERS));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // The route never changes here: its sender may go.

@@ -48,7 +48,10 @@ async fn forward(
             .headers()
             .get("traceparent")
             .and_then(|v| TraceParent::parse(v.to_str().ok()?));
-        let trace = context.inspector.store.enter(&context.service, &caller, given);
+        let trace = context
+            .inspector
+            .store
+            .enter(context.shard, &context.service, &caller, given, arrived);
         if trace.added
             && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
         {
@@ -70,15 +73,15 @@ async fn forward(
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message)),
     };
     let limit = context.inspector.store.config.max_body;
-    let request_capture = capture.as_ref().map(|c| (Arc::clone(&context.inspector), c.id()));
+    let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open()));
     let mut request = request.map(|body| {
         Tee::new(body, if request_capture.is_some() { limit } else { 0 }, move |seen| {
-            if let Some((inspector, id)) = request_capture {
+            if let Some((context, open)) = request_capture {
                 let (size, body) = (
                     seen.size,
                     crate::inspector::Body::new(seen.kept, seen.size, seen.truncated),
                 );
-                inspector.store.update(id, |e| {
+                context.inspector.store.update(open, |e| {
                     e.bytes_up = size;
                     e.request_body = body;
                 });

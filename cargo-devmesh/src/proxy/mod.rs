@@ -48,8 +48,11 @@ pub struct Front {
     pub inspector: Arc<Inspector>,
 }
 
+/// A front port as one proxy thread serves it.
 struct Context {
     service: Arc<str>,
+    /// The proxy thread's shard of the inspector's store.
+    shard: usize,
     route: watch::Receiver<Route>,
     ready_timeout: Duration,
     inspector: Arc<Inspector>,
@@ -104,7 +107,7 @@ pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result
         threads.push(thread);
         workers.push(Worker {
             runtime,
-            contexts: fronts.iter().map(Context::new).collect(),
+            contexts: fronts.iter().map(|front| Context::new(front, index)).collect(),
         });
     }
     let workers: Arc<[Worker]> = workers.into();
@@ -124,7 +127,7 @@ pub fn start(fronts: Vec<Front>, shutdown: CancellationToken) -> std::io::Result
 
 /// Proxy threads. Measured with bench/proxy on 2 cores (wrk, the proxy and
 /// the service sharing them): see `bench/src/bin/proxy.rs`.
-const WORKERS: usize = 2;
+pub const WORKERS: usize = 2;
 
 /// A proxy thread, and its state for each front port.
 struct Worker {
@@ -150,9 +153,13 @@ fn worker(
 }
 
 impl Context {
-    fn new(front: &Front) -> Arc<Context> {
+    /// Each thread's context has its own copies of what it hands out per
+    /// request (the service's name): counting references to one shared
+    /// copy would pass its cache line between the threads.
+    fn new(front: &Front, shard: usize) -> Arc<Context> {
         Arc::new(Context {
             service: front.service.as_str().into(),
+            shard,
             route: front.route.clone(),
             ready_timeout: front.ready_timeout,
             inspector: Arc::clone(&front.inspector),
@@ -292,18 +299,18 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
     let Ok((backend, _lease)) = context.ready_backend().await else {
         return;
     };
-    let id = context.caller(connection).await.map(|caller| {
+    let open = context.caller(connection).await.map(|caller| {
         let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
         exchange.method = "TCP".to_owned();
-        context.inspector.store.add(exchange)
+        context.inspector.store.add(context.shard, exchange)
     });
     let began = Instant::now();
     let copied = match TcpStream::connect(backend.addr).await {
         Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream).await,
         Err(e) => Err(e),
     };
-    if let Some(id) = id {
-        context.inspector.store.finish(id, None, |e| {
+    if let Some(open) = open {
+        context.inspector.store.finish(open, None, |e| {
             match &copied {
                 Ok((up, down)) => (e.bytes_up, e.bytes_down) = (*up, *down),
                 Err(error) => e.error = Some(error.to_string()),

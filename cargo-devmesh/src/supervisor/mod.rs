@@ -94,7 +94,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         ));
     }
 
-    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone()));
+    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone(), proxy::WORKERS));
     let shared = Arc::new(service::Shared {
         inspector: Arc::clone(&inspector),
         spawner: process::Spawner::start(),

@@ -14,6 +14,7 @@ mod upstream;
 pub use upstream::Pool;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::StatusCode;
@@ -29,7 +30,7 @@ use relay::{Broken, Buffer, ReadError, Relay, read_head};
 use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
-pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connection) {
+pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &Connection) {
     let mut link = Link {
         inbound: Buffer::new(),
         upstream: None,
@@ -42,7 +43,7 @@ pub async fn serve(mut client: TcpStream, context: &Context, connection: &Connec
     }
 }
 
-async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Context, connection: &Connection) {
+async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<Context>, connection: &Connection) {
     loop {
         let request = match read_head(&mut link.inbound, client, RequestHead::parse).await {
             Ok(Some(request)) => request,
@@ -89,7 +90,7 @@ async fn exchange(
     client: &mut TcpStream,
     link: &mut Link,
     request: RequestHead,
-    context: &Context,
+    context: &Arc<Context>,
     connection: &Connection,
 ) -> Next {
     let arrived = Instant::now();
@@ -101,7 +102,7 @@ async fn exchange(
         context
             .inspector
             .store
-            .enter(&context.service, caller, request.traceparent)
+            .enter(context.shard, &context.service, caller, request.traceparent, arrived)
     });
     write_request_head(
         &mut link.scratch,
