@@ -25,8 +25,6 @@ pub struct Ring {
     end: u64,
     /// An empty stage, traded for a full one when it comes in.
     spare: Stage,
-    /// How far the ring's pages have been asked for, ahead of the writes.
-    populated: usize,
 }
 
 /// Records on their way into the ring, kept apart so that they can be
@@ -39,11 +37,6 @@ pub struct Stage {
     /// How full the stage gets before it goes in.
     limit: usize,
 }
-
-/// Pages are faulted in this far ahead of the writes, off the proxy's
-/// threads: the first write to a huge page zeroes 2 MiB, a stall a request
-/// would otherwise wait out.
-const AHEAD: usize = 8 << 20;
 
 /// Bytes staged before they go into the ring (less for a small ring).
 const STAGE: usize = 64 * 1024;
@@ -103,19 +96,20 @@ impl Stage {
 }
 
 impl Ring {
-    /// A ring of `capacity` bytes. Its pages are the kernel's until written.
+    /// A ring of `capacity` bytes. Its pages are the kernel's until
+    /// written, so memory is taken as traffic fills the ring. They are small
+    /// pages: the first write to a huge one zeroes 2 MiB at once, and while
+    /// a huge-paged ring filled, p99 through the proxy was 3 ms instead of
+    /// 0.5 (bench/proxy's first round).
     pub fn new(capacity: usize) -> Ring {
-        let bytes = vec![0; capacity];
-        huge_pages(&bytes);
         Ring {
-            bytes,
+            bytes: vec![0; capacity],
             // Room for as many records as small exchanges fill the ring
             // with, so that the index does not grow by copying while the
             // proxy waits; untouched, the room costs no memory.
             records: VecDeque::with_capacity(capacity / 256),
             end: 0,
             spare: Stage::new(capacity),
-            populated: 0,
         }
     }
 
@@ -153,7 +147,6 @@ impl Ring {
                 self.records.pop_front();
             }
             let offset = (at % capacity) as usize;
-            self.populate(offset + len as usize + AHEAD);
             self.bytes[offset..offset + len as usize].copy_from_slice(&stage.bytes[from as usize..]);
             self.records.extend(stage.records[first..].iter().map(|r| Record {
                 at: at + r.at - from,
@@ -177,49 +170,6 @@ impl Ring {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.records.len()
-    }
-}
-
-impl Ring {
-    /// Has the pages up to `to` faulted in on a thread of their own, once:
-    /// after the first lap they stay.
-    fn populate(&mut self, to: usize) {
-        let to = to.min(self.bytes.len());
-        if to <= self.populated {
-            return;
-        }
-        let (from, to) = (self.populated, (self.populated + AHEAD).max(to).min(self.bytes.len()));
-        self.populated = to;
-        let range = page_range(&self.bytes[from..to]);
-        // The kernel fills the pages in; nothing here reads or writes them.
-        // Should the ring be gone by then, advice on freed memory fails
-        // harmlessly.
-        let spawned = std::thread::Builder::new()
-            .name("devmesh-ring".into())
-            .spawn(move || advise(range, libc::MADV_POPULATE_WRITE));
-        drop(spawned);
-    }
-}
-
-/// Asks the kernel to back `bytes` with huge pages where it can: written
-/// all over, a ring of small pages misses the TLB on most records.
-fn huge_pages(bytes: &[u8]) {
-    advise(page_range(bytes), libc::MADV_HUGEPAGE);
-}
-
-/// The whole pages within `bytes`, as an address range.
-fn page_range(bytes: &[u8]) -> std::ops::Range<usize> {
-    const PAGE: usize = 4096;
-    let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
-    let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
-    start..end.max(start)
-}
-
-fn advise(pages: std::ops::Range<usize>, advice: libc::c_int) {
-    if !pages.is_empty() {
-        // SAFETY: advice on whole pages of a ring's memory; neither advice
-        // used changes what the memory holds.
-        unsafe { libc::madvise(pages.start as *mut libc::c_void, pages.len(), advice) };
     }
 }
 
