@@ -59,15 +59,14 @@ impl Stage {
         }
     }
 
-    /// Adds `record` as exchange `id`; says whether the stage is now full.
-    pub fn push(&mut self, id: u64, record: &[u8]) -> bool {
-        if let Ok(len) = u32::try_from(record.len()) {
-            self.records.push(Record {
-                id,
-                at: self.bytes.len() as u64,
-                len,
-            });
-            self.bytes.extend_from_slice(record);
+    /// Adds the record `write` appends as exchange `id`, written in place;
+    /// says whether the stage is now full.
+    pub fn push(&mut self, id: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let at = self.bytes.len();
+        write(&mut self.bytes);
+        match u32::try_from(self.bytes.len() - at) {
+            Ok(len) => self.records.push(Record { id, at: at as u64, len }),
+            Err(_) => self.bytes.truncate(at),
         }
         self.is_full()
     }
@@ -376,7 +375,7 @@ mod tests {
     /// Pushes records as the store does: staged, traded in when full.
     fn fill(ring: &mut Ring, stage: &mut Stage, records: impl Iterator<Item = (u64, Vec<u8>)>) {
         for (id, record) in records {
-            if stage.push(id, &record) {
+            if stage.push(id, |out| out.extend_from_slice(&record)) {
                 ring.trade(stage);
                 ring.keep_traded();
             }

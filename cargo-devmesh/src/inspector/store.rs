@@ -2,7 +2,6 @@
 //! in flight as values, finished ones as records in a [`Ring`].
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -33,11 +32,12 @@ struct InFlight {
     arrived: Instant,
 }
 
-/// An exchange that has begun: its id, and the shard it is open in.
+/// An exchange that has begun: its id, and where it is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Open {
     pub id: u64,
     shard: usize,
+    slot: usize,
 }
 
 /// Captured exchanges within a memory cap.
@@ -129,13 +129,59 @@ impl Shared {
 #[derive(Debug)]
 struct Inner {
     /// Exchanges that have not ended; they change until they do.
-    open: HashMap<u64, Box<Exchange>>,
+    open: OpenExchanges,
     /// Ended exchanges on their way into the ring.
     stage: Stage,
-    /// Where a record is written before it is staged.
-    record: Vec<u8>,
-    /// Requests in flight to each service, newest last.
-    in_flight: HashMap<Arc<str>, Vec<InFlight>>,
+    /// Requests in flight to each service, newest last. Services are few:
+    /// a list is found by comparing names, faster than hashing one.
+    in_flight: Vec<(Arc<str>, Vec<InFlight>)>,
+}
+
+impl Inner {
+    fn in_flight_to(&mut self, service: &str) -> Option<&mut Vec<InFlight>> {
+        self.in_flight
+            .iter_mut()
+            .find(|(name, _)| **name == *service)
+            .map(|(_, list)| list)
+    }
+}
+
+/// Exchanges that have not ended, in slots used again as they end: no
+/// allocation or hashing per request.
+#[derive(Debug, Default)]
+struct OpenExchanges {
+    slots: Vec<Option<Exchange>>,
+    free: Vec<usize>,
+}
+
+impl OpenExchanges {
+    /// Keeps `exchange`; returns its slot.
+    fn insert(&mut self, exchange: Exchange) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(exchange);
+                slot
+            }
+            None => {
+                self.slots.push(Some(exchange));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get_mut(&mut self, open: Open) -> Option<&mut Exchange> {
+        self.slots.get_mut(open.slot)?.as_mut().filter(|e| e.id == open.id)
+    }
+
+    fn remove(&mut self, open: Open) -> Option<Exchange> {
+        self.get_mut(open)?;
+        self.free.push(open.slot);
+        self.slots[open.slot].take()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Exchange> {
+        self.slots.iter().flatten()
+    }
 }
 
 /// Live events from the store, for as long as this is kept.
@@ -199,10 +245,9 @@ impl Store {
         let shards = (0..shards.max(1))
             .map(|_| {
                 Shard(Mutex::new(Inner {
-                    open: HashMap::new(),
+                    open: OpenExchanges::default(),
                     stage: Stage::new(config.memory),
-                    record: Vec::with_capacity(4096),
-                    in_flight: HashMap::new(),
+                    in_flight: Vec::new(),
                 }))
             })
             .collect();
@@ -224,14 +269,13 @@ impl Store {
     /// changes by [`Store::update`] until [`Store::finish`].
     pub fn add(&self, shard: usize, mut exchange: Exchange) -> Open {
         self.mask(&mut exchange);
-        let mut exchange = Box::new(exchange);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         exchange.id = id;
         if self.listening() {
             self.publish(&exchange);
         }
-        self.shared.shard(shard).open.insert(id, exchange);
-        Open { id, shard }
+        let slot = self.shared.shard(shard).open.insert(exchange);
+        Open { id, shard, slot }
     }
 
     /// A request from `caller` to `service`, which `arrived` in `shard`,
@@ -267,11 +311,9 @@ impl Store {
             arrived,
         };
         let mut inner = self.shared.shard(shard);
-        match inner.in_flight.get_mut(service) {
+        match inner.in_flight_to(service) {
             Some(list) => list.push(in_flight),
-            None => {
-                inner.in_flight.insert(Arc::clone(service), vec![in_flight]);
-            }
+            None => inner.in_flight.push((Arc::clone(service), vec![in_flight])),
         }
         trace
     }
@@ -285,7 +327,7 @@ impl Store {
         self.shared
             .shards
             .iter()
-            .filter_map(|shard| lock(&shard.0).in_flight.get(service)?.last().copied())
+            .filter_map(|shard| lock(&shard.0).in_flight_to(service)?.last().copied())
             .max_by_key(|f| f.arrived)
     }
 
@@ -293,7 +335,7 @@ impl Store {
     pub fn update(&self, open: Open, change: impl FnOnce(&mut Exchange)) {
         let listening = self.listening();
         let mut inner = self.shared.shard(open.shard);
-        if let Some(exchange) = inner.open.get_mut(&open.id) {
+        if let Some(exchange) = inner.open.get_mut(open) {
             change(exchange);
             self.mask(exchange);
             if listening {
@@ -308,11 +350,11 @@ impl Store {
         let listening = self.listening();
         let mut inner = self.shared.shard(open.shard);
         if let Some((service, span)) = span
-            && let Some(list) = inner.in_flight.get_mut(service)
+            && let Some(list) = inner.in_flight_to(service)
         {
             list.retain(|f| f.span_id != span);
         }
-        let Some(mut exchange) = inner.open.remove(&open.id) else {
+        let Some(mut exchange) = inner.open.remove(open) else {
             return;
         };
         change(&mut exchange);
@@ -320,10 +362,11 @@ impl Store {
         if listening {
             self.publish(&exchange);
         }
-        let Inner { stage, record, .. } = &mut *inner;
-        record.clear();
-        ring::encode(&exchange, record);
-        let (full, overfull) = (stage.push(open.id, record), stage.is_overfull());
+        let stage = &mut inner.stage;
+        let (full, overfull) = (
+            stage.push(open.id, |out| ring::encode(&exchange, out)),
+            stage.is_overfull(),
+        );
         drop(inner);
         drop(exchange);
         match &self.keeper {
@@ -406,7 +449,7 @@ impl Store {
         let mut open = Vec::new();
         for shard in &self.shared.shards {
             let inner = lock(&shard.0);
-            open.extend(inner.open.values().filter(|e| matches(e)).map(|e| (**e).clone()));
+            open.extend(inner.open.iter().filter(|e| matches(e)).cloned());
             stages.push(inner.stage.clone());
         }
         (stages, open)
