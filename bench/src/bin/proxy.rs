@@ -1,7 +1,8 @@
 //! Throughput through a front port with capture on, against the service
 //! directly and against nginx as a keep-alive reverse proxy in front of the
 //! same service, with the same load generator (wrk) in one run. The three
-//! take turns for several rounds and the medians are compared, so a noisy
+//! take turns for several rounds, in an order that rotates so that none
+//! always follows the same one, and the medians are compared, so a noisy
 //! moment on a shared machine does not decide the outcome.
 //!
 //! Run: `cargo run --release -p devmesh-bench --bin proxy`
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use devmesh_bench::{Built, build, free_port, front_port, wait_until_answers};
 
-const DURATION: &str = "5s";
-const ROUNDS: usize = 7;
+const DURATION: &str = "4s";
+const ROUNDS: usize = 9;
 const THREADS: &str = "1";
 const CONNECTIONS: &str = "16";
 
@@ -62,21 +63,25 @@ async fn main() {
     let proxied = SocketAddr::from(([127, 0, 0, 1], nginx_port));
     wait_until_answers(proxied, "/health").await;
 
-    println!("wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} GET /health, {ROUNDS} rounds taking turns:");
+    println!("wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} GET /health, {ROUNDS} rounds taking turns in rotation:");
     let targets = [
         ("service directly", direct),
         ("cargo devmesh front (capture on)", front),
         ("nginx reverse proxy (keep-alive)", proxied),
     ];
     let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
-        for ((name, addr), runs) in targets.iter().zip(&mut runs) {
-            let figures = wrk(*addr);
+    for round in 0..ROUNDS {
+        for turn in 0..targets.len() {
+            let which = (round + turn) % targets.len();
+            let (name, addr) = targets[which];
+            let figures = wrk(addr);
             println!(
-                "  round {round}  {name:<34} {:>9.0} req/s  p99 {:>9.2?}",
-                figures.rps, figures.p99
+                "  round {}  {name:<34} {:>9.0} req/s  p99 {:>9.2?}",
+                round + 1,
+                figures.rps,
+                figures.p99
             );
-            runs.push(figures);
+            runs[which].push(figures);
         }
     }
     let medians: Vec<Figures> = runs.into_iter().map(median).collect();

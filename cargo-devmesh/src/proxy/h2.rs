@@ -68,7 +68,7 @@ async fn forward(
         };
         Capture::begin(&context, caller, captured, arrived)
     });
-    let (backend, lease) = match ready {
+    let (addr, lease) = match ready {
         Ok(ready) => ready,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message)),
     };
@@ -90,14 +90,14 @@ async fn forward(
     });
     // The pool wants the absolute form, and sends the origin form.
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    *request.uri_mut() = format!("http://{}{path}", backend.addr)
+    *request.uri_mut() = format!("http://{}{path}", addr)
         .parse()
         .expect("an address and a path make a URI");
     let forwarded = Instant::now();
     let mut response = match context.http2.request(request).await {
         Ok(response) => response,
         Err(e) => {
-            let message = context.did_not_answer(backend.addr, &e.to_string());
+            let message = context.did_not_answer(addr, &e.to_string());
             return Ok(answer(capture, StatusCode::BAD_GATEWAY, message));
         }
     };

@@ -21,21 +21,39 @@ pub enum Route {
 pub struct Backend {
     /// Where the instance listens (its own socket, not the front port).
     pub addr: SocketAddr,
-    /// Counts what is in flight to this instance, so it is stopped only once idle.
-    pub drain: Arc<Drain>,
+    /// Counts what is in flight to this instance, so it is stopped only
+    /// once idle: a count for each proxy thread, which would otherwise pass
+    /// one back and forth on every request.
+    drains: Arc<[Arc<Drain>]>,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
         Backend {
             addr,
-            drain: Arc::default(),
+            drains: (0..super::MAX_THREADS).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// Holds the instance for a request or connection through proxy thread `thread`.
+    pub fn lease(&self, thread: usize) -> Lease {
+        self.drains[thread % self.drains.len()].lease()
+    }
+
+    /// Waits until nothing is in flight to the instance. Leases are taken
+    /// while the route names the instance, so once it names another, each
+    /// count only falls.
+    pub async fn idle(&self) {
+        for drain in self.drains.iter() {
+            drain.idle().await;
         }
     }
 }
 
-/// Counts requests and connections in flight to one instance.
+/// Counts requests and connections in flight to one instance through one
+/// proxy thread; on cache lines of its own.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct Drain {
     active: AtomicUsize,
     idle: Notify,
@@ -46,13 +64,13 @@ pub struct Drain {
 pub struct Lease(Arc<Drain>);
 
 impl Drain {
-    pub fn lease(self: &Arc<Self>) -> Lease {
+    fn lease(self: &Arc<Self>) -> Lease {
         self.active.fetch_add(1, Ordering::SeqCst);
         Lease(Arc::clone(self))
     }
 
     /// Waits until nothing is in flight.
-    pub async fn idle(&self) {
+    async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -92,5 +110,22 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(second);
         waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_instance_is_idle_once_no_thread_holds_it() {
+        for last in 0..2 {
+            let backend = Backend::new(SocketAddr::from(([127, 0, 0, 1], 1)));
+            let mut leases = [Some(backend.lease(0)), Some(backend.lease(1))];
+            let waiter = tokio::spawn({
+                let backend = backend.clone();
+                async move { backend.idle().await }
+            });
+            leases[1 - last] = None;
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished(), "thread {last} still holds it");
+            leases[last] = None;
+            waiter.await.unwrap();
+        }
     }
 }

@@ -94,7 +94,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         ));
     }
 
-    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone(), proxy::WORKERS));
+    let proxy_threads = proxy::threads();
+    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone(), proxy_threads));
     let shared = Arc::new(service::Shared {
         inspector: Arc::clone(&inspector),
         spawner: process::Spawner::start(),
@@ -133,7 +134,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         handles.insert(name, handle);
         tasks.push(task);
     }
-    let proxy_workers = proxy::start(fronts_to_serve, shutdown.clone()).context("could not start the front ports")?;
+    let proxy_workers =
+        proxy::start(fronts_to_serve, proxy_threads, shutdown.clone()).context("could not start the front ports")?;
     let handles = Arc::new(handles);
     let mesh = control::Mesh {
         services: Arc::clone(&handles),

@@ -515,6 +515,6 @@ impl Task {
 /// Stops an instance the route no longer sends to, once nothing is in
 /// flight to it (or after the grace period).
 async fn retire(old: Instance, grace: Duration) {
-    let _ = tokio::time::timeout(grace, old.backend.drain.idle()).await;
+    let _ = tokio::time::timeout(grace, old.backend.idle()).await;
     let _ = old.process.stop(grace).await;
 }

@@ -127,7 +127,7 @@ async fn exchange(
     };
     link.inbound.consume(request.len);
 
-    let (backend, _lease) = match ready {
+    let (addr, _lease) = match ready {
         Ok(ready) => ready,
         Err(message) => {
             let capture = begin(&link.scratch);
@@ -140,8 +140,8 @@ async fn exchange(
     let mut kept = link
         .upstream
         .take()
-        .filter(|u| u.addr == backend.addr && u.is_usable())
-        .or_else(|| context.pool.take(backend.addr));
+        .filter(|u| u.addr == addr && u.is_usable())
+        .or_else(|| context.pool.take(addr));
     let limit = context.inspector.store.config.max_body;
     let mut request_seen = Seen::default();
     let mut response_seen = Seen::default();
@@ -150,10 +150,10 @@ async fn exchange(
         let reused = kept.is_some();
         let mut upstream = match kept.take() {
             Some(upstream) => upstream,
-            None => match Upstream::connect(backend.addr).await {
+            None => match Upstream::connect(addr).await {
                 Ok(upstream) => upstream,
                 Err(e) => {
-                    let message = context.did_not_answer(backend.addr, &e.to_string());
+                    let message = context.did_not_answer(addr, &e.to_string());
                     let capture = capture.or_else(|| begin(&link.scratch));
                     answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                     return Next::Close;
@@ -182,7 +182,7 @@ async fn exchange(
             // The head is still in `link.scratch` (see `Relay::body`).
             Err(Failure::NoResponse(_)) if reused && request.body == Framing::Length(0) => continue,
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
-                let message = context.did_not_answer(backend.addr, &e);
+                let message = context.did_not_answer(addr, &e);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                 return Next::Close;
