@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::time::Instant;
 
 use devmesh::config::InspectorConfig;
@@ -107,7 +107,21 @@ impl Shared {
     /// before a trade until after its copy, so they see each record either
     /// staged or in the ring.
     fn keep_stages(&self) {
-        let mut ring = lock(&self.ring);
+        self.keep_stages_in(&mut lock(&self.ring));
+    }
+
+    /// Moves full stages into the ring unless a reader holds it (a search
+    /// of a full ring takes tens of milliseconds); says whether it did.
+    fn try_keep_stages(&self) -> bool {
+        match self.ring.try_lock() {
+            Ok(mut ring) => self.keep_stages_in(&mut ring),
+            Err(TryLockError::Poisoned(poisoned)) => self.keep_stages_in(&mut poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => return false,
+        }
+        true
+    }
+
+    fn keep_stages_in(&self, ring: &mut Ring) {
         for shard in &self.shards {
             {
                 let mut inner = lock(&shard.0);
@@ -369,10 +383,19 @@ impl Store {
         );
         drop(inner);
         drop(exchange);
+        if !full {
+            return;
+        }
+        // The keeper copies full stages. One it has fallen far behind on is
+        // copied here to keep the memory cap, but a request never waits for
+        // a search: while one holds the ring, the stage grows.
         match &self.keeper {
-            Some(keeper) if full && !overfull => keeper.0.unpark(),
-            _ if full => self.shared.keep_stages(),
-            _ => {}
+            Some(keeper) => {
+                if !overfull || !self.shared.try_keep_stages() {
+                    keeper.0.unpark();
+                }
+            }
+            None => self.shared.keep_stages(),
         }
     }
 
@@ -605,5 +628,28 @@ mod tests {
         let later = store.enter(1, &orders, "gateway", None, Instant::now());
         assert_ne!(later.header.trace_id, outer.header.trace_id);
         assert_eq!(later.parent, None);
+    }
+
+    #[test]
+    fn a_request_does_not_wait_for_a_search_of_the_ring() {
+        let store = Arc::new(Store::new(config(1 << 20), 1));
+        // A search holds the ring for as long as a thousand exchanges end,
+        // enough to fill the stage many times over.
+        let search = lock(&store.shared.ring);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let store = Arc::clone(&store);
+            move || {
+                for i in 0..1000 {
+                    let open = store.add(0, exchange(&format!("/orders/{i}"), &"x".repeat(400)));
+                    store.finish(open, None, |_| ());
+                }
+                let _ = done.send(());
+            }
+        });
+        let waited = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(search);
+        assert!(waited.is_ok(), "requests waited for the search");
+        assert_eq!(store.list(&Filter::default()).len(), 1000);
     }
 }
