@@ -344,7 +344,7 @@ impl Api {
                     () = shutdown.cancelled() => return,
                     event = exchanges.recv() => match event {
                         Ok(Event::Exchange(summary)) => sse("exchange", &summary),
-                        Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
+                        Ok(Event::Lagged) | Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     line = logs.recv() => match line {

@@ -29,12 +29,13 @@ pub struct Inspector {
 
 impl Inspector {
     /// An inspector fed by `threads` threads, each capturing into a
-    /// shard of its own (numbered from 0).
-    pub fn new(config: InspectorConfig, threads: usize) -> Inspector {
-        Inspector {
-            store: Store::new(config, threads),
+    /// shard of its own (numbered from 0); fails if the store's own thread
+    /// cannot start.
+    pub fn new(config: InspectorConfig, threads: usize) -> std::io::Result<Inspector> {
+        Ok(Inspector {
+            store: Store::new(config, threads)?,
             callers: Callers::default(),
-        }
+        })
     }
 }
 

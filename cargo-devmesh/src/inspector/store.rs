@@ -15,13 +15,26 @@ use super::exchange::{Exchange, Summary};
 use super::ring::{self, Ring, Stage};
 use super::trace::{SpanId, Trace, TraceId, TraceParent};
 
-/// What the store tells live listeners.
+/// What the store tells live listeners, a tick at a time.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
     /// A new exchange, or new facts about one (its response, its end).
-    Exchange(Summary),
+    Exchange(Box<Summary>),
+    /// More happened in a tick than listeners are told of: what they show
+    /// is behind, and should be asked for again.
+    Lagged,
 }
+
+/// How often live listeners are told what changed. Telling them of each
+/// change as it happened woke a listener for every one and, at tens of
+/// thousands of requests a second, flooded the page.
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Changes a shard tells listeners of in a tick at most; past that they
+/// hear they lagged. With [`MAX_SHARDS`], what the channel holds.
+const NEWS: usize = 256;
+const MAX_SHARDS: usize = 4;
 
 /// A request in flight to a service, so a call that service makes meanwhile
 /// can be linked to it.
@@ -55,10 +68,7 @@ pub struct Store {
     pub config: InspectorConfig,
     shared: Arc<Shared>,
     /// Dropped after `shared`, so that the keeper finds it gone and ends.
-    keeper: Option<Keeper>,
-    events: broadcast::Sender<Event>,
-    /// Live listeners, counted here: asking the channel takes its lock.
-    listeners: Arc<AtomicUsize>,
+    keeper: Keeper,
 }
 
 #[derive(Debug)]
@@ -67,6 +77,9 @@ struct Shared {
     shards: Box<[Shard]>,
     /// Ended exchanges, within the memory cap.
     ring: Mutex<Ring>,
+    events: broadcast::Sender<Event>,
+    /// Live listeners, counted here: asking the channel takes its lock.
+    listeners: Arc<AtomicUsize>,
 }
 
 /// A shard's state, on cache lines of its own.
@@ -74,25 +87,35 @@ struct Shared {
 #[repr(align(128))]
 struct Shard(Mutex<Inner>);
 
-/// The thread that moves full stages into the ring, woken when one fills.
+/// The store's own thread: it moves full stages into the ring, woken when
+/// one fills, and tells live listeners what changed, a tick at a time
+/// while there are any.
 #[derive(Debug)]
 struct Keeper(std::thread::Thread);
 
 impl Keeper {
-    fn start(shared: Weak<Shared>) -> Option<Keeper> {
+    fn start(shared: Weak<Shared>) -> std::io::Result<Keeper> {
         let thread = std::thread::Builder::new()
             .name("devmesh-inspector".into())
             .spawn(move || {
+                let (mut ticking, mut news, mut told) = (false, Vec::new(), Instant::now());
                 loop {
-                    std::thread::park();
-                    match shared.upgrade() {
-                        Some(shared) => shared.keep_stages(),
-                        None => return,
+                    if ticking {
+                        std::thread::park_timeout(TICK.saturating_sub(told.elapsed()));
+                    } else {
+                        std::thread::park();
                     }
+                    let Some(shared) = shared.upgrade() else { return };
+                    shared.keep_stages();
+                    // Full stages wake the keeper far more often than it ticks.
+                    if !ticking || told.elapsed() >= TICK {
+                        shared.tell_listeners(&mut news);
+                        told = Instant::now();
+                    }
+                    ticking = shared.listening();
                 }
-            })
-            .ok()?;
-        Some(Keeper(thread.thread().clone()))
+            })?;
+        Ok(Keeper(thread.thread().clone()))
     }
 }
 
@@ -137,6 +160,30 @@ impl Shared {
     fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Inner> {
         lock(&self.shards[shard % self.shards.len()].0)
     }
+
+    /// Whether anyone listens for live events (gathering them costs).
+    fn listening(&self) -> bool {
+        self.listeners.load(Ordering::Relaxed) > 0
+    }
+
+    /// Tells listeners what changed since the last tick (`news` is where
+    /// a shard's changes are taken to, kept from tick to tick).
+    fn tell_listeners(&self, news: &mut Vec<Summary>) {
+        let mut lagged = false;
+        for shard in &self.shards {
+            {
+                let mut inner = lock(&shard.0);
+                std::mem::swap(&mut inner.news.changed, news);
+                lagged |= std::mem::take(&mut inner.news.lagged);
+            }
+            for summary in news.drain(..) {
+                let _ = self.events.send(Event::Exchange(Box::new(summary)));
+            }
+        }
+        if lagged {
+            let _ = self.events.send(Event::Lagged);
+        }
+    }
 }
 
 /// The state of a shard, which changes on every request through it.
@@ -149,6 +196,26 @@ struct Inner {
     /// Requests in flight to each service, newest last. Services are few:
     /// a list is found by comparing names, faster than hashing one.
     in_flight: Vec<(Arc<str>, Vec<InFlight>)>,
+    /// Changes since the last tick, for live listeners.
+    news: News,
+}
+
+#[derive(Debug, Default)]
+struct News {
+    changed: Vec<Summary>,
+    /// Whether more changed than is told in a tick.
+    lagged: bool,
+}
+
+impl News {
+    /// Notes a change to `exchange`.
+    fn note(&mut self, exchange: &Exchange) {
+        if self.changed.len() < NEWS {
+            self.changed.push(exchange.summary.clone());
+        } else {
+            self.lagged = true;
+        }
+    }
 }
 
 impl Inner {
@@ -254,14 +321,16 @@ impl Filter {
 }
 
 impl Store {
-    /// A store for `shards` capturing threads (at least one).
-    pub fn new(config: InspectorConfig, shards: usize) -> Store {
-        let shards = (0..shards.max(1))
+    /// A store for `shards` capturing threads (one to [`MAX_SHARDS`]);
+    /// fails if its own thread cannot start.
+    pub fn new(config: InspectorConfig, shards: usize) -> std::io::Result<Store> {
+        let shards = (0..shards.clamp(1, MAX_SHARDS))
             .map(|_| {
                 Shard(Mutex::new(Inner {
                     open: OpenExchanges::default(),
                     stage: Stage::new(config.memory),
                     in_flight: Vec::new(),
+                    news: News::default(),
                 }))
             })
             .collect();
@@ -269,14 +338,14 @@ impl Store {
             next_id: AtomicU64::new(1),
             shards,
             ring: Mutex::new(Ring::new(config.memory)),
+            events: broadcast::channel(NEWS * MAX_SHARDS).0,
+            listeners: Arc::new(AtomicUsize::new(0)),
         });
-        Store {
-            keeper: Keeper::start(Arc::downgrade(&shared)),
+        Ok(Store {
+            keeper: Keeper::start(Arc::downgrade(&shared))?,
             shared,
             config,
-            events: broadcast::channel(1024).0,
-            listeners: Arc::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
     /// Adds an exchange that has begun in `shard`, giving it its id; it
@@ -285,10 +354,12 @@ impl Store {
         self.mask(&mut exchange);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         exchange.id = id;
-        if self.listening() {
-            self.publish(&exchange);
+        let listening = self.shared.listening();
+        let mut inner = self.shared.shard(shard);
+        if listening {
+            inner.news.note(&exchange);
         }
-        let slot = self.shared.shard(shard).open.insert(exchange);
+        let slot = inner.open.insert(exchange);
         Open { id, shard, slot }
     }
 
@@ -347,13 +418,16 @@ impl Store {
 
     /// Changes exchange `open`, if it has not ended.
     pub fn update(&self, open: Open, change: impl FnOnce(&mut Exchange)) {
-        let listening = self.listening();
+        let listening = self.shared.listening();
         let mut inner = self.shared.shard(open.shard);
-        if let Some(exchange) = inner.open.get_mut(open) {
+        let Inner {
+            open: exchanges, news, ..
+        } = &mut *inner;
+        if let Some(exchange) = exchanges.get_mut(open) {
             change(exchange);
             self.mask(exchange);
             if listening {
-                self.publish(exchange);
+                news.note(exchange);
             }
         }
     }
@@ -361,7 +435,7 @@ impl Store {
     /// Changes exchange `open` for the last time and keeps it in the ring;
     /// the request it was, `span` to a service, is no longer in flight.
     pub fn finish(&self, open: Open, span: Option<(&str, SpanId)>, change: impl FnOnce(&mut Exchange)) {
-        let listening = self.listening();
+        let listening = self.shared.listening();
         let mut inner = self.shared.shard(open.shard);
         if let Some((service, span)) = span
             && let Some(list) = inner.in_flight_to(service)
@@ -374,7 +448,7 @@ impl Store {
         change(&mut exchange);
         self.mask(&mut exchange);
         if listening {
-            self.publish(&exchange);
+            inner.news.note(&exchange);
         }
         let stage = &mut inner.stage;
         let (full, overfull) = (
@@ -389,23 +463,9 @@ impl Store {
         // The keeper copies full stages. One it has fallen far behind on is
         // copied here to keep the memory cap, but a request never waits for
         // a search: while one holds the ring, the stage grows.
-        match &self.keeper {
-            Some(keeper) => {
-                if !overfull || !self.shared.try_keep_stages() {
-                    keeper.0.unpark();
-                }
-            }
-            None => self.shared.keep_stages(),
+        if !overfull || !self.shared.try_keep_stages() {
+            self.keeper.0.unpark();
         }
-    }
-
-    /// Whether anyone listens for live events (building one costs).
-    fn listening(&self) -> bool {
-        self.listeners.load(Ordering::Relaxed) > 0
-    }
-
-    fn publish(&self, exchange: &Exchange) {
-        let _ = self.events.send(Event::Exchange(exchange.summary.clone()));
     }
 
     pub fn get(&self, id: u64) -> Option<Exchange> {
@@ -479,10 +539,12 @@ impl Store {
     }
 
     pub fn subscribe(&self) -> Subscription {
-        self.listeners.fetch_add(1, Ordering::Relaxed);
+        self.shared.listeners.fetch_add(1, Ordering::Relaxed);
+        // The keeper starts ticking.
+        self.keeper.0.unpark();
         Subscription {
-            receiver: self.events.subscribe(),
-            listeners: Arc::clone(&self.listeners),
+            receiver: self.shared.events.subscribe(),
+            listeners: Arc::clone(&self.shared.listeners),
         }
     }
 
@@ -560,7 +622,7 @@ mod tests {
 
     #[test]
     fn filters_by_service_method_status_and_text() {
-        let store = Store::new(config(1 << 20), 2);
+        let store = Store::new(config(1 << 20), 2).unwrap();
         store.add(0, exchange("/orders", r#"{"item":"tea"}"#));
         store.add(1, exchange("/health", ""));
         let count = |narrow: fn(&mut Filter)| {
@@ -579,7 +641,7 @@ mod tests {
 
     #[test]
     fn keeps_within_the_memory_cap_and_masks() {
-        let store = Store::new(config(4096), 1);
+        let store = Store::new(config(4096), 1).unwrap();
         for i in 0..100 {
             let open = store.add(0, exchange(&format!("/orders/{i}"), &"x".repeat(500)));
             store.finish(open, None, |e| e.complete = true);
@@ -592,7 +654,7 @@ mod tests {
 
     #[test]
     fn the_newest_are_listed_whichever_shard_kept_them() {
-        let store = Store::new(config(1 << 20), 2);
+        let store = Store::new(config(1 << 20), 2).unwrap();
         // Shard 0 fills its stage, which goes into the ring; shard 1's
         // exchanges, older and newer, wait in its stage.
         let early = store.add(1, exchange("/early", ""));
@@ -615,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_call_is_linked_to_the_request_its_caller_is_handling_through_another_shard() {
-        let store = Store::new(config(1 << 20), 2);
+        let store = Store::new(config(1 << 20), 2).unwrap();
         let (gateway, orders): (Arc<str>, Arc<str>) = ("gateway".into(), "orders".into());
         let outer = store.enter(0, &gateway, EXTERNAL, None, Instant::now());
         assert_eq!(outer.parent, None, "the outside world handles no request");
@@ -632,7 +694,7 @@ mod tests {
 
     #[test]
     fn a_request_does_not_wait_for_a_search_of_the_ring() {
-        let store = Arc::new(Store::new(config(1 << 20), 1));
+        let store = Arc::new(Store::new(config(1 << 20), 1).unwrap());
         // A search holds the ring for as long as a thousand exchanges end,
         // enough to fill the stage many times over.
         let search = lock(&store.shared.ring);
@@ -651,5 +713,33 @@ mod tests {
         drop(search);
         assert!(waited.is_ok(), "requests waited for the search");
         assert_eq!(store.list(&Filter::default()).len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn listeners_hear_of_changes_a_tick_at_a_time_and_when_they_lagged() {
+        let store = Store::new(config(1 << 20), 1).unwrap();
+        let mut events = store.subscribe();
+        let next = async |events: &mut Subscription| {
+            tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+                .await
+                .expect("news in time")
+        };
+        let open = store.add(0, exchange("/one", ""));
+        store.finish(open, None, |e| e.complete = true);
+        let (began, ended) = (next(&mut events).await, next(&mut events).await);
+        assert!(matches!(began, Ok(Event::Exchange(s)) if s.id == open.id && !s.complete));
+        assert!(matches!(ended, Ok(Event::Exchange(s)) if s.id == open.id && s.complete));
+    }
+
+    #[test]
+    fn a_tick_tells_of_so_many_changes_then_that_listeners_lagged() {
+        let mut news = News::default();
+        for i in 0..NEWS {
+            news.note(&exchange(&format!("/orders/{i}"), ""));
+        }
+        assert!(!news.lagged);
+        news.note(&exchange("/one-too-many", ""));
+        assert!(news.lagged);
+        assert_eq!(news.changed.len(), NEWS);
     }
 }

@@ -101,7 +101,7 @@ const THREADS: usize = 2;
 async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
-    let inspector = Arc::new(Inspector::new(config, THREADS));
+    let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // The route never changes here: its sender may go.

@@ -95,7 +95,10 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     }
 
     let proxy_threads = proxy::threads();
-    let inspector = Arc::new(Inspector::new(workspace.config.inspector.clone(), proxy_threads));
+    let inspector = Arc::new(
+        Inspector::new(workspace.config.inspector.clone(), proxy_threads)
+            .context("could not start the inspector's thread")?,
+    );
     let shared = Arc::new(service::Shared {
         inspector: Arc::clone(&inspector),
         spawner: process::Spawner::start(),
