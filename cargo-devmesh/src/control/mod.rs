@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::errors::StartError;
 use crate::inspector::trace::TraceId;
-use crate::inspector::{Event, Exchange, Filter, Inspector, Summary, har};
+use crate::inspector::{Event, Exchange, Filter, Inspector, Store, Summary, har};
 use crate::logs::Logs;
 use crate::supervisor::ServiceHandle;
 
@@ -226,7 +226,7 @@ impl Api {
                 Err(response) => *response,
             },
             (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
-            (Method::GET, ["api", "map"]) => json(StatusCode::OK, &map(&self.mesh.inspector.store.summaries())),
+            (Method::GET, ["api", "map"]) => json(StatusCode::OK, &map(&self.mesh.inspector.store)),
             (Method::GET, ["api", "logs"]) => {
                 let services: Vec<String> = query
                     .get("service")
@@ -403,28 +403,44 @@ fn filter(query: &HashMap<String, String>) -> Filter {
 }
 
 /// Who calls whom: an edge per (caller, service) with count, errors and latencies.
-fn map(exchanges: &[Summary]) -> serde_json::Value {
-    let mut edges: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    let mut errors: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for e in exchanges {
-        let key = (e.caller.to_string(), e.service.to_string());
-        edges
-            .entry(key.clone())
-            .or_default()
-            .push(e.total_ms.or(e.service_ms).unwrap_or(0.0));
-        if e.status.is_some_and(|s| s >= 500) || e.error.is_some() {
-            *errors.entry(key).or_default() += 1;
-        }
+/// Who calls whom among the exchanges kept: for each pair, how often, how
+/// often it failed, and its mean and p99 latency.
+fn map(store: &Store) -> serde_json::Value {
+    struct Edge {
+        from: String,
+        to: String,
+        times: Vec<f64>,
+        errors: u64,
     }
+    // Pairs are few: found by comparing names, and named once.
+    let mut edges: Vec<Edge> = Vec::new();
+    store.each_call(|call| {
+        let edge = match edges.iter().position(|e| e.from == call.caller && e.to == call.service) {
+            Some(found) => &mut edges[found],
+            None => {
+                edges.push(Edge {
+                    from: call.caller.to_owned(),
+                    to: call.service.to_owned(),
+                    times: Vec::new(),
+                    errors: 0,
+                });
+                edges.last_mut().expect("just pushed")
+            }
+        };
+        edge.times.push(call.total_ms.or(call.service_ms).unwrap_or(0.0));
+        if call.status.is_some_and(|s| s >= 500) || call.error.is_some() {
+            edge.errors += 1;
+        }
+    });
+    edges.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
     let edges: Vec<_> = edges
         .into_iter()
-        .map(|((from, to), mut times)| {
+        .map(|Edge { from, to, mut times, errors }| {
             times.sort_by(f64::total_cmp);
             let count = times.len();
             let mean = times.iter().sum::<f64>() / count as f64;
             let p99 = times[((count as f64 * 0.99).ceil() as usize).clamp(1, count) - 1];
-            let failed = errors.get(&(from.clone(), to.clone())).copied().unwrap_or(0);
-            serde_json::json!({ "from": from, "to": to, "count": count, "errors": failed, "mean_ms": mean, "p99_ms": p99 })
+            serde_json::json!({ "from": from, "to": to, "count": count, "errors": errors, "mean_ms": mean, "p99_ms": p99 })
         })
         .collect();
     serde_json::json!({ "edges": edges })
@@ -471,4 +487,36 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Api
         .headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspector::{Kind, blank};
+
+    #[test]
+    fn the_map_counts_each_pair_with_its_failures_and_latencies() {
+        let store = Store::new(devmesh::config::InspectorConfig::default(), 2).unwrap();
+        let call = |shard: usize, caller: &str, service: &str, status: u16, ms: f64| {
+            let open = store.add(shard, blank(service.into(), caller.into(), Kind::Http));
+            store.finish(open, None, |e| {
+                e.status = Some(status);
+                e.total_ms = Some(ms);
+            });
+        };
+        for ms in 1..=100 {
+            call(ms as usize % 2, "gateway", "orders", 200, f64::from(ms));
+        }
+        call(0, "orders", "payments", 503, 7.0);
+        // One still in flight counts too.
+        store.add(1, blank("payments".into(), "orders".into(), Kind::Http));
+        let edges = map(&store)["edges"].clone();
+        assert_eq!(
+            edges,
+            serde_json::json!([
+                { "from": "gateway", "to": "orders", "count": 100, "errors": 0, "mean_ms": 50.5, "p99_ms": 99.0 },
+                { "from": "orders", "to": "payments", "count": 2, "errors": 1, "mean_ms": 3.5, "p99_ms": 7.0 },
+            ])
+        );
+    }
 }

@@ -172,28 +172,54 @@ impl Ring {
     }
 }
 
-/// Writes `exchange` as a record into `out`: its summary first, so that
-/// [`decode_summary`] reads no further.
+/// Who called whom, and how it went: what the call map reads of an
+/// exchange, read in place from the start of its record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Call<'a> {
+    pub caller: &'a str,
+    pub service: &'a str,
+    pub status: Option<u16>,
+    pub service_ms: Option<f64>,
+    pub total_ms: Option<f64>,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    pub fn of(s: &'a Summary) -> Call<'a> {
+        Call {
+            caller: &s.caller,
+            service: &s.service,
+            status: s.status,
+            service_ms: s.service_ms,
+            total_ms: s.total_ms,
+            error: s.error.as_deref(),
+        }
+    }
+}
+
+/// Writes `exchange` as a record into `out`: what [`decode_call`] reads
+/// first, so that it reads no further, then the rest of its summary, its
+/// headers and bodies.
 pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     let mut w = Writer(out);
     let s = &exchange.summary;
-    w.u64(s.id);
-    w.str(&s.service);
     w.str(&s.caller);
+    w.str(&s.service);
+    w.option(s.status, |w, status| w.u64(u64::from(status)));
+    w.option(s.service_ms, Writer::f64);
+    w.option(s.total_ms, Writer::f64);
+    w.option(s.error.as_deref(), Writer::str);
+    w.u64(s.id);
     w.u8(s.kind as u8);
     w.u64(s.started_ms);
     w.str(&s.method);
     w.str(&s.path);
-    w.option(s.status, |w, status| w.u64(u64::from(status)));
     w.f64(s.wait_ms);
-    w.option(s.service_ms, Writer::f64);
-    w.option(s.total_ms, Writer::f64);
     w.option(s.trace_id, |w, t| {
         w.u64((t.0 >> 64) as u64);
         w.u64(t.0 as u64);
     });
     w.option(s.replay_of, Writer::u64);
-    w.option(s.error.as_deref(), Writer::str);
     w.u64(s.bytes_up);
     w.u64(s.bytes_down);
     w.u8(u8::from(s.complete));
@@ -223,9 +249,9 @@ pub fn decode(record: &[u8]) -> Exchange {
     }
 }
 
-/// Reads the summary of a record written by [`encode`], and no more.
-pub fn decode_summary(record: &[u8]) -> Summary {
-    Reader(record).summary()
+/// Reads the call in a record written by [`encode`], allocating nothing.
+pub fn decode_call(record: &[u8]) -> Call<'_> {
+    Reader(record).call()
 }
 
 /// The HTTP versions an exchange can name, by their code in a record.
@@ -298,11 +324,27 @@ impl<'a> Reader<'a> {
         (self.u8() == 1).then(|| read(self))
     }
 
+    fn call(&mut self) -> Call<'a> {
+        Call {
+            caller: self.str(),
+            service: self.str(),
+            status: self.option(|r| r.u64() as u16),
+            service_ms: self.option(Reader::f64),
+            total_ms: self.option(Reader::f64),
+            error: self.option(Reader::str),
+        }
+    }
+
     fn summary(&mut self) -> Summary {
+        let call = self.call();
         Summary {
+            caller: Arc::from(call.caller),
+            service: Arc::from(call.service),
+            status: call.status,
+            service_ms: call.service_ms,
+            total_ms: call.total_ms,
+            error: call.error.map(str::to_owned),
             id: self.u64(),
-            service: Arc::from(self.str()),
-            caller: Arc::from(self.str()),
             kind: match self.u8() {
                 1 => Kind::WebSocket,
                 2 => Kind::Tcp,
@@ -311,13 +353,9 @@ impl<'a> Reader<'a> {
             started_ms: self.u64(),
             method: self.str().to_owned(),
             path: self.str().to_owned(),
-            status: self.option(|r| r.u64() as u16),
             wait_ms: self.f64(),
-            service_ms: self.option(Reader::f64),
-            total_ms: self.option(Reader::f64),
             trace_id: self.option(|r| TraceId((u128::from(r.u64()) << 64) | u128::from(r.u64()))),
             replay_of: self.option(Reader::u64),
-            error: self.option(|r| r.str().to_owned()),
             bytes_up: self.u64(),
             bytes_down: self.u64(),
             complete: self.u8() == 1,
@@ -366,10 +404,7 @@ mod tests {
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&exchange).unwrap()
         );
-        assert_eq!(
-            serde_json::to_value(decode_summary(&bytes)).unwrap(),
-            serde_json::to_value(&exchange.summary).unwrap()
-        );
+        assert_eq!(decode_call(&bytes), Call::of(&exchange.summary));
     }
 
     /// Pushes records as the store does: staged, traded in when full.
