@@ -60,7 +60,7 @@ impl Capture {
         exchange.trace_inferred = request.trace.parent.is_some();
         exchange.replay_of = request.replay_of;
         Capture {
-            open: context.inspector.store.add(context.shard, exchange),
+            open: context.inspector.store.add(context.thread, exchange),
             context: Arc::clone(context),
             span: request.trace.header.span_id,
             replay: request.replay_of.is_some(),

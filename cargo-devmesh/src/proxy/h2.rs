@@ -51,7 +51,7 @@ async fn forward(
         let trace = context
             .inspector
             .store
-            .enter(context.shard, &context.service, &caller, given, arrived);
+            .enter(context.thread, &context.service, &caller, given, arrived);
         if trace.added
             && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
         {

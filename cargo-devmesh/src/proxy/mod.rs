@@ -51,8 +51,9 @@ pub struct Front {
 /// A front port as one proxy thread serves it.
 struct Context {
     service: Arc<str>,
-    /// The proxy thread's shard of the inspector's store.
-    shard: usize,
+    /// Which proxy thread this is, from 0: its shard of the inspector's
+    /// store, and its count of what is in flight to an instance.
+    thread: usize,
     route: watch::Receiver<Route>,
     ready_timeout: Duration,
     inspector: Arc<Inspector>,
@@ -171,10 +172,10 @@ impl Context {
     /// Each thread's context has its own copies of what it hands out per
     /// request (the service's name): counting references to one shared
     /// copy would pass its cache line between the threads.
-    fn new(front: &Front, shard: usize) -> Arc<Context> {
+    fn new(front: &Front, thread: usize) -> Arc<Context> {
         Arc::new(Context {
             service: front.service.as_str().into(),
-            shard,
+            thread,
             route: front.route.clone(),
             ready_timeout: front.ready_timeout,
             inspector: Arc::clone(&front.inspector),
@@ -263,7 +264,7 @@ impl Context {
     /// stopping the instance.
     async fn ready_backend(&self) -> Result<(SocketAddr, Lease), String> {
         let leased = |route: &Route| match route {
-            Route::Ready(backend) => Some((backend.addr, backend.lease(self.shard))),
+            Route::Ready(backend) => Some((backend.addr, backend.lease(self.thread))),
             Route::Waiting(_) => None,
         };
         // The common case, without a timer.
@@ -317,7 +318,7 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
     let open = context.caller(connection).await.map(|caller| {
         let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
         exchange.method = "TCP".to_owned();
-        context.inspector.store.add(context.shard, exchange)
+        context.inspector.store.add(context.thread, exchange)
     });
     let began = Instant::now();
     let copied = match TcpStream::connect(addr).await {

@@ -102,7 +102,7 @@ async fn exchange(
         context
             .inspector
             .store
-            .enter(context.shard, &context.service, caller, request.traceparent, arrived)
+            .enter(context.thread, &context.service, caller, request.traceparent, arrived)
     });
     write_request_head(
         &mut link.scratch,
