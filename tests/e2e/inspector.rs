@@ -35,6 +35,29 @@ fn a_request_between_services_appears_live() {
 }
 
 #[test]
+fn the_list_keeps_the_newest_rows_under_load() {
+    let mesh = mesh();
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(
+        "document.getElementById('live').className === 'on'",
+        "the page to go live",
+    );
+    for _ in 0..1300 {
+        get(mesh.front("beta"), "/whoami");
+    }
+    let newest = mesh.cli(&["traffic", "--jsonl"]).stdout;
+    let newest: serde_json::Value =
+        serde_json::from_slice(newest.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap()).unwrap();
+    let newest = newest["id"].as_u64().unwrap();
+    let shown = browser.wait_until(
+        &format!("state.rows.has({newest}) && document.querySelectorAll('#rows tr').length"),
+        "the newest exchange to be shown",
+    );
+    let shown = shown.as_u64().unwrap();
+    assert!((1000..=1100).contains(&shown), "{shown} rows shown of 1300");
+}
+
+#[test]
 fn filters_narrow_the_list() {
     let mesh = mesh();
     get(mesh.front("alpha"), "/peer");

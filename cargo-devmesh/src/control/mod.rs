@@ -32,6 +32,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
@@ -326,8 +327,31 @@ impl Api {
         };
         let front = service.state.borrow().front;
         match replay::replay(&exchange, edits, front).await {
-            Ok(replayed) => json(StatusCode::OK, &replayed),
+            Ok(replayed) => {
+                if let Some(id) = replayed.exchange {
+                    self.recorded(id).await;
+                }
+                json(StatusCode::OK, &replayed)
+            }
             Err(why) => json(StatusCode::CONFLICT, &error(&why)),
+        }
+    }
+
+    /// Waits, a little, until exchange `id` has ended in the store: the
+    /// proxy records an exchange just after its client has the answer, and
+    /// whoever asked for a replay then asks for the exchange.
+    async fn recorded(&self, id: u64) {
+        let store = &self.mesh.inspector.store;
+        let mut events = store.subscribe();
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        while !store.get(id).is_some_and(|e| e.complete) {
+            tokio::select! {
+                () = &mut deadline => return,
+                event = events.recv() => if let Err(broadcast::error::RecvError::Closed) = event {
+                    return;
+                },
+            }
         }
     }
 
@@ -402,7 +426,6 @@ fn filter(query: &HashMap<String, String>) -> Filter {
     }
 }
 
-/// Who calls whom: an edge per (caller, service) with count, errors and latencies.
 /// Who calls whom among the exchanges kept: for each pair, how often, how
 /// often it failed, and its mean and p99 latency.
 fn map(store: &Store) -> serde_json::Value {
