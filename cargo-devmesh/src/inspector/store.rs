@@ -32,9 +32,8 @@ pub enum Event {
 const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Changes a shard tells listeners of in a tick at most; past that they
-/// hear they lagged. With [`MAX_SHARDS`], what the channel holds.
+/// hear they lagged. The channel holds a tick's worth.
 const NEWS: usize = 256;
-const MAX_SHARDS: usize = 4;
 
 /// A request in flight to a service, so a call that service makes meanwhile
 /// can be linked to it.
@@ -321,10 +320,11 @@ impl Filter {
 }
 
 impl Store {
-    /// A store for `shards` capturing threads (one to [`MAX_SHARDS`]);
-    /// fails if its own thread cannot start.
+    /// A store for `shards` capturing threads (at least one); fails if its
+    /// own thread cannot start.
     pub fn new(config: InspectorConfig, shards: usize) -> std::io::Result<Store> {
-        let shards = (0..shards.clamp(1, MAX_SHARDS))
+        let count = shards.max(1);
+        let shards = (0..count)
             .map(|_| {
                 Shard(Mutex::new(Inner {
                     open: OpenExchanges::default(),
@@ -338,7 +338,7 @@ impl Store {
             next_id: AtomicU64::new(1),
             shards,
             ring: Mutex::new(Ring::new(config.memory)),
-            events: broadcast::channel(NEWS * MAX_SHARDS).0,
+            events: broadcast::channel(NEWS * count).0,
             listeners: Arc::new(AtomicUsize::new(0)),
         });
         Ok(Store {
