@@ -480,19 +480,23 @@ impl Store {
             .map(|(_, record)| ring::decode(record))
     }
 
-    /// Exchanges that match, oldest first; with a limit, the newest ones.
+    /// Exchanges that match, oldest first. With a limit, the newest ones,
+    /// or, after an id, the oldest after it: a follower misses none.
     pub fn list(&self, filter: &Filter) -> Vec<Exchange> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let ring = lock(&self.shared.ring);
         let (stages, mut found) = self.snapshot(|e| filter.matches(e));
         // Stages from different shards take turns in the ring, so its order
-        // is not quite the ids': the newest are found by id.
+        // is not quite the ids': records are taken in the order of theirs.
         let mut records: Vec<(u64, &[u8])> = ring
             .iter()
             .chain(stages.iter().flat_map(Stage::iter))
             .filter(|(id, _)| filter.after.is_none_or(|after| *id > after))
             .collect();
-        records.sort_unstable_by_key(|(id, _)| Reverse(*id));
+        match filter.after {
+            Some(_) => records.sort_unstable_by_key(|(id, _)| *id),
+            None => records.sort_unstable_by_key(|(id, _)| Reverse(*id)),
+        }
         found.extend(
             records
                 .into_iter()
@@ -503,7 +507,10 @@ impl Store {
         drop(ring);
         found.sort_unstable_by_key(|e| e.id);
         if found.len() > limit {
-            found.drain(..found.len() - limit);
+            match filter.after {
+                Some(_) => found.truncate(limit),
+                None => drop(found.drain(..found.len() - limit)),
+            }
         }
         found
     }
@@ -739,5 +746,24 @@ mod tests {
         news.note(&exchange("/one-too-many", ""));
         assert!(news.lagged);
         assert_eq!(news.changed.len(), NEWS);
+    }
+
+    #[test]
+    fn after_an_id_the_oldest_come_first_so_a_follower_misses_none() {
+        let store = Store::new(config(1 << 20), 2).unwrap();
+        for i in 0..600 {
+            let open = store.add(i % 2, exchange(&format!("/orders/{i}"), ""));
+            store.finish(open, None, |_| ());
+        }
+        let page = |after| {
+            let listed = store.list(&Filter {
+                after: Some(after),
+                limit: Some(500),
+                ..Filter::default()
+            });
+            listed.iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(page(0), (1..=500).collect::<Vec<_>>());
+        assert_eq!(page(500), (501..=600).collect::<Vec<_>>());
     }
 }
