@@ -11,7 +11,7 @@
 //! | `GET /api/services` | every service's state, as JSON |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only) |
 //! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
-//! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `after`, `limit` |
+//! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `limit` (the newest 500 unless given), `after` (an id: the oldest after it) |
 //! | `GET /api/traffic/{id}` | one exchange with headers and bodies |
 //! | `POST /api/traffic/{id}/replay` | send it again; body: optional edits `{method, path, headers, body}` |
 //! | `GET /api/traffic.har`, `/api/traffic.jsonl` | export, with the same filters |
