@@ -355,8 +355,9 @@ impl Api {
         }
     }
 
-    /// Server-sent events: each exchange as it is captured or completes
-    /// (`event: exchange`), each log line (`event: log`).
+    /// Server-sent events: exchanges that began or changed, a tick at a
+    /// time (`event: exchange`; `event: lagged` when more changed than a
+    /// tick tells of), each log line (`event: log`).
     fn events(&self) -> ApiResponse {
         let (sender, receiver) = mpsc::channel::<Bytes>(256);
         let mut exchanges = self.mesh.inspector.store.subscribe();

@@ -382,7 +382,7 @@ impl Store {
                 added: false,
             },
             None => {
-                let cause = self.in_flight_to(caller);
+                let cause = self.newest_in_flight_to(caller);
                 Trace {
                     header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
                     parent: cause.map(|c| c.span_id),
@@ -404,7 +404,7 @@ impl Store {
     }
 
     /// The newest request in flight to `service`, through any shard.
-    fn in_flight_to(&self, service: &str) -> Option<InFlight> {
+    fn newest_in_flight_to(&self, service: &str) -> Option<InFlight> {
         // Nothing calls the outside world's requests.
         if service == EXTERNAL {
             return None;

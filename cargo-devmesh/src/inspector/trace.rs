@@ -114,8 +114,8 @@ impl TraceParent {
     }
 }
 
-/// splitmix64 over a counter seeded once from the clock and pid: ids need
-/// to be unique, not secret.
+/// splitmix64 over a counter per thread, seeded from the clock, the pid and
+/// std's per-thread hash keys: ids need to be unique, not secret.
 fn random() -> u64 {
     // Each thread has a generator of its own: proxy threads draw ids for
     // every request and would otherwise pass one counter back and forth.

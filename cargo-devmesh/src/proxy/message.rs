@@ -52,9 +52,12 @@ pub struct RequestHead {
     pub fields_at: usize,
     /// Where the blank line that ends the head starts.
     pub blank_at: usize,
-    pub method: String,
-    /// The request target: path and query, as sent.
-    pub target: String,
+    /// Where the method is in the head.
+    pub method: Range<usize>,
+    /// Where the request target (path and query, as sent) is in the head.
+    pub target: Range<usize>,
+    /// A `HEAD` request: its response has no body.
+    pub is_head: bool,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub body: Framing,
@@ -89,7 +92,10 @@ impl RequestHead {
             return Ok(None);
         };
         let minor = request.version.unwrap_or(1);
-        let method = request.method.unwrap_or("GET");
+        // A whole head has both.
+        let (Some(method), Some(target)) = (request.method, request.path) else {
+            return Err(HeadError::Malformed(httparse::Error::Token));
+        };
         let connection = Connection::of(request.headers, minor);
         let body = match message_length(request.headers)? {
             Some(Framing::UntilClose) => {
@@ -116,8 +122,9 @@ impl RequestHead {
             len,
             fields_at: fields_start(buf),
             blank_at: blank_start(buf, len),
-            method: method.to_owned(),
-            target: request.path.unwrap_or("/").to_owned(),
+            method: span(buf, method.as_bytes()),
+            target: span(buf, target.as_bytes()),
+            is_head: method.eq_ignore_ascii_case("HEAD"),
             minor,
             // Both `Transfer-Encoding` and `Content-Length` is how requests
             // are smuggled: such a connection carries no second request.
@@ -130,9 +137,21 @@ impl RequestHead {
         }))
     }
 
-    pub fn is_head(&self) -> bool {
-        self.method.eq_ignore_ascii_case("HEAD")
+    /// The method, in `head` (this head, or the head as forwarded: the
+    /// request line passes unchanged).
+    pub fn method<'h>(&self, head: &'h [u8]) -> &'h str {
+        text(&head[self.method.clone()])
     }
+
+    /// The request target, in `head` as for [`RequestHead::method`].
+    pub fn target<'h>(&self, head: &'h [u8]) -> &'h str {
+        text(&head[self.target.clone()])
+    }
+}
+
+/// Bytes httparse has checked are text.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 impl ResponseHead {
@@ -146,7 +165,7 @@ impl ResponseHead {
         };
         let status = response.code.unwrap_or(500);
         let connection = Connection::of(response.headers, response.version.unwrap_or(1));
-        let body = if request.is_head() || (100..200).contains(&status) || status == 204 || status == 304 {
+        let body = if request.is_head || (100..200).contains(&status) || status == 204 || status == 304 {
             Framing::Length(0)
         } else {
             message_length(response.headers)?.unwrap_or(Framing::UntilClose)
@@ -245,11 +264,17 @@ fn blank_start(buf: &[u8], len: usize) -> usize {
     }
 }
 
+/// Where `part`, a slice of `buf`, is in it.
+fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
 /// The range of the whole header line whose name and value are these
 /// slices of `buf`.
 fn line_of(buf: &[u8], name: &[u8], value: &[u8]) -> Range<usize> {
-    let start = name.as_ptr() as usize - buf.as_ptr() as usize;
-    let value_end = value.as_ptr() as usize - buf.as_ptr() as usize + value.len();
+    let start = span(buf, name).start;
+    let value_end = span(buf, value).end;
     let end = buf[value_end..]
         .iter()
         .position(|&b| b == b'\n')
@@ -366,7 +391,10 @@ mod tests {
         let head = request(text);
         assert_eq!(head.len, text.len() - 5);
         assert_eq!(&text[head.fields_at..head.blank_at], "Host: a\r\nContent-Length: 5\r\n");
-        assert_eq!((head.method.as_str(), head.target.as_str()), ("POST", "/orders?x=1"));
+        assert_eq!(
+            (head.method(text.as_bytes()), head.target(text.as_bytes())),
+            ("POST", "/orders?x=1")
+        );
         assert_eq!((head.body, head.keep_alive), (Framing::Length(5), true));
         assert!(RequestHead::parse(&text.as_bytes()[..20]).unwrap().is_none());
     }

@@ -115,8 +115,8 @@ async fn exchange(
     let begin = |head: &[u8]| {
         let (trace, caller) = (trace?, caller.clone()?);
         let captured = capture::Request {
-            method: &request.method,
-            target: &request.target,
+            method: request.method(head),
+            target: request.target(head),
             version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
             headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
             waited,
