@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
 
@@ -47,6 +48,8 @@ struct Shared {
     /// The bytes last parsed and the last warning, so an unchanged file is
     /// not parsed again and a problem is reported once.
     reload: Mutex<ReloadState>,
+    /// How many times the file was read: idle must mean idle.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +67,7 @@ impl LiveRegistry {
             snapshot: ArcSwap::default(),
             generation: watch::Sender::new(0),
             reload: Mutex::default(),
+            reads: Default::default(),
         });
         // Watch first, then load: a change in between is then never missed.
         let watcher = watch_folder(&path, Arc::clone(&shared))
@@ -111,12 +115,19 @@ fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::Reco
     fs::create_dir_all(&folder)?;
     let file_name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Temp files come and go beside the registry; only its own name counts.
-        let ours = match &event {
-            Ok(event) => event.need_rescan() || event.paths.iter().any(|p| p.file_name() == file_name.as_deref()),
+        // Temp files come and go beside the registry; only its own name
+        // counts, and only events that can change what it says: a reload's
+        // own open and read must not wake the watcher again, or every
+        // service that watches the file spins (and feeds its neighbours).
+        let relevant = match &event {
+            Ok(event) => {
+                event.need_rescan()
+                    || (changes_content(&event.kind)
+                        && event.paths.iter().any(|p| p.file_name() == file_name.as_deref()))
+            }
             Err(_) => true,
         };
-        if ours {
+        if relevant {
             shared.reload();
         }
     })?;
@@ -126,9 +137,25 @@ fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::Reco
     Ok(watcher)
 }
 
+/// Whether an event can change the file's content: written and closed,
+/// moved into place or away, created, removed. Opens, reads, closes
+/// without a write and metadata changes cannot.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        // Data is changed in place by a writer that is not done yet: the
+        // close that follows is the time to read.
+        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+    }
+}
+
 impl Shared {
     fn reload(&self) {
         let mut state = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -240,6 +267,45 @@ mod tests {
                 .get("orders")
                 .is_some_and(|e| e.url() == "http://127.0.0.1:5001")
         });
+    }
+
+    #[test]
+    fn reading_the_file_does_not_wake_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("registry.json"));
+        let put = |port: u16| {
+            registry
+                .update(|f| {
+                    f.services
+                        .insert("orders".into(), entry(&format!("http://127.0.0.1:{port}")));
+                })
+                .unwrap()
+        };
+        put(5000);
+        // Two watchers of one file, as two services are: neither's reads
+        // may wake the other.
+        let live = LiveRegistry::open(registry.path().to_path_buf());
+        let neighbour = LiveRegistry::open(registry.path().to_path_buf());
+        let reads = || live.shared.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let port = |live: &LiveRegistry| live.snapshot().endpoints.get("orders").map(|e| e.url().to_owned());
+        for round in 1..=20u16 {
+            let before = reads();
+            // Others read the file too (a neighbour, `cat`): no change.
+            for _ in 0..5 {
+                fs::read(registry.path()).unwrap();
+            }
+            put(5000 + round);
+            let want = Some(format!("http://127.0.0.1:{}", 5000 + round));
+            eventually("the change", || port(&live) == want && port(&neighbour) == want);
+            // Events come in order: once the change is seen, the reads
+            // before it were seen too. A write and a rename are at most two.
+            let after = reads();
+            assert!(
+                after - before <= 2,
+                "round {round}: {} reads for one change",
+                after - before
+            );
+        }
     }
 
     #[test]
