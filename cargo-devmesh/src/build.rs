@@ -1,6 +1,13 @@
-//! Building services: one `cargo build` for all the binaries asked for, its
+//! Building services: one `cargo build` for all the run's binaries, its
 //! diagnostics shown as cargo shows them. With `--keep-going`, one service
 //! that fails to build does not keep the others from getting new binaries.
+//!
+//! A restart or a `--watch` rebuild builds the same set with the same
+//! flags as the run's first build, and takes the binaries it wants: cargo
+//! unifies features across the packages of one build, so `cargo build -p
+//! catalog` alone resolved them differently and recompiled 21 unchanged
+//! crates (38.5 s for a first restart). The same set costs only the check
+//! that nothing changed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +29,8 @@ pub struct BinTarget {
 pub struct Builder {
     manifest_path: PathBuf,
     flags: Vec<String>,
+    /// Every binary of the run, built together each time.
+    targets: Vec<BinTarget>,
     /// Cargo locks the target dir anyway; this keeps our output in order.
     one_at_a_time: Mutex<()>,
 }
@@ -37,17 +46,25 @@ pub struct Built {
 }
 
 impl Builder {
-    pub fn new(manifest_path: PathBuf, flags: Vec<String>) -> Builder {
+    pub fn new(manifest_path: PathBuf, flags: Vec<String>, targets: Vec<BinTarget>) -> Builder {
         Builder {
             manifest_path,
             flags,
+            targets,
             one_at_a_time: Mutex::new(()),
         }
     }
 
-    /// Builds `targets`. Cargo renders diagnostics on stderr itself, with
-    /// its progress line on a terminal; stdout carries the JSON read here.
-    pub async fn build(&self, targets: &[BinTarget]) -> std::io::Result<Built> {
+    /// The run's binaries.
+    pub fn targets(&self) -> &[BinTarget] {
+        &self.targets
+    }
+
+    /// Builds the run's binaries. Cargo renders diagnostics on stderr
+    /// itself, with its progress line on a terminal; stdout carries the
+    /// JSON read here.
+    pub async fn build(&self) -> std::io::Result<Built> {
+        let targets = &self.targets;
         let _turn = self.one_at_a_time.lock().await;
         let mut command = tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         command

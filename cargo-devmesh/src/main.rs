@@ -40,6 +40,11 @@ fn main() -> ExitCode {
     // `cargo devmesh x` runs `cargo-devmesh devmesh x`; the alias in
     // `.cargo/config.toml` runs `cargo-devmesh x`. Accept both.
     let mut args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == supervisor::watchdog::ARG) {
+        let grace = args.get(2).and_then(|g| g.to_str()?.parse().ok()).unwrap_or(5000);
+        supervisor::watchdog::serve(std::time::Duration::from_millis(grace));
+        return ExitCode::SUCCESS;
+    }
     if args.get(1).is_some_and(|a| a == "devmesh") {
         args.remove(1);
     }
@@ -186,7 +191,7 @@ fn print_ps(services: &[serde_json::Value]) {
 }
 
 /// A token cancelled by the first Ctrl-C or SIGTERM; a second one exits at
-/// once (services die with the supervisor, by `PR_SET_PDEATHSIG`).
+/// once (services die with the supervisor: the watchdog ends them).
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();

@@ -139,8 +139,7 @@ pub async fn run(
         }
         let names: Vec<_> = affected.iter().map(String::as_str).collect();
         shared.logs.note(format!("changed: rebuilding {}", names.join(", ")));
-        let targets: Vec<BinTarget> = affected.iter().map(|n| watched.services[n].0.clone()).collect();
-        let built = match shared.builder.build(&targets).await {
+        let built = match shared.builder.build().await {
             Ok(built) => built,
             Err(e) => {
                 shared.logs.note(format!("could not run `cargo build`: {e}"));

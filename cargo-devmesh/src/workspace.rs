@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use cargo_metadata::{Metadata, MetadataCommand, Package, PackageId, TargetKind};
-use devmesh::config::{Config, Mode, Readiness, ServiceConfig};
+use devmesh::config::{Config, Mode, Protocol, Readiness, ServiceConfig};
 
 use crate::errors::PlanError;
 
@@ -51,6 +51,7 @@ pub struct ServiceSpec {
     pub port: Option<u16>,
     pub depends_on: Vec<String>,
     pub ready: Readiness,
+    pub protocol: Protocol,
     pub inject_env: bool,
 }
 
@@ -224,6 +225,7 @@ fn default_spec(name: &str, launch: Launch, root: &Path) -> ServiceSpec {
         port: None,
         depends_on: Vec::new(),
         ready: Readiness::default(),
+        protocol: Protocol::default(),
         inject_env: false,
     }
 }
@@ -237,7 +239,13 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
     spec.env = entry.env.clone();
     spec.port = entry.port;
     spec.depends_on = entry.depends_on.clone();
-    spec.ready = entry.ready.clone();
+    // A TCP service is ready when it accepts, unless it says otherwise: an
+    // HTTP request would never get an answer that proves it.
+    spec.ready = match (&entry.ready, entry.protocol) {
+        (Readiness::Responds, Protocol::Tcp) => Readiness::Tcp,
+        (ready, _) => ready.clone(),
+    };
+    spec.protocol = entry.protocol;
     spec.inject_env = entry.inject_env;
 }
 

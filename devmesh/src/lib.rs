@@ -31,6 +31,7 @@
 //! - [`config`](config): `devmesh.toml`;
 //! - [`remote`]: backends for services that run elsewhere;
 //! - `listener`: the socket a service serves on;
+//! - [`trace`]: passing a request's trace on to the calls it makes;
 //! - `errors`: every error, each naming its subject and the fix.
 
 pub mod config;
@@ -41,6 +42,7 @@ pub mod name;
 pub mod registry;
 pub mod remote;
 mod resolve;
+pub mod trace;
 
 use std::sync::OnceLock;
 

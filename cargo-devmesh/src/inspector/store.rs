@@ -41,7 +41,6 @@ const NEWS: usize = 256;
 struct InFlight {
     trace_id: TraceId,
     span_id: SpanId,
-    arrived: Instant,
 }
 
 /// An exchange that has begun: its id, and where it is open.
@@ -363,37 +362,35 @@ impl Store {
         Open { id, shard, slot }
     }
 
-    /// A request from `caller` to `service`, which `arrived` in `shard`,
+    /// A request from `caller` to `service`, in `shard`,
     /// enters: its trace is the one it was `given`, else the trace of the
     /// caller's own request in flight (the likely cause of this call), else
     /// a new one. It stays in flight until [`Store::finish`] with its span.
-    pub fn enter(
-        &self,
-        shard: usize,
-        service: &Arc<str>,
-        caller: &str,
-        given: Option<TraceParent>,
-        arrived: Instant,
-    ) -> Trace {
+    pub fn enter(&self, shard: usize, service: &Arc<str>, caller: &str, given: Option<TraceParent>) -> Trace {
+        // Each hop through a front port is a span of its own, and the
+        // service sees it as its parent: a service that passes the header
+        // on (`devmesh::trace`) links its calls to exactly this request.
         let trace = match given {
             Some(header) => Trace {
-                header,
-                parent: None,
-                added: false,
+                header: TraceParent {
+                    span_id: SpanId::random(),
+                    ..header
+                },
+                parent: Some(header.span_id),
+                inferred: false,
             },
             None => {
-                let cause = self.newest_in_flight_to(caller);
+                let cause = self.only_request_in_flight_to(caller);
                 Trace {
                     header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
                     parent: cause.map(|c| c.span_id),
-                    added: true,
+                    inferred: cause.is_some(),
                 }
             }
         };
         let in_flight = InFlight {
             trace_id: trace.header.trace_id,
             span_id: trace.header.span_id,
-            arrived,
         };
         let mut inner = self.shared.shard(shard);
         match inner.in_flight_to(service) {
@@ -403,17 +400,26 @@ impl Store {
         trace
     }
 
-    /// The newest request in flight to `service`, through any shard.
-    fn newest_in_flight_to(&self, service: &str) -> Option<InFlight> {
+    /// The request in flight to `service`, through any shard, when there is
+    /// exactly one: a call `service` makes then is surely made for it.
+    /// With several, any could be the cause (linking to the newest put 13
+    /// calls in one trace and none in another with 8 at once), so the call
+    /// is left unlinked rather than put in a trace that may be wrong.
+    fn only_request_in_flight_to(&self, service: &str) -> Option<InFlight> {
         // Nothing calls the outside world's requests.
         if service == EXTERNAL {
             return None;
         }
-        self.shared
-            .shards
-            .iter()
-            .filter_map(|shard| lock(&shard.0).in_flight_to(service)?.last().copied())
-            .max_by_key(|f| f.arrived)
+        let mut only = None;
+        for shard in &self.shared.shards {
+            let inner = &mut *lock(&shard.0);
+            match inner.in_flight_to(service).map(|list| list.as_slice()) {
+                None | Some([]) => {}
+                Some([one]) if only.is_none() => only = Some(*one),
+                Some(_) => return None,
+            }
+        }
+        only
     }
 
     /// Changes exchange `open`, if it has not ended.
@@ -684,17 +690,35 @@ mod tests {
     fn a_call_is_linked_to_the_request_its_caller_is_handling_through_another_shard() {
         let store = Store::new(config(1 << 20), 2).unwrap();
         let (gateway, orders): (Arc<str>, Arc<str>) = ("gateway".into(), "orders".into());
-        let outer = store.enter(0, &gateway, EXTERNAL, None, Instant::now());
+        let outer = store.enter(0, &gateway, EXTERNAL, None);
         assert_eq!(outer.parent, None, "the outside world handles no request");
-        let inner = store.enter(1, &orders, "gateway", None, Instant::now());
+        let inner = store.enter(1, &orders, "gateway", None);
         assert_eq!(inner.header.trace_id, outer.header.trace_id);
         assert_eq!(inner.parent, Some(outer.header.span_id));
         // Once the gateway's request is over, a call starts a trace of its own.
         let open = store.add(0, exchange("/", ""));
         store.finish(open, Some(("gateway", outer.header.span_id)), |_| ());
-        let later = store.enter(1, &orders, "gateway", None, Instant::now());
+        let later = store.enter(1, &orders, "gateway", None);
         assert_ne!(later.header.trace_id, outer.header.trace_id);
         assert_eq!(later.parent, None);
+    }
+
+    #[test]
+    fn a_call_is_left_unlinked_when_its_caller_handles_several_requests() {
+        let store = Store::new(config(1 << 20), 2).unwrap();
+        let (gateway, orders): (Arc<str>, Arc<str>) = ("gateway".into(), "orders".into());
+        let first = store.enter(0, &gateway, EXTERNAL, None);
+        let second = store.enter(1, &gateway, EXTERNAL, None);
+        let call = store.enter(0, &orders, "gateway", None);
+        assert_eq!((call.parent, call.inferred), (None, false));
+        assert!(![first.header.trace_id, second.header.trace_id].contains(&call.header.trace_id));
+        // Said by the caller, it is exact however many are in flight; the
+        // service sees this hop's own span as its parent.
+        let told = TraceParent::new(second.header.trace_id, second.header.span_id);
+        let call = store.enter(1, &orders, "gateway", Some(told));
+        assert_eq!(call.header.trace_id, second.header.trace_id);
+        assert_eq!((call.parent, call.inferred), (Some(second.header.span_id), false));
+        assert_ne!(call.header.span_id, second.header.span_id);
     }
 
     #[test]

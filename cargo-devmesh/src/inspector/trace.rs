@@ -51,16 +51,19 @@ impl serde::Serialize for SpanId {
     }
 }
 
-/// The trace a request travels in, as the proxy decides it.
+/// The trace a request travels in, as the proxy decides it. The proxy
+/// always sends the service a `traceparent` of its own span, so a request
+/// that had one has it replaced.
 #[derive(Debug, Clone, Copy)]
 pub struct Trace {
-    /// The `traceparent` the service sees.
+    /// The `traceparent` the service sees: this request's trace, and its
+    /// span at the front port.
     pub header: TraceParent,
-    /// The span of the caller's request this one was made during, when
-    /// the caller did not say.
+    /// The span this request was made during: the one its `traceparent`
+    /// named, or, without one, the caller's only request in flight.
     pub parent: Option<SpanId>,
-    /// Whether the proxy added the header (the request had none).
-    pub added: bool,
+    /// Whether `parent` was inferred rather than said by the caller.
+    pub inferred: bool,
 }
 
 /// A parsed `traceparent`.

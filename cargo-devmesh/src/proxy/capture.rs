@@ -57,7 +57,7 @@ impl Capture {
         exchange.trace_id = Some(request.trace.header.trace_id);
         exchange.span_id = Some(request.trace.header.span_id);
         exchange.parent_span_id = request.trace.parent;
-        exchange.trace_inferred = request.trace.parent.is_some();
+        exchange.trace_inferred = request.trace.inferred;
         exchange.replay_of = request.replay_of;
         Capture {
             open: context.inspector.store.add(context.thread, exchange),

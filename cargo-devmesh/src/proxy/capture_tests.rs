@@ -99,6 +99,19 @@ const THREADS: usize = 2;
 
 /// A front port for `backend`, capturing with `max_body`.
 async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    front_of(backend, max_body, Duration::from_secs(60)).await
+}
+
+/// A front port for `backend` whose requests wait `response` for an answer.
+async fn front_with(backend: SocketAddr, response: Duration) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    front_of(backend, 1024, response).await
+}
+
+async fn front_of(
+    backend: SocketAddr,
+    max_body: usize,
+    response: Duration,
+) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
     let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
@@ -111,7 +124,11 @@ async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspect
         service: "svc".into(),
         listener,
         route,
-        ready_timeout: Duration::from_secs(5),
+        protocol: devmesh::config::Protocol::Http,
+        timeouts: super::Timeouts {
+            ready: Duration::from_secs(5),
+            response,
+        },
         inspector: Arc::clone(&inspector),
     };
     super::start(vec![front], THREADS, shutdown.clone()).unwrap();
@@ -165,7 +182,7 @@ async fn keep_alive_requests_are_each_captured_with_trace_and_body() {
 }
 
 #[tokio::test]
-async fn a_given_traceparent_is_kept() {
+async fn a_given_trace_is_kept_and_this_hop_is_its_child() {
     let (front, inspector, _shutdown) = front(backend().await, 1024).await;
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -186,7 +203,17 @@ async fn a_given_traceparent_is_kept() {
         all[0].trace_id.map(|t| t.to_string()).as_deref(),
         Some("4bf92f3577b34da6a3ce929d0e0e4736")
     );
-    assert_eq!(all[0].request_headers.get("traceparent").as_deref(), Some(traceparent));
+    // The service sees this hop's span, whose parent is the caller's.
+    let span = all[0].span_id.expect("a span").to_string();
+    assert_eq!(
+        all[0].parent_span_id.map(|s| s.to_string()).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert!(!all[0].trace_inferred);
+    assert_eq!(
+        all[0].request_headers.get("traceparent").as_deref(),
+        Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span}-01").as_str())
+    );
 }
 
 #[tokio::test]
@@ -413,15 +440,269 @@ async fn clients_that_connect_per_request_share_connections_to_the_instance() {
     for _ in 0..5 {
         let mut stream = TcpStream::connect(front).await.unwrap();
         stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
-        // Closing its side and reading to the end, the client knows the
-        // proxy is done with the connection (and has pooled its upstream).
-        stream.shutdown().await.unwrap();
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        assert!(String::from_utf8_lossy(&response).ends_with("hello"));
+        while !response.ends_with(b"hello") {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "{}", String::from_utf8_lossy(&response));
+            response.extend_from_slice(&buf[..n]);
+        }
+        // Closing its side once answered and reading to the end, the client
+        // knows the proxy is done with the connection (and has pooled its
+        // upstream). A client that closes before its answer has left.
+        stream.shutdown().await.unwrap();
+        assert_eq!(stream.read(&mut [0u8; 1]).await.unwrap(), 0);
     }
     // The connections are dealt to the proxy's threads in turn: one
     // connection to the instance for each at most.
     let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=THREADS).contains(&opened), "{opened} connections for 5 clients");
+}
+
+/// A backend that serves raw HTTP/1.1 by a script: for each request, in
+/// order of arrival on any connection, `script` says what to do with it.
+/// Returns its address, the requests it received, as text, and a channel
+/// told each time a connection it hangs on is closed by the proxy.
+async fn scripted_backend(
+    script: impl Fn(usize, &str) -> Scripted + Send + Sync + 'static,
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (hung_up, hung_up_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (log, script) = (Arc::clone(&received), Arc::new(script));
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (log, script, hung_up) = (Arc::clone(&log), Arc::clone(&script), hung_up.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if stream.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let index = {
+                        let mut log = log.lock().unwrap();
+                        log.push(head.clone());
+                        log.len() - 1
+                    };
+                    match script(index, &head) {
+                        Scripted::Answer(answer) => stream.write_all(answer.as_bytes()).await.unwrap(),
+                        Scripted::Close => return,
+                        Scripted::AnswerAndClose(answer) => {
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                            return;
+                        }
+                        Scripted::Hang => {
+                            // Never answers; notes when the proxy lets go.
+                            while !matches!(stream.read(&mut [0u8; 64]).await, Ok(0) | Err(_)) {}
+                            let _ = hung_up.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, received, hung_up_rx)
+}
+
+enum Scripted {
+    /// Answer, and keep the connection for the next request.
+    Answer(&'static str),
+    /// Close without answering (a restart, a keep-alive timeout, a crash).
+    Close,
+    /// Answer without reading the body, then close.
+    AnswerAndClose(&'static str),
+    /// Never answer (a hung service).
+    Hang,
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// Reads one response with a `content-length` from `stream`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|l| l.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text.into_owned();
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "closed mid-response: {text}");
+        response.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A request that may have been received is never sent twice: a kept
+/// connection closed under a GET is retried on a new one, under a POST the
+/// client gets a 502 that says what happened.
+#[tokio::test]
+async fn a_post_is_never_sent_twice() {
+    // The first request on each connection is answered; the second finds
+    // the connection closed, as after a service's keep-alive timeout.
+    let (addr, received, _) = scripted_backend(|index, _| match index {
+        0 | 2 | 3 | 5 => Scripted::Answer(OK),
+        _ => Scripted::Close,
+    })
+    .await;
+    let (front, _inspector, _shutdown) = front(addr, 1024).await;
+    let mut client = TcpStream::connect(front).await.unwrap();
+    for method in ["GET", "POST"] {
+        client
+            .write_all(b"GET /first HTTP/1.1\r\nhost: svc\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut client).await.ends_with("ok"));
+        let request = format!("{method} /second HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut client).await;
+        if method == "GET" {
+            assert!(response.ends_with("ok"), "a GET is tried again: {response}");
+        } else {
+            assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+            assert!(response.contains("closed the connection"), "{response}");
+            assert!(!response.contains("refused"), "{response}");
+        }
+    }
+    let received = received.lock().unwrap();
+    let posts = received.iter().filter(|r| r.starts_with("POST")).count();
+    let gets = received.iter().filter(|r| r.starts_with("GET /second")).count();
+    assert_eq!((gets, posts), (2, 1), "{received:?}");
+}
+
+/// A service that answers before reading the whole body (a 413 for an
+/// upload too big) gets its answer to the client.
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_reaches_the_client() {
+    const TOO_LARGE: &str = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!";
+    let (addr, _, _) = scripted_backend(|_, _| Scripted::AnswerAndClose(TOO_LARGE)).await;
+    let (front, _inspector, _shutdown) = front(addr, 1024).await;
+    let mut client = TcpStream::connect(front).await.unwrap();
+    let length = 8 * 1024 * 1024;
+    client
+        .write_all(format!("POST /upload HTTP/1.1\r\nhost: svc\r\ncontent-length: {length}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The client goes on sending while the answer comes, as curl does.
+    let (mut read, mut write) = client.split();
+    let sending = async {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..length / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reading = async {
+        let mut response = Vec::new();
+        let _ = read.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let ((), response) = tokio::join!(sending, reading);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.ends_with("too big!"), "{response}");
+}
+
+/// Chunked framing is read as strictly as the service behind reads it: a
+/// bare LF is a 400 from the proxy, not a request that hangs.
+#[tokio::test]
+async fn a_bare_lf_in_chunked_framing_is_a_400() {
+    let (front, _inspector, _shutdown) = front(backend().await, 1024).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        exchange_raw(
+            front,
+            "POST /echo HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("bare LF"), "{response}");
+}
+
+#[tokio::test]
+async fn a_lowercase_or_unknown_method_is_a_400_not_a_pipe() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    for (request, says) in [
+        ("get / HTTP/1.1\r\n\r\n", "`GET`"),
+        ("BREW /pot HTTP/1.1\r\n\r\n", "`BREW`"),
+    ] {
+        let response = exchange_raw(front, request).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(response.contains(says), "{response}");
+    }
+    assert!(inspector.store.list(&Filter::default()).is_empty(), "nothing was piped");
+}
+
+/// A pooled client opens a connection and uses it later: however long it
+/// waits, its requests are HTTP, each captured.
+#[tokio::test]
+async fn a_connection_quiet_for_a_second_is_still_http() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let mut client = TcpStream::connect(front).await.unwrap();
+    // The scenario itself is the wait: a connection that stays quiet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..2 {
+        client.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+        assert!(read_response(&mut client).await.ends_with("hello"));
+    }
+    let all = complete(&inspector, 2).await;
+    assert!(
+        all.iter().all(|e| e.kind == Kind::Http && e.status == Some(200)),
+        "{all:?}"
+    );
+}
+
+/// A service that does not answer: the request gets a 504 that names it
+/// after the response timeout; a client that leaves first frees the
+/// connection to the instance.
+#[tokio::test]
+async fn a_hung_service_gets_a_504_and_a_client_that_leaves_frees_the_connection() {
+    let (addr, received, mut hung_up) = scripted_backend(|_, _| Scripted::Hang).await;
+    let (front, _inspector, _shutdown) = front_with(addr, Duration::from_millis(300)).await;
+    let response = exchange_raw(front, "GET /slow HTTP/1.1\r\nhost: svc\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert!(
+        response.contains("service `svc`") && response.contains("response_timeout"),
+        "{response}"
+    );
+    hung_up.recv().await.expect("the timed-out connection is let go");
+
+    let (front, _inspector, _shutdown) = front_with(addr, Duration::from_secs(3600)).await;
+    let mut client = TcpStream::connect(front).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    while received.lock().unwrap().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), hung_up.recv())
+        .await
+        .expect("the client left, so the proxy lets go of the instance")
+        .unwrap();
 }

@@ -51,10 +51,8 @@ async fn forward(
         let trace = context
             .inspector
             .store
-            .enter(context.thread, &context.service, &caller, given, arrived);
-        if trace.added
-            && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
-        {
+            .enter(context.thread, &context.service, &caller, given);
+        if let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header()) {
             request.headers_mut().insert("traceparent", value);
         }
         let captured = capture::Request {

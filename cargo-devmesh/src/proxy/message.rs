@@ -21,6 +21,56 @@ pub enum HeadError {
     TooManyHeaders,
     #[error("the message's length cannot be told: {0}")]
     Length(&'static str),
+    #[error("`{0}` is not an HTTP method (hint: methods are case-sensitive{hint})", hint = upper_hint(.0))]
+    UnknownMethod(String),
+}
+
+/// `: `GET`` for a method that is a known one in the wrong case.
+fn upper_hint(method: &str) -> String {
+    let upper = method.to_ascii_uppercase();
+    match Method::of(&upper) {
+        Some(_) => format!(": `{upper}`"),
+        None => String::new(),
+    }
+}
+
+/// The methods a front port forwards: RFC 9110's, PATCH, and WebDAV's.
+/// Others are refused, so a typo or a lowercase `get` is told, not
+/// forwarded to a service that may treat it as anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    /// Whether sending it twice has the effect of sending it once (RFC 9110
+    /// §9.2.2): only such a request is sent again on a new connection.
+    pub idempotent: bool,
+}
+
+impl Method {
+    pub fn of(name: &str) -> Option<Method> {
+        const IDEMPOTENT: [&str; 11] = [
+            "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "PROPFIND", "REPORT", "SEARCH", "COPY", "MKCOL",
+        ];
+        const OTHERS: [&str; 12] = [
+            "POST",
+            "PATCH",
+            "CONNECT",
+            "PROPPATCH",
+            "MOVE",
+            "LOCK",
+            "UNLOCK",
+            "MKCALENDAR",
+            "ACL",
+            "MERGE",
+            "CHECKOUT",
+            "QUERY",
+        ];
+        if IDEMPOTENT.contains(&name) {
+            Some(Method { idempotent: true })
+        } else if OTHERS.contains(&name) {
+            Some(Method { idempotent: false })
+        } else {
+            None
+        }
+    }
 }
 
 impl From<httparse::Error> for HeadError {
@@ -58,6 +108,8 @@ pub struct RequestHead {
     pub target: Range<usize>,
     /// A `HEAD` request: its response has no body.
     pub is_head: bool,
+    /// Whether the request may be sent a second time (see [`Method`]).
+    pub idempotent: bool,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub body: Framing,
@@ -65,7 +117,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The protocol asked for with `Upgrade` (and `Connection: upgrade`).
     pub upgrade: Option<String>,
-    pub traceparent: Option<TraceParent>,
+    /// The `traceparent` it came with, and the line that says so.
+    pub traceparent: Option<(TraceParent, Range<usize>)>,
     /// The exchange this request replays, and the line that says so, which
     /// the service does not see.
     pub replay_of: Option<(u64, Range<usize>)>,
@@ -96,6 +149,7 @@ impl RequestHead {
         let (Some(method), Some(target)) = (request.method, request.path) else {
             return Err(HeadError::Malformed(httparse::Error::Token));
         };
+        let known = Method::of(method).ok_or_else(|| HeadError::UnknownMethod(method.to_owned()))?;
         let connection = Connection::of(request.headers, minor);
         let body = match message_length(request.headers)? {
             Some(Framing::UntilClose) => {
@@ -109,7 +163,14 @@ impl RequestHead {
             .then(|| value(request.headers, "upgrade"))
             .flatten()
             .map(str::to_owned);
-        let traceparent = value(request.headers, "traceparent").and_then(TraceParent::parse);
+        let traceparent = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
+            .and_then(|h| {
+                let parent = TraceParent::parse(std::str::from_utf8(h.value).ok()?)?;
+                Some((parent, line_of(buf, h.name.as_bytes(), h.value)))
+            });
         let replay_of = request
             .headers
             .iter()
@@ -124,7 +185,8 @@ impl RequestHead {
             blank_at: blank_start(buf, len),
             method: span(buf, method.as_bytes()),
             target: span(buf, target.as_bytes()),
-            is_head: method.eq_ignore_ascii_case("HEAD"),
+            is_head: method == "HEAD",
+            idempotent: known.idempotent,
             minor,
             // Both `Transfer-Encoding` and `Content-Length` is how requests
             // are smuggled: such a connection carries no second request.
@@ -303,6 +365,7 @@ enum ChunkState {
     DataLf,
     TrailerStart,
     TrailerLine,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -316,6 +379,11 @@ impl Chunked {
     /// Follows `input`, handing each run of chunk data to `data`; returns
     /// how many bytes of `input` belong to the body (all of them unless it
     /// ends within).
+    ///
+    /// Every line must end in CRLF, as hyper and most servers require: a
+    /// proxy that took a bare LF would see the body end where the service
+    /// behind it waits for more (and the request hangs), or the reverse,
+    /// which is how requests are smuggled.
     pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         use ChunkState::*;
         let mut at = 0;
@@ -345,17 +413,22 @@ impl Chunked {
                 (Size, _) if self.digits == 0 => return Err(ChunkError("a chunk size is missing")),
                 (Size, b';' | b' ' | b'\t') => Extension,
                 (Size | Extension, b'\r') => SizeLf,
-                (Size | Extension | SizeLf, b'\n') => self.after_size(),
+                (Size | Extension, b'\n') => return Err(ChunkError("a chunk size line ends in a bare LF")),
+                (SizeLf, b'\n') => self.after_size(),
                 (Size, _) => return Err(ChunkError("a chunk size is not hexadecimal")),
                 (Extension, _) => Extension,
                 (SizeLf, _) => return Err(ChunkError("a chunk size line does not end in CRLF")),
                 (DataCr, b'\r') => DataLf,
-                (DataCr | DataLf, b'\n') => Size,
+                (DataLf, b'\n') => Size,
+                (DataCr, b'\n') => return Err(ChunkError("chunk data ends in a bare LF")),
                 (DataCr | DataLf, _) => return Err(ChunkError("chunk data is longer than its size")),
                 (TrailerStart, b'\r') => EndLf,
-                (TrailerStart | EndLf, b'\n') => Done,
+                (EndLf, b'\n') => Done,
                 (EndLf, _) => return Err(ChunkError("the last chunk does not end in CRLF")),
-                (TrailerLine, b'\n') => TrailerStart,
+                (TrailerLine, b'\r') => TrailerLf,
+                (TrailerLf, b'\n') => TrailerStart,
+                (TrailerLf, _) => return Err(ChunkError("a trailer line does not end in CRLF")),
+                (TrailerStart | TrailerLine, b'\n') => return Err(ChunkError("a trailer line ends in a bare LF")),
                 (TrailerStart | TrailerLine, _) => TrailerLine,
                 (Data | Done, _) => unreachable!("handled above"),
             };
@@ -410,6 +483,23 @@ mod tests {
     }
 
     #[test]
+    fn methods_are_known_and_case_sensitive() {
+        let parse = |text: &str| RequestHead::parse(text.as_bytes());
+        assert!(request("PUT / HTTP/1.1\r\n\r\n").idempotent);
+        assert!(!request("POST / HTTP/1.1\r\n\r\n").idempotent);
+        let lowercase = parse("get / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert!(
+            lowercase.to_string().contains("`get` is not an HTTP method"),
+            "{lowercase}"
+        );
+        assert!(lowercase.to_string().contains("`GET`"), "{lowercase}");
+        assert!(matches!(
+            parse("BREW /pot HTTP/1.1\r\n\r\n"),
+            Err(HeadError::UnknownMethod(_))
+        ));
+    }
+
+    #[test]
     fn bad_lengths_are_refused() {
         let parse = |text: &str| RequestHead::parse(text.as_bytes());
         assert!(matches!(
@@ -438,7 +528,9 @@ mod tests {
         let head = request(text);
         let (id, line) = head.replay_of.unwrap();
         assert_eq!((id, &text[line]), (42, "x-devmesh-replay: 42\r\n"));
-        assert_eq!(head.traceparent.unwrap().span_id.0, 0x00f0_67aa_0ba9_02b7);
+        let (parent, line) = head.traceparent.unwrap();
+        assert_eq!(parent.span_id.0, 0x00f0_67aa_0ba9_02b7);
+        assert!(text[line].starts_with("traceparent: 00-4bf9"));
     }
 
     #[test]
@@ -478,7 +570,16 @@ mod tests {
 
     #[test]
     fn a_broken_chunked_body_is_an_error() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"0\r\n\rX"] {
+        let bare_lf = [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n",
+            b"0\r\n\n",
+            b"0\r\nA: b\n",
+        ];
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"0\r\n\rX"]
+            .into_iter()
+            .chain(bare_lf)
+        {
             let scanned = Chunked::default().scan(bad, |_| ());
             assert!(scanned.is_err(), "{}", String::from_utf8_lossy(bad));
         }

@@ -5,8 +5,11 @@
 //! HTTP is forwarded request by request, so a client's keep-alive
 //! connection outlives the instance behind it: a restart is invisible.
 //! HTTP/1 goes through the proxy's own forwarder ([`http1`]), h2c through
-//! hyper ([`h2`]); anything else is piped as TCP. Each exchange is captured
-//! on its way ([`capture`]). The proxy owns no processes.
+//! hyper ([`h2`]). A service declared `protocol = "tcp"` is piped as TCP,
+//! and so is a connection to an HTTP service whose first bytes are not
+//! HTTP; how long a connection stays quiet never decides it, for pooled
+//! clients open connections long before they use them. Each exchange is
+//! captured on its way ([`capture`]). The proxy owns no processes.
 
 mod capture;
 #[cfg(test)]
@@ -29,11 +32,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use devmesh::config::Protocol;
+
 use crate::inspector::{self, Inspector, Kind};
 
-/// How long the first bytes of a connection are awaited to tell HTTP from
-/// other TCP; a protocol where the server speaks first is piped after this.
-const SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long an HTTP connection may wait for its next request. Longer than
+/// the idle timeout of common client pools (hyper's and reqwest's 90 s), so
+/// the client, which knows whether it still wants the connection, closes
+/// it first and never races the proxy's close with a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a request head may take once its first byte came; a client
+/// that trickles one (slowloris) holds no connection longer.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request that has waited this long for its response makes the
+/// supervisor check whether the service still answers.
+const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// One front port.
 #[derive(Debug)]
@@ -42,10 +55,20 @@ pub struct Front {
     /// The front port; the first proxy thread accepts on it.
     pub listener: std::net::TcpListener,
     pub route: watch::Receiver<Route>,
-    /// How long a request waits for a ready instance before a 503.
-    pub ready_timeout: Duration,
+    /// What the port carries.
+    pub protocol: Protocol,
+    pub timeouts: Timeouts,
     /// Where traffic is captured.
     pub inspector: Arc<Inspector>,
+}
+
+/// How long a request waits, from `[run]` in `devmesh.toml`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a ready instance, then a 503.
+    pub ready: Duration,
+    /// For the head of its response, then a 504.
+    pub response: Duration,
 }
 
 /// A front port as one proxy thread serves it.
@@ -55,7 +78,8 @@ struct Context {
     /// store, and its count of what is in flight to an instance.
     thread: usize,
     route: watch::Receiver<Route>,
-    ready_timeout: Duration,
+    protocol: Protocol,
+    timeouts: Timeouts,
     inspector: Arc<Inspector>,
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
@@ -177,7 +201,8 @@ impl Context {
             service: front.service.as_str().into(),
             thread,
             route: front.route.clone(),
-            ready_timeout: front.ready_timeout,
+            protocol: front.protocol,
+            timeouts: front.timeouts,
             inspector: Arc::clone(&front.inspector),
             pool: http1::Pool::default(),
             http2: Client::builder(TokioExecutor::new())
@@ -223,39 +248,33 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
 }
 
 async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<Connection>) {
-    let mut head = [0u8; 16];
-    let sniffed = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut head)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => return,
+    if context.protocol == Protocol::Tcp {
+        return pipe(stream, &context, &connection).await;
+    }
+    let mut head = [0u8; 4];
+    let sniffed = match tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut head)).await {
+        Ok(Ok(0) | Err(_)) | Err(_) => return,
         Ok(Ok(n)) => &head[..n],
-        Err(_) => &[][..],
     };
     if sniffed.starts_with(b"PRI ") {
         h2::serve(stream, context, connection).await;
-    } else if looks_like_http(sniffed) {
+    } else if starts_like_http(sniffed) {
         http1::serve(stream, &context, &connection).await;
     } else {
         pipe(stream, &context, &connection).await;
     }
 }
 
-/// Whether a connection's first bytes start an HTTP/1 request or the h2c preface.
-fn looks_like_http(head: &[u8]) -> bool {
-    const STARTS: [&[u8]; 10] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"DELETE ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"CONNECT ",
-        b"TRACE ",
-        b"PRI * HTTP/2",
-    ];
-    !head.is_empty()
-        && STARTS
+/// Whether a connection's first bytes can start an HTTP/1 request line (a
+/// method is a token: letters, digits and a few marks). TLS, Redis's `*`,
+/// binary protocols start otherwise and are piped; anything that starts
+/// like a request is parsed as one, and refused with a 400 if it is not.
+fn starts_like_http(first: &[u8]) -> bool {
+    let method = first.split(|&b| b == b' ').next().unwrap_or_default();
+    !method.is_empty()
+        && method
             .iter()
-            .any(|start| start.starts_with(head) || head.starts_with(start))
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Context {
@@ -272,7 +291,7 @@ impl Context {
             return Ok(ready);
         }
         let mut route = self.route.clone();
-        let ready = tokio::time::timeout(self.ready_timeout, route.wait_for(|r| matches!(r, Route::Ready(_)))).await;
+        let ready = tokio::time::timeout(self.timeouts.ready, route.wait_for(|r| matches!(r, Route::Ready(_)))).await;
         if let Ok(Ok(route)) = ready
             && let Some(ready) = leased(&route)
         {
@@ -284,7 +303,7 @@ impl Context {
         };
         Err(format!(
             "devmesh: service `{}` is not ready ({status}) after {:?} (hint: `cargo devmesh logs {}`)\n",
-            self.service, self.ready_timeout, self.service
+            self.service, self.timeouts.ready, self.service
         ))
     }
 
@@ -343,11 +362,11 @@ mod tests {
 
     #[test]
     fn tells_http_from_other_protocols() {
-        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http(b"PO"));
-        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
-        assert!(!looks_like_http(b"\x16\x03\x01"));
-        assert!(!looks_like_http(b"*1\r\n$4\r\nPING"));
-        assert!(!looks_like_http(b""));
+        for http in [&b"GET "[..], b"PO", b"get ", b"PROPFIND", b"BREW"] {
+            assert!(starts_like_http(http), "{}", String::from_utf8_lossy(http));
+        }
+        for other in [&b"\x16\x03\x01"[..], b"*1\r\n", b"\0\0", b" GET", b""] {
+            assert!(!starts_like_http(other), "{}", String::from_utf8_lossy(other));
+        }
     }
 }

@@ -25,14 +25,31 @@ pub struct Backend {
     /// once idle: a count for each proxy thread, which would otherwise pass
     /// one back and forth on every request.
     drains: Arc<[Arc<Drain>]>,
+    /// Told by the proxy when a request has waited long for an answer, so
+    /// the supervisor checks whether the instance still answers.
+    stalled: Arc<Notify>,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
+        let stalled = Arc::new(Notify::new());
         Backend {
             addr,
-            drains: (0..super::MAX_THREADS).map(|_| Arc::default()).collect(),
+            drains: (0..super::MAX_THREADS)
+                .map(|_| {
+                    Arc::new(Drain {
+                        stalled: Arc::clone(&stalled),
+                        ..Drain::default()
+                    })
+                })
+                .collect(),
+            stalled,
         }
+    }
+
+    /// Waits until a request to the instance has waited long for its answer.
+    pub async fn stalled(&self) {
+        self.stalled.notified().await;
     }
 
     /// Holds the instance for a request or connection through proxy thread `thread`.
@@ -57,11 +74,20 @@ impl Backend {
 pub struct Drain {
     active: AtomicUsize,
     idle: Notify,
+    /// The instance's [`Backend::stalled`].
+    stalled: Arc<Notify>,
 }
 
 /// Held while a request or connection is in flight; released on drop.
 #[derive(Debug)]
 pub struct Lease(Arc<Drain>);
+
+impl Lease {
+    /// Says that the request holding this lease has waited long for an answer.
+    pub fn suspect(&self) {
+        self.0.stalled.notify_one();
+    }
+}
 
 impl Drain {
     fn lease(self: &Arc<Self>) -> Lease {

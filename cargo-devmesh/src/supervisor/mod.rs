@@ -8,6 +8,7 @@
 mod process;
 mod readiness;
 pub mod service;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use anyhow::Context as _;
 use devmesh::registry::{Entry, Registry, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{BinTarget, Builder};
+use crate::build::{BinTarget, Builder, Built};
 use crate::control;
 use crate::inspector::Inspector;
 use crate::logs::Logs;
@@ -71,28 +72,12 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         }
     })?;
 
-    let builder = Builder::new(workspace.manifest_path.clone(), options.cargo.build_flags());
     let targets: Vec<BinTarget> = selected
         .iter()
         .filter_map(|name| bin_target(&workspace, name))
         .collect();
-    let built = if targets.is_empty() {
-        Default::default()
-    } else {
-        logs.note(format!("building {}", names(&targets)));
-        builder.build(&targets).await.context("could not run `cargo build`")?
-    };
-    if !built.success {
-        let failed: Vec<_> = targets
-            .iter()
-            .filter(|t| !built.binaries.contains_key(t))
-            .cloned()
-            .collect();
-        logs.note(format!(
-            "the build of {} failed; the other services start",
-            names(&failed)
-        ));
-    }
+    let builder = Builder::new(workspace.manifest_path.clone(), options.cargo.build_flags(), targets);
+    let (first_build, first_build_rx) = tokio::sync::watch::channel(None);
 
     let proxy_threads = proxy::threads();
     let inspector = Arc::new(
@@ -101,7 +86,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     );
     let shared = Arc::new(service::Shared {
         inspector: Arc::clone(&inspector),
-        spawner: process::Spawner::start(),
+        spawner: process::Spawner::start(workspace.config.run.grace_period)
+            .context("could not start the watchdog that ends services if the supervisor dies")?,
         logs: logs.clone(),
         builder,
         registry: registry.clone(),
@@ -114,11 +100,11 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     let mut fronts_to_serve = Vec::new();
     for name in start_order(&workspace, &selected) {
         let spec = workspace.services[&name].clone();
+        let spec_protocol = spec.protocol;
         let dependencies = spec.depends_on.iter().map(|d| handles[d].state.clone()).collect();
-        let binary = bin_target(&workspace, &name).and_then(|t| built.binaries.get(&t).cloned());
         let (handle, route, task) = service::spawn(
             spec,
-            binary,
+            first_build_rx.clone(),
             fronts[&name],
             dependencies,
             Arc::clone(&shared),
@@ -131,7 +117,11 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
             service: name.clone(),
             listener,
             route,
-            ready_timeout: workspace.config.run.ready_timeout,
+            protocol: spec_protocol,
+            timeouts: proxy::Timeouts {
+                ready: workspace.config.run.ready_timeout,
+                response: workspace.config.run.response_timeout,
+            },
             inspector: Arc::clone(&inspector),
         });
         handles.insert(name, handle);
@@ -149,6 +139,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     logs.note(format!(
         "inspector on http://{api}/ (`cargo devmesh ps` lists the services)"
     ));
+    // Commands and the front ports are up while the services build.
+    first_build.send_replace(Some(Arc::new(build_all(&shared).await)));
     if options.watch {
         tokio::spawn(crate::watch::run(
             crate::watch::Watched::of(&workspace, &selected),
@@ -177,6 +169,34 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     })?;
     control::remove(&state_dir);
     Ok(())
+}
+
+/// The run's first build, reported on the terminal.
+async fn build_all(shared: &service::Shared) -> Built {
+    let targets = shared.builder.targets();
+    if targets.is_empty() {
+        return Built::default();
+    }
+    shared.logs.note(format!("building {}", names(targets)));
+    let built = match shared.builder.build().await {
+        Ok(built) => built,
+        Err(e) => {
+            shared.logs.note(format!("could not run `cargo build`: {e}"));
+            Built::default()
+        }
+    };
+    let failed: Vec<_> = targets
+        .iter()
+        .filter(|t| !built.binaries.contains_key(t))
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        shared.logs.note(format!(
+            "the build of {} failed; the other services start",
+            names(&failed)
+        ));
+    }
+    built
 }
 
 /// The binary target a service runs, if it is a workspace binary.

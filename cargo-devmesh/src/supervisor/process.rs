@@ -1,5 +1,7 @@
 //! Service processes: spawned in their own process group, bound to die with
-//! the supervisor, stopped with SIGTERM, a grace period, then SIGKILL.
+//! the supervisor (the direct child by `PR_SET_PDEATHSIG`, the whole group
+//! by the [`watchdog`](super::watchdog)), stopped with SIGTERM, a grace
+//! period, then SIGKILL. What a service forked is ended with it.
 //!
 //! Every process is spawned from one thread that lives as long as the
 //! supervisor: `PR_SET_PDEATHSIG` fires when the *thread* that spawned a
@@ -10,12 +12,13 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{oneshot, watch};
 
+use super::watchdog::Watchdog;
 use crate::logs::Logs;
 
 /// Where the systemd protocol puts the first inherited socket.
@@ -27,11 +30,14 @@ type SpawnResult = io::Result<tokio::process::Child>;
 #[derive(Debug, Clone)]
 pub struct Spawner {
     requests: mpsc::Sender<(std::process::Command, oneshot::Sender<SpawnResult>)>,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Spawner {
-    /// Starts the spawning thread; it ends when every `Spawner` clone is dropped.
-    pub fn start() -> Spawner {
+    /// Starts the spawning thread and the watchdog; the thread ends when
+    /// every `Spawner` clone is dropped.
+    pub fn start(grace: Duration) -> io::Result<Spawner> {
+        let watchdog = Arc::new(Watchdog::start(grace)?);
         let (requests, incoming) = mpsc::channel::<(std::process::Command, oneshot::Sender<SpawnResult>)>();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -43,7 +49,7 @@ impl Spawner {
                 }
             })
             .expect("the spawner thread starts");
-        Spawner { requests }
+        Ok(Spawner { requests, watchdog })
     }
 
     /// Spawns `command` as a service process: its own process group, killed
@@ -97,6 +103,7 @@ impl Spawner {
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("the process exited at once"))?;
+        self.watchdog.guard(pid);
         for output in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)]
             .into_iter()
             .flatten()
@@ -104,8 +111,13 @@ impl Spawner {
             tokio::spawn(forward_lines(output, service.to_owned(), logs.clone()));
         }
         let (exited_tx, exited) = watch::channel(None);
+        let watchdog = Arc::clone(&self.watchdog);
         tokio::spawn(async move {
             let status = child.wait().await;
+            // What it forked goes with it: a leftover would hold its port
+            // or files when the service starts again.
+            signal_group(pid, libc::SIGKILL);
+            watchdog.release(pid);
             let _ = exited_tx.send(Some(status.map_err(|e| e.to_string())));
         });
         Ok(Process { pid, exited })
@@ -163,12 +175,27 @@ impl Process {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the group is the
-        // child's own (process_group(0)), so this reaches nothing else.
-        unsafe {
-            libc::kill(-(self.pid as libc::pid_t), signal);
-        }
+        signal_group(self.pid, signal);
     }
+}
+
+/// Signals the process group a service leads.
+fn signal_group(group: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; the group is the
+    // service's own (process_group(0)), so this reaches nothing else.
+    unsafe {
+        libc::kill(-(group as libc::pid_t), signal);
+    }
+}
+
+/// Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP, a
+/// debugger), from the state letter in `/proc/<pid>/stat`.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The command name in parentheses may hold spaces: the state follows its `)`.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+    })
 }
 
 /// `exit status 1`, `killed by SIGSEGV`: how a process ended, in words.

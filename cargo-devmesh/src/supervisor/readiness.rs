@@ -16,14 +16,19 @@ const MAX_PAUSE: Duration = Duration::from_millis(200);
 /// caller races it against the process exiting.
 pub async fn wait(addr: SocketAddr, check: &Readiness) {
     let mut pause = Duration::from_millis(5);
-    loop {
-        if tokio::time::timeout(CHECK_TIMEOUT, passes(addr, check)).await == Ok(true) {
-            return;
-        }
+    while !answers(addr, check).await {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
 }
+
+/// Whether the instance at `addr` passes `check` within [`CHECK_TIMEOUT`].
+pub async fn answers(addr: SocketAddr, check: &Readiness) -> bool {
+    tokio::time::timeout(CHECK_TIMEOUT, passes(addr, check)).await == Ok(true)
+}
+
+/// Responses are read to their end, at most this much of them.
+const MAX_RESPONSE: usize = 1024 * 1024;
 
 async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
@@ -39,14 +44,50 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
-    let mut head = [0u8; 12];
-    if stream.read_exact(&mut head).await.is_err() || !head.starts_with(b"HTTP/1.") {
-        return false;
+    // The whole response is read (to its length, else to the service's
+    // close, which it was asked for): closing on unread bytes would reset
+    // the connection, and a service still writing then logs an error
+    // (Python's `http.server` prints a `ConnectionResetError` traceback).
+    let mut response = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 8 * 1024];
+    let mut status = None;
+    while response.len() < MAX_RESPONSE {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+        if status.is_none() {
+            status = head_of(&response);
+        }
+        if let Some((_, Some(whole))) = status
+            && response.len() >= whole
+        {
+            break;
+        }
     }
+    let Some((status, _)) = status else {
+        return false;
+    };
     match check {
-        Readiness::Http(_) => head[9] == b'2',
+        Readiness::Http(_) => (200..300).contains(&status),
         _ => true,
     }
+}
+
+/// The status of a whole response head at the start of `bytes`, and the
+/// length of head and body when `Content-Length` tells it.
+fn head_of(bytes: &[u8]) -> Option<(u16, Option<usize>)> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut fields);
+    let httparse::Status::Complete(head) = response.parse(bytes).ok()? else {
+        return None;
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+    Some((response.code?, length.map(|l| head + l)))
 }
 
 #[cfg(test)]
@@ -59,6 +100,29 @@ mod tests {
         let mut buf = [0u8; 1024];
         let _ = stream.read(&mut buf).await.unwrap();
         stream.write_all(response).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_whole_answer_is_read_so_the_service_sees_no_reset() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = "x".repeat(200_000);
+        let service = async {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await.unwrap();
+            let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            // Written in pieces, as a slow service does: a reset would fail one.
+            for piece in response.as_bytes().chunks(10_000) {
+                stream.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            stream.shutdown().await.unwrap();
+            // The probe closes cleanly too: EOF, not a reset.
+            assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+        };
+        let (ok, ()) = tokio::join!(passes(addr, &Readiness::Responds), service);
+        assert!(ok);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{self, Exit, Process, Spawner};
 use super::readiness;
-use crate::build::{BinTarget, Builder};
+use crate::build::{BinTarget, Builder, Built};
 use crate::logs::Logs;
 use crate::proxy::{Backend, Route};
 use crate::workspace::{Launch, ServiceSpec};
@@ -28,6 +28,8 @@ use crate::workspace::{Launch, ServiceSpec};
 /// with each crash in a row up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a service that does not answer is checked again.
+const HEALTH_RECHECK: Duration = Duration::from_secs(1);
 /// An instance that ran this long before crashing resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
@@ -136,31 +138,41 @@ struct Task {
     next_id: u64,
     crashes_in_a_row: u32,
     restart_at: Option<tokio::time::Instant>,
+    /// When to check again whether the running instance answers: set when
+    /// a request waited long for it, and while it does not answer.
+    check_at: Option<tokio::time::Instant>,
     /// Old instances draining and stopping after a restart; a restart
     /// answers once the new instance serves, without waiting for them.
     retiring: tokio::task::JoinSet<()>,
     shutdown: CancellationToken,
 }
 
-/// Starts the task of `spec`. `binary` is `None` for a command, or when the
-/// first build failed. It starts its process once `dependencies` are ready.
+/// The run's first build, once it is done: binary services wait for it,
+/// commands start at once.
+pub type FirstBuild = watch::Receiver<Option<Arc<Built>>>;
+
+/// Starts the task of `spec`. A workspace binary waits for `first_build`
+/// to have its binary; every service starts its process once
+/// `dependencies` are ready.
 pub fn spawn(
     spec: ServiceSpec,
-    binary: Option<PathBuf>,
+    first_build: FirstBuild,
     front: SocketAddr,
     dependencies: Vec<watch::Receiver<ServiceState>>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> (ServiceHandle, watch::Receiver<Route>, tokio::task::JoinHandle<()>) {
-    let build_failed = binary.is_none() && matches!(spec.launch, Launch::Binary { .. });
-    let status = if build_failed { Status::Failed } else { Status::Starting };
+    let status = match spec.launch {
+        Launch::Binary { .. } => Status::Building,
+        Launch::Command(_) => Status::Starting,
+    };
     let state = ServiceState {
         name: spec.name.clone(),
         status,
         front,
         pid: None,
         restarts: 0,
-        note: build_failed.then(|| "the build failed; fix it and restart".to_owned()),
+        note: None,
     };
     let (state_tx, state_rx) = watch::channel(state);
     let (route_tx, route_rx) = watch::channel(Route::Waiting(status));
@@ -171,16 +183,17 @@ pub fn spawn(
         state: state_tx,
         route: route_tx,
         messages_tx: messages_tx.clone(),
-        binary,
+        binary: None,
         current: None,
         next_id: 0,
         crashes_in_a_row: 0,
         restart_at: None,
+        check_at: None,
         retiring: tokio::task::JoinSet::new(),
         shutdown,
     };
     task.publish_registry();
-    let join = tokio::spawn(task.run(messages, dependencies, build_failed));
+    let join = tokio::spawn(task.run(messages, first_build, dependencies));
     let handle = ServiceHandle {
         messages: messages_tx,
         state: state_rx,
@@ -192,27 +205,29 @@ impl Task {
     async fn run(
         mut self,
         mut messages: mpsc::UnboundedReceiver<Message>,
+        first_build: FirstBuild,
         dependencies: Vec<watch::Receiver<ServiceState>>,
-        build_failed: bool,
     ) {
-        if !build_failed && self.wait_for(dependencies).await {
+        if self.take_first_build(first_build).await && self.wait_for(dependencies).await {
             let _ = self.start_fresh().await;
         }
         loop {
-            let restart_at = self.restart_at;
-            let backoff = async move {
-                match restart_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
+            let serving = self.current.as_ref().map(|i| i.backend.clone());
+            let stalled = async move {
+                match serving {
+                    Some(backend) => backend.stalled().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                () = backoff => {
+                () = at(self.restart_at) => {
                     self.restart_at = None;
                     // A failure is reported and rescheduled by `replace`.
                     let _ = self.start_fresh().await;
                 }
+                () = stalled, if self.check_at.is_none() => self.check_at = Some(tokio::time::Instant::now()),
+                () = at(self.check_at) => self.check_health().await,
                 Some(message) = messages.recv() => self.handle(message).await,
             }
         }
@@ -221,6 +236,69 @@ impl Task {
         }
         while self.retiring.join_next().await.is_some() {}
         self.set_status(Status::Stopped, None);
+    }
+
+    /// Checks that the running instance answers, once a request waited long
+    /// for it: a hung or stopped (SIGSTOP) process shows as not answering,
+    /// and is checked each second until it answers again. A service that
+    /// is only slow for one request answers the check and stays ready.
+    async fn check_health(&mut self) {
+        self.check_at = None;
+        let Some(instance) = &self.current else { return };
+        let (addr, pid) = (instance.backend.addr, instance.process.pid);
+        let answers = readiness::answers(addr, &self.spec.ready).await;
+        let status = self.state.borrow().status;
+        match (answers, status) {
+            (true, Status::Unresponsive) => {
+                self.set_status(Status::Ready, None);
+                self.note("answers again".to_owned());
+            }
+            (true, _) => {}
+            (false, _) => {
+                if status == Status::Ready {
+                    let why = match process::is_stopped(pid) {
+                        true => format!("stopped by a signal, it does not answer (hint: `kill -CONT {pid}`)"),
+                        false => "does not answer; requests wait for `run.response_timeout`, then get a 504 \
+                                  (hint: `cargo devmesh restart`)"
+                            .to_owned(),
+                    };
+                    self.set_status(Status::Unresponsive, Some(why.clone()));
+                    self.note(why);
+                }
+                self.check_at = Some(tokio::time::Instant::now() + HEALTH_RECHECK);
+            }
+        }
+    }
+
+    /// Takes this service's binary from the run's first build; false when
+    /// it has none (the build failed, or the supervisor is stopping).
+    async fn take_first_build(&mut self, mut first_build: FirstBuild) -> bool {
+        let Some(target) = self.target() else {
+            return true;
+        };
+        let built = tokio::select! {
+            () = self.shutdown.cancelled() => return false,
+            built = first_build.wait_for(Option::is_some) => match built {
+                Ok(built) => built.clone(),
+                Err(_) => return false,
+            },
+        };
+        self.binary = built.and_then(|b| b.binaries.get(&target).cloned());
+        if self.binary.is_none() {
+            self.set_status(Status::Failed, Some("the build failed; fix it and restart".to_owned()));
+        }
+        self.binary.is_some()
+    }
+
+    /// The binary target this service runs, if it is a workspace binary.
+    fn target(&self) -> Option<BinTarget> {
+        match &self.spec.launch {
+            Launch::Binary { package, bin, .. } => Some(BinTarget {
+                package: package.clone(),
+                bin: bin.clone(),
+            }),
+            Launch::Command(_) => None,
+        }
     }
 
     /// Waits until every dependency is ready; false on shutdown.
@@ -290,19 +368,15 @@ impl Task {
 
     /// Builds this service's binary; on failure the running instance stays.
     async fn rebuild(&mut self) -> Result<(), String> {
-        let Launch::Binary { package, bin, .. } = &self.spec.launch else {
+        let Some(target) = self.target() else {
             return Ok(());
-        };
-        let target = BinTarget {
-            package: package.clone(),
-            bin: bin.clone(),
         };
         let serving = self.current.is_some();
         if !serving {
             self.set_status(Status::Building, None);
         }
         self.note("building".to_owned());
-        let built = self.shared.builder.build(std::slice::from_ref(&target)).await;
+        let built = self.shared.builder.build().await;
         match built.map(|mut b| b.binaries.remove(&target)) {
             Ok(Some(binary)) => {
                 self.binary = Some(binary);
@@ -477,12 +551,14 @@ impl Task {
     }
 
     fn set_status(&self, status: Status, note: Option<String>) {
-        if status != Status::Ready {
+        // A service that does not answer keeps its route: a request that
+        // reaches it once it answers again is served.
+        if !matches!(status, Status::Ready | Status::Unresponsive) {
             self.route.send_replace(Route::Waiting(status));
         }
         self.state.send_modify(|s| {
             s.status = status;
-            if !matches!(status, Status::Ready | Status::Starting) {
+            if !matches!(status, Status::Ready | Status::Starting | Status::Unresponsive) {
                 s.pid = self.current.as_ref().map(|i| i.process.pid);
             }
             if note.is_some() || status == Status::Ready {
@@ -509,6 +585,14 @@ impl Task {
 
     fn note(&self, text: String) {
         self.shared.logs.note(format!("{}: {text}", self.spec.name));
+    }
+}
+
+/// Waits until `at`, or for ever when it is `None`.
+async fn at(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,12 +5,17 @@
 //! [run]
 //! ports = "24000-24999"     # where new front ports are taken from (below the ephemeral range)
 //! ready_timeout = "30s"     # how long a request waits for a service that is not ready
+//! response_timeout = "60s"  # how long a request waits for a response's head (then 504)
 //! grace_period = "5s"       # SIGTERM, then this long, then SIGKILL
 //!
 //! [services.orders]         # a workspace binary (found by itself; listed to configure it)
 //! port = 41001
 //! depends_on = ["payments"]
 //! ready = "/health"         # GET must return 2xx; or "tcp"; default "responds" (any HTTP answer)
+//!
+//! [services.cache]
+//! command = "redis-server --port $PORT"
+//! protocol = "tcp"          # its front port pipes bytes; default "http" (requests, inspected)
 //!
 //! [services.web]            # any command
 //! command = "npm run dev"
@@ -103,6 +108,10 @@ pub struct RunConfig {
     /// How long a connection waits for a service that is not ready.
     #[serde(with = "duration")]
     pub ready_timeout: Duration,
+    /// How long a request waits for the head of its response before a 504;
+    /// a response that has begun (a download, SSE, a WebSocket) is not cut.
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
     /// How long a service has to exit after SIGTERM before SIGKILL.
     #[serde(with = "duration")]
     pub grace_period: Duration,
@@ -113,6 +122,7 @@ impl Default for RunConfig {
         RunConfig {
             ports: (24000, 24999),
             ready_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
             grace_period: Duration::from_secs(5),
         }
     }
@@ -149,6 +159,10 @@ pub struct ServiceConfig {
     /// Whether it runs here, in the sandbox, or here when it runs.
     #[serde(default)]
     pub mode: Mode,
+    /// What its front port carries: HTTP requests (the default), or bytes
+    /// of any other protocol, piped as they come.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Set `DEVMESH_<NAME>_ADDR` for every service, for programs that don't
     /// link devmesh.
     #[serde(default)]
@@ -184,6 +198,20 @@ impl<'de> Deserialize<'de> for Readiness {
             )),
         }
     }
+}
+
+/// What a service's front port carries. It is declared, never guessed
+/// from timing: a pooled HTTP connection may stay quiet for minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1, h2c and upgrades (WebSocket): request by request, each
+    /// captured; a connection whose first bytes are not HTTP is piped.
+    #[default]
+    Http,
+    /// Any TCP protocol, piped both ways (databases, caches, protocols
+    /// where the server speaks first).
+    Tcp,
 }
 
 /// Where a service runs.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
 
@@ -148,6 +148,9 @@ fn changes_content(kind: &EventKind) -> bool {
         // Data is changed in place by a writer that is not done yet: the
         // close that follows is the time to read.
         EventKind::Modify(ModifyKind::Data(_)) => false,
+        // A rename in the folder also comes as its two halves, and the
+        // half that names this file is enough.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
         EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
     }
 }

@@ -117,6 +117,9 @@ pub enum Status {
     Starting,
     /// It answers its readiness check.
     Ready,
+    /// It runs but stopped answering (hung, deadlocked, or stopped with
+    /// SIGSTOP); requests to it time out until it answers again.
+    Unresponsive,
     /// It exited on its own and waits to be restarted.
     Crashed,
     /// It was stopped on purpose.
@@ -136,6 +139,7 @@ impl std::fmt::Display for Status {
             Status::Building => "building",
             Status::Starting => "starting",
             Status::Ready => "ready",
+            Status::Unresponsive => "not answering",
             Status::Crashed => "crashed",
             Status::Stopped => "stopped",
             Status::Failed => "build failed",

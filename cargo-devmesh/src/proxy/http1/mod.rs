@@ -15,15 +15,16 @@ pub use upstream::Pool;
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
-use super::{Connection, Context};
+use super::{Connection, Context, HEAD_TIMEOUT, IDLE_TIMEOUT, Lease, STALL_AFTER};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 use relay::{Broken, Buffer, ReadError, Relay, read_head};
@@ -45,15 +46,15 @@ pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &C
 
 async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<Context>, connection: &Connection) {
     loop {
-        let request = match read_head(&mut link.inbound, client, RequestHead::parse).await {
+        let request = match next_request(client, &mut link.inbound).await {
             Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(ReadError::Io(_)) => return,
+            Ok(None) | Err(ReadError::Io(_)) => return,
             Err(e) => {
                 let status = match e {
                     ReadError::Head(HeadError::TooManyHeaders) | ReadError::TooLarge => {
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
                     }
+                    ReadError::TimedOut => StatusCode::REQUEST_TIMEOUT,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let message = format!("devmesh: {e} (front port of `{}`)\n", context.service);
@@ -65,6 +66,21 @@ async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<C
             return;
         }
     }
+}
+
+/// Waits for the client's next request: as long as a kept connection may
+/// idle for its first byte, then [`HEAD_TIMEOUT`] for the rest of the head.
+async fn next_request(client: &mut TcpStream, inbound: &mut Buffer) -> Result<Option<RequestHead>, ReadError> {
+    if inbound.filled().is_empty() {
+        match tokio::time::timeout(IDLE_TIMEOUT, inbound.fill(client)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+        }
+    }
+    tokio::time::timeout(HEAD_TIMEOUT, read_head(inbound, client, RequestHead::parse))
+        .await
+        .unwrap_or(Err(ReadError::TimedOut))
 }
 
 /// What a client connection holds between requests.
@@ -99,10 +115,12 @@ async fn exchange(
 
     let caller = context.caller(connection).await;
     let trace = caller.as_ref().map(|caller| {
-        context
-            .inspector
-            .store
-            .enter(context.thread, &context.service, caller, request.traceparent, arrived)
+        context.inspector.store.enter(
+            context.thread,
+            &context.service,
+            caller,
+            request.traceparent.as_ref().map(|(parent, _)| *parent),
+        )
     });
     write_request_head(
         &mut link.scratch,
@@ -127,7 +145,7 @@ async fn exchange(
     };
     link.inbound.consume(request.len);
 
-    let (addr, _lease) = match ready {
+    let (addr, lease) = match ready {
         Ok(ready) => ready,
         Err(message) => {
             let capture = begin(&link.scratch);
@@ -136,7 +154,10 @@ async fn exchange(
         }
     };
     // A kept connection may have been closed under a request that was
-    // already written; one without a body is sent again on a new one.
+    // already written; one that may be sent twice (RFC 9110 §9.2.2) and has
+    // no body is sent again on a new one. Any other gets a 502: it may have
+    // been received, and a second copy could charge a card twice.
+    let retryable = request.idempotent && request.body == Framing::Length(0);
     let mut kept = link
         .upstream
         .take()
@@ -165,7 +186,11 @@ async fn exchange(
             link,
             &mut upstream,
             &request,
-            limit,
+            Sending {
+                limit,
+                lease: &lease,
+                response_timeout: context.timeouts.response,
+            },
             Seens {
                 request: &mut request_seen,
                 response: &mut response_seen,
@@ -180,11 +205,27 @@ async fn exchange(
         let response = match outcome {
             Ok(response) => response,
             // The head is still in `link.scratch` (see `Relay::body`).
-            Err(Failure::NoResponse(_)) if reused && request.body == Framing::Length(0) => continue,
+            Err(Failure::NoResponse(_)) if reused && retryable => continue,
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
                 let message = context.did_not_answer(addr, &e);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
+                return Next::Close;
+            }
+            Err(Failure::TimedOut) => {
+                let message = format!(
+                    "devmesh: service `{}` at {addr} sent no response within {:?} (run.response_timeout) \
+                     (hint: is it stuck? `cargo devmesh ps`, `cargo devmesh logs {}`)\n",
+                    context.service, context.timeouts.response, context.service
+                );
+                let capture = capture.or_else(|| begin(&link.scratch));
+                answer(client, StatusCode::GATEWAY_TIMEOUT, &message, capture).await;
+                return Next::Close;
+            }
+            Err(Failure::BadRequest(e)) => {
+                let message = format!("devmesh: {e} (front port of `{}`)\n", context.service);
+                let capture = capture.or_else(|| begin(&link.scratch));
+                answer(client, StatusCode::BAD_REQUEST, &message, capture).await;
                 return Next::Close;
             }
             Err(Failure::Broken(e)) => {
@@ -213,8 +254,14 @@ async fn exchange(
         if let Some(capture) = capture {
             capture.end(Some(request_seen), Some(response_seen), None);
         }
-        let again = request.keep_alive && response.head.keep_alive && response.request_sent;
-        if again {
+        if !response.request_sent {
+            // The service answered without reading the whole body (a 413,
+            // say): the rest of it is still coming from the client, so
+            // neither connection can carry another request.
+            linger(client).await;
+            return Next::Close;
+        }
+        if request.keep_alive && response.head.keep_alive {
             link.upstream = Some(upstream);
             return Next::Another;
         }
@@ -222,18 +269,44 @@ async fn exchange(
     }
 }
 
+/// Closes a client connection whose request body was not read to its end
+/// after the answer went out: stop sending, then read what the client still
+/// sends for a moment. Closing with unread bytes would reset the
+/// connection, and the client could lose the answer (nginx's
+/// `lingering_close` does the same).
+async fn linger(client: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const MAX_DRAINED: usize = 4 * 1024 * 1024;
+    let _ = client.shutdown().await;
+    let mut drained = 0;
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < MAX_DRAINED {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// Writes the head the service sees into `out`: as it came, less the
-/// replay line, plus a `traceparent` when the request had none.
+/// replay line, and with the `traceparent` of its span at the front port
+/// when traffic is captured (see [`Trace`]).
 fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, trace: Option<Trace>) {
     out.clear();
-    match &request.replay_of {
-        Some((_, line)) => {
-            out.extend_from_slice(&head[..line.start]);
-            out.extend_from_slice(&head[line.end..request.blank_at]);
-        }
-        None => out.extend_from_slice(&head[..request.blank_at]),
+    let replay = request.replay_of.as_ref().map(|(_, line)| line.clone());
+    let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
+    let mut skipped = [replay, parent];
+    skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));
+    let mut at = 0;
+    for line in skipped.into_iter().flatten() {
+        out.extend_from_slice(&head[at..line.start]);
+        at = line.end;
     }
-    if let Some(trace) = trace.filter(|t| t.added) {
+    out.extend_from_slice(&head[at..request.blank_at]);
+    if let Some(trace) = trace {
         out.extend_from_slice(b"traceparent: ");
         out.extend_from_slice(&trace.header.header());
         out.extend_from_slice(b"\r\n");
@@ -254,9 +327,23 @@ enum Failure {
     NoResponse(String),
     /// The instance sent a broken response head: the client can be told.
     Service(String),
+    /// No response head came within `run.response_timeout`: a 504.
+    TimedOut,
+    /// The client's body broke its framing before any of the response was
+    /// sent: a 400.
+    BadRequest(String),
     /// Either side broke off once the response had started, or the client
-    /// sent a broken body: the connection ends.
+    /// left: the connection ends.
     Broken(String),
+}
+
+/// What shapes the forwarding of one request.
+struct Sending<'a> {
+    /// Bytes of a body kept for the inspector.
+    limit: usize,
+    /// The instance, held; told when the response is long in coming.
+    lease: &'a Lease,
+    response_timeout: Duration,
 }
 
 /// The final response to a forwarded request.
@@ -285,12 +372,14 @@ struct Capturing<'a> {
 
 /// Sends the request in `link.scratch` (its head) and its body, and relays
 /// the response, at once: an instance may answer before it reads the body.
+/// Meanwhile the client is watched: one that leaves frees the instance's
+/// connection instead of holding it until the answer comes.
 async fn forward(
     client: &mut TcpStream,
     link: &mut Link,
     upstream: &mut Upstream,
     request: &RequestHead,
-    limit: usize,
+    sending: Sending<'_>,
     seens: Seens<'_>,
     capturing: Capturing<'_>,
 ) -> Result<Forwarded, Failure> {
@@ -301,47 +390,50 @@ async fn forward(
     } = capturing;
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.stream.split();
-    let response_relay = Relay {
-        buffer: &mut upstream.buffer,
-        from: &mut upstream_read,
-        to: &mut client_write,
-        limit,
-    };
-    if request.body == Framing::Length(0) {
+    let has_body = request.body != Framing::Length(0);
+    if !has_body {
         // Only the head goes out; it fits in the socket's buffer.
         upstream_write
             .write_all(&link.scratch)
             .await
             .map_err(|e| Failure::NoResponse(e.to_string()))?;
         seens.request.finished = true;
-        if capture.is_none() {
-            *capture = begin(&link.scratch);
-        }
-        let receiving = capture.as_mut().map(|c| (c, forwarded));
-        let head = receive(
-            response_relay,
-            &mut link.response_scratch,
-            request,
-            seens.response,
-            receiving,
-        )
-        .await?;
-        return Ok(Forwarded {
-            head,
-            request_sent: true,
-        });
     }
+    // Capture begins once a body-less request is on its way, so that its
+    // bookkeeping overlaps the service's time.
     if capture.is_none() {
         *capture = begin(&link.scratch);
     }
-    let to_service = Relay {
-        buffer: &mut link.inbound,
-        from: &mut client_read,
-        to: &mut upstream_write,
-        limit,
+    let responding = AtomicBool::new(false);
+    let body_sent = AtomicBool::new(!has_body);
+    let mut send = std::pin::pin!(async {
+        if has_body {
+            let to_service = Relay {
+                buffer: &mut link.inbound,
+                from: &mut client_read,
+                to: &mut upstream_write,
+                limit: sending.limit,
+            };
+            if let Err(e) = to_service.body(&mut link.scratch, request.body, seens.request).await {
+                return Interrupted::Body(e);
+            }
+            body_sent.store(true, Ordering::Relaxed);
+        }
+        client_left(&mut client_read).await;
+        Interrupted::ClientLeft
+    });
+    let response_relay = Relay {
+        buffer: &mut upstream.buffer,
+        from: &mut upstream_read,
+        to: &mut client_write,
+        limit: sending.limit,
     };
-    let mut send = std::pin::pin!(to_service.body(&mut link.scratch, request.body, seens.request));
-    let receiving = capture.as_mut().map(|c| (c, forwarded));
+    let receiving = Receiving {
+        capture: capture.as_mut().map(|c| (c, forwarded)),
+        lease: sending.lease,
+        timeout: sending.response_timeout,
+        responding: &responding,
+    };
     let mut receive = std::pin::pin!(receive(
         response_relay,
         &mut link.response_scratch,
@@ -349,19 +441,43 @@ async fn forward(
         seens.response,
         receiving
     ));
-    let mut request_sent = false;
+    // Set when the service stopped reading the body: its answer may still come.
+    let mut unsent = None;
     loop {
         tokio::select! {
-            sent = &mut send, if !request_sent => {
-                sent.map_err(|e| match e {
-                    Broken::Sink(e) => Failure::NoResponse(e.to_string()),
-                    e => Failure::Broken(format!("the request body: {e}")),
-                })?;
-                request_sent = true;
+            interrupted = &mut send, if unsent.is_none() => match interrupted {
+                Interrupted::ClientLeft => return Err(Failure::Broken("the client left before the answer".to_owned())),
+                Interrupted::Body(Broken::Sink(e)) => unsent = Some(e),
+                Interrupted::Body(Broken::Framing(e)) if !responding.load(Ordering::Relaxed) => {
+                    return Err(Failure::BadRequest(e.to_string()));
+                }
+                Interrupted::Body(e) => return Err(Failure::Broken(format!("the request body: {e}"))),
+            },
+            head = &mut receive => {
+                let request_sent = body_sent.load(Ordering::Relaxed);
+                return match head {
+                    Ok(head) => Ok(Forwarded { head, request_sent }),
+                    Err(Failure::NoResponse(e)) if unsent.is_some() => Err(Failure::NoResponse(format!(
+                        "it stopped reading the request ({}) and then {e}",
+                        unsent.as_ref().expect("checked")
+                    ))),
+                    Err(e) => Err(e),
+                };
             }
-            head = &mut receive => return Ok(Forwarded { head: head?, request_sent }),
         }
     }
+}
+
+/// How a response is awaited.
+struct Receiving<'a> {
+    /// The capture, and when the request went to the instance.
+    capture: Option<(&'a mut Capture, Instant)>,
+    /// Told when the response is long in coming ([`STALL_AFTER`]).
+    lease: &'a Lease,
+    /// How long the head may take.
+    timeout: Duration,
+    /// Set once anything of the response went to the client.
+    responding: &'a AtomicBool,
 }
 
 /// Reads the response to `request`, passing interim ones (`100 Continue`)
@@ -371,21 +487,45 @@ async fn receive<R, W>(
     scratch: &mut Vec<u8>,
     request: &RequestHead,
     seen: &mut Seen,
-    mut capture: Option<(&mut Capture, Instant)>,
+    receiving: Receiving<'_>,
 ) -> Result<ResponseHead, Failure>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Receiving {
+        mut capture,
+        lease,
+        timeout,
+        responding,
+    } = receiving;
+    let asked = tokio::time::Instant::now();
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(asked + STALL_AFTER.min(timeout)));
+    let mut stalled = false;
     let mut answered = false;
     let head = loop {
-        let head = match read_head(relay.buffer, relay.from, |buf| ResponseHead::parse(buf, request)).await {
+        let read = tokio::select! {
+            read = read_head(relay.buffer, relay.from, |buf| ResponseHead::parse(buf, request)) => read,
+            () = &mut deadline => {
+                if stalled {
+                    return Err(Failure::TimedOut);
+                }
+                // Long in coming: the supervisor checks that the service
+                // still answers, while this request waits out its time.
+                stalled = true;
+                lease.suspect();
+                deadline.as_mut().reset(asked + timeout);
+                continue;
+            }
+        };
+        let head = match read {
             Ok(Some(head)) => head,
             Ok(None) if !answered => return Err(Failure::NoResponse("it closed the connection".to_owned())),
             Ok(None) => return Err(Failure::Broken("the service closed the connection".to_owned())),
             Err(ReadError::Io(e)) if !answered => return Err(Failure::NoResponse(e.to_string())),
             Err(e) => return Err(Failure::Service(format!("its response: {e}"))),
         };
+        responding.store(true, Ordering::Relaxed);
         if !head.is_interim() {
             break head;
         }
@@ -422,6 +562,24 @@ where
         e => Failure::Broken(format!("the response body: {e}")),
     })?;
     Ok(head)
+}
+
+/// Why sending a request stopped before its answer came.
+enum Interrupted {
+    /// Its body did not pass.
+    Body(Broken),
+    /// The whole request went out, and then the client closed.
+    ClientLeft,
+}
+
+/// Returns once the client has closed the connection (or broken it). A
+/// client that sends more meanwhile (a pipelined request) is not gone:
+/// this then waits for ever, and the bytes stay for the next read.
+async fn client_left(client: &mut tokio::net::tcp::ReadHalf<'_>) {
+    match client.peek(&mut [0u8; 1]).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Once a `101 Switching Protocols` has passed, the connection is the

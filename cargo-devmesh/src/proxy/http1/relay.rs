@@ -128,6 +128,8 @@ pub enum ReadError {
     Head(HeadError),
     #[error("the message head is larger than {MAX_HEAD} bytes")]
     TooLarge,
+    #[error("the request head did not arrive whole in time")]
+    TimedOut,
 }
 
 /// Reads until `buffer` starts with a whole head; `None` when the peer
