@@ -109,6 +109,8 @@ pub struct Mesh {
     /// Cargo's target folder: shared by meshes on unchanged fixtures.
     target: PathBuf,
     ports: String,
+    /// Extra environment for every command (config overrides).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub output: Arc<Lines>,
 }
@@ -128,6 +130,13 @@ impl Mesh {
         let mut mesh = Mesh::idle(dir);
         mesh.target = mesh.root.join("target");
         mesh.started(args, ready)
+    }
+
+    /// [`Mesh::start`] with `env` set for the supervisor and the CLI.
+    pub fn start_with_env(dir: tempfile::TempDir, env: &[(&str, &str)], ready: &[&str]) -> Mesh {
+        let mut mesh = Mesh::idle(dir);
+        mesh.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        mesh.started(&[], ready)
     }
 
     fn started(mut self, args: &[&str], ready: &[&str]) -> Mesh {
@@ -154,6 +163,7 @@ impl Mesh {
             state: tempfile::tempdir().expect("a temp dir"),
             target: shared_target(),
             ports: port_range(),
+            env: Vec::new(),
             child: None,
             output: Arc::default(),
         }
@@ -184,6 +194,7 @@ impl Mesh {
             .env("DEVMESH_STATE_DIR", self.state())
             .env("DEVMESH_RUN__PORTS", &self.ports)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command
     }
@@ -225,6 +236,11 @@ impl Mesh {
         registry["services"][service]["pid"]
             .as_u64()
             .expect("the service has a pid") as u32
+    }
+
+    /// The supervisor's pid.
+    pub fn supervisor_pid(&self) -> u32 {
+        self.child.as_ref().expect("the supervisor runs").id()
     }
 
     /// Sends `signal` to the supervisor and waits for it to exit.

@@ -5,5 +5,6 @@ mod browser;
 mod errors;
 mod harness;
 mod inspector;
+mod real_use;
 mod shop;
 mod supervise;

@@ -139,7 +139,7 @@ impl std::fmt::Display for Status {
             Status::Building => "building",
             Status::Starting => "starting",
             Status::Ready => "ready",
-            Status::Unresponsive => "not answering",
+            Status::Unresponsive => "unresponsive",
             Status::Crashed => "crashed",
             Status::Stopped => "stopped",
             Status::Failed => "build failed",

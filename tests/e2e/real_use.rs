@@ -1,0 +1,268 @@
+//! Services used as users use them: a pooled client across a restart,
+//! services left idle, a Python `http.server`, a service that hangs, a
+//! command that forks, concurrent chains of calls.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::harness::{DEADLINE, Mesh, fixture, get, read_json, text, wait_exit};
+
+fn mesh() -> Mesh {
+    Mesh::start(fixture("mesh"), &[], &["beta", "alpha", "files"])
+}
+
+/// A pooled HTTP client (hyper's, as under reqwest) keeps its connection to
+/// the front port across a restart: every answer after the switch comes
+/// from the new instance, and every request is in the inspector.
+#[test]
+fn a_pooled_client_reaches_only_the_new_instance_after_a_restart() {
+    let mesh = mesh();
+    let url = format!("http://127.0.0.1:{}/whoami", mesh.front("beta"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let ask = || {
+        runtime.block_on(async {
+            let response = client.get(url.parse().unwrap()).await.expect("an answer");
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        })
+    };
+    let old = mesh.pid("beta");
+    for _ in 0..3 {
+        assert!(ask().starts_with(&format!("beta {old} ")));
+    }
+    let output = mesh.cli(&["restart", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let new = mesh.pid("beta");
+    assert_ne!(new, old);
+    for _ in 0..12 {
+        let answer = ask();
+        assert!(
+            answer.starts_with(&format!("beta {new} ")),
+            "an answer from the old instance: {answer}"
+        );
+    }
+    assert!(wait_exit(old, DEADLINE), "the old instance {old} lives on");
+    let captured = wait_for_exchanges(&mesh, 15, |e| e["service"] == "beta" && e["path"] == "/whoami");
+    assert!(captured.iter().all(|e| e["kind"] == "http" && e["status"] == 200));
+}
+
+/// Services that called `discover` (both watching the registry) and the
+/// supervisor use no measurable CPU while nothing happens.
+#[test]
+fn idle_services_and_the_supervisor_use_no_cpu() {
+    let mesh = mesh();
+    assert_eq!(get(mesh.front("alpha"), "/peer").0, 200);
+    assert_eq!(get(mesh.front("beta"), "/discover").0, 200);
+    let pids = [
+        ("alpha", mesh.pid("alpha")),
+        ("beta", mesh.pid("beta")),
+        ("supervisor", mesh.supervisor_pid()),
+    ];
+    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let began = Instant::now();
+    // The scenario is the wait: five seconds of nothing.
+    std::thread::sleep(Duration::from_secs(5));
+    let elapsed = began.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    for ((name, pid), before) in pids.iter().zip(before) {
+        let used = (cpu_ticks(*pid) - before) as f64 / ticks_per_second;
+        let share = used / elapsed;
+        assert!(
+            share <= 0.01,
+            "{name} (pid {pid}) used {:.1}% of a core while idle",
+            share * 100.0
+        );
+    }
+}
+
+/// CPU time a process has used, in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("a stat line").1.split(' ').collect();
+    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The readiness probe reads its whole answer and closes cleanly: Python's
+/// `http.server` logs no `ConnectionResetError`.
+#[test]
+fn a_python_http_server_starts_without_a_traceback() {
+    let mesh = mesh();
+    assert_eq!(get(mesh.front("files"), "/Cargo.toml").0, 200);
+    mesh.output
+        .wait_for(1, "the request in files' log", |l| l.contains("GET /Cargo.toml"));
+    let logs = text(&mesh.cli(&["logs", "files"]));
+    assert!(logs.contains("GET / HTTP/1.1"), "the probe's request is logged: {logs}");
+    assert!(
+        !logs.contains("Traceback") && !logs.contains("ConnectionResetError"),
+        "{logs}"
+    );
+}
+
+/// A service stopped with SIGSTOP: requests get a 504 naming it, and it
+/// shows as not answering until it goes on.
+#[test]
+fn a_stopped_service_gets_504s_and_shows_as_not_answering() {
+    let mesh = Mesh::start_with_env(
+        fixture("mesh"),
+        &[("DEVMESH_RUN__RESPONSE_TIMEOUT", "1s")],
+        &["beta", "alpha"],
+    );
+    let (beta, pid) = (mesh.front("beta"), mesh.pid("beta"));
+    signal(pid, libc::SIGSTOP);
+    let (status, body) = get(beta, "/whoami");
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("service `beta`") && body.contains("response_timeout"),
+        "{body}"
+    );
+    mesh.output.wait_for(1, "beta reported as stopped", |l| {
+        l.contains(&format!(
+            "beta: stopped by a signal, it does not answer (hint: `kill -CONT {pid}`)"
+        ))
+    });
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines().any(|l| l.starts_with("beta") && l.contains("unresponsive")),
+        "{ps}"
+    );
+    let registry = read_json(&mesh.state().join("registry.json"));
+    assert_eq!(registry["services"]["beta"]["status"], "unresponsive");
+    signal(pid, libc::SIGCONT);
+    mesh.output
+        .wait_for(1, "beta answering again", |l| l.contains("beta: answers again"));
+    assert_eq!(get(beta, "/whoami").0, 200);
+    assert_eq!(mesh.pid("beta"), pid, "not restarted: it went on");
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: signalling a service process of this test's mesh.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+/// A command that forks (`sleep 3600 & exec python3 …`): when the
+/// supervisor is killed, what it forked ends too.
+#[test]
+fn sigkill_of_the_supervisor_ends_what_services_forked() {
+    let mut mesh = mesh();
+    let files = mesh.pid("files");
+    let group = group_members(files);
+    assert!(group.len() >= 2, "the command forked: {group:?}");
+    let pids: Vec<u32> = group.into_iter().chain([mesh.pid("alpha"), mesh.pid("beta")]).collect();
+    mesh.signal_and_wait(libc::SIGKILL);
+    for pid in pids {
+        assert!(wait_exit(pid, DEADLINE), "process {pid} outlived the supervisor");
+    }
+}
+
+/// The processes in process group `group`, from `/proc`.
+fn group_members(group: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(2)?.parse::<u32>().ok())
+                    == Some(group)
+            })
+        })
+        .collect()
+}
+
+/// Eight chains alpha → beta at once. With the trace passed on, each trace
+/// holds exactly its own two exchanges; without, a call is linked only
+/// when that is sure, and never to another chain's request.
+#[test]
+fn concurrent_chains_are_traced_exactly_with_propagation_and_never_wrongly_without() {
+    let mesh = mesh();
+    let alpha = mesh.front("alpha");
+    for (route, tag) in [("/peer-traced", "t"), ("/peer", "u")] {
+        std::thread::scope(|s| {
+            for n in 0..8 {
+                s.spawn(move || {
+                    let (status, body) = get(alpha, &format!("{route}?slow&n={tag}{n}"));
+                    assert_eq!(status, 200, "{body}");
+                });
+            }
+        });
+    }
+    let all = wait_for_exchanges(&mesh, 32, |e| e["path"].as_str().unwrap_or("").contains("slow&n="));
+    let of = |service: &str, tag: &str| -> BTreeMap<String, &serde_json::Value> {
+        all.iter()
+            .filter(|e| e["service"] == service)
+            .filter_map(|e| {
+                let n = e["path"].as_str()?.rsplit_once("n=")?.1;
+                n.starts_with(tag).then(|| (n.to_owned(), e))
+            })
+            .collect()
+    };
+    let traces = |trace: &serde_json::Value| all.iter().filter(|e| e["trace_id"] == *trace).count();
+
+    let (calls, requests) = (of("beta", "t"), of("alpha", "t"));
+    assert_eq!((calls.len(), requests.len()), (8, 8));
+    for (n, call) in &calls {
+        let request = requests[n];
+        assert_eq!(call["trace_id"], request["trace_id"], "{n}: {call}");
+        assert_eq!(call["parent_span_id"], request["span_id"], "{n}");
+        assert_eq!(call["trace_inferred"], false);
+        assert_eq!(
+            traces(&request["trace_id"]),
+            2,
+            "trace of {n} holds its own two exchanges"
+        );
+    }
+
+    let (calls, requests) = (of("beta", "u"), of("alpha", "u"));
+    assert_eq!((calls.len(), requests.len()), (8, 8));
+    for (n, call) in &calls {
+        for (m, request) in &requests {
+            if call["trace_id"] == request["trace_id"] {
+                assert_eq!(n, m, "the call of {n} was put in the trace of {m}");
+                assert_eq!(call["parent_span_id"], request["span_id"]);
+            }
+        }
+    }
+}
+
+/// Waits until the inspector has `count` complete exchanges that `matches`.
+fn wait_for_exchanges(
+    mesh: &Mesh,
+    count: usize,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let output = mesh.cli(&["traffic", "--jsonl"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let found: Vec<serde_json::Value> = output
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("a JSON line"))
+            .filter(|e: &serde_json::Value| e["complete"] == true && matches(e))
+            .collect();
+        if found.len() >= count {
+            assert_eq!(found.len(), count, "more exchanges than requests");
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} exchanges captured",
+            found.len()
+        );
+        // Exchanges are recorded just after their answer: look again soon.
+        std::thread::yield_now();
+    }
+}
