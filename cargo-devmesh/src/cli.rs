@@ -20,8 +20,9 @@ pub struct Cli {
     /// Path to the workspace's Cargo.toml.
     #[arg(long, global = true, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,
+    /// Without one, the help is shown.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ pub enum PlanError {
     Metadata(String),
     #[error(transparent)]
     Config(#[from] devmesh::Error),
-    #[error("unknown service `{name}` (hint: the workspace has {})", list(known))]
+    #[error("unknown service `{name}` (hint: {})", suggest(name, known))]
     UnknownService { name: String, known: Vec<String> },
     #[error("unknown package `{package}`: no service is built from it")]
     UnknownPackage { package: String },
@@ -69,6 +69,14 @@ pub enum StartError {
     CorruptState { path: PathBuf, detail: String },
     #[error("could not listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// `did you mean `orders`?` for a likely typo, else the names there are.
+fn suggest(name: &str, known: &[String]) -> String {
+    match devmesh::name::near_miss(name, known.iter().map(String::as_str)) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None => format!("the workspace has {}", list(known)),
+    }
 }
 
 fn list(names: &[String]) -> String {

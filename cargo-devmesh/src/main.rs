@@ -70,7 +70,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         manifest_path: cli.manifest_path,
         ..CargoOptions::default()
     };
-    match cli.command {
+    let Some(command) = cli.command else {
+        // Bare `cargo devmesh` asks what there is: the help, and success.
+        use clap::CommandFactory;
+        Cli::command().print_help()?;
+        return Ok(());
+    };
+    match command {
         Command::Run(args) => {
             cargo.release = args.release;
             cargo.features = args.features;
@@ -87,7 +93,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
-            let services = control::Client::find(&workspace.state_dir)?.services().await?;
+            let services = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?.services().await?;
             print_ps(&services);
             Ok(())
         }
@@ -125,7 +131,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             if let Some(name) = &service {
                 workspace.service(name)?;
             }
-            let client = control::Client::find(&workspace.state_dir)?;
+            let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
             let format = match (har, jsonl) {
                 (true, _) => traffic::Format::Har,
                 (_, true) => traffic::Format::JsonLines,
@@ -141,7 +147,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             body,
         } => {
             let workspace = Workspace::load(&cargo)?;
-            let client = control::Client::find(&workspace.state_dir)?;
+            let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
             let edits = traffic::Edits {
                 method,
                 path,
@@ -159,7 +165,7 @@ async fn act(cargo: &CargoOptions, services: &[String], action: &str, build: boo
     for name in services {
         workspace.service(name)?;
     }
-    let client = control::Client::find(&workspace.state_dir)?;
+    let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
     for name in services {
         let done = client
             .act(name, action, build)

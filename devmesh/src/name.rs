@@ -57,7 +57,7 @@ fn env_stem(name: &str) -> String {
 
 /// The closest of `candidates` to `name`, when it is close enough to be a
 /// likely typo (edit distance at most a third of the name, and at least 1).
-pub(crate) fn near_miss<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn near_miss<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let allowed = (name.len() / 3).max(1);
     candidates
         .into_iter()

@@ -17,15 +17,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// Finds the supervisor of the workspace whose state is in `state_dir`.
-    pub fn find(state_dir: &Path) -> anyhow::Result<Client> {
+    /// Finds the supervisor of the workspace whose state is in `state_dir`;
+    /// `manifest_path` is the one the user gave, repeated in the hint.
+    pub fn find(state_dir: &Path, manifest_path: Option<&Path>) -> anyhow::Result<Client> {
         match super::read(state_dir) {
             Some(control) if super::alive(control.pid) => Ok(Client { control }),
-            _ => bail!(
-                "no `cargo devmesh run` is running for this workspace (looked for `{}`) \
-                 (hint: start one with `cargo devmesh run`)",
-                state_dir.join("control.json").display()
-            ),
+            _ => {
+                let manifest = manifest_path
+                    .map(|p| format!(" --manifest-path {}", p.display()))
+                    .unwrap_or_default();
+                bail!(
+                    "no `cargo devmesh run` is running for this workspace (looked for `{}`) \
+                     (hint: start one with `cargo devmesh run{manifest}`)",
+                    state_dir.join("control.json").display()
+                )
+            }
         }
     }
 
