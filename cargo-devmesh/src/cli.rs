@@ -56,9 +56,13 @@ pub enum Command {
         /// Keep showing new lines.
         #[arg(short, long)]
         follow: bool,
-        /// Only lines newer than this: `30s`, `5m`.
+        /// Only lines newer than this: `30s`, `5m` (from earlier runs too;
+        /// by default, the current or last run's lines).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         since: Option<std::time::Duration>,
+        /// Only the last N lines (from earlier runs too).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
     },
     /// Show the requests between services, as the inspector captured them.
     Traffic {

@@ -34,6 +34,10 @@ pub enum PlanError {
          binary with `package`/`bin`, or give a `command`)"
     )]
     NoBinary { service: String, detail: String },
+    #[error("`{}` line {line}: {detail} (hint: one `KEY=value` a line)", path.display())]
+    EnvFile { path: PathBuf, line: usize, detail: String },
+    #[error("could not read the `env_file` `{}`: {source} (hint: fix the path in `devmesh.toml`)", path.display())]
+    EnvFileUnreadable { path: PathBuf, source: std::io::Error },
 }
 
 /// Why the supervisor cannot start.

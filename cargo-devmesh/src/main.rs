@@ -4,6 +4,7 @@
 //!
 //! - `cli`: the command line;
 //! - `workspace`: which services there are (cargo metadata + devmesh.toml);
+//! - `dotenv`: `.env` files, as honcho and docker compose read them;
 //! - `build`: `cargo build` for the services' binaries;
 //! - `ports`: stable front ports, kept in `ports.json`;
 //! - `supervisor/`: one task per service, owning its processes;
@@ -18,6 +19,7 @@
 mod build;
 mod cli;
 mod control;
+mod dotenv;
 mod errors;
 mod inspector;
 mod logs;
@@ -93,7 +95,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
-            let services = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?.services().await?;
+            let services = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?
+                .services()
+                .await?;
             print_ps(&services);
             Ok(())
         }
@@ -104,6 +108,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             services,
             follow,
             since,
+            lines,
         } => {
             let workspace = Workspace::load(&cargo)?;
             for name in &services {
@@ -118,6 +123,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 services,
                 follow,
                 since,
+                lines,
             };
             Ok(logs::show(&workspace.state_dir, options, shutdown_on_signal()).await?)
         }

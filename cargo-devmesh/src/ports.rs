@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::errors::StartError;
 
+/// The inspector's entry in the book: not a service name (those are DNS labels).
+const INSPECTOR: &str = "@inspector";
+
 /// Front ports by service name, as kept on disk.
 #[derive(Debug)]
 pub struct PortBook {
@@ -65,6 +68,21 @@ impl PortBook {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         self.ports.insert(service.to_owned(), port);
         Ok(listener)
+    }
+
+    /// Binds the inspector's port: the one it had, else a new one in
+    /// `range`, kept like a service's so its address stays from run to run.
+    /// A port taken meanwhile is replaced rather than an error: nothing
+    /// else depends on it.
+    pub fn bind_inspector(&mut self, range: (u16, u16)) -> Result<TcpListener, StartError> {
+        match self.bind(INSPECTOR, None, range) {
+            Ok(listener) => Ok(listener),
+            Err(StartError::PortInUse { .. }) => {
+                self.ports.remove(INSPECTOR);
+                self.bind(INSPECTOR, None, range)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the book back, atomically as every state file is.

@@ -29,6 +29,17 @@ pub struct Watched {
     packages: Vec<PackageInfo>,
     /// The selected services built from workspace binaries.
     services: BTreeMap<String, (BinTarget, cargo_metadata::PackageId)>,
+    /// The selected commands, and what each is restarted on.
+    commands: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// What a change means.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Affected {
+    /// Services to rebuild and restart.
+    pub rebuild: BTreeSet<String>,
+    /// Commands to restart.
+    pub restart: BTreeSet<String>,
 }
 
 impl Watched {
@@ -44,6 +55,12 @@ impl Watched {
                 Some((name.clone(), (target, id)))
             })
             .collect();
+        let commands = selected
+            .iter()
+            .map(|name| &workspace.services[name])
+            .filter(|spec| matches!(spec.launch, crate::workspace::Launch::Command(_)) && !spec.watch.is_empty())
+            .map(|spec| (spec.name.clone(), spec.watch.clone()))
+            .collect();
         Watched {
             root: workspace.root.clone(),
             ignored: vec![
@@ -53,14 +70,22 @@ impl Watched {
             ],
             packages: workspace.packages.clone(),
             services,
+            commands,
         }
     }
 
-    /// The services to restart after `changed` files changed.
-    pub fn affected(&self, changed: &[PathBuf]) -> BTreeSet<String> {
+    /// The services to rebuild and the commands to restart after `changed`
+    /// files changed.
+    pub fn affected(&self, changed: &[PathBuf]) -> Affected {
+        let changed: Vec<&PathBuf> = changed.iter().filter(|path| !self.ignore(path)).collect();
+        let restart = self
+            .commands
+            .iter()
+            .filter(|(_, watched)| changed.iter().any(|path| watched.iter().any(|w| path.starts_with(w))))
+            .map(|(name, _)| name.clone())
+            .collect();
         let packages: BTreeSet<_> = changed
             .iter()
-            .filter(|path| !self.ignore(path))
             .filter_map(|path| {
                 // The innermost package folder holding the file owns it.
                 self.packages
@@ -70,14 +95,16 @@ impl Watched {
             })
             .map(|p| &p.id)
             .collect();
-        self.services
+        let rebuild = self
+            .services
             .iter()
             .filter(|(_, (_, id))| {
                 let info = self.packages.iter().find(|p| &p.id == id);
                 packages.contains(id) || info.is_some_and(|i| i.depends_on.iter().any(|d| packages.contains(d)))
             })
             .map(|(name, _)| name.clone())
-            .collect()
+            .collect();
+        Affected { rebuild, restart }
     }
 
     fn ignore(&self, path: &Path) -> bool {
@@ -133,26 +160,28 @@ pub async fn run(
                 Some(path) = changes.recv() => changed.push(path),
             }
         }
-        let affected = watched.affected(&changed);
-        if affected.is_empty() {
-            continue;
-        }
-        let names: Vec<_> = affected.iter().map(String::as_str).collect();
-        shared.logs.note(format!("changed: rebuilding {}", names.join(", ")));
-        let built = match shared.builder.build().await {
-            Ok(built) => built,
-            Err(e) => {
-                shared.logs.note(format!("could not run `cargo build`: {e}"));
-                continue;
-            }
-        };
+        let Affected { rebuild, restart } = watched.affected(&changed);
         let mut tickets = Vec::new();
-        for name in &affected {
-            match built.binaries.get(&watched.services[name].0) {
-                Some(binary) => tickets.push(services[name].rebuilt(binary.clone())),
-                None => shared
-                    .logs
-                    .note(format!("{name}: the build failed; the running instance is kept")),
+        if !restart.is_empty() {
+            let names: Vec<_> = restart.iter().map(String::as_str).collect();
+            shared.logs.note(format!("changed: restarting {}", names.join(", ")));
+            tickets.extend(restart.iter().map(|name| services[name].restart(false)));
+        }
+        if !rebuild.is_empty() {
+            let names: Vec<_> = rebuild.iter().map(String::as_str).collect();
+            shared.logs.note(format!("changed: rebuilding {}", names.join(", ")));
+            match shared.builder.build().await {
+                Ok(built) => {
+                    for name in &rebuild {
+                        match built.binaries.get(&watched.services[name].0) {
+                            Some(binary) => tickets.push(services[name].rebuilt(binary.clone())),
+                            None => shared
+                                .logs
+                                .note(format!("{name}: the build failed; the running instance is kept")),
+                        }
+                    }
+                }
+                Err(e) => shared.logs.note(format!("could not run `cargo build`: {e}")),
             }
         }
         for ticket in tickets {

@@ -47,6 +47,8 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// What `--watch` restarts a command on (empty: nothing).
+    pub watch: Vec<PathBuf>,
     /// A front port fixed in config, over the one kept in `ports.json`.
     pub port: Option<u16>,
     pub depends_on: Vec<String>,
@@ -198,7 +200,19 @@ fn services(metadata: &Metadata, config: &Config, root: &Path) -> Result<BTreeMa
         };
         let mut spec = default_spec(name, launch, root);
         apply(&mut spec, entry, root);
+        if let Some(file) = &entry.env_file {
+            let mut env = crate::dotenv::read(&root.join(file), false)?;
+            env.append(&mut spec.env);
+            spec.env = env;
+        }
         services.insert(name.clone(), spec);
+    }
+    // The root's `.env` is every service's, under what each sets itself.
+    let shared = crate::dotenv::read(&root.join(".env"), true)?;
+    for spec in services.values_mut() {
+        for (key, value) in &shared {
+            spec.env.entry(key.clone()).or_insert_with(|| value.clone());
+        }
     }
     for service in services.values() {
         for dependency in &service.depends_on {
@@ -222,6 +236,7 @@ fn default_spec(name: &str, launch: Launch, root: &Path) -> ServiceSpec {
         args: Vec::new(),
         cwd: root.to_path_buf(),
         env: BTreeMap::new(),
+        watch: Vec::new(),
         port: None,
         depends_on: Vec::new(),
         ready: Readiness::default(),
@@ -237,6 +252,11 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
         .as_ref()
         .map_or_else(|| root.to_path_buf(), |cwd| root.join(cwd));
     spec.env = entry.env.clone();
+    spec.watch = match (&entry.watch, &entry.cwd) {
+        (Some(paths), _) => paths.iter().map(|p| root.join(p)).collect(),
+        (None, Some(cwd)) => vec![root.join(cwd)],
+        (None, None) => Vec::new(),
+    };
     spec.port = entry.port;
     spec.depends_on = entry.depends_on.clone();
     // A TCP service is ready when it accepts, unless it says otherwise: an

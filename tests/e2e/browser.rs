@@ -142,6 +142,21 @@ impl Browser {
         }
     }
 
+    /// Saves a PNG of the page as it looks now under
+    /// `<target tmp>/screenshots/<name>.png`, for a person to look at;
+    /// returns its path.
+    pub fn screenshot(&mut self, name: &str) -> std::path::PathBuf {
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let png = data_encoding::BASE64
+            .decode(shot["data"].as_str().expect("image data").as_bytes())
+            .expect("base64");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&dir).expect("a screenshot folder");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("the screenshot is written");
+        path
+    }
+
     /// Waits, in the page, until `condition` (a JS expression) is truthy;
     /// returns its value. Fails after 20 s.
     pub fn wait_until(&mut self, condition: &str, what: &str) -> Value {

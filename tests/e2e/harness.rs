@@ -318,3 +318,30 @@ pub fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
         ready == 1
     }
 }
+
+/// Waits until the inspector has `count` complete exchanges that `matches`.
+pub fn exchanges(mesh: &Mesh, count: usize, matches: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let output = mesh.cli(&["traffic", "--jsonl"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let found: Vec<serde_json::Value> = output
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("a JSON line"))
+            .filter(|e: &serde_json::Value| e["complete"] == true && matches(e))
+            .collect();
+        if found.len() >= count {
+            assert_eq!(found.len(), count, "more exchanges than requests");
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} exchanges captured",
+            found.len()
+        );
+        // Exchanges are recorded just after their answer: look again soon.
+        std::thread::yield_now();
+    }
+}

@@ -87,6 +87,81 @@ fn filters_narrow_the_list() {
     browser.wait_until(&format!("{ROWS}.length === 0"), "the status filter");
 }
 
+/// What a person sees at 1400 × 900: the newest exchange on top and in
+/// view, every column, a map whose labels cross neither lines nor each
+/// other, and no detail of an exchange a search hides. Screenshots are
+/// saved for a person to look at.
+#[test]
+fn the_page_shows_the_newest_on_top_every_column_and_a_readable_map() {
+    let mesh = mesh();
+    for _ in 0..40 {
+        get(mesh.front("beta"), "/whoami");
+    }
+    get(mesh.front("alpha"), "/peer");
+    get(mesh.front("beta"), "/peer");
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 44"), "every exchange");
+    get(mesh.front("alpha"), "/whoami?the-newest");
+    browser.wait_until(&format!("{ROWS}[0].includes('the-newest')"), "the newest on top");
+    let in_view = browser.eval(
+        "(() => { const row = document.querySelector('#rows tr').getBoundingClientRect(); \
+          const list = document.getElementById('rows-scroll').getBoundingClientRect(); \
+          return row.top >= list.top && row.bottom <= list.bottom; })()",
+    );
+    assert_eq!(in_view, true, "the newest row is in view");
+    let cut = browser.eval(
+        "(() => { const list = document.getElementById('list').getBoundingClientRect(); \
+          return [...document.querySelectorAll('thead th')].filter(th => th.getBoundingClientRect().right > list.right + 1) \
+            .map(th => th.innerText); })()",
+    );
+    assert_eq!(cut, serde_json::json!([]), "columns cut off at the right");
+    eprintln!("screenshot: {}", browser.screenshot("traffic").display());
+
+    // A search that hides the selected exchange clears the detail.
+    browser.eval("[...document.querySelectorAll('#rows tr')].find(tr => tr.innerText.includes('/peer')).click()");
+    browser.wait_until("document.getElementById('replay')", "the detail view");
+    browser.eval("const q = document.getElementById('q'); q.value = 'the-newest'; q.dispatchEvent(new Event('input'))");
+    browser.wait_until(&format!("{ROWS}.length === 1"), "the search");
+    browser.wait_until("!document.getElementById('replay')", "the detail to clear");
+
+    browser.eval("document.querySelector('header nav [data-view=map]').click()");
+    let labels = browser.wait_until(
+        "document.querySelectorAll('#map text.edge-label').length >= 4 && document.querySelectorAll('#map text.edge-label').length",
+        "the map's edges",
+    );
+    assert!(labels.as_u64().unwrap() >= 4, "{labels}");
+    let overlaps = browser.eval(MAP_OVERLAPS);
+    eprintln!("screenshot: {}", browser.screenshot("map").display());
+    assert_eq!(overlaps, serde_json::json!([]), "map labels that overlap");
+}
+
+/// The map's edge labels (as their rotated boxes) that overlap another
+/// label or an edge's line, by the separating axis test.
+const MAP_OVERLAPS: &str = r#"(() => {
+  const svg = document.querySelector('#map svg');
+  const point = (x, y, m) => { const p = svg.createSVGPoint(); p.x = x; p.y = y; const q = p.matrixTransform(m); return [q.x, q.y]; };
+  const labels = [...svg.querySelectorAll('text.edge-label')].map((t) => {
+    const b = t.getBBox(), m = t.getCTM();
+    return { name: t.textContent, poly: [[b.x, b.y], [b.x + b.width, b.y], [b.x + b.width, b.y + b.height], [b.x, b.y + b.height]].map(([x, y]) => point(x, y, m)) };
+  });
+  const lines = [...svg.querySelectorAll('line')].map((l, i) => ({ name: 'line ' + i,
+    poly: [[+l.getAttribute('x1'), +l.getAttribute('y1')], [+l.getAttribute('x2'), +l.getAttribute('y2')]] }));
+  const axes = (poly) => poly.map((p, i) => { const q = poly[(i + 1) % poly.length]; return [p[1] - q[1], q[0] - p[0]]; });
+  const apart = (a, b) => axes(a).concat(axes(b)).some(([ax, ay]) => {
+    const len = Math.hypot(ax, ay) || 1;
+    const project = (poly) => poly.map(([x, y]) => (x * ax + y * ay) / len);
+    const pa = project(a), pb = project(b);
+    return Math.max(...pa) <= Math.min(...pb) || Math.max(...pb) <= Math.min(...pa);
+  });
+  const found = [];
+  labels.forEach((label, i) => {
+    labels.slice(i + 1).concat(lines).forEach((other) => {
+      if (!apart(label.poly, other.poly)) found.push(label.name + ' × ' + other.name);
+    });
+  });
+  return found;
+})()"#;
+
 #[test]
 fn a_replay_from_the_page_is_a_new_marked_row() {
     let mesh = mesh();

@@ -10,7 +10,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::harness::{DEADLINE, Mesh, fixture, get, read_json, text, wait_exit};
+use crate::harness::{DEADLINE, Mesh, exchanges, fixture, get, read_json, text, wait_exit};
 
 fn mesh() -> Mesh {
     Mesh::start(fixture("mesh"), &[], &["beta", "alpha", "files"])
@@ -52,7 +52,7 @@ fn a_pooled_client_reaches_only_the_new_instance_after_a_restart() {
         );
     }
     assert!(wait_exit(old, DEADLINE), "the old instance {old} lives on");
-    let captured = wait_for_exchanges(&mesh, 15, |e| e["service"] == "beta" && e["path"] == "/whoami");
+    let captured = exchanges(&mesh, 15, |e| e["service"] == "beta" && e["path"] == "/whoami");
     assert!(captured.iter().all(|e| e["kind"] == "http" && e["status"] == 200));
 }
 
@@ -198,7 +198,7 @@ fn concurrent_chains_are_traced_exactly_with_propagation_and_never_wrongly_witho
             }
         });
     }
-    let all = wait_for_exchanges(&mesh, 32, |e| e["path"].as_str().unwrap_or("").contains("slow&n="));
+    let all = exchanges(&mesh, 32, |e| e["path"].as_str().unwrap_or("").contains("slow&n="));
     let of = |service: &str, tag: &str| -> BTreeMap<String, &serde_json::Value> {
         all.iter()
             .filter(|e| e["service"] == service)
@@ -233,36 +233,5 @@ fn concurrent_chains_are_traced_exactly_with_propagation_and_never_wrongly_witho
                 assert_eq!(call["parent_span_id"], request["span_id"]);
             }
         }
-    }
-}
-
-/// Waits until the inspector has `count` complete exchanges that `matches`.
-fn wait_for_exchanges(
-    mesh: &Mesh,
-    count: usize,
-    matches: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let output = mesh.cli(&["traffic", "--jsonl"]);
-        assert!(output.status.success(), "{}", text(&output));
-        let found: Vec<serde_json::Value> = output
-            .stdout
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| serde_json::from_slice(line).expect("a JSON line"))
-            .filter(|e: &serde_json::Value| e["complete"] == true && matches(e))
-            .collect();
-        if found.len() >= count {
-            assert_eq!(found.len(), count, "more exchanges than requests");
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {count} exchanges captured",
-            found.len()
-        );
-        // Exchanges are recorded just after their answer: look again soon.
-        std::thread::yield_now();
     }
 }

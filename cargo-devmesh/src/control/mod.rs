@@ -97,14 +97,20 @@ pub struct Mesh {
 
 /// Serves the API until `shutdown`; returns its address once listening and
 /// `control.json` is written.
-pub async fn serve(state_dir: &Path, mesh: Mesh, shutdown: CancellationToken) -> Result<SocketAddr, StartError> {
+pub async fn serve(
+    state_dir: &Path,
+    listener: std::net::TcpListener,
+    mesh: Mesh,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, StartError> {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listener = tokio::net::TcpListener::bind(any_port)
-        .await
-        .map_err(|source| StartError::Listen { addr: any_port, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr: any_port, source })?;
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        .map_err(|source| StartError::Listen { addr, source })?;
     let control = ControlFile {
         addr,
         token: new_token()?,

@@ -19,8 +19,10 @@ pub struct LogsOptions {
     pub services: Vec<String>,
     /// Keep showing new lines until interrupted.
     pub follow: bool,
-    /// Only lines newer than this.
+    /// Only lines newer than this, from any run.
     pub since: Option<Duration>,
+    /// Only the last this many lines, from any run.
+    pub lines: Option<usize>,
 }
 
 /// One service's log file and how far it has been read.
@@ -37,9 +39,15 @@ struct Tail {
 /// Prints the logs of `options.services`, merged by time, then follows them
 /// with `options.follow` until `shutdown`.
 pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: CancellationToken) -> std::io::Result<()> {
-    let since = options
-        .since
-        .map(|ago| timestamp(SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)));
+    // The current (or last) run's lines, unless asked for older ones.
+    let since = match (options.since, options.lines) {
+        (Some(ago), _) => Some(timestamp(
+            SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH),
+        )),
+        (None, Some(_)) => None,
+        (None, None) => Logs::run_started(state_dir),
+    };
+    let mut last = options.lines;
     let width = options.services.iter().map(String::len).max().unwrap_or(0);
     let mut tails: Vec<Tail> = options
         .services
@@ -60,11 +68,14 @@ pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: Cancellation
         }
         // Stable: lines of one service with the same time keep their order.
         lines.sort_by(|a: &(String, usize, String), b| a.0.cmp(&b.0));
+        lines.retain(|(time, _, _)| since.as_ref().is_none_or(|since| time >= since));
+        // `-n` counts back from what is there now; what follows comes whole.
+        if let Some(n) = last.take() {
+            lines.drain(..lines.len().saturating_sub(n));
+        }
         let mut out = std::io::stdout().lock();
-        for (time, index, text) in lines {
-            if since.as_ref().is_none_or(|since| time >= *since) {
-                writeln!(out, "{:>width$} | {text}", tails[index].service)?;
-            }
+        for (_, index, text) in lines {
+            writeln!(out, "{:>width$} | {text}", tails[index].service)?;
         }
         out.flush()?;
         drop(out);

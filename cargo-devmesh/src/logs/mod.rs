@@ -28,6 +28,9 @@ const COLOURS: [u8; 6] = [36, 33, 35, 32, 34, 31];
 pub const SUPERVISOR: &str = "devmesh";
 /// Lines kept in memory for the inspector page; the files keep them all.
 const RECENT_LINES: usize = 10_000;
+/// The file, in the log folder, that holds when the newest run started:
+/// `cargo devmesh logs` shows that run unless asked for more.
+const RUN_STARTED: &str = "run-started";
 
 /// A log line as the inspector shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,7 @@ impl Logs {
     pub fn new(state_dir: &Path, services: &[String]) -> std::io::Result<Logs> {
         let dir = state_dir.join("logs");
         std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(RUN_STARTED), timestamp(std::time::SystemTime::now()))?;
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let width = services
             .iter()
@@ -94,6 +98,12 @@ impl Logs {
                 events: broadcast::channel(1024).0,
             }),
         })
+    }
+
+    /// When the newest run in `state_dir` started, as log lines write times.
+    pub fn run_started(state_dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(state_dir.join("logs").join(RUN_STARTED)).ok()?;
+        Some(text.trim().to_owned())
     }
 
     /// The log file of `service`.

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use devmesh::config::Protocol;
+use devmesh::registry::Status;
 
 use crate::inspector::{self, Inspector, Kind};
 
@@ -298,12 +299,18 @@ impl Context {
             return Ok(ready);
         }
         let status = match &*self.route.borrow() {
-            Route::Waiting(status) => status.to_string(),
-            Route::Ready(_) => "ready".to_owned(),
+            Route::Waiting(status) => *status,
+            Route::Ready(_) => Status::Ready,
+        };
+        let service = &self.service;
+        let hint = match status {
+            Status::Stopped => format!("it was stopped: `cargo devmesh start {service}`"),
+            Status::Failed => format!("fix its build, then `cargo devmesh restart {service}`"),
+            _ => format!("`cargo devmesh logs {service}`"),
         };
         Err(format!(
-            "devmesh: service `{}` is not ready ({status}) after {:?} (hint: `cargo devmesh logs {}`)\n",
-            self.service, self.timeouts.ready, self.service
+            "devmesh: service `{service}` is not ready ({status}) after {:?} (hint: {hint})\n",
+            self.timeouts.ready
         ))
     }
 

@@ -55,6 +55,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         let listener = ports.bind(name, spec.port, workspace.config.run.ports)?;
         listeners.insert(name.clone(), listener);
     }
+    let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
     ports.save()?;
     let fronts: BTreeMap<String, std::net::SocketAddr> = listeners
         .iter()
@@ -135,7 +136,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         inspector: Arc::clone(&inspector),
         logs: logs.clone(),
     };
-    let api = control::serve(&state_dir, mesh, shutdown.clone()).await?;
+    let api = control::serve(&state_dir, inspector_listener, mesh, shutdown.clone()).await?;
     logs.note(format!(
         "inspector on http://{api}/ (`cargo devmesh ps` lists the services)"
     ));

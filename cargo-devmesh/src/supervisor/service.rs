@@ -306,7 +306,9 @@ impl Task {
         for mut dependency in dependencies {
             let name = dependency.borrow().name.clone();
             if dependency.borrow().status != Status::Ready {
-                self.note(format!("waiting for `{name}` to be ready"));
+                let waiting = format!("waiting for `{name}` to be ready");
+                self.set_status(Status::Starting, Some(waiting.clone()));
+                self.note(waiting);
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return false,
@@ -337,6 +339,8 @@ impl Task {
                     }
                     None => Ok("was not running".to_owned()),
                 };
+                self.state.send_modify(|s| s.pid = None);
+                self.publish_registry();
                 if let Ok(done) = &answer {
                     self.note(done.clone());
                 }

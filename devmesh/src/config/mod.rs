@@ -21,6 +21,8 @@
 //! command = "npm run dev"
 //! cwd = "web"
 //! env = { NODE_ENV = "development" }
+//! env_file = "web/.env.local"  # KEY=value lines; the root's `.env` is read for every service
+//! watch = ["web/src"]       # what `run --watch` restarts it on (default: its cwd)
 //!
 //! [remote.static]           # services that run elsewhere
 //! payments = "https://payments.sandbox.example.com"
@@ -147,6 +149,12 @@ pub struct ServiceConfig {
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A file of `KEY=value` lines to add to its environment (relative to
+    /// the workspace root), over the root's `.env` and under `env`.
+    pub env_file: Option<PathBuf>,
+    /// For a command, what `run --watch` watches to restart it (relative
+    /// to the workspace root); default: its `cwd`, when it has one.
+    pub watch: Option<Vec<PathBuf>>,
     /// A fixed front port (default: assigned once and kept).
     pub port: Option<u16>,
     /// Services that must be ready before this one starts.

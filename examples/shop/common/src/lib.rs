@@ -1,5 +1,7 @@
 //! What the shop's services share: serving where `cargo devmesh run` says,
-//! and calling each other by name through `devmesh::discover`.
+//! and calling each other by name through `devmesh::discover`, passing each
+//! request's trace on (`devmesh::trace`) so the inspector links every call
+//! to the request that made it.
 
 use std::sync::LazyLock;
 
@@ -25,7 +27,7 @@ pub async fn serve(app: Router) {
         "{name} listening on {}",
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
-    axum::serve(listener, app)
+    axum::serve(listener, app.layer(devmesh::trace::TraceLayer))
         .with_graceful_shutdown(async {
             let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM can be handled");
@@ -55,12 +57,13 @@ impl axum::response::IntoResponse for CallError {
 pub async fn post_json<T: DeserializeOwned>(service: &str, path: &str, body: &impl Serialize) -> Result<T, CallError> {
     let bad_gateway = |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
     let endpoint = devmesh::discover_async(service).await.map_err(|e| bad_gateway(&e))?;
-    let request = hyper::Request::post(endpoint.join(path))
+    let mut request = hyper::Request::post(endpoint.join(path))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(
             serde_json::to_vec(body).expect("JSON serializes"),
         )))
         .expect("a valid request");
+    devmesh::trace::inject(request.headers_mut());
     let response = CLIENT.request(request).await.map_err(|e| bad_gateway(&e))?;
     let status = response.status();
     let bytes = response
