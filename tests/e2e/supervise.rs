@@ -26,6 +26,7 @@ fn ports_survive_a_restart_and_a_whole_rerun() {
     let mut mesh = mesh();
     let (alpha, beta) = (mesh.front("alpha"), mesh.front("beta"));
     let old_pid = mesh.pid("beta");
+    let inspector = read_json(&mesh.state().join("control.json"))["addr"].clone();
 
     let output = mesh.cli(&["restart", "beta"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -46,6 +47,13 @@ fn ports_survive_a_restart_and_a_whole_rerun() {
     mesh.wait_ready("alpha", 2);
     assert_eq!((mesh.front("alpha"), mesh.front("beta")), (alpha, beta));
     assert_eq!(get(alpha, "/peer").0, 200);
+    let control = read_json(&mesh.state().join("control.json"));
+    assert_eq!(control["addr"], inspector, "the inspector keeps its address");
+
+    // `logs` shows this run; `-n` reaches back into earlier ones.
+    let serving = |args: &[&str]| text(&mesh.cli(args)).matches("beta serving").count();
+    assert_eq!(serving(&["logs", "beta"]), 1);
+    assert_eq!(serving(&["logs", "-n", "1000", "beta"]), 3, "two runs and a restart");
 }
 
 #[test]
@@ -253,5 +261,43 @@ fn a_request_that_waits_too_long_gets_a_503_that_says_why() {
         body.contains("service `beta` is not ready (stopped) after 200ms"),
         "{body}"
     );
-    assert!(body.contains("cargo devmesh logs beta"), "{body}");
+    assert!(body.contains("it was stopped: `cargo devmesh start beta`"), "{body}");
+    let ps = text(&mesh.cli(&["ps"]));
+    let beta = ps.lines().find(|l| l.starts_with("beta")).unwrap_or_default();
+    assert_eq!(
+        beta.split_whitespace().nth(3),
+        Some("-"),
+        "a stopped service has no pid: {ps}"
+    );
+}
+
+/// A command service gets the root's `.env` and its own `env_file`, and
+/// `--watch` restarts it when a file in its folder changes.
+#[test]
+fn a_command_gets_its_env_files_and_is_restarted_by_watch() {
+    let dir = fixture("mesh");
+    std::fs::create_dir(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "first").unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# shared\nFROM_ROOT=root-value\nOVERRIDDEN=root\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("site.env"), "export OVERRIDDEN='from env_file'\n").unwrap();
+    std::fs::write(
+        dir.path().join("devmesh.toml"),
+        "[services.site]\ncommand = \"echo env: $FROM_ROOT, $OVERRIDDEN; exec python3 -m http.server $PORT --bind 127.0.0.1\"\n\
+         cwd = \"site\"\nenv_file = \"site.env\"\n",
+    )
+    .unwrap();
+    let mesh = Mesh::start(dir, &["site", "--watch"], &["site"]);
+    mesh.output
+        .wait_for(1, "the environment", |l| l.contains("env: root-value, from env_file"));
+    mesh.output
+        .wait_for(1, "the watch to start", |l| l.contains("watching for changes"));
+    std::fs::write(mesh.root.join("site/index.html"), "second").unwrap();
+    mesh.output
+        .wait_for(1, "the restart note", |l| l.ends_with("changed: restarting site"));
+    mesh.wait_ready("site", 2);
+    assert_eq!(get(mesh.front("site"), "/index.html").1, "second");
 }

@@ -2,7 +2,9 @@
 //! found by its addresses with one `sock_diag` query to the kernel (or, where
 //! that is refused, in `/proc/net/tcp`, which lists every socket and takes
 //! milliseconds on a busy machine); the service process holding that socket
-//! is the caller. Anything else is `external`.
+//! is the caller, or a process it forked (`npm run dev` runs node; a shell
+//! runs a line of commands), found by its process group, which is the
+//! service's. Anything else is `external`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -39,9 +41,22 @@ impl Callers {
         };
         let needle = format!("socket:[{inode}]");
         let pids = self.lock().clone();
-        pids.into_iter()
-            .find(|(pid, _)| holds(*pid, &needle))
-            .map_or_else(|| EXTERNAL.to_owned(), |(_, service)| service)
+        if let Some((_, service)) = pids.iter().find(|(pid, _)| holds(**pid, &needle)) {
+            return service.clone();
+        }
+        // A process the service forked: in the service's group.
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return EXTERNAL.to_owned();
+        };
+        processes
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| !pids.contains_key(pid))
+            .find_map(|pid| {
+                let service = pids.get(&group_of(pid)?)?;
+                holds(pid, &needle).then(|| service.clone())
+            })
+            .unwrap_or_else(|| EXTERNAL.to_owned())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {
@@ -76,6 +91,13 @@ fn proc_form(addr: SocketAddrV4) -> String {
 }
 
 /// Whether process `pid` has `socket:[inode]` open.
+/// The process group of `pid`, from `/proc/<pid>/stat`.
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the name in parentheses: state, parent, group.
+    stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()
+}
+
 fn holds(pid: u32, needle: &str) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;

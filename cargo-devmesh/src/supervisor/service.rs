@@ -508,8 +508,13 @@ impl Task {
             (Launch::Binary { .. }, Some(binary)) => std::process::Command::new(binary),
             (Launch::Binary { .. }, None) => return Err("it has no binary yet".to_owned()),
             (Launch::Command(line), _) => {
+                // A simple command replaces the shell, so its pid is the
+                // service's; a line of several (`a && b`, `a; b`, `a & b`)
+                // runs under the shell, in the same process group.
+                let several = line.contains([';', '&', '|', '\n']);
+                let script = if several { line.clone() } else { format!("exec {line}") };
                 let mut command = std::process::Command::new("sh");
-                command.arg("-c").arg(format!("exec {line}"));
+                command.arg("-c").arg(script);
                 command
             }
         };
