@@ -39,6 +39,8 @@ use cli::{Cli, Command};
 use workspace::{CargoOptions, Workspace};
 
 fn main() -> ExitCode {
+    // Before anything opens a descriptor: see `supervisor::process`.
+    supervisor::process::reserve_listen_fd();
     // `cargo devmesh x` runs `cargo-devmesh devmesh x`; the alias in
     // `.cargo/config.toml` runs `cargo-devmesh x`. Accept both.
     let mut args: Vec<_> = std::env::args_os().collect();

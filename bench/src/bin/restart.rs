@@ -32,7 +32,7 @@ async fn main() {
     ensure_honcho();
 
     println!("restarting under cargo devmesh…");
-    let (devmesh, restart_times) = under_devmesh(&supervisor, &shop).await;
+    let (devmesh, under_load, quiet) = under_devmesh(&supervisor, &shop).await;
     println!("restarting under honcho…");
     let honcho = under_honcho(&payments).await;
     println!("timing bare starts and the supervisor's memory…");
@@ -50,19 +50,22 @@ async fn main() {
             report.sent, report.failed, report.longest, report.longest_gap
         );
     }
+    let (quiet, bare) = (median(quiet), median(bare));
     println!(
-        "\nrestart (already built) to answering, median of {RESTARTS}: {:.1?}",
-        median(restart_times)
+        "\nrestart (already built) to answering, no load, median of {RESTARTS}: {quiet:.1?} ({:.2}× the bare start)",
+        quiet.as_secs_f64() / bare.as_secs_f64()
     );
+    println!("bare binary start to answering, no load, median of {RESTARTS}:          {bare:.1?}");
     println!(
-        "bare binary start to answering, median of 10:          {:.1?}",
-        median(bare)
+        "restart (already built) to answering, under the load above:     {:.1?}",
+        median(under_load)
     );
     println!("supervisor RSS with 10 services running:               {} KiB", rss);
 }
 
 /// Runs `payments` under `cargo devmesh run` and restarts it through the API.
-async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Duration>) {
+/// Returns the load's report and the restarts' times under load and without.
+async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Duration>, Vec<Duration>) {
     let state = tempfile::tempdir().expect("a temp dir");
     let mut child = supervise(supervisor, shop, state.path(), &["payments"], &[]);
     let front = front_port(state.path(), "payments").await;
@@ -78,8 +81,31 @@ async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Durat
     }
     tokio::time::sleep(BETWEEN).await;
     let report = load.stop().await;
+    // Like with like: the bare start is timed with no load, so is this.
+    // One restart at a time, as a person makes them: the previous old
+    // instance has exited before the next restart. Timed as the bare start
+    // is, with plain blocking sockets, so that neither figure carries the
+    // async runtime's wake-ups.
+    let mut quiet = Vec::new();
+    for _ in 0..RESTARTS {
+        tokio::time::sleep(BETWEEN).await;
+        let began = Instant::now();
+        let answer = blocking_exchange(
+            api.addr,
+            &format!(
+                "POST /api/services/payments/restart?build=false HTTP/1.1\r\nhost: {}\r\n\
+                 authorization: Bearer {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                api.addr, api.token
+            ),
+        );
+        quiet.push(began.elapsed());
+        assert!(
+            answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+            "a restart failed"
+        );
+    }
     interrupt(&mut child);
-    (report, times)
+    (report, times, quiet)
 }
 
 /// Runs `payments` under honcho and restarts it the only way honcho can.
@@ -117,7 +143,10 @@ async fn under_honcho(payments: &Path) -> LoadReport {
 /// How long the bare binary takes from spawn to answering.
 async fn bare_starts(payments: &Path) -> Vec<Duration> {
     let mut times = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..RESTARTS {
+        // Spaced as the restarts are: a machine that has idled a moment
+        // wakes more slowly than one busy starting things back to back.
+        tokio::time::sleep(BETWEEN).await;
         let port = free_port();
         let began = Instant::now();
         let mut child = Command::new(payments)
@@ -125,7 +154,11 @@ async fn bare_starts(payments: &Path) -> Vec<Duration> {
             .stdout(Stdio::null())
             .spawn()
             .expect("payments starts");
-        wait_until_answers(SocketAddr::from(([127, 0, 0, 1], port)), "/health").await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let health = format!("GET /health HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        while !blocking_exchange(addr, &health).is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
         times.push(began.elapsed());
         terminate(&mut child);
     }
@@ -209,6 +242,17 @@ impl Api {
     }
 }
 
+/// Sends `request` on a new blocking connection and reads the answer to
+/// its close; `None` when the connection is refused or breaks.
+fn blocking_exchange(addr: SocketAddr, request: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
 fn interrupt(child: &mut Child) {
     signal(child, libc::SIGINT);
 }
@@ -217,10 +261,51 @@ fn terminate(child: &mut Child) {
     signal(child, libc::SIGTERM);
 }
 
+/// Sends `signal` and waits up to 10 s for the child to exit, then kills
+/// it: a peer that does not stop must not hang the benchmark.
 fn signal(child: &mut Child, signal: i32) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "{} did not exit on signal {signal}; killed, with what it started",
+        child.id()
+    );
+    for pid in descendants(child.id()) {
+        // SAFETY: signalling a process this benchmark started (through its child).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The processes below `pid`, from the parents in `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let parent = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut at = 0;
+    while at < found.len() {
+        let parent = found[at];
+        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        at += 1;
+    }
+    found.split_off(1)
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

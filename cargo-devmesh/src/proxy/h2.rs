@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
-use super::{Connection, Context};
+use super::{Connection, Context, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
 
@@ -92,11 +92,15 @@ async fn forward(
         .parse()
         .expect("an address and a path make a URI");
     let forwarded = Instant::now();
-    let mut response = match context.http2.request(request).await {
-        Ok(response) => response,
-        Err(e) => {
+    let mut response = match awaited(context.http2.request(request), &lease, context.timeouts.response).await {
+        Some(Ok(response)) => response,
+        Some(Err(e)) => {
             let message = context.did_not_answer(addr, &e.to_string());
             return Ok(answer(capture, StatusCode::BAD_GATEWAY, message));
+        }
+        None => {
+            let message = context.no_response_in_time(addr);
+            return Ok(answer(capture, StatusCode::GATEWAY_TIMEOUT, message));
         }
     };
     let Some(mut capture) = capture else {

@@ -327,6 +327,16 @@ impl Context {
         }
     }
 
+    /// What a client is told when the instance at `addr` sent no response
+    /// within `run.response_timeout`.
+    fn no_response_in_time(&self, addr: SocketAddr) -> String {
+        format!(
+            "devmesh: service `{}` at {addr} sent no response within {:?} (run.response_timeout) \
+             (hint: is it stuck? `cargo devmesh ps`, `cargo devmesh logs {}`)\n",
+            self.service, self.timeouts.response, self.service
+        )
+    }
+
     /// What a client is told when the instance at `addr` failed it.
     fn did_not_answer(&self, addr: SocketAddr, error: &str) -> String {
         format!(
@@ -334,6 +344,19 @@ impl Context {
             self.service, self.service
         )
     }
+}
+
+/// Awaits `response` (a response's head) for up to `timeout`; `None` when
+/// it did not come. Once it has been long in coming ([`STALL_AFTER`]),
+/// `lease` is told, and the supervisor checks that the service answers.
+async fn awaited<F: Future>(response: F, lease: &Lease, timeout: Duration) -> Option<F::Output> {
+    let asked = tokio::time::Instant::now();
+    let mut response = std::pin::pin!(response);
+    if let Ok(done) = tokio::time::timeout(STALL_AFTER.min(timeout), &mut response).await {
+        return Some(done);
+    }
+    lease.suspect();
+    tokio::time::timeout_at(asked + timeout, response).await.ok()
 }
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.

@@ -5,7 +5,7 @@
 //! It owns processes (through [`service`] tasks); the proxy owns connections,
 //! the logs module owns log files.
 
-mod process;
+pub mod process;
 mod readiness;
 pub mod service;
 pub mod watchdog;

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
-use super::{Connection, Context, HEAD_TIMEOUT, IDLE_TIMEOUT, Lease, STALL_AFTER};
+use super::{Connection, Context, HEAD_TIMEOUT, IDLE_TIMEOUT, Lease, awaited};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 use relay::{Broken, Buffer, ReadError, Relay, read_head};
@@ -213,11 +213,7 @@ async fn exchange(
                 return Next::Close;
             }
             Err(Failure::TimedOut) => {
-                let message = format!(
-                    "devmesh: service `{}` at {addr} sent no response within {:?} (run.response_timeout) \
-                     (hint: is it stuck? `cargo devmesh ps`, `cargo devmesh logs {}`)\n",
-                    context.service, context.timeouts.response, context.service
-                );
+                let message = context.no_response_in_time(addr);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::GATEWAY_TIMEOUT, &message, capture).await;
                 return Next::Close;
@@ -472,7 +468,7 @@ async fn forward(
 struct Receiving<'a> {
     /// The capture, and when the request went to the instance.
     capture: Option<(&'a mut Capture, Instant)>,
-    /// Told when the response is long in coming ([`STALL_AFTER`]).
+    /// Told when the response is long in coming (see [`awaited`]).
     lease: &'a Lease,
     /// How long the head may take.
     timeout: Duration,
@@ -499,44 +495,30 @@ where
         timeout,
         responding,
     } = receiving;
-    let asked = tokio::time::Instant::now();
-    let mut deadline = std::pin::pin!(tokio::time::sleep_until(asked + STALL_AFTER.min(timeout)));
-    let mut stalled = false;
-    let mut answered = false;
-    let head = loop {
-        let read = tokio::select! {
-            read = read_head(relay.buffer, relay.from, |buf| ResponseHead::parse(buf, request)) => read,
-            () = &mut deadline => {
-                if stalled {
-                    return Err(Failure::TimedOut);
-                }
-                // Long in coming: the supervisor checks that the service
-                // still answers, while this request waits out its time.
-                stalled = true;
-                lease.suspect();
-                deadline.as_mut().reset(asked + timeout);
-                continue;
+    let heads = async {
+        let mut answered = false;
+        loop {
+            let head = match read_head(relay.buffer, relay.from, |buf| ResponseHead::parse(buf, request)).await {
+                Ok(Some(head)) => head,
+                Ok(None) if !answered => return Err(Failure::NoResponse("it closed the connection".to_owned())),
+                Ok(None) => return Err(Failure::Broken("the service closed the connection".to_owned())),
+                Err(ReadError::Io(e)) if !answered => return Err(Failure::NoResponse(e.to_string())),
+                Err(e) => return Err(Failure::Service(format!("its response: {e}"))),
+            };
+            responding.store(true, Ordering::Relaxed);
+            if !head.is_interim() {
+                return Ok(head);
             }
-        };
-        let head = match read {
-            Ok(Some(head)) => head,
-            Ok(None) if !answered => return Err(Failure::NoResponse("it closed the connection".to_owned())),
-            Ok(None) => return Err(Failure::Broken("the service closed the connection".to_owned())),
-            Err(ReadError::Io(e)) if !answered => return Err(Failure::NoResponse(e.to_string())),
-            Err(e) => return Err(Failure::Service(format!("its response: {e}"))),
-        };
-        responding.store(true, Ordering::Relaxed);
-        if !head.is_interim() {
-            break head;
+            relay
+                .to
+                .write_all(&relay.buffer.filled()[..head.len])
+                .await
+                .map_err(|e| Failure::Broken(format!("the client: {e}")))?;
+            relay.buffer.consume(head.len);
+            answered = true;
         }
-        relay
-            .to
-            .write_all(&relay.buffer.filled()[..head.len])
-            .await
-            .map_err(|e| Failure::Broken(format!("the client: {e}")))?;
-        relay.buffer.consume(head.len);
-        answered = true;
     };
+    let head = awaited(heads, lease, timeout).await.unwrap_or(Err(Failure::TimedOut))?;
     let filled = relay.buffer.filled();
     scratch.clear();
     let replay_id = capture.as_ref().and_then(|(c, _)| c.replay_id());
