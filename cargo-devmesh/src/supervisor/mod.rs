@@ -192,10 +192,14 @@ async fn build_all(shared: &service::Shared) -> Built {
         .cloned()
         .collect();
     if !failed.is_empty() {
-        shared.logs.note(format!(
-            "the build of {} failed; the other services start",
-            names(&failed)
-        ));
+        let next = if failed.len() == targets.len() {
+            "fix it, then `cargo devmesh restart` them (or save, with --watch)"
+        } else {
+            "the other services start; fix it, then `cargo devmesh restart` them"
+        };
+        shared
+            .logs
+            .note(format!("the build of {} failed; {next}", names(&failed)));
     }
     built
 }
