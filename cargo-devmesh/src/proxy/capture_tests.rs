@@ -320,25 +320,7 @@ async fn exchange_raw(front: SocketAddr, request: &str) -> String {
 /// A backend that answers each request with `answer` as raw bytes, then
 /// closes the connection.
 async fn raw_backend(answer: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut byte = [0u8; 1];
-                    if stream.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    scripted_backend(move |_, _| Scripted::AnswerAndClose(answer)).await.0
 }
 
 #[tokio::test]
