@@ -64,6 +64,8 @@ pub enum Command {
         #[arg(short = 'n', long, value_name = "N")]
         lines: Option<usize>,
     },
+    /// Print a new link that logs a browser into the inspector (each works once).
+    Inspector,
     /// Show the requests between services, as the inspector captured them.
     Traffic {
         /// Only exchanges to or from this service.

@@ -14,6 +14,7 @@
 //! - `control/`: the local API other terminals and the inspector page use;
 //! - `traffic`: `traffic` and `replay`, the inspector in a terminal;
 //! - `watch`: `--watch`, rebuilding what changed;
+//! - `secret`: random tokens and owner-only files;
 //! - `errors`: errors that end a command.
 
 mod build;
@@ -25,6 +26,7 @@ mod inspector;
 mod logs;
 mod ports;
 mod proxy;
+mod secret;
 mod supervisor;
 mod traffic;
 mod watch;
@@ -101,6 +103,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .services()
                 .await?;
             print_ps(&services);
+            Ok(())
+        }
+        Command::Inspector => {
+            let workspace = Workspace::load(&cargo)?;
+            let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
+            println!("{}", client.login_url().await?);
             Ok(())
         }
         Command::Restart { services, no_build } => act(&cargo, &services, "restart", !no_build).await,

@@ -84,11 +84,13 @@ impl Browser {
             json!({ "targetId": target["targetId"], "flatten": true }),
         );
         browser.session = attached["sessionId"].as_str().expect("a session").to_owned();
-        // Evaluating while the page still navigates fails: wait for it to load.
+        // Evaluating while the page still navigates fails: wait for it to
+        // load (a login link goes on to the page itself).
+        let page = url.split_once("login?").map_or(url, |(page, _)| page);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let loaded = browser.try_eval("document.readyState === 'complete' && location.href");
-            if loaded.as_ref().is_ok_and(|href| href.as_str() == Some(url)) {
+            if loaded.as_ref().is_ok_and(|href| href.as_str() == Some(page)) {
                 return browser;
             }
             assert!(

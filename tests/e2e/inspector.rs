@@ -11,10 +11,18 @@ fn mesh() -> Mesh {
     Mesh::start(fixture("mesh"), &[], &["beta", "alpha"])
 }
 
-/// The inspector page's URL.
+/// A one-time link that logs a browser into the inspector page, as
+/// `cargo devmesh inspector` prints it.
 fn page(mesh: &Mesh) -> String {
-    let control = read_json(&mesh.state().join("control.json"));
-    format!("http://{}/", control["addr"].as_str().expect("an address"))
+    let output = mesh.cli(&["inspector"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let addr = read_json(&mesh.state().join("control.json"))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with(&format!("http://{addr}/login?once=")), "{url}");
+    url
 }
 
 /// The rows of the traffic list, as their text.
@@ -206,6 +214,75 @@ fn the_api_refuses_foreign_hosts_and_missing_tokens() {
     );
     assert!(tokenless.starts_with("HTTP/1.1 401"), "{tokenless}");
     assert!(text(&mesh.cli(&["ps"])).contains("beta"), "beta was not stopped");
+
+    // Reads need authentication too: captured traffic holds secrets.
+    get(mesh.front("beta"), "/whoami");
+    let token = control["token"].as_str().unwrap();
+    for route in [
+        "/",
+        "/api/services",
+        "/api/traffic",
+        "/api/traffic/1",
+        "/api/traffic.har",
+        "/api/traffic.jsonl",
+        "/api/events",
+        "/api/logs",
+        "/api/map",
+    ] {
+        let anonymous = raw(
+            addr,
+            &format!("GET {route} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(anonymous.starts_with("HTTP/1.1 401"), "{route}: {anonymous}");
+        assert!(
+            !anonymous.to_ascii_lowercase().contains("access-control-allow"),
+            "{route}: no CORS"
+        );
+        let foreign = raw(
+            addr,
+            &format!(
+                "GET {route} HTTP/1.1\r\nhost: {addr}\r\norigin: http://evil.example\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+            ),
+        );
+        assert!(foreign.starts_with("HTTP/1.1 403"), "{route}: {foreign}");
+    }
+    // A login link works once, and sets an HttpOnly, SameSite=Strict cookie.
+    let link = page(&mesh);
+    let path = &link[link.find("/login").unwrap()..];
+    let login = raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+    );
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let again = raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+    );
+    assert!(again.starts_with("HTTP/1.1 401"), "a link works once: {again}");
+    let traffic = raw(
+        addr,
+        &format!("GET /api/traffic HTTP/1.1\r\nhost: {addr}\r\ncookie: {session}\r\nconnection: close\r\n\r\n"),
+    );
+    assert!(
+        traffic.starts_with("HTTP/1.1 200") && traffic.contains("/whoami"),
+        "{traffic}"
+    );
+
+    // The token and the state are the user's alone.
+    use std::os::unix::fs::MetadataExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!(mode(&mesh.state().join("control.json")), 0o600);
+    assert_eq!(mode(&mesh.state()), 0o700);
+    assert_eq!(mode(&mesh.state().join("logs/beta.log")), 0o600);
 }
 
 #[test]

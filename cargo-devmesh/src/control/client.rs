@@ -40,6 +40,12 @@ impl Client {
         Ok(serde_json::from_slice(&self.get("/api/services").await?)?)
     }
 
+    /// A new one-time link that logs a browser into the inspector.
+    pub async fn login_url(&self) -> anyhow::Result<String> {
+        let answer: serde_json::Value = serde_json::from_slice(&self.post("/api/login", Bytes::new()).await?)?;
+        Ok(answer["url"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// `POST /api/services/{name}/{action}`: what happened, or why not.
     pub async fn act(&self, name: &str, action: &str, build: bool) -> anyhow::Result<String> {
         let query = if build { "" } else { "?build=false" };

@@ -2,11 +2,18 @@
 //! reach a running `cargo devmesh run` from another terminal.
 //!
 //! It listens on 127.0.0.1 only, answers only requests whose `Host` names
-//! that address (no DNS rebinding from a browser page), and needs the token
-//! from `control.json` for anything that changes state.
+//! that address (no DNS rebinding from a browser page), refuses a foreign
+//! `Origin`, sends no CORS headers, and needs authentication for every
+//! route, reads included: captured traffic holds other people's secrets.
+//! The CLI sends the token from `control.json` (mode 0600, in a 0700
+//! folder); a browser opens a one-time login link (`run` prints one,
+//! `cargo devmesh inspector` prints another), which sets an `HttpOnly`,
+//! `SameSite=Strict` session cookie: the Jupyter model.
 //!
 //! | route | what |
 //! | --- | --- |
+//! | `GET /login?once=…` | a one-time link: sets the session cookie, then to `/` (no other auth) |
+//! | `POST /api/login` | a new one-time login link, `{"url": …}` |
 //! | `GET /` | the inspector page |
 //! | `GET /api/services` | every service's state, as JSON |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only) |
@@ -19,7 +26,8 @@
 //! | `GET /api/logs` | recent log lines: `service` (comma-separated), `trace`, `after`, `limit` |
 //! | `GET /api/events` | server-sent events: `exchange` and `log` |
 //!
-//! Every `POST` needs the token.
+//! Every route but `/login` needs `Authorization: Bearer <token>` or the
+//! session cookie.
 
 mod client;
 mod query;
@@ -95,14 +103,14 @@ pub struct Mesh {
     pub logs: Logs,
 }
 
-/// Serves the API until `shutdown`; returns its address once listening and
-/// `control.json` is written.
+/// Serves the API until `shutdown`; returns its address and a first login
+/// link once listening and `control.json` is written.
 pub async fn serve(
     state_dir: &Path,
     listener: std::net::TcpListener,
     mesh: Mesh,
     shutdown: CancellationToken,
-) -> Result<SocketAddr, StartError> {
+) -> Result<Serving, StartError> {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let addr = listener
         .local_addr()
@@ -111,14 +119,21 @@ pub async fn serve(
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
         .map_err(|source| StartError::Listen { addr, source })?;
+    let secret = |path: &str| {
+        crate::secret::random_hex(16).map_err(|source| StartError::File {
+            action: "read",
+            path: PathBuf::from(path),
+            source,
+        })
+    };
     let control = ControlFile {
         addr,
-        token: new_token()?,
+        token: secret("/dev/urandom")?,
         pid: std::process::id(),
     };
     let path = control_path(state_dir);
     let json = serde_json::to_vec_pretty(&control).expect("control serializes");
-    devmesh::registry::write_atomically(&path, &json).map_err(|source| StartError::File {
+    crate::secret::write_private(&path, &json).map_err(|source| StartError::File {
         action: "write",
         path,
         source,
@@ -126,8 +141,11 @@ pub async fn serve(
     let api = Arc::new(Api {
         mesh,
         control,
+        session: secret("/dev/urandom")?,
+        logins: std::sync::Mutex::default(),
         shutdown: shutdown.clone(),
     });
+    let first_login = api.login_url();
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -149,25 +167,27 @@ pub async fn serve(
             });
         }
     });
-    Ok(addr)
+    Ok(Serving { addr, first_login })
 }
 
-/// A random token: 128 bits from the kernel, as hex.
-fn new_token() -> Result<String, StartError> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
-        .map_err(|source| StartError::File {
-            action: "read",
-            path: PathBuf::from("/dev/urandom"),
-            source,
-        })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+/// The API, once it serves.
+#[derive(Debug)]
+pub struct Serving {
+    pub addr: SocketAddr,
+    /// A one-time link that logs a browser in, for `run` to print.
+    pub first_login: String,
 }
+
+/// The cookie a logged-in browser sends.
+const SESSION_COOKIE: &str = "devmesh_session";
 
 struct Api {
     mesh: Mesh,
     control: ControlFile,
+    /// The session cookie's value: random for each run, never in a file.
+    session: String,
+    /// One-time login tokens not used yet.
+    logins: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Ends live streams when the supervisor stops.
     shutdown: CancellationToken,
 }
@@ -175,7 +195,7 @@ struct Api {
 type ApiBody = BoxBody<Bytes, Infallible>;
 type ApiResponse = Response<ApiBody>;
 
-/// The inspector page; the token is filled in when served.
+/// The inspector page.
 const PAGE: &str = include_str!("../inspector/page.html");
 /// Newest exchanges a list returns unless asked for fewer.
 const LIST_LIMIT: usize = 500;
@@ -188,18 +208,38 @@ impl Api {
                 &error("the Host header must name this API's address"),
             );
         }
+        if !self.origin_is_ours(&request) {
+            return json(
+                StatusCode::FORBIDDEN,
+                &error("requests from other sites' pages are refused (the `Origin` is not this API)"),
+            );
+        }
         let path = request.uri().path().trim_matches('/').to_owned();
         let segments: Vec<&str> = path.split('/').collect();
         let query = query::parse(request.uri().query());
-        let changes_state = request.method() == Method::POST;
-        if changes_state && !self.authorized(&request) {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                &error("this needs `Authorization: Bearer <token>` with the token from control.json"),
-            );
+        if request.method() == Method::GET && segments == ["login"] {
+            return self.login(query.get("once").map(String::as_str));
+        }
+        if !self.authorized(&request) {
+            return if segments == [""] {
+                respond(
+                    StatusCode::UNAUTHORIZED,
+                    "text/html; charset=utf-8",
+                    LOGIN_NEEDED.as_bytes().to_vec(),
+                )
+            } else {
+                json(
+                    StatusCode::UNAUTHORIZED,
+                    &error(
+                        "this needs `Authorization: Bearer <token>` with the token from control.json, \
+                         or a browser logged in (hint: `cargo devmesh inspector` prints a login link)",
+                    ),
+                )
+            };
         }
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, [""]) => self.page(),
+            (Method::POST, ["api", "login"]) => json(StatusCode::OK, &serde_json::json!({ "url": self.login_url() })),
             (Method::GET, ["api", "services"]) => {
                 let states: Vec<_> = self.mesh.services.values().map(|h| h.state.borrow().clone()).collect();
                 json(StatusCode::OK, &states)
@@ -252,9 +292,37 @@ impl Api {
         }
     }
 
+    /// A new one-time link that logs a browser in.
+    fn login_url(&self) -> String {
+        let once = crate::secret::random_hex(16).unwrap_or_else(|_| self.session.clone());
+        let url = format!("http://{}/login?once={once}", self.control.addr);
+        self.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(once);
+        url
+    }
+
+    /// `GET /login?once=…`: a valid, unused token sets the session cookie.
+    fn login(&self, once: Option<&str>) -> ApiResponse {
+        let valid = once.is_some_and(|once| self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(once));
+        if !valid {
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                "text/html; charset=utf-8",
+                LOGIN_USED.as_bytes().to_vec(),
+            );
+        }
+        let mut response = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Vec::new());
+        let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.session);
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, header::HeaderValue::from_static("/"));
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        if let Ok(cookie) = header::HeaderValue::from_str(&cookie) {
+            headers.insert(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+
     fn page(&self) -> ApiResponse {
-        let page = PAGE.replace("{{TOKEN}}", &self.control.token);
-        let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", page.into_bytes());
+        let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE.as_bytes().to_vec());
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
@@ -332,7 +400,8 @@ impl Api {
             );
         };
         let front = service.state.borrow().front;
-        match replay::replay(&exchange, edits, front).await {
+        let header = self.mesh.inspector.replay_header(exchange.id);
+        match replay::replay(&exchange, edits, front, header).await {
             Ok(replayed) => {
                 if let Some(id) = replayed.exchange {
                     self.recorded(id).await;
@@ -405,14 +474,50 @@ impl Api {
         host.is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"))
     }
 
+    /// A request with no `Origin` (the CLI, curl) or this API's own.
+    fn origin_is_ours(&self, request: &Request<Incoming>) -> bool {
+        let port = self.control.addr.port();
+        request.headers().get(header::ORIGIN).is_none_or(|origin| {
+            origin
+                .to_str()
+                .is_ok_and(|o| o == format!("http://127.0.0.1:{port}") || o == format!("http://localhost:{port}"))
+        })
+    }
+
+    /// The token (the CLI) or the session cookie (a logged-in browser).
     fn authorized(&self, request: &Request<Incoming>) -> bool {
         let expected = format!("Bearer {}", self.control.token);
-        request
+        let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+            .is_some_and(|v| same(v.as_bytes(), expected.as_bytes()));
+        let session = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| name == SESSION_COOKIE && same(value.as_bytes(), self.session.as_bytes()));
+        bearer || session
     }
 }
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// What `GET /` shows a browser that is not logged in.
+const LOGIN_NEEDED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
+<h1>devmesh inspector</h1><p>This page shows the traffic between your services, secrets included, so it \
+needs a login. Open the link <code>cargo devmesh run</code> printed, or run <code>cargo devmesh inspector</code> \
+for a new one.</p>";
+
+/// What a used or wrong login link shows.
+const LOGIN_USED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
+<h1>This login link was used already, or is not this inspector's</h1><p>Each link works once. Run \
+<code>cargo devmesh inspector</code> for a new one.</p>";
 
 fn unknown_service(name: &str, services: &BTreeMap<String, ServiceHandle>) -> String {
     let known: Vec<_> = services.keys().map(|n| format!("`{n}`")).collect();

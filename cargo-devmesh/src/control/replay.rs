@@ -42,8 +42,14 @@ const HOP_BY_HOP: [&str; 7] = [
     "host",
 ];
 
-/// Sends `original`, with `edits`, to `front`.
-pub async fn replay(original: &Exchange, edits: Edits, front: SocketAddr) -> Result<Replayed, String> {
+/// Sends `original`, with `edits`, to `front`; `replay_header` proves the
+/// replay is the supervisor's ([`crate::inspector::Inspector::replay_header`]).
+pub async fn replay(
+    original: &Exchange,
+    edits: Edits,
+    front: SocketAddr,
+    replay_header: String,
+) -> Result<Replayed, String> {
     if original.kind != Kind::Http {
         return Err(format!(
             "exchange {} is {:?}, not HTTP: it cannot be replayed",
@@ -85,7 +91,7 @@ pub async fn replay(original: &Exchange, edits: Edits, front: SocketAddr) -> Res
         request = request.header(name.as_str(), value.as_str());
     }
     let request = request
-        .header(REPLAY_HEADER, original.id.to_string())
+        .header(REPLAY_HEADER, replay_header)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("the edited request is not valid: {e}"))?;
 

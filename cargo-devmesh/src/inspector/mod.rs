@@ -25,6 +25,9 @@ use devmesh::config::InspectorConfig;
 pub struct Inspector {
     pub store: Store,
     pub callers: Callers,
+    /// Proves a replay is the supervisor's own: a client that sends
+    /// [`REPLAY_HEADER`] itself has it taken off and is not marked a replay.
+    pub replay_key: String,
 }
 
 impl Inspector {
@@ -35,12 +38,27 @@ impl Inspector {
         Ok(Inspector {
             store: Store::new(config, threads)?,
             callers: Callers::default(),
+            replay_key: crate::secret::random_hex(16)?,
         })
+    }
+
+    /// The [`REPLAY_HEADER`] value of the supervisor's replay of exchange `id`.
+    pub fn replay_header(&self, id: u64) -> String {
+        format!("{id} {}", self.replay_key)
+    }
+
+    /// The exchange a [`REPLAY_HEADER`] value says is replayed, when it
+    /// carries this run's key; `None` for one a client made up.
+    pub fn replay_of(&self, value: &[u8]) -> Option<u64> {
+        let (id, key) = std::str::from_utf8(value).ok()?.trim().split_once(' ')?;
+        (key.len() == self.replay_key.len() && key == self.replay_key)
+            .then(|| id.parse().ok())
+            .flatten()
     }
 }
 
-/// The header a replay carries, naming the exchange it replays; the proxy
-/// takes it off and answers with [`EXCHANGE_HEADER`].
+/// The header a replay carries, `<id> <replay key>`, naming the exchange it
+/// replays; the proxy takes it off and answers with [`EXCHANGE_HEADER`].
 pub const REPLAY_HEADER: &str = "x-devmesh-replay";
 /// The id a replayed request was captured as.
 pub const EXCHANGE_HEADER: &str = "x-devmesh-exchange";

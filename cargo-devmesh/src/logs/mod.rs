@@ -16,6 +16,7 @@ pub use time::timestamp;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -130,6 +131,8 @@ impl Logs {
             None => OpenOptions::new()
                 .create(true)
                 .append(true)
+                // Services print secrets too: the owner's alone.
+                .mode(0o600)
                 .open(inner.dir.join(format!("{service}.log")))
                 .ok()
                 .map(|file| files.entry(service.to_owned()).or_insert(file)),

@@ -537,6 +537,29 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// `x-devmesh-replay` from a client is taken off and not believed; the
+/// supervisor's own (with this run's key) marks the exchange a replay.
+#[tokio::test]
+async fn a_replay_header_from_a_client_is_stripped_and_not_believed() {
+    let (addr, received, _) = scripted_backend(|_, _| Scripted::Answer(OK)).await;
+    let (front, inspector, _shutdown) = front(addr, 1024).await;
+    let mut client = TcpStream::connect(front).await.unwrap();
+    let genuine = inspector.replay_header(7);
+    for value in ["7", "7 not-the-key", genuine.as_str()] {
+        let request = format!("GET /again HTTP/1.1\r\nhost: svc\r\nx-devmesh-replay: {value}\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        read_response(&mut client).await;
+    }
+    let all = complete(&inspector, 3).await;
+    let marked: Vec<_> = all.iter().map(|e| e.replay_of).collect();
+    assert_eq!(marked, [None, None, Some(7)]);
+    let received = received.lock().unwrap();
+    assert!(
+        received.iter().all(|head| !head.contains("x-devmesh-replay")),
+        "{received:?}"
+    );
+}
+
 /// A request that may have been received is never sent twice: a kept
 /// connection closed under a GET is retried on a new one, under a POST the
 /// client gets a 502 that says what happened.

@@ -42,7 +42,7 @@ async fn forward(
     let replay_of = request
         .headers_mut()
         .remove(REPLAY_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        .and_then(|v| context.inspector.replay_of(v.as_bytes()));
     let capture = context.caller(&connection).await.map(|caller| {
         let given = request
             .headers()

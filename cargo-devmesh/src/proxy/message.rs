@@ -119,9 +119,9 @@ pub struct RequestHead {
     pub upgrade: Option<String>,
     /// The `traceparent` it came with, and the line that says so.
     pub traceparent: Option<(TraceParent, Range<usize>)>,
-    /// The exchange this request replays, and the line that says so, which
-    /// the service does not see.
-    pub replay_of: Option<(u64, Range<usize>)>,
+    /// The [`REPLAY_HEADER`] line, which the service never sees, and where
+    /// its value is (checked by the inspector: a client may send one).
+    pub replay: Option<(Range<usize>, Range<usize>)>,
 }
 
 /// What the proxy needs of a response head.
@@ -171,14 +171,11 @@ impl RequestHead {
                 let parent = TraceParent::parse(std::str::from_utf8(h.value).ok()?)?;
                 Some((parent, line_of(buf, h.name.as_bytes(), h.value)))
             });
-        let replay_of = request
+        let replay = request
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(REPLAY_HEADER))
-            .and_then(|h| {
-                let id = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
-                Some((id, line_of(buf, h.name.as_bytes(), h.value)))
-            });
+            .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
         Ok(Some(RequestHead {
             len,
             fields_at: fields_start(buf),
@@ -195,7 +192,7 @@ impl RequestHead {
             body,
             upgrade,
             traceparent,
-            replay_of,
+            replay,
         }))
     }
 
@@ -526,8 +523,8 @@ mod tests {
     fn the_replay_line_and_traceparent_are_found() {
         let text = "GET / HTTP/1.1\r\nx-devmesh-replay: 42\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         let head = request(text);
-        let (id, line) = head.replay_of.unwrap();
-        assert_eq!((id, &text[line]), (42, "x-devmesh-replay: 42\r\n"));
+        let (line, value) = head.replay.unwrap();
+        assert_eq!((&text[line], &text[value]), ("x-devmesh-replay: 42\r\n", "42"));
         let (parent, line) = head.traceparent.unwrap();
         assert_eq!(parent.span_id.0, 0x00f0_67aa_0ba9_02b7);
         assert!(text[line].starts_with("traceparent: 00-4bf9"));

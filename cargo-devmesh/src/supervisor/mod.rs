@@ -39,6 +39,12 @@ pub struct RunOptions {
 pub async fn run(workspace: Workspace, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state_dir = workspace.state_dir.clone();
     control::ensure_not_running(&state_dir)?;
+    // The token, logs and registry: the user's alone.
+    crate::secret::private_dir(&state_dir).map_err(|source| crate::errors::StartError::File {
+        action: "create",
+        path: state_dir.clone(),
+        source,
+    })?;
     let selected = workspace.select(&options.services, &options.packages)?;
     if selected.is_empty() {
         anyhow::bail!(
@@ -138,7 +144,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     };
     let api = control::serve(&state_dir, inspector_listener, mesh, shutdown.clone()).await?;
     logs.note(format!(
-        "inspector on http://{api}/ (`cargo devmesh ps` lists the services)"
+        "inspector on http://{}/ (log in once with {}; `cargo devmesh inspector` prints a new link)",
+        api.addr, api.first_login
     ));
     // Commands and the front ports are up while the services build.
     first_build.send_replace(Some(Arc::new(build_all(&shared).await)));

@@ -122,6 +122,10 @@ async fn exchange(
             request.traceparent.as_ref().map(|(parent, _)| *parent),
         )
     });
+    let replay_of = request
+        .replay
+        .as_ref()
+        .and_then(|(_, value)| context.inspector.replay_of(&link.inbound.filled()[value.clone()]));
     write_request_head(
         &mut link.scratch,
         &link.inbound.filled()[..request.len],
@@ -138,7 +142,7 @@ async fn exchange(
             version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
             headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
             waited,
-            replay_of: request.replay_of.as_ref().map(|(id, _)| *id),
+            replay_of,
             trace,
         };
         Some(Capture::begin(context, caller, captured, arrived))
@@ -292,7 +296,7 @@ async fn linger(client: &mut TcpStream) {
 /// when traffic is captured (see [`Trace`]).
 fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, trace: Option<Trace>) {
     out.clear();
-    let replay = request.replay_of.as_ref().map(|(_, line)| line.clone());
+    let replay = request.replay.as_ref().map(|(line, _)| line.clone());
     let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
     let mut skipped = [replay, parent];
     skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));

@@ -1,0 +1,59 @@
+//! Secrets the supervisor makes: random tokens from the kernel, and files
+//! only their owner can read.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// `bytes` random bytes from the kernel, as hex.
+pub fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut random = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom").and_then(|mut urandom| io::Read::read_exact(&mut urandom, &mut random))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `bytes` to `path` atomically (a temp file, then a rename), mode
+/// 0600 from the start: no other user can read it, even for a moment.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Makes `dir` (created if needed) readable by its owner only: it holds
+/// the control token, captured logs and the registry.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn private_files_and_folders_are_the_owners_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("devmesh");
+        private_dir(&state).unwrap();
+        write_private(&state.join("control.json"), b"{}").unwrap();
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(state.join("control.json")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(random_hex(16).unwrap().len(), 32);
+    }
+}
