@@ -320,3 +320,74 @@ fn traffic_and_replay_from_the_terminal() {
             .starts_with("alpha got: beta")
     );
 }
+
+/// Secret headers are masked by default wherever an exchange is shown: the
+/// API, HAR, JSON lines and the page. A replay still sends the real value
+/// (its mask, keyed by the value, is the original's).
+#[test]
+fn secret_headers_are_masked_everywhere_they_are_shown() {
+    let mesh = mesh();
+    let secrets = [
+        ("authorization", "Bearer secret-token-1234"),
+        ("proxy-authorization", "Basic c2VjcmV0OnNlY3JldA=="),
+        ("cookie", "session=secret-cookie-5678"),
+        ("set-cookie", "id=secret-set-cookie-90"),
+        ("x-api-key", "secret-api-key-abcdef"),
+    ];
+    let headers: String = secrets.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let addr = format!("127.0.0.1:{}", mesh.front("beta"));
+    let answer = raw(
+        &addr,
+        &format!("GET /whoami HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n"),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let shown = |what: &str, text: &str| {
+        for (name, value) in secrets {
+            assert!(!text.contains(value), "{what} shows {name}'s value");
+        }
+    };
+    let jsonl = text(&mesh.cli(&["traffic", "--jsonl"]));
+    shown("JSON lines", &jsonl);
+    assert!(
+        jsonl.contains("\"authorization\",\"") && jsonl.contains("******"),
+        "{jsonl}"
+    );
+    shown("HAR", &text(&mesh.cli(&["traffic", "--har"])));
+    let control = read_json(&mesh.state().join("control.json"));
+    let (api, token) = (control["addr"].as_str().unwrap(), control["token"].as_str().unwrap());
+    let detail = raw(
+        api,
+        &format!(
+            "GET /api/traffic/1 HTTP/1.1\r\nhost: {api}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        ),
+    );
+    assert!(detail.starts_with("HTTP/1.1 200"), "{detail}");
+    shown("the API", &detail);
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 1"), "the exchange");
+    browser.eval("document.querySelector('#rows tr').click()");
+    let page_text = browser.wait_until(
+        "document.querySelector('#detail dl') && document.getElementById('detail').innerText",
+        "the request's headers",
+    );
+    shown("the page", page_text.as_str().unwrap());
+
+    let output = mesh.cli(&["replay", "1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let masks = |exchange: &serde_json::Value| exchange["request_headers"].as_array().unwrap().clone();
+    let all: Vec<serde_json::Value> = mesh
+        .cli(&["traffic", "--jsonl"])
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let authorization =
+        |e: &serde_json::Value| masks(e).into_iter().find(|h| h[0] == "authorization").unwrap()[1].clone();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        authorization(&all[1]),
+        authorization(&all[0]),
+        "the replay sent the real token"
+    );
+}

@@ -268,8 +268,8 @@ impl Api {
                 }
                 respond(StatusCode::OK, "application/x-ndjson", lines)
             }
-            (Method::GET, ["api", "traffic", id]) => match self.exchange(id) {
-                Ok(exchange) => json(StatusCode::OK, &exchange),
+            (Method::GET, ["api", "traffic", id]) => match self.kept(id) {
+                Ok(exchange) => json(StatusCode::OK, &self.mesh.inspector.store.masker.exchange(exchange)),
                 Err(response) => *response,
             },
             (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
@@ -352,14 +352,15 @@ impl Api {
         }
     }
 
-    fn exchange(&self, id: &str) -> Result<Exchange, Box<ApiResponse>> {
+    /// Exchange `id` as kept, secrets included: mask it before showing it.
+    fn kept(&self, id: &str) -> Result<Exchange, Box<ApiResponse>> {
         let parsed: u64 = id.parse().map_err(|_| {
             Box::new(json(
                 StatusCode::BAD_REQUEST,
                 &error(&format!("`{id}` is not an exchange id")),
             ))
         })?;
-        self.mesh.inspector.store.get(parsed).ok_or_else(|| {
+        self.mesh.inspector.store.get_unmasked(parsed).ok_or_else(|| {
             Box::new(json(
                 StatusCode::NOT_FOUND,
                 &error(&format!(
@@ -370,7 +371,7 @@ impl Api {
     }
 
     async fn replay(&self, id: &str, request: Request<Incoming>) -> ApiResponse {
-        let exchange = match self.exchange(id) {
+        let exchange = match self.kept(id) {
             Ok(exchange) => exchange,
             Err(response) => return *response,
         };
@@ -393,6 +394,17 @@ impl Api {
                 }
             }
         };
+        // The edit form showed secret headers masked: those sent back as
+        // shown go out with their real values.
+        let mut edits = edits;
+        if let Some(headers) = &mut edits.headers {
+            let masker = &self.mesh.inspector.store.masker;
+            for (name, value) in headers.iter_mut() {
+                if let Some(real) = masker.real_value(&exchange.request_headers, name, value) {
+                    *value = real.to_owned();
+                }
+            }
+        }
         let Some(service) = self.mesh.services.get(&*exchange.service) else {
             return json(
                 StatusCode::NOT_FOUND,

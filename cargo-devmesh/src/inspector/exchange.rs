@@ -180,28 +180,6 @@ impl Headers {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.to_owned())
     }
-
-    /// Replaces the values of the headers named in `names` with `***`.
-    pub fn mask(&mut self, names: &[String]) {
-        if !self
-            .iter()
-            .any(|(k, _)| names.iter().any(|n| n.eq_ignore_ascii_case(k)))
-        {
-            return;
-        }
-        let masked: String = self
-            .iter()
-            .map(|(k, v)| {
-                let v = if names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                    "***"
-                } else {
-                    v
-                };
-                format!("{k}: {v}\n")
-            })
-            .collect();
-        self.0 = masked;
-    }
 }
 
 impl Serialize for Headers {

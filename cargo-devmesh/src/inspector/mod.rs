@@ -8,6 +8,7 @@
 mod callers;
 mod exchange;
 pub mod har;
+mod mask;
 mod ring;
 mod store;
 mod tee;
@@ -15,6 +16,7 @@ pub mod trace;
 
 pub use callers::{Callers, EXTERNAL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
+pub use mask::Masker;
 pub use store::{Event, Filter, Open, Store, blank};
 pub use tee::{Seen, Tee};
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::EXTERNAL;
+use super::Masker;
 use super::exchange::{Exchange, Summary};
 use super::ring::{self, Call, Ring, Stage};
 use super::trace::{SpanId, Trace, TraceId, TraceParent};
@@ -64,6 +65,8 @@ pub struct Open {
 #[derive(Debug)]
 pub struct Store {
     pub config: InspectorConfig,
+    /// What is shown of secret headers; the store keeps them whole.
+    pub masker: Masker,
     shared: Arc<Shared>,
     /// Dropped after `shared`, so that the keeper finds it gone and ends.
     keeper: Keeper,
@@ -343,6 +346,7 @@ impl Store {
         Ok(Store {
             keeper: Keeper::start(Arc::downgrade(&shared))?,
             shared,
+            masker: Masker::new(&config.mask_headers),
             config,
         })
     }
@@ -350,7 +354,6 @@ impl Store {
     /// Adds an exchange that has begun in `shard`, giving it its id; it
     /// changes by [`Store::update`] until [`Store::finish`].
     pub fn add(&self, shard: usize, mut exchange: Exchange) -> Open {
-        self.mask(&mut exchange);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         exchange.id = id;
         let listening = self.shared.listening();
@@ -431,7 +434,6 @@ impl Store {
         } = &mut *inner;
         if let Some(exchange) = exchanges.get_mut(open) {
             change(exchange);
-            self.mask(exchange);
             if listening {
                 news.note(exchange);
             }
@@ -452,7 +454,6 @@ impl Store {
             return;
         };
         change(&mut exchange);
-        self.mask(&mut exchange);
         if listening {
             inner.news.note(&exchange);
         }
@@ -474,7 +475,13 @@ impl Store {
         }
     }
 
+    /// Exchange `id`, its secret headers masked.
     pub fn get(&self, id: u64) -> Option<Exchange> {
+        self.get_unmasked(id).map(|e| self.masker.exchange(e))
+    }
+
+    /// Exchange `id` as it was, secrets included: for a replay only.
+    pub fn get_unmasked(&self, id: u64) -> Option<Exchange> {
         let ring = lock(&self.shared.ring);
         let (stages, open) = self.snapshot(|e| e.id == id);
         if let Some(open) = open.into_iter().next() {
@@ -518,7 +525,7 @@ impl Store {
                 None => drop(found.drain(..found.len() - limit)),
             }
         }
-        found
+        found.into_iter().map(|e| self.masker.exchange(e)).collect()
     }
 
     /// Shows `visit` the call of every exchange kept, read in place: what
@@ -556,14 +563,6 @@ impl Store {
         Subscription {
             receiver: self.shared.events.subscribe(),
             listeners: Arc::clone(&self.shared.listeners),
-        }
-    }
-
-    fn mask(&self, exchange: &mut Exchange) {
-        let masked = &self.config.mask_headers;
-        if !masked.is_empty() {
-            exchange.request_headers.mask(masked);
-            exchange.response_headers.mask(masked);
         }
     }
 }
@@ -660,7 +659,16 @@ mod tests {
         let kept = store.list(&Filter::default());
         assert!(kept.len() < 10, "{}", kept.len());
         assert_eq!(kept.last().unwrap().path, "/orders/99");
-        assert_eq!(kept[0].request_headers.get("authorization").as_deref(), Some("***"));
+        let shown = kept[0].request_headers.get("authorization").unwrap();
+        assert!(
+            shown.len() == "Bearer secret".len() && shown.ends_with("****"),
+            "{shown}"
+        );
+        let whole = store.get_unmasked(kept[0].id).unwrap();
+        assert_eq!(
+            whole.request_headers.get("authorization").as_deref(),
+            Some("Bearer secret")
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! [inspector]
 //! max_body = 262144         # bytes kept per body
 //! memory = 67108864         # bytes of traffic kept in all
-//! mask_headers = ["authorization", "cookie"]
+//! mask_headers = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"]  # the default
 //! ```
 //!
 //! Only env variables with a `__` are config (`DEVMESH_RUN__READY_TIMEOUT=5s`,
@@ -83,8 +83,10 @@ pub struct InspectorConfig {
     pub max_body: usize,
     /// Bytes of captured traffic kept in all; the oldest go first.
     pub memory: usize,
-    /// Headers whose values are shown as `***` (case-insensitive), e.g.
-    /// `["authorization", "cookie", "set-cookie"]`.
+    /// Headers whose values are masked wherever exchanges are shown
+    /// (case-insensitive); by default `authorization`,
+    /// `proxy-authorization`, `cookie`, `set-cookie` and `x-api-key`. The
+    /// list replaces the default: `[]` shows every value.
     pub mask_headers: Vec<String>,
 }
 
@@ -94,7 +96,15 @@ impl Default for InspectorConfig {
             capture: true,
             max_body: 256 * 1024,
             memory: 64 * 1024 * 1024,
-            mask_headers: Vec::new(),
+            mask_headers: [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+                "x-api-key",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }
