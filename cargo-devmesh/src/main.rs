@@ -64,11 +64,25 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", in_words(&e));
             let usage = e.downcast_ref::<errors::PlanError>().is_some();
             ExitCode::from(if usage { cli::EXIT_USAGE } else { cli::EXIT_FAILURE } as u8)
         }
     }
+}
+
+/// The error and its causes, each said once: our errors name their cause
+/// in their own words, and the chain would repeat it.
+fn in_words(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -99,10 +113,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
-            let services = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?
-                .services()
-                .await?;
-            print_ps(&services);
+            let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
+            print_ps(&client.services().await?);
+            println!(
+                "\ninspector: http://{}/ (`cargo devmesh inspector` prints a login link)",
+                client.addr()
+            );
             Ok(())
         }
         Command::Inspector => {

@@ -103,7 +103,10 @@ fn a_python_http_server_starts_without_a_traceback() {
     mesh.output
         .wait_for(1, "the request in files' log", |l| l.contains("GET /Cargo.toml"));
     let logs = text(&mesh.cli(&["logs", "files"]));
-    assert!(logs.contains("GET / HTTP/1.1"), "the probe's request is logged: {logs}");
+    assert!(
+        logs.contains("GET /.well-known/devmesh-ready HTTP/1.1"),
+        "the probe's request is logged: {logs}"
+    );
     assert!(
         !logs.contains("Traceback") && !logs.contains("ConnectionResetError"),
         "{logs}"

@@ -35,6 +35,11 @@ impl Client {
         }
     }
 
+    /// Where the supervisor's API (and the inspector page) listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.control.addr
+    }
+
     /// `GET /api/services`.
     pub async fn services(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         Ok(serde_json::from_slice(&self.get("/api/services").await?)?)

@@ -37,7 +37,7 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
     let path = match check {
         Readiness::Tcp => return true,
         Readiness::Http(path) => path.as_str(),
-        _ => "/",
+        _ => devmesh::config::RESPONDS_PATH,
     };
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: devmesh-readiness\r\nConnection: close\r\n\r\n");

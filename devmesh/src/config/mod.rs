@@ -11,7 +11,7 @@
 //! [services.orders]         # a workspace binary (found by itself; listed to configure it)
 //! port = 41001
 //! depends_on = ["payments"]
-//! ready = "/health"         # GET must return 2xx; or "tcp"; default "responds" (any HTTP answer)
+//! ready = "/health"         # GET must return 2xx; or "tcp"; default "responds" (any answer to GET /.well-known/devmesh-ready)
 //!
 //! [services.cache]
 //! command = "redis-server --port $PORT"
@@ -187,13 +187,21 @@ pub struct ServiceConfig {
     pub inject_env: bool,
 }
 
+/// The path the default readiness check asks for. A path no application
+/// routes (RFC 8615's well-known prefix), so the check runs none of its
+/// handlers: checking `GET /` made a front page that calls other services
+/// call them at every start, and every answer (a 404 too) proves the
+/// service serves.
+pub const RESPONDS_PATH: &str = "/.well-known/devmesh-ready";
+
 /// How the supervisor decides a service is ready.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Readiness {
-    /// It answers `GET /` with any HTTP response (`"responds"`, the
-    /// default). A connect alone proves nothing for a service handed a
-    /// listening socket: the kernel accepts before the service does.
+    /// It answers `GET` [`RESPONDS_PATH`] with any HTTP response
+    /// (`"responds"`, the default). A connect alone proves nothing for a
+    /// service handed a listening socket: the kernel accepts before the
+    /// service does.
     #[default]
     Responds,
     /// Its socket accepts a connection (`"tcp"`), for services that don't

@@ -22,11 +22,10 @@ pub async fn serve(app: Router) {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
+    // Its own socket's address is no one's business: callers use the front
+    // port, which `cargo devmesh ps` shows.
     let name = std::env::var("DEVMESH_SERVICE").unwrap_or_else(|_| "service".into());
-    println!(
-        "{name} listening on {}",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
-    );
+    println!("{name} serving");
     axum::serve(listener, app.layer(devmesh::trace::TraceLayer))
         .with_graceful_shutdown(async {
             let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

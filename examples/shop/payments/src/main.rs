@@ -28,6 +28,7 @@ const LIMIT_CENTS: u64 = 10_000;
 
 async fn charge(Json(charge): Json<Charge>) -> Result<Json<Receipt>, (StatusCode, String)> {
     if charge.amount_cents > LIMIT_CENTS {
+        println!("declined a charge of {} cents", charge.amount_cents);
         return Err((
             StatusCode::PAYMENT_REQUIRED,
             format!(
