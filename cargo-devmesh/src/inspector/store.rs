@@ -664,7 +664,7 @@ mod tests {
             shown.len() == "Bearer secret".len() && shown.ends_with("****"),
             "{shown}"
         );
-        let whole = store.get_unmasked(kept[0].id).unwrap();
+        let whole = store.get_unmasked(kept.last().unwrap().id).unwrap();
         assert_eq!(
             whole.request_headers.get("authorization").as_deref(),
             Some("Bearer secret")

@@ -97,6 +97,9 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
 /// dealt between threads and captured into several shards.
 const THREADS: usize = 2;
 
+/// Connections a test's front port serves at once.
+const CONNECTIONS: usize = 300;
+
 /// A front port for `backend`, capturing with `max_body`.
 async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     front_of(backend, max_body, Duration::from_secs(60)).await
@@ -126,9 +129,10 @@ async fn front_of(
         route,
         protocol: devmesh::config::Protocol::Http,
         timeouts: super::Timeouts {
-            ready: Duration::from_secs(5),
-            response,
+            head: Duration::from_millis(300),
+            ..super::Timeouts::new(Duration::from_secs(5), response)
         },
+        max_connections: CONNECTIONS,
         inspector: Arc::clone(&inspector),
     };
     super::start(vec![front], THREADS, shutdown.clone()).unwrap();
@@ -710,4 +714,49 @@ async fn a_hung_service_gets_a_504_and_a_client_that_leaves_frees_the_connection
         .await
         .expect("the client left, so the proxy lets go of the instance")
         .unwrap();
+}
+
+/// Slowloris: 200 connections that trickle a request head are closed (with
+/// a 408) once the head timeout passes, while normal requests are served.
+#[tokio::test]
+async fn connections_that_trickle_a_head_are_closed_while_others_are_served() {
+    let (front, _inspector, _shutdown) = front(backend().await, 1024).await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = TcpStream::connect(front).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nx-slow: ").await.unwrap();
+        slow.push(stream);
+    }
+    let served = exchange_raw(front, "GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n").await;
+    assert!(served.ends_with("hello"), "{served}");
+    for mut stream in slow {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("a slow connection is closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+/// Past its cap, a front port leaves new connections in the backlog until
+/// one of those it serves ends.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_one_to_end() {
+    let (front, _inspector, _shutdown) = front(backend().await, 1024).await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(front).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+        assert!(read_response(&mut stream).await.ends_with("hello"));
+        held.push(stream);
+    }
+    let mut waiting = TcpStream::connect(front).await.unwrap();
+    waiting.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), waiting.peek(&mut byte)).await;
+    assert!(early.is_err(), "served past the cap");
+    drop(held.pop());
+    assert!(read_response(&mut waiting).await.ends_with("hello"));
 }

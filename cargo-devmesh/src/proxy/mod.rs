@@ -45,6 +45,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a request head may take once its first byte came; a client
 /// that trickles one (slowloris) holds no connection longer.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections one front port serves at once; more wait in the kernel's
+/// backlog. Each holds two buffers of 16 KiB while it lasts, so a flood of
+/// connections cannot take the supervisor's memory.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// An accept that fails (EMFILE: out of descriptors) is tried again after
+/// this, doubling up to [`MAX_ACCEPT_PAUSE`], instead of spinning.
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// A request that has waited this long for its response makes the
 /// supervisor check whether the service still answers.
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -59,17 +67,35 @@ pub struct Front {
     /// What the port carries.
     pub protocol: Protocol,
     pub timeouts: Timeouts,
+    /// Connections served at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
     /// Where traffic is captured.
     pub inspector: Arc<Inspector>,
 }
 
-/// How long a request waits, from `[run]` in `devmesh.toml`.
+/// How long a request waits.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// For a ready instance, then a 503.
+    /// For a ready instance, then a 503 (`run.ready_timeout`).
     pub ready: Duration,
-    /// For the head of its response, then a 504.
+    /// For the head of its response, then a 504 (`run.response_timeout`).
     pub response: Duration,
+    /// For the rest of a request head once it began, then a 408.
+    pub head: Duration,
+    /// For the next request on a kept connection, then it closes.
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// The configured ones, and the proxy's own for heads and idle connections.
+    pub fn new(ready: Duration, response: Duration) -> Timeouts {
+        Timeouts {
+            ready,
+            response,
+            head: HEAD_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// A front port as one proxy thread serves it.
@@ -82,6 +108,8 @@ struct Context {
     protocol: Protocol,
     timeouts: Timeouts,
     inspector: Arc<Inspector>,
+    /// Connections served at once, across the proxy threads; shared.
+    connections: Arc<tokio::sync::Semaphore>,
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
@@ -134,12 +162,20 @@ pub fn start(
     let count = count.clamp(1, MAX_THREADS);
     let mut threads = Vec::with_capacity(count);
     let mut workers = Vec::with_capacity(count);
+    let limits: Vec<_> = fronts
+        .iter()
+        .map(|front| Arc::new(tokio::sync::Semaphore::new(front.max_connections)))
+        .collect();
     for index in 0..count {
         let (runtime, thread) = worker(index, shutdown.clone())?;
         threads.push(thread);
         workers.push(Worker {
             runtime,
-            contexts: fronts.iter().map(|front| Context::new(front, index)).collect(),
+            contexts: fronts
+                .iter()
+                .zip(&limits)
+                .map(|(front, limit)| Context::new(front, index, Arc::clone(limit)))
+                .collect(),
         });
     }
     let workers: Arc<[Worker]> = workers.into();
@@ -197,13 +233,14 @@ impl Context {
     /// Each thread's context has its own copies of what it hands out per
     /// request (the service's name): counting references to one shared
     /// copy would pass its cache line between the threads.
-    fn new(front: &Front, thread: usize) -> Arc<Context> {
+    fn new(front: &Front, thread: usize, connections: Arc<tokio::sync::Semaphore>) -> Arc<Context> {
         Arc::new(Context {
             service: front.service.as_str().into(),
             thread,
             route: front.route.clone(),
             protocol: front.protocol,
             timeouts: front.timeouts,
+            connections,
             inspector: Arc::clone(&front.inspector),
             pool: http1::Pool::default(),
             http2: Client::builder(TokioExecutor::new())
@@ -218,13 +255,39 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let limit = Arc::clone(&workers[0].contexts[front].connections);
+    let service = Arc::clone(&workers[0].contexts[front].service);
+    let mut pause = FIRST_ACCEPT_PAUSE;
+    let mut reported = false;
     for turn in (0..workers.len()).cycle() {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // EMFILE and the like: the next accept may work.
-                Err(_) => continue,
+                Ok(accepted) => {
+                    pause = FIRST_ACCEPT_PAUSE;
+                    accepted
+                }
+                // EMFILE and the like: said once, then tried again after a
+                // pause that grows, rather than at once for ever.
+                Err(e) => {
+                    if !reported {
+                        eprintln!(
+                            "devmesh: front port of `{service}` could not accept a connection: {e} \
+                             (hint: `ulimit -n` may be too low); trying again"
+                        );
+                        reported = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+                    continue;
+                }
             },
         };
         let _ = stream.set_nodelay(true);
@@ -235,7 +298,10 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
         });
         let context = Arc::clone(&workers[turn].contexts[front]);
         if turn == 0 {
-            tokio::spawn(serve_connection(stream, context, connection));
+            tokio::spawn(async move {
+                serve_connection(stream, context, connection).await;
+                drop(permit);
+            });
             continue;
         }
         // A socket is registered with the runtime that polls it.
@@ -244,6 +310,7 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
             if let Ok(stream) = TcpStream::from_std(stream) {
                 serve_connection(stream, context, connection).await;
             }
+            drop(permit);
         });
     }
 }
@@ -253,7 +320,7 @@ async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: 
         return pipe(stream, &context, &connection).await;
     }
     let mut head = [0u8; 4];
-    let sniffed = match tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut head)).await {
+    let sniffed = match tokio::time::timeout(context.timeouts.idle, stream.peek(&mut head)).await {
         Ok(Ok(0) | Err(_)) | Err(_) => return,
         Ok(Ok(n)) => &head[..n],
     };

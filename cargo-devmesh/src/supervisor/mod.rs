@@ -125,10 +125,11 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
             listener,
             route,
             protocol: spec_protocol,
-            timeouts: proxy::Timeouts {
-                ready: workspace.config.run.ready_timeout,
-                response: workspace.config.run.response_timeout,
-            },
+            timeouts: proxy::Timeouts::new(
+                workspace.config.run.ready_timeout,
+                workspace.config.run.response_timeout,
+            ),
+            max_connections: proxy::MAX_CONNECTIONS,
             inspector: Arc::clone(&inspector),
         });
         handles.insert(name, handle);

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
-use super::{Connection, Context, HEAD_TIMEOUT, IDLE_TIMEOUT, Lease, awaited};
+use super::{Connection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 use relay::{Broken, Buffer, ReadError, Relay, read_head};
@@ -46,7 +46,7 @@ pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &C
 
 async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<Context>, connection: &Connection) {
     loop {
-        let request = match next_request(client, &mut link.inbound).await {
+        let request = match next_request(client, &mut link.inbound, &context.timeouts).await {
             Ok(Some(request)) => request,
             Ok(None) | Err(ReadError::Io(_)) => return,
             Err(e) => {
@@ -69,16 +69,20 @@ async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<C
 }
 
 /// Waits for the client's next request: as long as a kept connection may
-/// idle for its first byte, then [`HEAD_TIMEOUT`] for the rest of the head.
-async fn next_request(client: &mut TcpStream, inbound: &mut Buffer) -> Result<Option<RequestHead>, ReadError> {
+/// idle for its first byte, then the head timeout for the rest of the head.
+async fn next_request(
+    client: &mut TcpStream,
+    inbound: &mut Buffer,
+    timeouts: &Timeouts,
+) -> Result<Option<RequestHead>, ReadError> {
     if inbound.filled().is_empty() {
-        match tokio::time::timeout(IDLE_TIMEOUT, inbound.fill(client)).await {
+        match tokio::time::timeout(timeouts.idle, inbound.fill(client)).await {
             Ok(Ok(0)) | Err(_) => return Ok(None),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(ReadError::Io(e)),
         }
     }
-    tokio::time::timeout(HEAD_TIMEOUT, read_head(inbound, client, RequestHead::parse))
+    tokio::time::timeout(timeouts.head, read_head(inbound, client, RequestHead::parse))
         .await
         .unwrap_or(Err(ReadError::TimedOut))
 }
