@@ -61,8 +61,12 @@ pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: Cancellation
             partial: String::new(),
         })
         .collect();
+    // What rotation moved aside comes first, oldest first.
+    let mut lines = Vec::new();
+    for tail in &tails {
+        tail.read_rotated(&mut lines)?;
+    }
     loop {
-        let mut lines = Vec::new();
         for tail in &mut tails {
             tail.read_new(&mut lines)?;
         }
@@ -74,7 +78,7 @@ pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: Cancellation
             lines.drain(..lines.len().saturating_sub(n));
         }
         let mut out = std::io::stdout().lock();
-        for (_, index, text) in lines {
+        for (_, index, text) in lines.drain(..) {
             writeln!(out, "{:>width$} | {text}", tails[index].service)?;
         }
         out.flush()?;
@@ -90,6 +94,24 @@ pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: Cancellation
 }
 
 impl Tail {
+    /// Appends the lines of the rotated files (`<svc>.log.N` … `.1`).
+    fn read_rotated(&self, lines: &mut Vec<(String, usize, String)>) -> std::io::Result<()> {
+        let numbered = |n: usize| {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        let count = (1..).take_while(|&n| numbered(n).is_file()).count();
+        for n in (1..=count).rev() {
+            let text = std::fs::read(numbered(n))?;
+            for line in String::from_utf8_lossy(&text).lines() {
+                let (time, text) = line.split_once(' ').unwrap_or((line, ""));
+                lines.push((time.to_owned(), self.index, text.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
     /// Appends the complete lines written since the last read, as
     /// `(time, index, text)`. A file that shrank was started anew: read it
     /// from the start.

@@ -5,6 +5,10 @@
 //! and compare as strings, which `cargo devmesh logs` relies on to merge
 //! services and apply `--since`.
 //!
+//! Each file is rotated at `logs.max_size` (`<svc>.log.1` the newest of
+//! `logs.keep` rotated ones), and a file that cannot be written is said
+//! once on the terminal, whose lines go on.
+//!
 //! This module owns the log files; it never touches processes.
 
 mod follow;
@@ -13,13 +17,14 @@ mod time;
 pub use follow::{LogsOptions, show};
 pub use time::timestamp;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use devmesh::config::LogsConfig;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -45,6 +50,98 @@ pub struct LogLine {
     pub trace_id: Option<String>,
 }
 
+/// The open log files, and what could not be written.
+#[derive(Debug, Default)]
+struct Files {
+    open: HashMap<String, LogFile>,
+    /// Services whose file failed, said once each.
+    failed: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    /// Bytes in the file, for rotation.
+    size: u64,
+}
+
+impl Files {
+    /// Appends a line to `service`'s file, rotating it past the size
+    /// limit; what to tell the terminal when the file fails the first time.
+    fn write(&mut self, dir: &Path, service: &str, time: &str, text: &str, limits: &LogsConfig) -> Option<String> {
+        let path = dir.join(format!("{service}.log"));
+        let written = self.append(&path, service, time, text, limits);
+        match written {
+            Ok(()) => {
+                self.failed.remove(service);
+                None
+            }
+            Err(e) => {
+                self.open.remove(service);
+                self.failed.insert(service.to_owned()).then(|| {
+                    format!(
+                        "could not write `{}`: {e}; {service}'s lines show here only until it can be written",
+                        path.display()
+                    )
+                })
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        path: &Path,
+        service: &str,
+        time: &str,
+        text: &str,
+        limits: &LogsConfig,
+    ) -> std::io::Result<()> {
+        if !self.open.contains_key(service) {
+            let file = open_log(path)?;
+            let size = file.metadata()?.len();
+            self.open.insert(service.to_owned(), LogFile { file, size });
+        }
+        let log = self.open.get_mut(service).expect("opened above");
+        let line = format!("{time} {text}\n");
+        log.file.write_all(line.as_bytes())?;
+        log.size += line.len() as u64;
+        if log.size >= limits.max_size {
+            self.open.remove(service);
+            rotate(path, limits.keep)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        // Services print secrets too: the owner's alone.
+        .mode(0o600)
+        .open(path)
+}
+
+/// `<svc>.log` becomes `<svc>.log.1`, `.1` becomes `.2`, and so on; the
+/// oldest beyond `keep` goes.
+fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    let numbered = |n: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    for n in (1..keep).rev() {
+        match std::fs::rename(numbered(n), numbered(n + 1)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
 /// Where log lines go. Cloned into every task that produces them.
 #[derive(Debug, Clone)]
 pub struct Logs {
@@ -59,7 +156,8 @@ struct Inner {
     colour: bool,
     /// Colour index per service, fixed at start.
     colours: HashMap<String, u8>,
-    files: Mutex<HashMap<String, File>>,
+    limits: LogsConfig,
+    files: Mutex<Files>,
     /// One line at a time on the terminal, so lines never interleave mid-line.
     terminal: Mutex<()>,
     /// The newest lines, for the inspector.
@@ -69,9 +167,10 @@ struct Inner {
 }
 
 impl Logs {
-    /// Logs for `services`, written under `<state_dir>/logs/`. Colour is on
-    /// when stdout is a terminal and `NO_COLOR` is not set.
-    pub fn new(state_dir: &Path, services: &[String]) -> std::io::Result<Logs> {
+    /// Logs for `services`, written under `<state_dir>/logs/` within
+    /// `limits`. Colour is on when stdout is a terminal and `NO_COLOR` is
+    /// not set.
+    pub fn new(state_dir: &Path, services: &[String], limits: LogsConfig) -> std::io::Result<Logs> {
         let dir = state_dir.join("logs");
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(RUN_STARTED), timestamp(std::time::SystemTime::now()))?;
@@ -93,6 +192,7 @@ impl Logs {
                 width,
                 colour,
                 colours,
+                limits,
                 files: Mutex::default(),
                 terminal: Mutex::default(),
                 recent: Mutex::default(),
@@ -125,23 +225,19 @@ impl Logs {
                 writeln!(out, "{service:>w$} | {text}", w = inner.width)
             };
         }
-        let mut files = inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        let file = match files.get_mut(service) {
-            Some(file) => Some(file),
-            None => OpenOptions::new()
-                .create(true)
-                .append(true)
-                // Services print secrets too: the owner's alone.
-                .mode(0o600)
-                .open(inner.dir.join(format!("{service}.log")))
-                .ok()
-                .map(|file| files.entry(service.to_owned()).or_insert(file)),
-        };
         let time = timestamp(std::time::SystemTime::now());
-        if let Some(file) = file {
-            let _ = writeln!(file, "{time} {text}");
+        let trouble = {
+            let mut files = inner.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.write(&inner.dir, service, &time, text, &inner.limits)
+        };
+        if let Some(trouble) = trouble {
+            let _one_at_a_time = inner.terminal.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{SUPERVISOR:>w$} | {trouble}",
+                w = inner.width
+            );
         }
-        drop(files);
         let mut recent = inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let line = LogLine {
             seq: recent.back().map_or(1, |l| l.seq + 1),
@@ -182,5 +278,56 @@ impl Logs {
     /// A line from the supervisor itself.
     pub fn note(&self, text: impl AsRef<str>) {
         self.line(SUPERVISOR, text.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_size: u64, keep: usize) -> LogsConfig {
+        let mut limits = LogsConfig::default();
+        (limits.max_size, limits.keep) = (max_size, keep);
+        limits
+    }
+
+    #[test]
+    fn a_file_is_rotated_at_its_size_and_a_few_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::default();
+        // 52 bytes a line: a rotation every 20 lines; 90 leave 10 in the file.
+        for i in 0..90 {
+            let text = format!("line {i:03} {}", "x".repeat(40));
+            assert_eq!(files.write(dir.path(), "svc", "T", &text, &limits(1000, 2)), None);
+        }
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.len());
+        for name in ["svc.log", "svc.log.1", "svc.log.2"] {
+            assert!(size(name).unwrap() < 1000 + 60, "{name}");
+        }
+        assert!(size("svc.log.3").is_err(), "only two rotated files are kept");
+        let newest = std::fs::read_to_string(dir.path().join("svc.log")).unwrap();
+        let rotated = std::fs::read_to_string(dir.path().join("svc.log.1")).unwrap();
+        assert!(newest.contains("line 089") && !rotated.contains("line 089"));
+        assert!(
+            rotated.lines().last() < newest.lines().next(),
+            "`.1` holds the lines just before"
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::default();
+        // A folder where the file should be: no one, root included, can open it.
+        std::fs::create_dir(dir.path().join("svc.log")).unwrap();
+        let first = files.write(dir.path(), "svc", "T", "one", &limits(1 << 20, 1));
+        assert!(first.is_some_and(|m| m.contains("svc.log") && m.contains("show here only")));
+        assert_eq!(files.write(dir.path(), "svc", "T", "two", &limits(1 << 20, 1)), None);
+        std::fs::remove_dir(dir.path().join("svc.log")).unwrap();
+        assert_eq!(files.write(dir.path(), "svc", "T", "three", &limits(1 << 20, 1)), None);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("svc.log")).unwrap(),
+            "T three\n"
+        );
     }
 }

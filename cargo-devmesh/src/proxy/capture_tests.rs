@@ -724,7 +724,10 @@ async fn connections_that_trickle_a_head_are_closed_while_others_are_served() {
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut stream = TcpStream::connect(front).await.unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nx-slow: ").await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nx-slow: ")
+            .await
+            .unwrap();
         slow.push(stream);
     }
     let served = exchange_raw(front, "GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n").await;

@@ -68,7 +68,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
         .collect::<std::io::Result<_>>()?;
 
-    let logs = Logs::new(&state_dir, &selected).context("could not create the log folder")?;
+    let logs =
+        Logs::new(&state_dir, &selected, workspace.config.logs.clone()).context("could not create the log folder")?;
     let registry = Registry::new(state_dir.join(devmesh::registry::FILE_NAME));
     registry.update(|file| {
         file.supervisor_pid = Some(std::process::id());

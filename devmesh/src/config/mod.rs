@@ -27,6 +27,10 @@
 //! [remote.static]           # services that run elsewhere
 //! payments = "https://payments.sandbox.example.com"
 //!
+//! [logs]
+//! max_size = "10MiB"        # a service's log file is rotated at this size
+//! keep = 3                  # rotated files kept (<svc>.log.1, .2, .3)
+//!
 //! [inspector]
 //! max_body = 262144         # bytes kept per body
 //! memory = 67108864         # bytes of traffic kept in all
@@ -38,6 +42,7 @@
 //! (`DEVMESH_REGISTRY`, `DEVMESH_SERVICE`, …) are the runtime contract.
 
 mod duration;
+mod size;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +74,30 @@ pub struct Config {
     /// What the traffic inspector keeps.
     #[serde(default)]
     pub inspector: InspectorConfig,
+    /// How services' log files are kept.
+    #[serde(default)]
+    pub logs: LogsConfig,
+}
+
+/// `[logs]`: each service's log file is rotated at `max_size`, and `keep`
+/// rotated files are kept (`<svc>.log.1` the newest): a service printing
+/// 30 MB/s never fills the disk.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LogsConfig {
+    #[serde(with = "size")]
+    pub max_size: u64,
+    pub keep: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_size: 10 << 20,
+            keep: 3,
+        }
+    }
 }
 
 /// `[inspector]`: what the front ports capture.
