@@ -63,6 +63,12 @@ pub enum StartError {
          (hint: use `cargo devmesh ps`, or stop it first)"
     )]
     AlreadyRunning { pid: u32, addr: SocketAddr },
+    #[error(
+        "a supervisor is already running for the workspace at `{}` (it holds the workspace's lock) \
+         (hint: stop it with Ctrl-C in its terminal, or find it with `pgrep -af 'devmesh run'`)",
+        root.display()
+    )]
+    Locked { root: PathBuf },
     #[error("could not {action} `{}`: {source}", path.display())]
     File {
         action: &'static str,

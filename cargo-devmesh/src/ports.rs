@@ -85,14 +85,14 @@ impl PortBook {
         }
     }
 
-    /// Writes the book back, atomically as every state file is.
-    pub fn save(&self) -> Result<(), StartError> {
-        let json = serde_json::to_vec_pretty(&self.ports).expect("ports serialize");
-        devmesh::registry::write_atomically(&self.path, &json).map_err(|source| StartError::File {
-            action: "write",
-            path: self.path.clone(),
-            source,
-        })
+    /// Where the book is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The book as its file holds it (the supervisor's state keeper writes it).
+    pub fn json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.ports).expect("ports serialize")
     }
 }
 
@@ -117,7 +117,7 @@ mod tests {
         let first = {
             let mut book = PortBook::open(dir.path()).unwrap();
             let port = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
-            book.save().unwrap();
+            crate::secret::write_private(book.path(), &book.json()).unwrap();
             port
         };
         let mut book = PortBook::open(dir.path()).unwrap();

@@ -7,4 +7,5 @@ mod harness;
 mod inspector;
 mod real_use;
 mod shop;
+mod state;
 mod supervise;

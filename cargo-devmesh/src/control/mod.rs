@@ -106,6 +106,7 @@ pub struct Mesh {
 /// Serves the API until `shutdown`; returns its address and a first login
 /// link once listening and `control.json` is written.
 pub async fn serve(
+    state: &crate::supervisor::state::StateFiles,
     state_dir: &Path,
     listener: std::net::TcpListener,
     mesh: Mesh,
@@ -133,11 +134,13 @@ pub async fn serve(
     };
     let path = control_path(state_dir);
     let json = serde_json::to_vec_pretty(&control).expect("control serializes");
-    crate::secret::write_private(&path, &json).map_err(|source| StartError::File {
-        action: "write",
-        path,
-        source,
-    })?;
+    state
+        .keep(path.clone(), move || json.clone())
+        .map_err(|source| StartError::File {
+            action: "write",
+            path,
+            source,
+        })?;
     let api = Arc::new(Api {
         mesh,
         control,

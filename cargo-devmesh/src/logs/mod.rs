@@ -207,6 +207,18 @@ impl Logs {
         Some(text.trim().to_owned())
     }
 
+    /// The folder of the log files.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Opens every log file anew (in a new folder, when the old one went),
+    /// so that no line goes to a deleted file.
+    pub fn reopen(&self) {
+        let _ = crate::secret::private_dir(&self.inner.dir);
+        self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).open.clear();
+    }
+
     /// The log file of `service`.
     pub fn path(dir: &Path, service: &str) -> PathBuf {
         dir.join("logs").join(format!("{service}.log"))

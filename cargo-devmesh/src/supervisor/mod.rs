@@ -8,23 +8,27 @@
 pub mod process;
 mod readiness;
 pub mod service;
+pub mod state;
 pub mod watchdog;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use devmesh::registry::{Entry, Registry, Status};
+use devmesh::registry::{Entry, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{BinTarget, Builder, Built};
 use crate::control;
+use crate::errors::StartError;
 use crate::inspector::Inspector;
 use crate::logs::Logs;
 use crate::ports::PortBook;
 use crate::proxy::{self, Front};
 use crate::workspace::{CargoOptions, Launch, Workspace};
 pub use service::ServiceHandle;
+use state::StateFiles;
 
 /// What `cargo devmesh run` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -39,8 +43,9 @@ pub struct RunOptions {
 pub async fn run(workspace: Workspace, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state_dir = workspace.state_dir.clone();
     control::ensure_not_running(&state_dir)?;
+    let _only_run = lock_workspace(&workspace.root)?;
     // The token, logs and registry: the user's alone.
-    crate::secret::private_dir(&state_dir).map_err(|source| crate::errors::StartError::File {
+    crate::secret::private_dir(&state_dir).map_err(|source| StartError::File {
         action: "create",
         path: state_dir.clone(),
         source,
@@ -62,7 +67,6 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         listeners.insert(name.clone(), listener);
     }
     let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
-    ports.save()?;
     let fronts: BTreeMap<String, std::net::SocketAddr> = listeners
         .iter()
         .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
@@ -70,15 +74,34 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
 
     let logs =
         Logs::new(&state_dir, &selected, workspace.config.logs.clone()).context("could not create the log folder")?;
-    let registry = Registry::new(state_dir.join(devmesh::registry::FILE_NAME));
-    registry.update(|file| {
-        file.supervisor_pid = Some(std::process::id());
-        for (name, front) in &fronts {
+    // The files are copies of what the supervisor holds: written whole, and
+    // put back when damaged (see `state`).
+    let entries = fronts
+        .iter()
+        .map(|(name, front)| {
             let mut entry = Entry::new(format!("http://{front}"));
             entry.status = Status::Building;
-            file.services.insert(name.clone(), entry);
+            (name.clone(), entry)
+        })
+        .collect();
+    let state = StateFiles::new(state_dir.join(devmesh::registry::FILE_NAME), entries);
+    let written = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::File {
+            action: "write",
+            path,
+            source,
         }
-    })?;
+    };
+    state
+        .registry()
+        .change(|_| ())
+        .map_err(written(state.registry().path()))?;
+    let ports = Arc::new(ports);
+    let ports_path = ports.path().to_path_buf();
+    state
+        .keep(ports_path.clone(), move || ports.json())
+        .map_err(written(&ports_path))?;
 
     let targets: Vec<BinTarget> = selected
         .iter()
@@ -98,7 +121,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
             .context("could not start the watchdog that ends services if the supervisor dies")?,
         logs: logs.clone(),
         builder,
-        registry: registry.clone(),
+        registry: Arc::clone(state.registry()),
         config_path: workspace.config_path.is_file().then(|| workspace.config_path.clone()),
         fronts: fronts.clone(),
         grace: workspace.config.run.grace_period,
@@ -144,7 +167,8 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         inspector: Arc::clone(&inspector),
         logs: logs.clone(),
     };
-    let api = control::serve(&state_dir, inspector_listener, mesh, shutdown.clone()).await?;
+    let api = control::serve(&state, &state_dir, inspector_listener, mesh, shutdown.clone()).await?;
+    tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone()));
     logs.note(format!(
         "inspector on http://{}/ (log in once with {}; `cargo devmesh inspector` prints a new link)",
         api.addr, api.first_login
@@ -169,7 +193,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     for worker in proxy_workers {
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     }
-    registry.update(|file| {
+    state.registry().change(|file| {
         for name in &selected {
             file.services.remove(name);
         }
@@ -179,6 +203,25 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
     })?;
     control::remove(&state_dir);
     Ok(())
+}
+
+/// Holds the workspace for this run: a second `run` is refused even when
+/// the state folder, `control.json` included, was deleted. The lock is on
+/// the workspace's folder itself, which outlives anything in it; the kernel
+/// lets it go when the supervisor ends, however it ends.
+fn lock_workspace(root: &Path) -> Result<std::fs::File, StartError> {
+    let folder = std::fs::File::open(root).map_err(|source| StartError::File {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&folder), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartError::Locked {
+            root: root.to_path_buf(),
+        });
+    }
+    Ok(folder)
 }
 
 /// The run's first build, reported on the terminal.

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devmesh::registry::{Entry, Registry, Status};
+use devmesh::registry::{Entry, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,8 @@ pub struct Shared {
     pub spawner: Spawner,
     pub logs: Logs,
     pub builder: Builder,
-    pub registry: Registry,
+    /// The registry as the supervisor holds it.
+    pub registry: Arc<super::state::RegistryCopy>,
     pub config_path: Option<PathBuf>,
     /// Every service's front address, for `inject_env`.
     pub fronts: BTreeMap<String, SocketAddr>,
@@ -583,10 +584,7 @@ impl Task {
         let mut entry = Entry::new(format!("http://{}", state.front));
         entry.status = state.status;
         entry.pid = state.pid;
-        let result = self.shared.registry.update(|file| {
-            file.supervisor_pid = Some(std::process::id());
-            file.services.insert(state.name.clone(), entry);
-        });
+        let result = self.shared.registry.set(&state.name, entry);
         if let Err(e) = result {
             self.shared.logs.note(format!("could not update the registry: {e}"));
         }

@@ -36,7 +36,7 @@ pub(crate) struct LiveRegistry {
     shared: Arc<Shared>,
     /// Kept so the watch lasts as long as the registry; `None` when the
     /// folder could not be watched (the snapshot is then read once).
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<Arc<Mutex<notify::RecommendedWatcher>>>,
 }
 
 #[derive(Debug)]
@@ -107,26 +107,39 @@ impl LiveRegistry {
     }
 }
 
-fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::RecommendedWatcher> {
+/// Watches the registry's folder, and the folder above it: a folder that is
+/// deleted and made again (`rm -rf target/devmesh`) takes the first watch
+/// with it, and the second sees it come back, so the first is set again.
+/// Setting a watch from the watcher's own callback would deadlock: a
+/// thread of its own does it, asleep until then.
+fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<Arc<Mutex<notify::RecommendedWatcher>>> {
     let folder = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&folder)?;
     let file_name = path.file_name().map(|n| n.to_os_string());
+    let (rewatch, rewatch_asked) = std::sync::mpsc::channel::<()>();
+    let watched = folder.clone();
+    let reloader = Arc::clone(&shared);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Temp files come and go beside the registry; only its own name
         // counts, and only events that can change what it says: a reload's
         // own open and read must not wake the watcher again, or every
         // service that watches the file spins (and feeds its neighbours).
-        let relevant = match &event {
-            Ok(event) => {
-                event.need_rescan()
-                    || (changes_content(&event.kind)
-                        && event.paths.iter().any(|p| p.file_name() == file_name.as_deref()))
-            }
-            Err(_) => true,
+        let Ok(event) = event else {
+            return shared.reload();
         };
+        let folder_back = matches!(
+            event.kind,
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+        ) && event.paths.contains(&watched);
+        if folder_back {
+            let _ = rewatch.send(());
+        }
+        let relevant = event.need_rescan()
+            || folder_back
+            || (changes_content(&event.kind) && event.paths.iter().any(|p| p.file_name() == file_name.as_deref()));
         if relevant {
             shared.reload();
         }
@@ -134,6 +147,26 @@ fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<notify::Reco
     // Watch the folder, not the file: the file is replaced by rename, and a
     // watch on the old inode would go quiet after the first write.
     watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+    if let Some(above) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = watcher.watch(above, RecursiveMode::NonRecursive);
+    }
+    let watcher = Arc::new(Mutex::new(watcher));
+    let weak = Arc::downgrade(&watcher);
+    std::thread::Builder::new()
+        .name("devmesh-rewatch".into())
+        .spawn(move || {
+            // Ends when the watcher (and with it the sender) is dropped.
+            while rewatch_asked.recv().is_ok() {
+                let Some(watcher) = weak.upgrade() else { return };
+                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = watcher.unwatch(&folder);
+                let _ = watcher.watch(&folder, RecursiveMode::NonRecursive);
+                drop(watcher);
+                // What was written before the watch was set is read now.
+                reloader.reload();
+            }
+        })
+        .map_err(notify::Error::io)?;
     Ok(watcher)
 }
 
@@ -161,6 +194,9 @@ impl Shared {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => Some(bytes),
+            // Gone while services run (the folder deleted, say): the last
+            // good snapshot stays until the supervisor writes it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && state.bytes.is_some() => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 self.warn(&mut state, format!("could not read it: {e}"));
@@ -309,6 +345,36 @@ mod tests {
                 after - before
             );
         }
+    }
+
+    #[test]
+    fn the_watch_survives_its_folder_deleted_and_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("devmesh/registry.json"));
+        let put = |port: u16| {
+            registry
+                .update(|f| {
+                    f.services
+                        .insert("orders".into(), entry(&format!("http://127.0.0.1:{port}")));
+                })
+                .unwrap()
+        };
+        put(5000);
+        let live = LiveRegistry::open(registry.path().to_path_buf());
+        let url = || live.snapshot().endpoints.get("orders").map(|e| e.url().to_owned());
+        assert_eq!(url().as_deref(), Some("http://127.0.0.1:5000"));
+        fs::remove_dir_all(dir.path().join("devmesh")).unwrap();
+        // Gone, the last good answer stays.
+        live.reload();
+        assert_eq!(url().as_deref(), Some("http://127.0.0.1:5000"));
+        put(5001);
+        eventually("the new folder's file", || {
+            url().as_deref() == Some("http://127.0.0.1:5001")
+        });
+        put(5002);
+        eventually("a change in the new folder", || {
+            url().as_deref() == Some("http://127.0.0.1:5002")
+        });
     }
 
     #[test]
