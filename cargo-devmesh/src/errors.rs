@@ -45,12 +45,14 @@ pub enum PlanError {
 #[non_exhaustive]
 pub enum StartError {
     #[error(
-        "front port {port} for service `{service}` is in use by another program \
+        "front port {port} for service `{service}` is in use by another program{holder} \
          (hint: stop it, or give the service another `port` in `devmesh.toml`): {source}"
     )]
     PortInUse {
         service: String,
         port: u16,
+        /// ` (held by `nginx` (pid 123))`, when it can be found.
+        holder: String,
         source: std::io::Error,
     },
     #[error(

@@ -1,5 +1,8 @@
 //! Stable front ports: `<state>/ports.json` remembers the port each service
-//! was given, so it never changes across restarts and reruns.
+//! was given, so it never changes across restarts and reruns; the user's
+//! port book (`$XDG_STATE_HOME/devmesh/ports.json`) remembers which
+//! workspace each port was given to, so no workspace is handed a port kept
+//! for another, even while that one is stopped.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -15,11 +18,78 @@ const INSPECTOR: &str = "@inspector";
 pub struct PortBook {
     path: PathBuf,
     ports: BTreeMap<String, u16>,
+    /// The user's book, while this workspace takes its ports.
+    user: Option<UserBook>,
+}
+
+/// Every workspace's ports, for one user; locked while a supervisor takes
+/// its ports, so that two starting at once never take the same one.
+#[derive(Debug)]
+struct UserBook {
+    path: PathBuf,
+    /// Held (flock) while it is read, changed and written.
+    _lock: std::fs::File,
+    owners: BTreeMap<u16, Owner>,
+    /// This workspace's root.
+    workspace: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Owner {
+    workspace: PathBuf,
+    service: String,
+}
+
+impl UserBook {
+    /// The user's state folder for devmesh: `$XDG_STATE_HOME/devmesh`, else
+    /// `~/.local/state/devmesh`.
+    fn dir() -> Option<PathBuf> {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))?;
+        Some(state.join("devmesh"))
+    }
+
+    /// The book in `dir`, locked; `None` when it cannot be had.
+    fn open(dir: &Path, workspace: &Path) -> Option<UserBook> {
+        crate::secret::private_dir(dir).ok()?;
+        let lock = std::fs::File::create(dir.join("ports.lock")).ok()?;
+        // SAFETY: flock on a descriptor this function owns; it waits for
+        // another supervisor that is taking its ports.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return None;
+        }
+        let path = dir.join("ports.json");
+        let mut owners: BTreeMap<u16, Owner> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        // A workspace that is gone keeps no port.
+        owners.retain(|_, owner| owner.workspace.is_dir());
+        Some(UserBook {
+            path,
+            _lock: lock,
+            owners,
+            workspace: workspace.to_path_buf(),
+        })
+    }
+
+    /// Whether `port` was given to another workspace.
+    fn kept_for_another(&self, port: u16) -> bool {
+        self.owners.get(&port).is_some_and(|o| o.workspace != self.workspace)
+    }
 }
 
 impl PortBook {
-    /// Reads `<state_dir>/ports.json`; a missing file is an empty book.
-    pub fn open(state_dir: &Path) -> Result<PortBook, StartError> {
+    /// Reads `<state_dir>/ports.json` (a missing file is an empty book) and
+    /// the user's book, for the workspace at `workspace`.
+    pub fn open(state_dir: &Path, workspace: &Path) -> Result<PortBook, StartError> {
+        PortBook::open_in(state_dir, workspace, UserBook::dir().as_deref())
+    }
+
+    /// [`PortBook::open`] with the user's book in `user_dir`.
+    fn open_in(state_dir: &Path, workspace: &Path, user_dir: Option<&Path>) -> Result<PortBook, StartError> {
         let path = state_dir.join("ports.json");
         let ports = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StartError::CorruptState {
@@ -35,7 +105,11 @@ impl PortBook {
                 });
             }
         };
-        Ok(PortBook { path, ports })
+        Ok(PortBook {
+            path,
+            ports,
+            user: user_dir.and_then(|dir| UserBook::open(dir, workspace)),
+        })
     }
 
     /// Binds the front port of `service`: the configured one, else the one
@@ -51,12 +125,15 @@ impl PortBook {
             Some(port) => TcpListener::bind(local(port)).map_err(|source| StartError::PortInUse {
                 service: service.to_owned(),
                 port,
+                holder: holder(port).map_or_else(String::new, |holder| format!(" ({holder})")),
                 source,
             })?,
             None => {
                 let taken: Vec<u16> = self.ports.values().copied().collect();
+                let user = self.user.as_ref();
                 (range.0..=range.1)
                     .filter(|port| !taken.contains(port))
+                    .filter(|port| !user.is_some_and(|u| u.kept_for_another(*port)))
                     .find_map(|port| TcpListener::bind(local(port)).ok())
                     .ok_or(StartError::NoFreePort {
                         service: service.to_owned(),
@@ -67,6 +144,13 @@ impl PortBook {
         };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         self.ports.insert(service.to_owned(), port);
+        if let Some(user) = &mut self.user {
+            let owner = Owner {
+                workspace: user.workspace.clone(),
+                service: service.to_owned(),
+            };
+            user.owners.insert(port, owner);
+        }
         Ok(listener)
     }
 
@@ -85,6 +169,16 @@ impl PortBook {
         }
     }
 
+    /// Writes the user's book with this workspace's ports, and lets it go
+    /// for other supervisors.
+    pub fn commit(&mut self) {
+        if let Some(user) = self.user.take() {
+            let json = serde_json::to_vec_pretty(&user.owners).expect("owners serialize");
+            // A book that cannot be written costs only the protection.
+            let _ = crate::secret::write_private(&user.path, &json);
+        }
+    }
+
     /// Where the book is kept.
     pub fn path(&self) -> &Path {
         &self.path
@@ -94,6 +188,30 @@ impl PortBook {
     pub fn json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(&self.ports).expect("ports serialize")
     }
+}
+
+/// Who listens on `port`, as `` `nginx` (pid 123) ``, when `/proc` tells.
+fn holder(port: u16) -> Option<String> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let table = std::fs::read_to_string(table).ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            // State 0A: listening.
+            (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A")
+                .then(|| fields.get(9)?.parse::<u64>().ok())?
+        })
+    })?;
+    let needle = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == needle.as_str()));
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        holds.then(|| format!("held by `{}` (pid {pid})", name.trim()))
+    })
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -115,12 +233,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let range = free_range();
         let first = {
-            let mut book = PortBook::open(dir.path()).unwrap();
+            let mut book = PortBook::open_in(dir.path(), dir.path(), None).unwrap();
             let port = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
             crate::secret::write_private(book.path(), &book.json()).unwrap();
             port
         };
-        let mut book = PortBook::open(dir.path()).unwrap();
+        let mut book = PortBook::open_in(dir.path(), dir.path(), None).unwrap();
         let again = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
         assert_eq!(first, again);
     }
@@ -130,11 +248,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let holder = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = holder.local_addr().unwrap().port();
-        let mut book = PortBook::open(dir.path()).unwrap();
+        let mut book = PortBook::open_in(dir.path(), dir.path(), None).unwrap();
         let err = book.bind("orders", Some(port), free_range()).unwrap_err().to_string();
         assert!(
             err.contains(&format!("front port {port} for service `orders` is in use")),
             "{err}"
+        );
+        assert!(
+            err.contains("held by `") && err.contains(&format!("(pid {})", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_port_kept_for_another_workspace_is_not_handed_out() {
+        let user = tempfile::tempdir().unwrap();
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let range = free_range();
+        let first = {
+            let mut book = PortBook::open_in(one.path(), one.path(), Some(user.path())).unwrap();
+            let port = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
+            book.commit();
+            port
+        };
+        // `one` is stopped: its port is free, and still not `two`'s.
+        let mut book = PortBook::open_in(two.path(), two.path(), Some(user.path())).unwrap();
+        let other = book.bind("orders", None, range).unwrap().local_addr().unwrap().port();
+        book.commit();
+        assert_ne!(first, other);
+        // A workspace that is gone keeps nothing.
+        drop(one);
+        let three = tempfile::tempdir().unwrap();
+        let mut book = PortBook::open_in(three.path(), three.path(), Some(user.path())).unwrap();
+        assert_eq!(
+            book.bind("orders", None, range).unwrap().local_addr().unwrap().port(),
+            first
         );
     }
 
@@ -142,7 +290,7 @@ mod tests {
     fn a_corrupt_book_says_how_to_recover() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ports.json"), "{oops").unwrap();
-        let err = PortBook::open(dir.path()).unwrap_err().to_string();
+        let err = PortBook::open_in(dir.path(), dir.path(), None).unwrap_err().to_string();
         assert!(
             err.contains("ports.json` is corrupt") && err.contains("delete it"),
             "{err}"

@@ -193,6 +193,11 @@ impl Mesh {
             .env("CARGO_TARGET_DIR", &self.target)
             .env("DEVMESH_STATE_DIR", self.state())
             .env("DEVMESH_RUN__PORTS", &self.ports)
+            // The user's port book: one for the whole test run, not the real one.
+            .env(
+                "XDG_STATE_HOME",
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("user-state"),
+            )
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());

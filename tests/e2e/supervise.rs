@@ -301,3 +301,29 @@ fn a_command_gets_its_env_files_and_is_restarted_by_watch() {
     mesh.wait_ready("site", 2);
     assert_eq!(get(mesh.front("site"), "/index.html").1, "second");
 }
+
+/// Two workspaces in one port range: the second is never handed a port
+/// kept for the first, even while the first is stopped, and the first gets
+/// its own back.
+#[test]
+fn two_workspaces_never_share_a_port_across_stop_and_start() {
+    // Beyond the ranges the harness deals out to other meshes.
+    let range = [("DEVMESH_RUN__PORTS", "29500-29509")];
+    let mut first = Mesh::start_with_env(fixture("mesh"), &range, &["beta", "alpha"]);
+    let ports = |mesh: &Mesh| read_json(&mesh.state().join("ports.json"));
+    let kept = ports(&first);
+    first.signal_and_wait(libc::SIGINT);
+
+    let second = Mesh::start_with_env(fixture("mesh"), &range, &["beta", "alpha"]);
+    let theirs: Vec<_> = ports(&second).as_object().unwrap().values().cloned().collect();
+    for port in kept.as_object().unwrap().values() {
+        assert!(
+            !theirs.contains(port),
+            "port {port} of the first workspace was handed to the second"
+        );
+    }
+    first.run(&[]);
+    first.wait_ready("alpha", 2);
+    assert_eq!(ports(&first), kept);
+    assert_eq!(get(first.front("alpha"), "/peer").0, 200);
+}

@@ -59,7 +59,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         );
     }
 
-    let mut ports = PortBook::open(&state_dir)?;
+    let mut ports = PortBook::open(&state_dir, &workspace.root)?;
     let mut listeners = BTreeMap::new();
     for name in &selected {
         let spec = &workspace.services[name];
@@ -67,6 +67,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         listeners.insert(name.clone(), listener);
     }
     let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
+    ports.commit();
     let fronts: BTreeMap<String, std::net::SocketAddr> = listeners
         .iter()
         .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
