@@ -36,11 +36,11 @@ pub async fn show(
     let mut out = std::io::stdout().lock();
     match format {
         Format::Har => {
-            out.write_all(&client.get(&format!("/api/traffic.har?{filter}")).await?)?;
+            client.get_to(&format!("/api/traffic.har?{filter}"), &mut out).await?;
             return Ok(writeln!(out)?);
         }
         Format::JsonLines if !follow => {
-            return Ok(out.write_all(&client.get(&format!("/api/traffic.jsonl?{filter}")).await?)?);
+            return client.get_to(&format!("/api/traffic.jsonl?{filter}"), &mut out).await;
         }
         _ => {}
     }

@@ -64,12 +64,47 @@ impl Client {
         self.call(Method::GET, path, Bytes::new()).await
     }
 
+    /// `GET path`, its body written to `out` as it comes (an export can be
+    /// larger than memory wants).
+    pub async fn get_to(&self, path: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        let response = self.send(Method::GET, path, Bytes::new()).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != StatusCode::OK {
+            let body = body.collect().await?.to_bytes();
+            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
+        }
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                out.write_all(&data)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `POST path` with `body`: the body of a successful answer.
     pub async fn post(&self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
         self.call(Method::POST, path, body).await
     }
 
     async fn call(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status != StatusCode::OK {
+            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
+        }
+        Ok(body)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let addr = self.control.addr;
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -82,13 +117,6 @@ impl Client {
             .header(header::HOST, addr.to_string())
             .header(header::AUTHORIZATION, format!("Bearer {}", self.control.token))
             .body(Full::new(body))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if status != StatusCode::OK {
-            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
-        }
-        Ok(body)
+        Ok(sender.send_request(request).await?)
     }
 }

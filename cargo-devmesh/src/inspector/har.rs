@@ -6,18 +6,34 @@ use super::{Body, Exchange, Headers, Kind};
 
 /// The exchanges as a HAR 1.2 log (HTTP exchanges only: HAR has no room
 /// for raw TCP).
+#[cfg(test)]
 pub fn har(exchanges: &[Exchange]) -> Value {
-    let entries: Vec<Value> = exchanges.iter().filter(|e| e.kind != Kind::Tcp).map(entry).collect();
-    json!({
-        "log": {
-            "version": "1.2",
-            "creator": { "name": "devmesh", "version": env!("CARGO_PKG_VERSION") },
-            "entries": entries,
-        }
-    })
+    let entries: Vec<Value> = exchanges.iter().filter_map(entry).collect();
+    let text = format!(
+        "{}{}{}",
+        START,
+        serde_json::to_string(&entries).unwrap().trim_matches(['[', ']']),
+        END
+    );
+    serde_json::from_str(&text).expect("a HAR log is JSON")
 }
 
-fn entry(e: &Exchange) -> Value {
+/// A HAR log's text before its entries, which an export streams one at a
+/// time, with commas between, and then [`END`].
+pub const START: &str = concat!(
+    r#"{"log":{"version":"1.2","creator":{"name":"devmesh","version":""#,
+    env!("CARGO_PKG_VERSION"),
+    r#""},"entries":["#
+);
+/// A HAR log's text after its entries.
+pub const END: &str = "]}}";
+
+/// Exchange `e` as a HAR entry; `None` for raw TCP.
+pub fn entry(e: &Exchange) -> Option<Value> {
+    (e.kind != Kind::Tcp).then(|| entry_of(e))
+}
+
+fn entry_of(e: &Exchange) -> Value {
     let started = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.started_ms);
     let host = e.request_headers.get("host").unwrap_or_else(|| e.service.to_string());
     let total = e.total_ms.unwrap_or(0.0);
