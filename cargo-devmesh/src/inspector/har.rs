@@ -4,22 +4,9 @@ use serde_json::{Value, json};
 
 use super::{Body, Exchange, Headers, Kind};
 
-/// The exchanges as a HAR 1.2 log (HTTP exchanges only: HAR has no room
-/// for raw TCP).
-#[cfg(test)]
-pub fn har(exchanges: &[Exchange]) -> Value {
-    let entries: Vec<Value> = exchanges.iter().filter_map(entry).collect();
-    let text = format!(
-        "{}{}{}",
-        START,
-        serde_json::to_string(&entries).unwrap().trim_matches(['[', ']']),
-        END
-    );
-    serde_json::from_str(&text).expect("a HAR log is JSON")
-}
-
-/// A HAR log's text before its entries, which an export streams one at a
-/// time, with commas between, and then [`END`].
+/// A HAR 1.2 log's text before its entries (HTTP exchanges only: HAR has
+/// no room for raw TCP), which an export streams one at a time, with
+/// commas between, and then [`END`].
 pub const START: &str = concat!(
     r#"{"log":{"version":"1.2","creator":{"name":"devmesh","version":""#,
     env!("CARGO_PKG_VERSION"),
