@@ -190,3 +190,46 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Sends `request` on a new blocking connection and reads the answer to
+/// its close; `None` when the connection is refused or breaks. Plain
+/// sockets: a figure taken with them carries no async runtime's wake-ups.
+pub fn exchange(addr: SocketAddr, request: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// A running supervisor's API, from `<state>/control.json`.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Api {
+    pub fn read(state: &Path) -> Api {
+        let control: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
+        Api {
+            addr: control["addr"].as_str().expect("addr").parse().expect("an address"),
+            token: control["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// The request `METHOD path`, authorized, on a connection of its own.
+    pub fn request(&self, method: &str, path: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            self.addr, self.token
+        )
+    }
+
+    /// `METHOD path`, blocking: the whole answer, head and body.
+    pub fn call(&self, method: &str, path: &str) -> String {
+        exchange(self.addr, &self.request(method, path)).expect("the API answers")
+    }
+}

@@ -9,14 +9,13 @@
 //! Run: `cargo run --release -p devmesh-bench --bin export`
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{Built, Load, build, front_port, rss_kib, wait_until_answers};
+use devmesh_bench::{Api, Built, Load, build, front_port, rss_kib, wait_until_answers};
 
 /// Exchanges captured before the export.
 const EXCHANGES: u64 = 180_000;
@@ -47,7 +46,7 @@ async fn main() {
         let (api, done) = (api.clone(), Arc::clone(&done));
         move || {
             let began = Instant::now();
-            let (lines, bytes) = api.export("/api/traffic.jsonl");
+            let (lines, bytes) = export(&api, "/api/traffic.jsonl");
             done.store(true, Ordering::SeqCst);
             (lines, bytes, began.elapsed())
         }
@@ -56,7 +55,7 @@ async fn main() {
     while !done.load(Ordering::SeqCst) {
         let began = Instant::now();
         assert!(
-            api.get("/api/services").starts_with("HTTP/1.1 200"),
+            api.call("GET", "/api/services").starts_with("HTTP/1.1 200"),
             "/api/services failed"
         );
         latencies.push(began.elapsed());
@@ -105,57 +104,25 @@ fn signal(child: &mut Child, signal: i32) -> std::io::Result<std::process::ExitS
     child.wait()
 }
 
-/// The supervisor's API, from `control.json`, with blocking requests.
-#[derive(Clone)]
-struct Api {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    fn read(state: &Path) -> Api {
-        let control: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
-        Api {
-            addr: control["addr"].as_str().expect("addr").parse().expect("an address"),
-            token: control["token"].as_str().expect("token").to_owned(),
-        }
-    }
-
-    fn connect(&self, path: &str) -> std::net::TcpStream {
-        let mut stream = std::net::TcpStream::connect(self.addr).expect("the API answers");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
-            self.addr, self.token
-        )
+/// Reads an export to its end as it comes: its body's (exchanges, bytes).
+fn export(api: &Api, path: &str) -> (u64, u64) {
+    let mut stream = std::net::TcpStream::connect(api.addr).expect("the API answers");
+    stream
+        .write_all(api.request("GET", path).as_bytes())
         .expect("the request goes out");
-        stream
-    }
-
-    fn get(&self, path: &str) -> String {
-        let mut answer = String::new();
-        self.connect(path).read_to_string(&mut answer).expect("an answer");
-        answer
-    }
-
-    /// Reads an export to its end as it comes: its body's (lines, bytes).
-    fn export(&self, path: &str) -> (u64, u64) {
-        let mut stream = self.connect(path);
-        let (mut lines, mut bytes, mut buf) = (0, 0, vec![0u8; 64 * 1024]);
-        // The answer's head and its chunked framing are not the export's:
-        // count the lines that are exchanges, each a JSON object.
-        let mut head = Vec::new();
-        loop {
-            match stream.read(&mut buf).expect("the export streams") {
-                0 => return (lines, bytes),
-                n => {
-                    bytes += n as u64;
-                    head.extend_from_slice(&buf[..n]);
-                    lines += head.windows(2).filter(|w| w == b"}\n").count() as u64;
-                    // Keep the last byte: a `}` may end one read and `\n` start the next.
-                    head.drain(..head.len() - 1);
-                }
+    let (mut lines, mut bytes, mut buf) = (0, 0, vec![0u8; 64 * 1024]);
+    // The answer's head and its chunked framing are not the export's:
+    // count the lines that are exchanges, each a JSON object.
+    let mut seen = Vec::new();
+    loop {
+        match stream.read(&mut buf).expect("the export streams") {
+            0 => return (lines, bytes),
+            n => {
+                bytes += n as u64;
+                seen.extend_from_slice(&buf[..n]);
+                lines += seen.windows(2).filter(|w| w == b"}\n").count() as u64;
+                // Keep the last byte: a `}` may end one read and `\n` start the next.
+                seen.drain(..seen.len() - 1);
             }
         }
     }

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{Built, Load, LoadReport, build, free_port, front_port, rss_kib, run, wait_until_answers};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+use devmesh_bench::{
+    Api, Built, Load, LoadReport, build, exchange, free_port, front_port, rss_kib, run, wait_until_answers,
+};
 
 const RESTARTS: usize = 20;
 const WORKERS: usize = 4;
@@ -76,7 +76,7 @@ async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Durat
     for _ in 0..RESTARTS {
         tokio::time::sleep(BETWEEN).await;
         let began = Instant::now();
-        api.restart("payments").await;
+        restart(&api, "payments").await;
         times.push(began.elapsed());
     }
     tokio::time::sleep(BETWEEN).await;
@@ -90,19 +90,9 @@ async fn under_devmesh(supervisor: &Path, shop: &Path) -> (LoadReport, Vec<Durat
     for _ in 0..RESTARTS {
         tokio::time::sleep(BETWEEN).await;
         let began = Instant::now();
-        let answer = blocking_exchange(
-            api.addr,
-            &format!(
-                "POST /api/services/payments/restart?build=false HTTP/1.1\r\nhost: {}\r\n\
-                 authorization: Bearer {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                api.addr, api.token
-            ),
-        );
+        let answer = api.call("POST", "/api/services/payments/restart?build=false");
         quiet.push(began.elapsed());
-        assert!(
-            answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")),
-            "a restart failed"
-        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "a restart failed: {answer}");
     }
     interrupt(&mut child);
     (report, times, quiet)
@@ -156,7 +146,7 @@ async fn bare_starts(payments: &Path) -> Vec<Duration> {
             .expect("payments starts");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let health = format!("GET /health HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        while !blocking_exchange(addr, &health).is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+        while !exchange(addr, &health).is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
             std::thread::sleep(Duration::from_micros(100));
         }
         times.push(began.elapsed());
@@ -202,55 +192,14 @@ fn supervise(supervisor: &Path, shop: &Path, state: &Path, services: &[&str], en
         .expect("the supervisor starts")
 }
 
-/// The supervisor's API, from `control.json`.
-struct Api {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    fn read(state: &Path) -> Api {
-        let control: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
-        Api {
-            addr: control["addr"].as_str().expect("addr").parse().expect("an address"),
-            token: control["token"].as_str().expect("token").to_owned(),
-        }
-    }
-
-    async fn restart(&self, service: &str) {
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("the API answers");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("HTTP");
-        tokio::spawn(connection);
-        let request = hyper::Request::post(format!("/api/services/{service}/restart?build=false"))
-            .header("host", self.addr.to_string())
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Empty::<Bytes>::new())
-            .expect("a request");
-        let response = sender.send_request(request).await.expect("a response");
-        let status = response.status();
-        let body = response.into_body().collect().await.expect("a body").to_bytes();
-        assert!(
-            status.is_success(),
-            "restart failed: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-}
-
-/// Sends `request` on a new blocking connection and reads the answer to
-/// its close; `None` when the connection is refused or breaks.
-fn blocking_exchange(addr: SocketAddr, request: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    Some(answer)
+/// Restarts `service` through the API, off the runtime's threads: the load
+/// runs on them.
+async fn restart(api: &Api, service: &str) {
+    let (api, path) = (api.clone(), format!("/api/services/{service}/restart?build=false"));
+    let answer = tokio::task::spawn_blocking(move || api.call("POST", &path))
+        .await
+        .expect("the restart call runs");
+    assert!(answer.starts_with("HTTP/1.1 200"), "restart failed: {answer}");
 }
 
 fn interrupt(child: &mut Child) {

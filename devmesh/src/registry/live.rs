@@ -268,6 +268,16 @@ mod tests {
         Entry::new(url)
     }
 
+    /// Writes `orders` at `port` into `registry`.
+    fn put_orders(registry: &Registry, port: u16) {
+        registry
+            .update(|f| {
+                f.services
+                    .insert("orders".into(), entry(&format!("http://127.0.0.1:{port}")));
+            })
+            .unwrap();
+    }
+
     /// Waits until `check` holds, polling the in-memory snapshot only.
     fn eventually(what: &str, check: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -312,14 +322,7 @@ mod tests {
     fn reading_the_file_does_not_wake_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::new(dir.path().join("registry.json"));
-        let put = |port: u16| {
-            registry
-                .update(|f| {
-                    f.services
-                        .insert("orders".into(), entry(&format!("http://127.0.0.1:{port}")));
-                })
-                .unwrap()
-        };
+        let put = |port| put_orders(&registry, port);
         put(5000);
         // Two watchers of one file, as two services are: neither's reads
         // may wake the other.
@@ -351,14 +354,7 @@ mod tests {
     fn the_watch_survives_its_folder_deleted_and_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::new(dir.path().join("devmesh/registry.json"));
-        let put = |port: u16| {
-            registry
-                .update(|f| {
-                    f.services
-                        .insert("orders".into(), entry(&format!("http://127.0.0.1:{port}")));
-                })
-                .unwrap()
-        };
+        let put = |port| put_orders(&registry, port);
         put(5000);
         let live = LiveRegistry::open(registry.path().to_path_buf());
         let url = || live.snapshot().endpoints.get("orders").map(|e| e.url().to_owned());
