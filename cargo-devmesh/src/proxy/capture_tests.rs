@@ -115,13 +115,29 @@ async fn front_of(
     max_body: usize,
     response: Duration,
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    front_on(
+        Route::Ready(Backend::new(backend)),
+        max_body,
+        Duration::from_secs(5),
+        response,
+    )
+    .await
+}
+
+/// A front port whose route is `route` for good.
+async fn front_on(
+    route: Route,
+    max_body: usize,
+    ready: Duration,
+    response: Duration,
+) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
     let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // The route never changes here: its sender may go.
-    let (_, route) = watch::channel(Route::Ready(Backend::new(backend)));
+    let (_, route) = watch::channel(route);
     let shutdown = CancellationToken::new();
     let front = Front {
         service: "svc".into(),
@@ -130,7 +146,7 @@ async fn front_of(
         protocol: devmesh::config::Protocol::Http,
         timeouts: super::Timeouts {
             head: Duration::from_millis(300),
-            ..super::Timeouts::new(Duration::from_secs(5), response)
+            ..super::Timeouts::new(ready, response)
         },
         max_connections: CONNECTIONS,
         inspector: Arc::clone(&inspector),
@@ -762,4 +778,30 @@ async fn connections_past_the_cap_wait_for_one_to_end() {
     assert!(early.is_err(), "served past the cap");
     drop(held.pop());
     assert!(read_response(&mut waiting).await.ends_with("hello"));
+}
+
+/// The proxy's own answer to a gRPC call is one gRPC clients read: 200,
+/// trailers-only, `grpc-status` UNAVAILABLE (14) with what devmesh says.
+#[tokio::test]
+async fn a_grpc_call_to_a_service_not_ready_gets_a_grpc_status() {
+    let starting = Route::Waiting(devmesh::registry::Status::Starting);
+    let (front, inspector, _shutdown) =
+        front_on(starting, 1024, Duration::from_millis(100), Duration::from_secs(5)).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::post(format!("http://{front}/greeter.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["grpc-status"], "14");
+    let message = headers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("service `svc` is not ready"), "{message}");
+    assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());
+    let all = complete(&inspector, 1).await;
+    assert_eq!(all[0].response_headers.get("grpc-status").as_deref(), Some("14"));
 }

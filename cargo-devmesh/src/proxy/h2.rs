@@ -37,6 +37,7 @@ async fn forward(
     connection: Arc<Connection>,
 ) -> Result<Response<Body>, Infallible> {
     let arrived = Instant::now();
+    let grpc = is_grpc(&request);
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
     let replay_of = request
@@ -68,7 +69,7 @@ async fn forward(
     });
     let (addr, lease) = match ready {
         Ok(ready) => ready,
-        Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message)),
+        Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
     let limit = context.inspector.store.config.max_body;
     let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open()));
@@ -96,11 +97,11 @@ async fn forward(
         Some(Ok(response)) => response,
         Some(Err(e)) => {
             let message = context.did_not_answer(addr, &e.to_string());
-            return Ok(answer(capture, StatusCode::BAD_GATEWAY, message));
+            return Ok(answer(capture, StatusCode::BAD_GATEWAY, message, grpc));
         }
         None => {
             let message = context.no_response_in_time(addr);
-            return Ok(answer(capture, StatusCode::GATEWAY_TIMEOUT, message));
+            return Ok(answer(capture, StatusCode::GATEWAY_TIMEOUT, message, grpc));
         }
     };
     let Some(mut capture) = capture else {
@@ -127,20 +128,64 @@ async fn forward(
     }))
 }
 
-/// The proxy's own answer, recorded.
-fn answer(capture: Option<Capture>, status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(message.clone()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+/// Whether `request` is a gRPC call (`application/grpc`, `+proto`, …).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The proxy's own answer, recorded. A gRPC call gets one gRPC clients
+/// read: HTTP 200, trailers-only, with a `grpc-status` (UNAVAILABLE, or
+/// DEADLINE_EXCEEDED for a 504) and the message as `grpc-message`; a
+/// plain-text 503 made tonic report "invalid compression flag: 100".
+fn answer(capture: Option<Capture>, status: StatusCode, message: String, grpc: bool) -> Response<Body> {
+    let (code, body) = if grpc {
+        (StatusCode::OK, Bytes::new())
+    } else {
+        (status, Bytes::from(message.clone()))
+    };
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    if grpc {
+        let grpc_status = match status {
+            StatusCode::GATEWAY_TIMEOUT => "4",
+            _ => "14",
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", header::HeaderValue::from_static(grpc_status));
+        if let Ok(value) = header::HeaderValue::from_str(&percent_encode(message.trim_end())) {
+            headers.insert("grpc-message", value);
+        }
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
     if let Some(capture) = capture {
-        capture.end_answered(status.as_u16(), Headers::new(response.headers()), &message);
+        let recorded = if grpc { "" } else { message.as_str() };
+        capture.end_answered(code.as_u16(), Headers::new(response.headers()), recorded);
     }
     response
+}
+
+/// `grpc-message` is percent-encoded (the gRPC over HTTP/2 spec): bytes
+/// outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -66,11 +66,53 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
         }
     }
     let Some((status, _)) = status else {
-        return false;
+        // An HTTP/2-only server (tonic, a gRPC server) answers HTTP/1 with
+        // its SETTINGS frame: it serves. Its health path is asked over h2c.
+        return speaks_h2(&response)
+            && match check {
+                Readiness::Http(path) => h2_get_succeeds(addr, path).await,
+                _ => true,
+            };
     };
     match check {
         Readiness::Http(_) => (200..300).contains(&status),
         _ => true,
+    }
+}
+
+/// Whether `bytes` start with an HTTP/2 SETTINGS frame on stream 0: a frame
+/// header is a 24-bit length, type (4: SETTINGS), flags, a 31-bit stream.
+fn speaks_h2(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[3] == 0x04 && bytes[5..9] == [0, 0, 0, 0]
+}
+
+/// `GET path` over h2c with prior knowledge returns 2xx.
+async fn h2_get_succeeds(addr: SocketAddr, path: &str) -> bool {
+    use http_body_util::{BodyExt, Empty};
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let handshake = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    );
+    let Ok((mut sender, connection)) = handshake.await else {
+        return false;
+    };
+    tokio::spawn(connection);
+    let Ok(request) = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("user-agent", "devmesh-readiness")
+        .body(Empty::<hyper::body::Bytes>::new())
+    else {
+        return false;
+    };
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            let _ = response.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
     }
 }
 
@@ -145,6 +187,32 @@ mod tests {
             answer_once(&listener, b"HTTP/1.1 404 Not Found\r\n\r\n")
         );
         assert!(ok);
+    }
+
+    /// An h2-only server, as tonic's: a SETTINGS frame to an HTTP/1
+    /// request, and its health path over h2c.
+    #[tokio::test]
+    async fn an_http2_only_server_is_ready() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+                    let status = if request.uri().path() == "/health" { 200 } else { 404 };
+                    let mut response = hyper::Response::new(http_body_util::Empty::<hyper::body::Bytes>::new());
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        assert!(answers(addr, &Readiness::Responds).await);
+        assert!(answers(addr, &Readiness::Http("/health".into())).await);
+        assert!(!answers(addr, &Readiness::Http("/missing".into())).await);
     }
 
     #[tokio::test]
