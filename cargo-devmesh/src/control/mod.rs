@@ -655,7 +655,7 @@ fn map(store: &Store) -> serde_json::Value {
             }
         };
         edge.times.push(call.total_ms.or(call.service_ms).unwrap_or(0.0));
-        if call.status.is_some_and(|s| s >= 500) || call.error.is_some() {
+        if call.failed() {
             edge.errors += 1;
         }
     });

@@ -29,6 +29,8 @@ pub struct Exchange {
     pub request_body: Body,
     pub response_headers: Headers,
     pub response_body: Body,
+    /// HTTP/2 trailers (gRPC's status and message travel there).
+    pub response_trailers: Headers,
     pub span_id: Option<SpanId>,
     pub parent_span_id: Option<SpanId>,
     /// The trace was inferred from the caller's request in flight, not
@@ -106,6 +108,9 @@ pub struct Summary {
     /// Path and query.
     pub path: String,
     pub status: Option<u16>,
+    /// A gRPC call's status (0: OK), from its trailers, or its headers
+    /// when it had only those: HTTP says 200 either way.
+    pub grpc_status: Option<u8>,
     /// Time spent waiting for a ready instance (restarting, building).
     pub wait_ms: f64,
     /// Time from forwarding the request to the response head: the service's own time.

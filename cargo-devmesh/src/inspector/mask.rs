@@ -65,6 +65,7 @@ impl Masker {
         if !self.names.is_empty() {
             exchange.request_headers = self.headers(&exchange.request_headers);
             exchange.response_headers = self.headers(&exchange.response_headers);
+            exchange.response_trailers = self.headers(&exchange.response_trailers);
         }
         exchange
     }

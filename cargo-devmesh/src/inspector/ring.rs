@@ -201,9 +201,17 @@ pub struct Call<'a> {
     pub caller: &'a str,
     pub service: &'a str,
     pub status: Option<u16>,
+    pub grpc_status: Option<u8>,
     pub service_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub error: Option<&'a str>,
+}
+
+impl Call<'_> {
+    /// Whether the call failed: an error, a 5xx, or a gRPC status but OK.
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || self.status.is_some_and(|s| s >= 500) || self.grpc_status.is_some_and(|s| s != 0)
+    }
 }
 
 impl<'a> Call<'a> {
@@ -212,6 +220,7 @@ impl<'a> Call<'a> {
             caller: &s.caller,
             service: &s.service,
             status: s.status,
+            grpc_status: s.grpc_status,
             service_ms: s.service_ms,
             total_ms: s.total_ms,
             error: s.error.as_deref(),
@@ -228,6 +237,7 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     w.str(&s.caller);
     w.str(&s.service);
     w.option(s.status, |w, status| w.u64(u64::from(status)));
+    w.option(s.grpc_status, Writer::u8);
     w.option(s.service_ms, Writer::f64);
     w.option(s.total_ms, Writer::f64);
     w.option(s.error.as_deref(), Writer::str);
@@ -250,6 +260,7 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     w.body(&exchange.request_body);
     w.str(exchange.response_headers.text());
     w.body(&exchange.response_body);
+    w.str(exchange.response_trailers.text());
     w.option(exchange.span_id, |w, span| w.u64(span.0));
     w.option(exchange.parent_span_id, |w, span| w.u64(span.0));
     w.u8(u8::from(exchange.trace_inferred));
@@ -265,6 +276,7 @@ pub fn decode(record: &[u8]) -> Exchange {
         request_body: r.body(),
         response_headers: Headers::from_text(r.str().to_owned()),
         response_body: r.body(),
+        response_trailers: Headers::from_text(r.str().to_owned()),
         span_id: r.option(|r| SpanId(r.u64())),
         parent_span_id: r.option(|r| SpanId(r.u64())),
         trace_inferred: r.u8() == 1,
@@ -351,6 +363,7 @@ impl<'a> Reader<'a> {
             caller: self.str(),
             service: self.str(),
             status: self.option(|r| r.u64() as u16),
+            grpc_status: self.option(Reader::u8),
             service_ms: self.option(Reader::f64),
             total_ms: self.option(Reader::f64),
             error: self.option(Reader::str),
@@ -363,6 +376,7 @@ impl<'a> Reader<'a> {
             caller: Arc::from(call.caller),
             service: Arc::from(call.service),
             status: call.status,
+            grpc_status: call.grpc_status,
             service_ms: call.service_ms,
             total_ms: call.total_ms,
             error: call.error.map(str::to_owned),

@@ -290,7 +290,8 @@ impl Drop for Subscription {
 pub struct Filter {
     pub service: Option<String>,
     pub method: Option<String>,
-    /// `2` matches 2xx, `404` matches 404.
+    /// `2` matches 2xx, `404` matches 404, `failed` what failed (an error,
+    /// a 5xx, a gRPC status but OK).
     pub status: Option<String>,
     /// Text in the path or a body.
     pub text: Option<String>,
@@ -307,9 +308,9 @@ impl Filter {
             .as_ref()
             .is_none_or(|s| *e.service == **s || *e.caller == **s)
             && self.method.as_ref().is_none_or(|m| e.method.eq_ignore_ascii_case(m))
-            && self.status.as_ref().is_none_or(|s| {
-                e.status
-                    .is_some_and(|status| status.to_string().starts_with(s.as_str()))
+            && self.status.as_ref().is_none_or(|s| match s.as_str() {
+                "failed" => super::ring::Call::of(&e.summary).failed(),
+                s => e.status.is_some_and(|status| status.to_string().starts_with(s)),
             })
             && self.trace_id.is_none_or(|t| e.trace_id == Some(t))
             && self.after.is_none_or(|after| e.id > after)
@@ -627,6 +628,7 @@ pub fn blank(service: Arc<str>, caller: Arc<str>, kind: super::Kind) -> Exchange
             method: String::new(),
             path: String::new(),
             status: None,
+            grpc_status: None,
             wait_ms: 0.0,
             service_ms: None,
             total_ms: None,
@@ -642,6 +644,7 @@ pub fn blank(service: Arc<str>, caller: Arc<str>, kind: super::Kind) -> Exchange
         request_body: Default::default(),
         response_headers: Default::default(),
         response_body: Default::default(),
+        response_trailers: Default::default(),
         span_id: None,
         parent_span_id: None,
         trace_inferred: false,

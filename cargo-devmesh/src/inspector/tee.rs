@@ -17,6 +17,8 @@ pub struct Seen {
     pub truncated: bool,
     /// Whether the body reached its end (not dropped or failed midway).
     pub finished: bool,
+    /// Its trailers, when it had some (HTTP/2: gRPC's status).
+    pub trailers: Option<hyper::HeaderMap>,
 }
 
 impl Seen {
@@ -68,6 +70,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen.record(data, this.limit);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.seen.trailers = Some(trailers.clone());
                 }
                 if this.inner.is_end_stream() {
                     this.end(true);

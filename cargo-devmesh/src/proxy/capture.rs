@@ -168,6 +168,9 @@ impl Capture {
                     if http {
                         e.response_body = body;
                     }
+                    if let Some(trailers) = &seen.trailers {
+                        e.response_trailers = Headers::new(trailers);
+                    }
                     if !seen.finished && error.is_none() {
                         e.error = Some("the response was cut short".to_owned());
                     }
@@ -175,6 +178,10 @@ impl Capture {
                 if error.is_some() {
                     e.error = error;
                 }
+                // gRPC's status: in the trailers, or in the headers of a
+                // trailers-only answer.
+                let grpc = |headers: &Headers| headers.get("grpc-status").and_then(|s| s.parse::<u8>().ok());
+                e.grpc_status = grpc(&e.response_trailers).or_else(|| grpc(&e.response_headers));
                 e.total_ms = Some(total_ms);
                 e.complete = true;
             });

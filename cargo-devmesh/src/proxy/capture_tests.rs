@@ -54,6 +54,21 @@ async fn handle(mut request: Request<Incoming>) -> Result<Response<Body>, hyper:
             let body = request.into_body().collect().await?.to_bytes();
             Response::new(full(body))
         }
+        // A gRPC answer: one message, then trailers saying NOT_FOUND.
+        "/shop.Orders/Get" => {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", "5".parse().unwrap());
+            trailers.insert("grpc-message", "no such order".parse().unwrap());
+            let frames = [
+                Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_lite_iter(frames.into_iter()))));
+            response
+                .headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            response
+        }
         "/big" => {
             let chunks = (0..16).map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
             Response::new(BodyExt::boxed(StreamBody::new(futures_lite_iter(chunks))))
@@ -804,4 +819,37 @@ async fn a_grpc_call_to_a_service_not_ready_gets_a_grpc_status() {
     assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());
     let all = complete(&inspector, 1).await;
     assert_eq!(all[0].response_headers.get("grpc-status").as_deref(), Some("14"));
+}
+
+/// A gRPC call's outcome is read from its trailers: captured, shown as the
+/// call's status, found by the `failed` filter.
+#[tokio::test]
+async fn a_grpc_status_in_trailers_is_the_calls_outcome() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::post(format!("http://{front}/shop.Orders/Get"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap();
+    assert_eq!(
+        body.trailers().unwrap()["grpc-status"],
+        "5",
+        "trailers reach the client"
+    );
+    let all = complete(&inspector, 1).await;
+    assert_eq!((all[0].status, all[0].grpc_status), (Some(200), Some(5)));
+    assert_eq!(
+        all[0].response_trailers.get("grpc-message").as_deref(),
+        Some("no such order")
+    );
+    let failed = inspector.store.list(&Filter {
+        status: Some("failed".into()),
+        ..Filter::default()
+    });
+    assert_eq!(failed.len(), 1);
 }
