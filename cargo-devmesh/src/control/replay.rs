@@ -80,14 +80,24 @@ pub async fn replay(
         .body
         .map_or_else(|| original.request_body.bytes(), String::into_bytes);
 
-    let mut request = Request::builder()
-        .method(method)
-        .uri(&path)
-        .header(header::HOST, front.to_string());
-    for (name, value) in headers
-        .iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()))
-    {
+    // An HTTP/2 exchange (gRPC's) is replayed over HTTP/2: a gRPC server
+    // answers nothing else. h2 names scheme and authority in the URI.
+    let http2 = original.version == "HTTP/2.0";
+    let uri = if http2 {
+        format!("http://{front}{path}")
+    } else {
+        path.clone()
+    };
+    let mut request = Request::builder().method(method).uri(&uri);
+    if !http2 {
+        request = request.header(header::HOST, front.to_string());
+    }
+    // `te: trailers` is the one `te` HTTP/2 allows, and gRPC servers want it.
+    let kept = |name: &str, value: &str| {
+        let name = name.to_ascii_lowercase();
+        !HOP_BY_HOP.contains(&name.as_str()) || (http2 && name == "te" && value.eq_ignore_ascii_case("trailers"))
+    };
+    for (name, value) in headers.iter().filter(|(n, v)| kept(n, v)) {
         request = request.header(name.as_str(), value.as_str());
     }
     let request = request
@@ -98,14 +108,21 @@ pub async fn replay(
     let stream = tokio::net::TcpStream::connect(front)
         .await
         .map_err(|e| format!("could not reach the front port {front}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("the replay failed: {e}"))?;
+    let response = if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("the replay failed: {e}"))?;
     let status = response.status().as_u16();
     let exchange = response
         .headers()
@@ -114,4 +131,49 @@ pub async fn replay(
     // Read the body to the end, so the capture completes.
     let _ = response.into_body().collect().await;
     Ok(Replayed { status, exchange })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspector::{Body, Headers, blank};
+
+    /// A gRPC call is replayed over HTTP/2, body and content type as they were.
+    #[tokio::test]
+    async fn an_http2_exchange_is_replayed_over_http2() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let version = request.version();
+                    let content_type = request.headers()["content-type"].clone();
+                    assert_eq!(request.headers()["te"], "trailers");
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    let _ = seen_tx.send((version, content_type, body));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let mut original = blank("orders".into(), "gateway".into(), Kind::Http);
+        original.method = "POST".into();
+        original.path = "/shop.Orders/Get".into();
+        original.version = "HTTP/2.0";
+        original.request_headers = Headers::from_text("content-type: application/grpc\nte: trailers\n".into());
+        original.request_body = Body::new(vec![0, 0, 0, 0, 2, 8, 1], 7, false);
+        let replayed = replay(&original, Edits::default(), front, "1 key".into())
+            .await
+            .unwrap();
+        assert_eq!(replayed.status, 200);
+        let (version, content_type, body) = seen.recv().await.unwrap();
+        assert_eq!(version, hyper::Version::HTTP_2);
+        assert_eq!(content_type, "application/grpc");
+        assert_eq!(&body[..], [0, 0, 0, 0, 2, 8, 1]);
+    }
 }
