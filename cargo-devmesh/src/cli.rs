@@ -80,6 +80,10 @@ pub enum Command {
         /// Print one JSON object per exchange, with headers and bodies.
         #[arg(long)]
         jsonl: bool,
+        /// How many of the newest exchanges to show first (JSON lines and
+        /// HAR have every one kept).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        lines: usize,
     },
     /// Send a captured request again, as it was or edited.
     Replay {

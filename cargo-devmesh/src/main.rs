@@ -158,6 +158,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             follow,
             har,
             jsonl,
+            lines,
         } => {
             let workspace = Workspace::load(&cargo)?;
             if let Some(name) = &service {
@@ -169,7 +170,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 (_, true) => traffic::Format::JsonLines,
                 _ => traffic::Format::Table,
             };
-            traffic::show(&client, service.as_deref(), format, follow, shutdown_on_signal()).await
+            traffic::show(
+                &client,
+                service.as_deref(),
+                format,
+                (follow, lines),
+                shutdown_on_signal(),
+            )
+            .await
         }
         Command::Replay {
             id,

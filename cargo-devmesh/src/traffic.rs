@@ -24,12 +24,13 @@ pub enum Format {
     JsonLines,
 }
 
-/// Prints the exchanges of `service` (or all), then follows new ones.
+/// Prints the newest `newest` exchanges of `service` (or all; every one
+/// kept as JSON lines or HAR), then, with `follow`, new ones as they end.
 pub async fn show(
     client: &Client,
     service: Option<&str>,
     format: Format,
-    follow: bool,
+    (follow, newest): (bool, usize),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let filter = service.map_or_else(String::new, |s| format!("service={s}&"));
@@ -45,11 +46,13 @@ pub async fn show(
         _ => {}
     }
     drop(out);
-    let mut after = 0;
+    let mut after = None;
     loop {
-        let path = match format {
-            Format::JsonLines => format!("/api/traffic.jsonl?{filter}after={after}"),
-            _ => format!("/api/traffic?{filter}after={after}"),
+        let path = match (format, after) {
+            (Format::JsonLines, after) => format!("/api/traffic.jsonl?{filter}after={}", after.unwrap_or(0)),
+            // First the newest, then what came after the last shown.
+            (_, None) => format!("/api/traffic?{filter}limit={newest}"),
+            (_, Some(after)) => format!("/api/traffic?{filter}after={after}"),
         };
         let body = client.get(&path).await?;
         let exchanges: Vec<Value> = match format {
@@ -71,12 +74,19 @@ pub async fn show(
                 Format::JsonLines => writeln!(out, "{exchange}")?,
                 _ => writeln!(out, "{}", line(exchange))?,
             }
-            after = exchange["id"].as_u64().unwrap_or(after);
+            after = exchange["id"].as_u64().or(after);
         }
         out.flush()?;
         if !follow {
             return Ok(());
         }
+        // Nothing had ended yet: follow from the first in flight, if any.
+        after = after.or_else(|| {
+            exchanges
+                .first()
+                .and_then(|e| e["id"].as_u64())
+                .map(|id| id.saturating_sub(1))
+        });
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(FOLLOW_INTERVAL) => {}

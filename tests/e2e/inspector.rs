@@ -307,6 +307,11 @@ fn traffic_and_replay_from_the_terminal() {
     assert!(replayed.contains("external → beta  GET /nope  404"), "{replayed}");
     assert!(replayed.contains(&format!("(replay of #{id})")), "{replayed}");
 
+    // Without -f, the newest: the last two of the three.
+    let newest = String::from_utf8(mesh.cli(&["traffic", "-n", "2"]).stdout).unwrap();
+    let ids: Vec<&str> = newest.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ids, ["#2", "#3"], "{newest}");
+
     let har: serde_json::Value = serde_json::from_slice(&mesh.cli(&["traffic", "--har"]).stdout).unwrap();
     assert_eq!(har["log"]["version"], "1.2");
     assert_eq!(har["log"]["entries"].as_array().unwrap().len(), 3);

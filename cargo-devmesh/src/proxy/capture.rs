@@ -49,6 +49,9 @@ impl Capture {
     /// Records the request of an exchange that arrived at `arrived`.
     pub fn begin(context: &Arc<Context>, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
         let mut exchange = inspector::blank(Arc::clone(&context.service), caller, Kind::Http);
+        // Stamped when the request arrived, not when a wait for a ready
+        // instance ended: the wait is shown apart.
+        exchange.started_ms = exchange.started_ms.saturating_sub(arrived.elapsed().as_millis() as u64);
         exchange.method = request.method.to_owned();
         exchange.path = request.target.to_owned();
         exchange.version = request.version;
