@@ -172,8 +172,11 @@ impl Logs {
     /// not set.
     pub fn new(state_dir: &Path, services: &[String], limits: LogsConfig) -> std::io::Result<Logs> {
         let dir = state_dir.join("logs");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(RUN_STARTED), timestamp(std::time::SystemTime::now()))?;
+        crate::secret::private_dir(&dir)?;
+        crate::secret::write_private(
+            &dir.join(RUN_STARTED),
+            timestamp(std::time::SystemTime::now()).as_bytes(),
+        )?;
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let width = services
             .iter()

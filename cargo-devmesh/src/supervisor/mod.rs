@@ -203,6 +203,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         }
     })?;
     control::remove(&state_dir);
+    logs.note("stopped");
     Ok(())
 }
 
