@@ -57,6 +57,19 @@ pub struct ServiceSpec {
     pub inject_env: bool,
 }
 
+impl ServiceSpec {
+    /// The binary target it runs, if it is a workspace binary.
+    pub fn bin_target(&self) -> Option<crate::build::BinTarget> {
+        match &self.launch {
+            Launch::Binary { package, bin, .. } => Some(crate::build::BinTarget {
+                package: package.clone(),
+                bin: bin.clone(),
+            }),
+            Launch::Command(_) => None,
+        }
+    }
+}
+
 /// How a service's process is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {

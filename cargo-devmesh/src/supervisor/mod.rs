@@ -26,7 +26,7 @@ use crate::inspector::Inspector;
 use crate::logs::Logs;
 use crate::ports::PortBook;
 use crate::proxy::{self, Front};
-use crate::workspace::{CargoOptions, Launch, Workspace};
+use crate::workspace::{CargoOptions, Workspace};
 pub use service::ServiceHandle;
 use state::StateFiles;
 
@@ -260,13 +260,7 @@ async fn build_all(shared: &service::Shared) -> Built {
 
 /// The binary target a service runs, if it is a workspace binary.
 pub fn bin_target(workspace: &Workspace, name: &str) -> Option<BinTarget> {
-    match &workspace.services.get(name)?.launch {
-        Launch::Binary { package, bin, .. } => Some(BinTarget {
-            package: package.clone(),
-            bin: bin.clone(),
-        }),
-        Launch::Command(_) => None,
-    }
+    workspace.services.get(name)?.bin_target()
 }
 
 /// Dependencies before dependents (the plan has no cycles).

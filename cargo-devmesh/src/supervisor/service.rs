@@ -247,7 +247,9 @@ impl Task {
         self.check_at = None;
         let Some(instance) = &self.current else { return };
         let (addr, pid) = (instance.backend.addr, instance.process.pid);
-        let answers = readiness::answers(addr, &self.spec.ready).await;
+        // A stopped process's socket still accepts (the kernel does): a TCP
+        // check alone would call it ready.
+        let answers = !process::is_stopped(pid) && readiness::answers(addr, &self.spec.ready).await;
         let status = self.state.borrow().status;
         match (answers, status) {
             (true, Status::Unresponsive) => {
@@ -293,13 +295,7 @@ impl Task {
 
     /// The binary target this service runs, if it is a workspace binary.
     fn target(&self) -> Option<BinTarget> {
-        match &self.spec.launch {
-            Launch::Binary { package, bin, .. } => Some(BinTarget {
-                package: package.clone(),
-                bin: bin.clone(),
-            }),
-            Launch::Command(_) => None,
-        }
+        self.spec.bin_target()
     }
 
     /// Waits until every dependency is ready; false on shutdown.
