@@ -38,6 +38,11 @@ pub enum Command {
         /// Restart on the binary already built.
         #[arg(long)]
         no_build: bool,
+        /// Stop the old instance after the grace period, cutting its open
+        /// WebSockets and streams, instead of letting them end (up to
+        /// `run.drain_timeout`).
+        #[arg(long)]
+        now: bool,
     },
     /// Stop services; their front ports stay, and requests wait.
     Stop {

@@ -127,9 +127,16 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", client.login_url().await?);
             Ok(())
         }
-        Command::Restart { services, no_build } => act(&cargo, &services, "restart", !no_build).await,
-        Command::Stop { services } => act(&cargo, &services, "stop", false).await,
-        Command::Start { services } => act(&cargo, &services, "start", false).await,
+        Command::Restart {
+            services,
+            no_build,
+            now,
+        } => {
+            let query = format!("?build={}&now={now}", !no_build);
+            act(&cargo, &services, "restart", &query).await
+        }
+        Command::Stop { services } => act(&cargo, &services, "stop", "").await,
+        Command::Start { services } => act(&cargo, &services, "start", "").await,
         Command::Logs {
             services,
             follow,
@@ -200,7 +207,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Sends `action` to each service in turn, through the running supervisor.
-async fn act(cargo: &CargoOptions, services: &[String], action: &str, build: bool) -> anyhow::Result<()> {
+async fn act(cargo: &CargoOptions, services: &[String], action: &str, query: &str) -> anyhow::Result<()> {
     let workspace = Workspace::load(cargo)?;
     for name in services {
         workspace.service(name)?;
@@ -208,7 +215,7 @@ async fn act(cargo: &CargoOptions, services: &[String], action: &str, build: boo
     let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
     for name in services {
         let done = client
-            .act(name, action, build)
+            .act(name, action, query)
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         println!("{name}: {done}");
@@ -224,6 +231,11 @@ fn print_ps(services: &[serde_json::Value]) {
     for s in services {
         let text = |key: &str| s[key].as_str().unwrap_or("").to_owned();
         let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+        // Connections still open to an instance a restart replaced.
+        let draining = match s["draining"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            open => format!("draining ({open} open) "),
+        };
         println!(
             "{:<20} {:<12} {:<22} {:>8} {:>8}  {}",
             text("name"),
@@ -231,7 +243,7 @@ fn print_ps(services: &[serde_json::Value]) {
             text("front"),
             pid,
             s["restarts"].as_u64().unwrap_or(0),
-            text("note")
+            draining + &text("note")
         );
     }
 }

@@ -165,7 +165,7 @@ pub async fn run(
         if !restart.is_empty() {
             let names: Vec<_> = restart.iter().map(String::as_str).collect();
             shared.logs.note(format!("changed: restarting {}", names.join(", ")));
-            tickets.extend(restart.iter().map(|name| services[name].restart(false)));
+            tickets.extend(restart.iter().map(|name| services[name].restart(false, false)));
         }
         if !rebuild.is_empty() {
             let names: Vec<_> = rebuild.iter().map(String::as_str).collect();

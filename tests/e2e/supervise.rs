@@ -327,3 +327,72 @@ fn two_workspaces_never_share_a_port_across_stop_and_start() {
     assert_eq!(ports(&first), kept);
     assert_eq!(get(first.front("alpha"), "/peer").0, 200);
 }
+
+/// An upgraded connection (a WebSocket, say) to an instance a restart
+/// replaced stays open on it until its client closes; `restart --now`
+/// cuts it after the grace period, and its capture says so.
+#[test]
+fn an_upgraded_connection_outlives_a_restart_unless_told_now() {
+    let mesh = mesh();
+    let alpha = mesh.front("alpha");
+    let old = mesh.pid("alpha");
+    let mut echo = upgraded(alpha);
+    assert_eq!(echoed(&mut echo, "one"), "one");
+    let output = mesh.cli(&["restart", "alpha"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(mesh.pid("alpha"), old);
+    assert_eq!(echoed(&mut echo, "two"), "two", "the old instance still serves it");
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("alpha") && l.contains("draining (1 open)")),
+        "{ps}"
+    );
+    drop(echo);
+    assert!(
+        wait_exit(old, DEADLINE),
+        "the old instance goes once its connection ends"
+    );
+
+    let mut echo = upgraded(alpha);
+    assert_eq!(echoed(&mut echo, "three"), "three");
+    let output = mesh.cli(&["restart", "--now", "alpha"]);
+    assert!(output.status.success(), "{}", text(&output));
+    // The old instance is stopped after the grace period: the connection
+    // ends, and the client closes its side, as a WebSocket client would.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut echo, &mut rest);
+    drop(echo);
+    let cut = crate::harness::exchanges(&mesh, 1, |e| {
+        e["path"] == "/upgrade" && e["error"].as_str().is_some_and(|e| e.starts_with("cut"))
+    });
+    assert_eq!(cut[0]["kind"], "tcp");
+}
+
+/// A connection to `port` upgraded to the fixture's echo protocol.
+fn upgraded(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+fn echoed(stream: &mut std::net::TcpStream, text: &str) -> String {
+    use std::io::{Read, Write};
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut back = vec![0u8; text.len()];
+    stream.read_exact(&mut back).unwrap();
+    String::from_utf8(back).unwrap()
+}

@@ -51,9 +51,8 @@ impl Client {
         Ok(answer["url"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// `POST /api/services/{name}/{action}`: what happened, or why not.
-    pub async fn act(&self, name: &str, action: &str, build: bool) -> anyhow::Result<String> {
-        let query = if build { "" } else { "?build=false" };
+    /// `POST /api/services/{name}/{action}{query}`: what happened, or why not.
+    pub async fn act(&self, name: &str, action: &str, query: &str) -> anyhow::Result<String> {
         let path = format!("/api/services/{name}/{action}{query}");
         let answer: serde_json::Value = serde_json::from_slice(&self.post(&path, Bytes::new()).await?)?;
         Ok(answer["ok"].as_str().unwrap_or_default().to_owned())

@@ -16,7 +16,7 @@
 //! | `POST /api/login` | a new one-time login link, `{"url": …}` |
 //! | `GET /` | the inspector page |
 //! | `GET /api/services` | every service's state, as JSON |
-//! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only) |
+//! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only; `?now=true`: cut the old instance's open connections after the grace period) |
 //! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
 //! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `limit` (the newest 500 unless given, 10,000 at most), `after` (an id: the oldest after it) |
 //! | `GET /api/traffic/{id}` | one exchange with headers and bodies |
@@ -411,8 +411,9 @@ impl Api {
             );
         };
         let build = query.get("build").map(String::as_str) != Some("false");
+        let now = query.get("now").map(String::as_str) == Some("true");
         let ticket = match action {
-            "restart" => service.restart(build),
+            "restart" => service.restart(build, now),
             "stop" => service.stop(),
             "start" => service.start(),
             _ => {

@@ -426,9 +426,13 @@ async fn awaited<F: Future>(response: F, lease: &Lease, timeout: Duration) -> Op
     tokio::time::timeout_at(asked + timeout, response).await.ok()
 }
 
+/// What a capture says of a connection that was still open when its
+/// instance was stopped.
+const CUT: &str = "cut: its instance was stopped while it was open (after run.drain_timeout, or by restart --now)";
+
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
 async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection) {
-    let Ok((addr, _lease)) = context.ready_backend().await else {
+    let Ok((addr, lease)) = context.ready_backend().await else {
         return;
     };
     let open = context.caller(connection).await.map(|caller| {
@@ -446,6 +450,9 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
             match &copied {
                 Ok((up, down)) => (e.bytes_up, e.bytes_down) = (*up, *down),
                 Err(error) => e.error = Some(error.to_string()),
+            }
+            if lease.was_cut() {
+                e.error = Some(CUT.to_owned());
             }
             e.total_ms = Some(capture::millis(began.elapsed()));
             e.complete = true;

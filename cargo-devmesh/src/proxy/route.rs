@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use devmesh::registry::Status;
 use tokio::sync::Notify;
@@ -28,23 +28,38 @@ pub struct Backend {
     /// Told by the proxy when a request has waited long for an answer, so
     /// the supervisor checks whether the instance still answers.
     stalled: Arc<Notify>,
+    /// Set when the instance is stopped while connections were still open
+    /// to it, so that their captures say they were cut.
+    cut: Arc<AtomicBool>,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
-        let stalled = Arc::new(Notify::new());
+        let (stalled, cut) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
         Backend {
             addr,
             drains: (0..super::MAX_THREADS)
                 .map(|_| {
                     Arc::new(Drain {
                         stalled: Arc::clone(&stalled),
+                        cut: Arc::clone(&cut),
                         ..Drain::default()
                     })
                 })
                 .collect(),
             stalled,
+            cut,
         }
+    }
+
+    /// Requests and connections in flight to the instance.
+    pub fn open(&self) -> usize {
+        self.drains.iter().map(|d| d.active.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Marks what is still open to the instance as cut: it is being stopped.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
     }
 
     /// Waits until a request to the instance has waited long for its answer.
@@ -76,6 +91,8 @@ pub struct Drain {
     idle: Notify,
     /// The instance's [`Backend::stalled`].
     stalled: Arc<Notify>,
+    /// The instance's [`Backend::cut`].
+    cut: Arc<AtomicBool>,
 }
 
 /// Held while a request or connection is in flight; released on drop.
@@ -86,6 +103,11 @@ impl Lease {
     /// Says that the request holding this lease has waited long for an answer.
     pub fn suspect(&self) {
         self.0.stalled.notify_one();
+    }
+
+    /// Whether the instance was stopped while this was open.
+    pub fn was_cut(&self) -> bool {
+        self.0.cut.load(Ordering::SeqCst)
     }
 }
 

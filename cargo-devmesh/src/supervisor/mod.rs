@@ -126,6 +126,7 @@ pub async fn run(workspace: Workspace, options: RunOptions, shutdown: Cancellati
         config_path: workspace.config_path.is_file().then(|| workspace.config_path.clone()),
         fronts: fronts.clone(),
         grace: workspace.config.run.grace_period,
+        drain: workspace.config.run.drain_timeout,
     });
     let mut handles: BTreeMap<String, ServiceHandle> = BTreeMap::new();
     let mut tasks = Vec::new();

@@ -28,6 +28,9 @@ use crate::workspace::{Launch, ServiceSpec};
 /// with each crash in a row up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the connections open to replaced instances are counted, while
+/// there are some.
+const DRAIN_COUNT_EVERY: Duration = Duration::from_secs(1);
 /// How often a service that does not answer is checked again.
 const HEALTH_RECHECK: Duration = Duration::from_secs(1);
 /// An instance that ran this long before crashing resets the backoff.
@@ -48,6 +51,8 @@ pub struct Shared {
     pub fronts: BTreeMap<String, SocketAddr>,
     /// SIGTERM → SIGKILL.
     pub grace: Duration,
+    /// How long a replaced instance stays for what is open to it.
+    pub drain: Duration,
 }
 
 /// What a service is doing, as `ps` and the API show it.
@@ -59,6 +64,9 @@ pub struct ServiceState {
     pub pid: Option<u32>,
     /// Restarts since the supervisor started, asked for or after a crash.
     pub restarts: u32,
+    /// Connections still open to instances a restart replaced (WebSockets,
+    /// streams): they end on the old instance, which stays until they do.
+    pub draining: usize,
     /// The last thing worth knowing: why it crashed, why a build failed.
     pub note: Option<String>,
 }
@@ -73,6 +81,8 @@ enum Message {
     Stop(Reply),
     Restart {
         rebuild: bool,
+        /// Cut what is open to the old instance after the grace period.
+        now: bool,
         reply: Reply,
     },
     /// A new binary is built (by `--watch`); restart onto it.
@@ -102,9 +112,10 @@ impl ServiceHandle {
         self.send(Message::Stop)
     }
 
-    /// Restarts it, rebuilding its binary first when `rebuild`.
-    pub fn restart(&self, rebuild: bool) -> Ticket {
-        self.send(|reply| Message::Restart { rebuild, reply })
+    /// Restarts it, rebuilding its binary first when `rebuild`; `now` cuts
+    /// what is open to the old instance after the grace period.
+    pub fn restart(&self, rebuild: bool, now: bool) -> Ticket {
+        self.send(|reply| Message::Restart { rebuild, now, reply })
     }
 
     /// Restarts it onto a binary already built.
@@ -145,6 +156,8 @@ struct Task {
     /// Old instances draining and stopping after a restart; a restart
     /// answers once the new instance serves, without waiting for them.
     retiring: tokio::task::JoinSet<()>,
+    /// Those instances, to count what is still open to them.
+    draining: Vec<Backend>,
     shutdown: CancellationToken,
 }
 
@@ -173,6 +186,7 @@ pub fn spawn(
         front,
         pid: None,
         restarts: 0,
+        draining: 0,
         note: None,
     };
     let (state_tx, state_rx) = watch::channel(state);
@@ -191,6 +205,7 @@ pub fn spawn(
         restart_at: None,
         check_at: None,
         retiring: tokio::task::JoinSet::new(),
+        draining: Vec::new(),
         shutdown,
     };
     task.publish_registry();
@@ -228,6 +243,8 @@ impl Task {
                     let _ = self.start_fresh().await;
                 }
                 () = stalled, if self.check_at.is_none() => self.check_at = Some(tokio::time::Instant::now()),
+                // Only while old instances drain: nothing ticks at idle.
+                () = tokio::time::sleep(DRAIN_COUNT_EVERY), if !self.draining.is_empty() => self.count_draining(),
                 () = at(self.check_at) => self.check_health().await,
                 Some(message) = messages.recv() => self.handle(message).await,
             }
@@ -237,6 +254,16 @@ impl Task {
         }
         while self.retiring.join_next().await.is_some() {}
         self.set_status(Status::Stopped, None);
+    }
+
+    /// Counts what is still open to replaced instances, for `ps` and the
+    /// page; forgets those with nothing open.
+    fn count_draining(&mut self) {
+        self.draining.retain(|backend| backend.open() > 0);
+        let open = self.draining.iter().map(Backend::open).sum();
+        if self.state.borrow().draining != open {
+            self.state.send_modify(|s| s.draining = open);
+        }
     }
 
     /// Checks that the running instance answers, once a request waited long
@@ -343,20 +370,21 @@ impl Task {
                 }
                 let _ = reply.send(answer);
             }
-            Message::Restart { rebuild, reply } => {
+            Message::Restart { rebuild, now, reply } => {
                 let answer = match rebuild {
                     true => self.rebuild().await,
                     false => Ok(()),
                 };
+                let drain = if now { self.shared.grace } else { self.shared.drain };
                 let answer = match answer {
-                    Ok(()) => self.replace().await,
+                    Ok(()) => self.replace(drain).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(answer);
             }
             Message::Rebuilt { binary, reply } => {
                 self.binary = Some(binary);
-                let _ = reply.send(self.replace().await);
+                let _ = reply.send(self.replace(self.shared.drain).await);
             }
             Message::Exited { instance, exit } => {
                 if self.current.as_ref().is_some_and(|i| i.id == instance) {
@@ -404,11 +432,12 @@ impl Task {
             self.rebuild().await?;
         }
         self.set_status(Status::Starting, None);
-        self.replace().await
+        self.replace(self.shared.drain).await
     }
 
-    /// Starts a new instance, routes to it once ready, then retires the old one.
-    async fn replace(&mut self) -> Result<String, String> {
+    /// Starts a new instance, routes to it once ready, then retires the old
+    /// one once nothing is open to it, or after `drain`.
+    async fn replace(&mut self, drain: Duration) -> Result<String, String> {
         let began = Instant::now();
         let instance = match self.launch().await {
             Ok(instance) => instance,
@@ -434,7 +463,10 @@ impl Task {
         if let Some(old) = old {
             self.state.send_modify(|s| s.restarts += 1);
             while self.retiring.try_join_next().is_some() {}
-            self.retiring.spawn(retire(old, self.shared.grace));
+            self.draining.push(old.backend.clone());
+            self.retiring
+                .spawn(retire(old, drain, self.shared.grace, self.shutdown.clone()));
+            self.count_draining();
         }
         Ok(if restarted {
             format!("restarted (pid {pid})")
@@ -600,8 +632,16 @@ async fn at(at: Option<tokio::time::Instant>) {
 }
 
 /// Stops an instance the route no longer sends to, once nothing is in
-/// flight to it (or after the grace period).
-async fn retire(old: Instance, grace: Duration) {
-    let _ = tokio::time::timeout(grace, old.backend.idle()).await;
+/// flight to it, or after `drain`: what is still open then is cut, and its
+/// capture says so.
+/// The supervisor stopping ends the wait at once.
+async fn retire(old: Instance, drain: Duration, grace: Duration, shutdown: CancellationToken) {
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(drain, old.backend.idle()) => drained.is_ok(),
+        () = shutdown.cancelled() => old.backend.open() == 0,
+    };
+    if !drained {
+        old.backend.cut();
+    }
     let _ = old.process.stop(grace).await;
 }

@@ -7,6 +7,7 @@
 //! ready_timeout = "30s"     # how long a request waits for a service that is not ready
 //! response_timeout = "60s"  # how long a request waits for a response's head (then 504)
 //! grace_period = "5s"       # SIGTERM, then this long, then SIGKILL
+//! drain_timeout = "10m"     # how long a replaced instance stays for its open WebSockets and streams
 //!
 //! [services.orders]         # a workspace binary (found by itself; listed to configure it)
 //! port = 41001
@@ -156,6 +157,11 @@ pub struct RunConfig {
     /// How long a service has to exit after SIGTERM before SIGKILL.
     #[serde(with = "duration")]
     pub grace_period: Duration,
+    /// How long an instance replaced by a restart stays for its open
+    /// WebSockets, streams and long downloads to end, before it is stopped
+    /// and they are cut (`restart --now`: the grace period).
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for RunConfig {
@@ -165,6 +171,7 @@ impl Default for RunConfig {
             ready_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(60),
             grace_period: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use super::capture::{self, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
-use super::{Connection, Context, Lease, Timeouts, awaited};
+use super::{CUT, Connection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 use relay::{Broken, Buffer, ReadError, Relay, read_head};
@@ -251,6 +251,9 @@ async fn exchange(
                     Ok((up, down)) => (up, down, None),
                     Err(e) => (0, 0, Some(e.to_string())),
                 };
+                // However the pipe ended (a reset, an EOF), a stopped
+                // instance is why.
+                let error = if lease.was_cut() { Some(CUT.to_owned()) } else { error };
                 capture.end_stream(up, down, error);
             }
             return Next::Close;
