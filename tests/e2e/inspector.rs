@@ -396,3 +396,41 @@ fn secret_headers_are_masked_everywhere_they_are_shown() {
         "the replay sent the real token"
     );
 }
+
+/// A gRPC body is shown as its messages, each as hex; any other binary
+/// body as hex, base64 on demand.
+#[test]
+fn grpc_bodies_are_shown_as_messages_in_hex() {
+    let mesh = mesh();
+    let addr = format!("127.0.0.1:{}", mesh.front("beta"));
+    // Two messages: 3 bytes `abc`, then 2 bytes 0x08 0x01.
+    let body: &[u8] = b"\0\0\0\0\x03abc\0\0\0\0\x02\x08\x01";
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /shop.Orders/Get HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/grpc\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 1"), "the exchange");
+    browser.eval("document.querySelector('#rows tr').click()");
+    let shown = browser.wait_until(
+        "document.querySelector('.grpc-message') && document.getElementById('detail-body').innerText",
+        "the request's messages",
+    );
+    let shown = shown.as_str().unwrap();
+    assert!(shown.contains("2 gRPC messages"), "{shown}");
+    assert!(
+        shown.contains("message 1: 3 bytes") && shown.contains("61 62 63") && shown.contains("abc"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("message 2: 2 bytes") && shown.contains("08 01"),
+        "{shown}"
+    );
+    eprintln!("screenshot: {}", browser.screenshot("grpc-body").display());
+}
