@@ -133,10 +133,10 @@ impl Mesh {
     }
 
     /// [`Mesh::start`] with `env` set for the supervisor and the CLI.
-    pub fn start_with_env(dir: tempfile::TempDir, env: &[(&str, &str)], ready: &[&str]) -> Mesh {
+    pub fn start_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)], ready: &[&str]) -> Mesh {
         let mut mesh = Mesh::idle(dir);
         mesh.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        mesh.started(&[], ready)
+        mesh.started(args, ready)
     }
 
     fn started(mut self, args: &[&str], ready: &[&str]) -> Mesh {
@@ -202,6 +202,26 @@ impl Mesh {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command
+    }
+
+    /// Builds binary `bin` of the workspace (one that is no service) and
+    /// runs it with `args` as a program of the user's would, with the
+    /// registry of this mesh: what it printed.
+    pub fn run_program(&self, bin: &str, args: &[&str]) -> String {
+        let built = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--quiet", "--bin", bin, "--manifest-path"])
+            .arg(self.root.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &self.target)
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "`{bin}` builds");
+        let output = Command::new(self.target.join("debug").join(bin))
+            .args(args)
+            .env("DEVMESH_REGISTRY", self.state().join("registry.json"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("the program runs");
+        text(&output)
     }
 
     /// Runs a command that must fail with exit code `code`; what it printed.

@@ -3,6 +3,7 @@
 
 mod browser;
 mod errors;
+mod grpc;
 mod harness;
 mod inspector;
 mod real_use;

@@ -119,6 +119,7 @@ fn a_python_http_server_starts_without_a_traceback() {
 fn a_stopped_service_gets_504s_and_shows_as_not_answering() {
     let mesh = Mesh::start_with_env(
         fixture("mesh"),
+        &[],
         &[("DEVMESH_RUN__RESPONSE_TIMEOUT", "1s")],
         &["beta", "alpha"],
     );

@@ -309,12 +309,12 @@ fn a_command_gets_its_env_files_and_is_restarted_by_watch() {
 fn two_workspaces_never_share_a_port_across_stop_and_start() {
     // Beyond the ranges the harness deals out to other meshes.
     let range = [("DEVMESH_RUN__PORTS", "29500-29509")];
-    let mut first = Mesh::start_with_env(fixture("mesh"), &range, &["beta", "alpha"]);
+    let mut first = Mesh::start_with_env(fixture("mesh"), &[], &range, &["beta", "alpha"]);
     let ports = |mesh: &Mesh| read_json(&mesh.state().join("ports.json"));
     let kept = ports(&first);
     first.signal_and_wait(libc::SIGINT);
 
-    let second = Mesh::start_with_env(fixture("mesh"), &range, &["beta", "alpha"]);
+    let second = Mesh::start_with_env(fixture("mesh"), &[], &range, &["beta", "alpha"]);
     let theirs: Vec<_> = ports(&second).as_object().unwrap().values().cloned().collect();
     for port in kept.as_object().unwrap().values() {
         assert!(
