@@ -67,11 +67,12 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
     }
     let Some((status, _)) = status else {
         // An HTTP/2-only server (tonic, a gRPC server) answers HTTP/1 with
-        // its SETTINGS frame: it serves. Its health path is asked over h2c.
+        // its SETTINGS frame: it serves. Its health path is asked over h2c;
+        // without one, the standard gRPC health service, when it has it.
         return speaks_h2(&response)
             && match check {
                 Readiness::Http(path) => h2_get_succeeds(addr, path).await,
-                _ => true,
+                _ => grpc_health_allows(addr).await,
             };
     };
     match check {
@@ -84,6 +85,43 @@ async fn passes(addr: SocketAddr, check: &Readiness) -> bool {
 /// header is a 24-bit length, type (4: SETTINGS), flags, a 31-bit stream.
 fn speaks_h2(bytes: &[u8]) -> bool {
     bytes.len() >= 9 && bytes[3] == 0x04 && bytes[5..9] == [0, 0, 0, 0]
+}
+
+/// Whether `grpc.health.v1.Health/Check` does not say NOT_SERVING: a
+/// server without the health service (UNIMPLEMENTED), or any other answer,
+/// serves; one whose health service says it does not is not ready yet.
+async fn grpc_health_allows(addr: SocketAddr) -> bool {
+    use http_body_util::{BodyExt, Full};
+    /// `HealthCheckResponse.status` (field 1, a varint) NOT_SERVING, after
+    /// gRPC's 5-byte message prefix.
+    const NOT_SERVING: [u8; 2] = [0x08, 0x02];
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let handshake = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    );
+    let Ok((mut sender, connection)) = handshake.await else {
+        return false;
+    };
+    tokio::spawn(connection);
+    // An empty `HealthCheckRequest`: the server as a whole.
+    let Ok(request) = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(hyper::body::Bytes::from_static(&[0, 0, 0, 0, 0])))
+    else {
+        return false;
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        return false;
+    };
+    let Ok(body) = response.into_body().collect().await else {
+        return true;
+    };
+    let bytes = body.to_bytes();
+    bytes.get(5..7) != Some(&NOT_SERVING[..])
 }
 
 /// `GET path` over h2c with prior knowledge returns 2xx.
@@ -213,6 +251,39 @@ mod tests {
         assert!(answers(addr, &Readiness::Responds).await);
         assert!(answers(addr, &Readiness::Http("/health".into())).await);
         assert!(!answers(addr, &Readiness::Http("/missing".into())).await);
+    }
+
+    /// A gRPC server whose health service says NOT_SERVING is not ready;
+    /// SERVING, or no health service at all, is.
+    #[tokio::test]
+    async fn the_grpc_health_service_is_asked_when_there_is_one() {
+        for (answer, ready) in [(Some(2u8), false), (Some(1), true), (None, true)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let service =
+                        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = match (request.uri().path(), answer) {
+                                ("/grpc.health.v1.Health/Check", Some(status)) => vec![0, 0, 0, 0, 2, 0x08, status],
+                                _ => Vec::new(),
+                            };
+                            let mut response =
+                                hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(body)));
+                            response
+                                .headers_mut()
+                                .insert("content-type", "application/grpc".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(response)
+                        });
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                    );
+                }
+            });
+            assert_eq!(answers(addr, &Readiness::Responds).await, ready, "{answer:?}");
+        }
     }
 
     #[tokio::test]
