@@ -37,6 +37,25 @@ fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
         calls[0]
     );
 
+    // A server stream: each message passes, the trailers end it, and the
+    // capture holds the messages and the outcome.
+    let streamed = mesh.run_program("greet", &["--stream", "3"]);
+    assert_eq!(
+        streamed.trim(),
+        "ok: hello 1\nok: hello 2\nok: hello 3\nend",
+        "{streamed}"
+    );
+    let stream = exchanges(&mesh, 1, |e| e["path"] == "/greet.Greeter/SayHellos");
+    assert_eq!(stream[0]["grpc_status"], 0);
+    let body = &stream[0]["response_body"];
+    let bytes: Vec<u8> = match body["text"].as_str() {
+        Some(text) => text.as_bytes().to_vec(),
+        None => data_encoding::BASE64
+            .decode(body["base64"].as_str().unwrap().as_bytes())
+            .unwrap(),
+    };
+    assert_eq!(grpc_messages(&bytes), 3, "{body}");
+
     // A replay goes over HTTP/2 and gets the same answer.
     let id = calls[0]["id"].to_string();
     let replayed = text(&mesh.cli(&["replay", &id]));
@@ -56,4 +75,15 @@ fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
         "{refused}"
     );
     assert!(refused.contains("cargo devmesh start greeter"), "{refused}");
+}
+
+/// How many length-prefixed gRPC messages `bytes` hold.
+fn grpc_messages(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    while bytes.len() >= 5 {
+        let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        bytes = &bytes[(5 + length).min(bytes.len())..];
+        count += 1;
+    }
+    count
 }
