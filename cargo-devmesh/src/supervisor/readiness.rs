@@ -91,67 +91,60 @@ fn speaks_h2(bytes: &[u8]) -> bool {
 /// server without the health service (UNIMPLEMENTED), or any other answer,
 /// serves; one whose health service says it does not is not ready yet.
 async fn grpc_health_allows(addr: SocketAddr) -> bool {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
     /// `HealthCheckResponse.status` (field 1, a varint) NOT_SERVING, after
     /// gRPC's 5-byte message prefix.
     const NOT_SERVING: [u8; 2] = [0x08, 0x02];
-    let Ok(stream) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    let handshake = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    );
-    let Ok((mut sender, connection)) = handshake.await else {
-        return false;
-    };
-    tokio::spawn(connection);
     // An empty `HealthCheckRequest`: the server as a whole.
-    let Ok(request) = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+    let request = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(hyper::body::Bytes::from_static(&[0, 0, 0, 0, 0])))
-    else {
-        return false;
-    };
-    let Ok(response) = sender.send_request(request).await else {
-        return false;
-    };
-    let Ok(body) = response.into_body().collect().await else {
-        return true;
-    };
-    let bytes = body.to_bytes();
-    bytes.get(5..7) != Some(&NOT_SERVING[..])
+        .body(Full::new(hyper::body::Bytes::from_static(&[0, 0, 0, 0, 0])));
+    match h2_exchange(addr, request).await {
+        Some((_, body)) => body.get(5..7) != Some(&NOT_SERVING[..]),
+        None => false,
+    }
 }
 
 /// `GET path` over h2c with prior knowledge returns 2xx.
 async fn h2_get_succeeds(addr: SocketAddr, path: &str) -> bool {
-    use http_body_util::{BodyExt, Empty};
-    let Ok(stream) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    let handshake = hyper::client::conn::http2::handshake(
+    let request = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("user-agent", "devmesh-readiness")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new());
+    h2_exchange(addr, request)
+        .await
+        .is_some_and(|(status, _)| status.is_success())
+}
+
+/// Sends `request` over a new h2c connection (prior knowledge) to `addr`:
+/// the answer's status and whole body, `None` when none came.
+async fn h2_exchange<B>(
+    addr: SocketAddr,
+    request: Result<hyper::Request<B>, hyper::http::Error>,
+) -> Option<(hyper::StatusCode, hyper::body::Bytes)>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
-    );
-    let Ok((mut sender, connection)) = handshake.await else {
-        return false;
-    };
+    )
+    .await
+    .ok()?;
     tokio::spawn(connection);
-    let Ok(request) = hyper::Request::get(format!("http://{addr}{path}"))
-        .header("user-agent", "devmesh-readiness")
-        .body(Empty::<hyper::body::Bytes>::new())
-    else {
-        return false;
-    };
-    match sender.send_request(request).await {
-        Ok(response) => {
-            let ok = response.status().is_success();
-            let _ = response.into_body().collect().await;
-            ok
-        }
-        Err(_) => false,
-    }
+    let response = sender.send_request(request.ok()?).await.ok()?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// The status of a whole response head at the start of `bytes`, and the
