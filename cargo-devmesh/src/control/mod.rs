@@ -148,7 +148,11 @@ pub async fn serve(
         logins: std::sync::Mutex::default(),
         shutdown: shutdown.clone(),
     });
-    let first_login = api.login_url();
+    let first_login = api.login_url().map_err(|source| StartError::File {
+        action: "read",
+        path: PathBuf::from("/dev/urandom"),
+        source,
+    })?;
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -255,7 +259,13 @@ impl Api {
         }
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, [""]) => self.page(),
-            (Method::POST, ["api", "login"]) => json(StatusCode::OK, &serde_json::json!({ "url": self.login_url() })),
+            (Method::POST, ["api", "login"]) => match self.login_url() {
+                Ok(url) => json(StatusCode::OK, &serde_json::json!({ "url": url })),
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &error(&format!("could not make a login link: {e}")),
+                ),
+            },
             (Method::GET, ["api", "services"]) => {
                 let states: Vec<_> = self.mesh.services.values().map(|h| h.state.borrow().clone()).collect();
                 json(StatusCode::OK, &states)
@@ -367,11 +377,11 @@ impl Api {
     }
 
     /// A new one-time link that logs a browser in.
-    fn login_url(&self) -> String {
-        let once = crate::secret::random_hex(16).unwrap_or_else(|_| self.session.clone());
+    fn login_url(&self) -> std::io::Result<String> {
+        let once = crate::secret::random_hex(16)?;
         let url = format!("http://{}/login?once={once}", self.control.addr);
         self.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(once);
-        url
+        Ok(url)
     }
 
     /// `GET /login?once=…`: a valid, unused token sets the session cookie.

@@ -254,9 +254,7 @@ async fn a_given_trace_is_kept_and_this_hop_is_its_child() {
 #[tokio::test]
 async fn http2_requests_are_captured() {
     let (front, inspector, _shutdown) = front(backend().await, 1024).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = h2_client();
     let request = Request::post(format!("http://{front}/echo"))
         .body(Full::new(Bytes::from("h2 body")))
         .unwrap();
@@ -802,15 +800,7 @@ async fn a_grpc_call_to_a_service_not_ready_gets_a_grpc_status() {
     let starting = Route::Waiting(devmesh::registry::Status::Starting);
     let (front, inspector, _shutdown) =
         front_on(starting, 1024, Duration::from_millis(100), Duration::from_secs(5)).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let request = Request::post(format!("http://{front}/greeter.Greeter/SayHello"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let response = grpc_call(front, "/greeter.Greeter/SayHello").await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(headers["grpc-status"], "14");
@@ -826,15 +816,7 @@ async fn a_grpc_call_to_a_service_not_ready_gets_a_grpc_status() {
 #[tokio::test]
 async fn a_grpc_status_in_trailers_is_the_calls_outcome() {
     let (front, inspector, _shutdown) = front(backend().await, 1024).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let request = Request::post(format!("http://{front}/shop.Orders/Get"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let response = grpc_call(front, "/shop.Orders/Get").await;
     let body = response.into_body().collect().await.unwrap();
     assert_eq!(
         body.trailers().unwrap()["grpc-status"],
@@ -852,4 +834,21 @@ async fn a_grpc_status_in_trailers_is_the_calls_outcome() {
         ..Filter::default()
     });
     assert_eq!(failed.len(), 1);
+}
+
+/// An HTTP/2 client with prior knowledge (h2c), as gRPC clients are.
+fn h2_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A unary gRPC call to `path` of `front`, with an empty message.
+async fn grpc_call(front: SocketAddr, path: &str) -> Response<Incoming> {
+    let request = Request::post(format!("http://{front}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    h2_client().request(request).await.unwrap()
 }

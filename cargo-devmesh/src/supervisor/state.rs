@@ -61,10 +61,17 @@ impl Kept {
     /// Writes the file whole, owner-only, and notes what it now is.
     fn write(&self) -> std::io::Result<()> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dir) = self.path.parent() {
-            crate::secret::private_dir(dir)?;
+        let contents = (self.contents)();
+        match crate::secret::write_private(&self.path, &contents) {
+            // The folder went: made again (owner-only), then written.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = self.path.parent() {
+                    crate::secret::private_dir(dir)?;
+                }
+                crate::secret::write_private(&self.path, &contents)?;
+            }
+            written => written?,
         }
-        crate::secret::write_private(&self.path, &(self.contents)())?;
         *written = Identity::of(&self.path);
         Ok(())
     }
