@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -232,4 +232,30 @@ impl Api {
     pub fn call(&self, method: &str, path: &str) -> String {
         exchange(self.addr, &self.request(method, path)).expect("the API answers")
     }
+}
+
+/// Starts nginx in the foreground with its files in `dir` and `http` (its
+/// upstreams and servers) inside the `http` block of a config that logs no
+/// access.
+pub fn start_nginx(dir: &Path, http: &str) -> Child {
+    let config = dir.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "worker_processes auto;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n{http}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("the nginx config is written");
+    Command::new("nginx")
+        .arg("-c")
+        .arg(&config)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx starts")
 }

@@ -1,7 +1,10 @@
 //! gRPC as tonic speaks it: a tonic server under `cargo devmesh run` with
 //! no config, and a tonic client calling it through its front port.
 
-use crate::harness::{Mesh, exchanges, fixture, text};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+use crate::harness::{DEADLINE, Mesh, exchanges, fixture, text, wait_exit};
 
 #[test]
 fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
@@ -75,6 +78,69 @@ fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
         "{refused}"
     );
     assert!(refused.contains("cargo devmesh start greeter"), "{refused}");
+}
+
+/// A bidirectional stream open across a restart of its service stays on
+/// the old instance until the client ends it; the old instance then goes,
+/// and the capture holds both sides' messages with their timing and the
+/// stream's OK.
+#[test]
+fn a_grpc_stream_outlives_a_restart_and_ends_when_its_client_ends_it() {
+    let mesh = Mesh::start(fixture("grpc"), &["greeter"], &["greeter"]);
+    let old = mesh.pid("greeter");
+    let mut chat = mesh
+        .program("greet", &["--chat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("greet starts");
+    let mut input = chat.stdin.take().unwrap();
+    let mut replies = BufReader::new(chat.stdout.take().unwrap()).lines();
+    let mut say = |line: &str| {
+        writeln!(input, "{line}").unwrap();
+        replies.next().expect("a reply").unwrap()
+    };
+    assert_eq!(say("one"), format!("ok: one from {old}"));
+
+    let output = mesh.cli(&["restart", "greeter"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(mesh.pid("greeter"), old);
+    assert_eq!(
+        say("two"),
+        format!("ok: two from {old}"),
+        "the old instance still serves the stream"
+    );
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("greeter") && l.contains("draining (1 open)")),
+        "{ps}"
+    );
+
+    drop(input);
+    let rest: Vec<String> = replies.map(Result::unwrap).collect();
+    assert_eq!(rest, ["end"], "the stream ends with OK when the client ends its side");
+    chat.wait().unwrap();
+    assert!(wait_exit(old, DEADLINE), "the old instance goes once its stream ends");
+
+    let stream = exchanges(&mesh, 1, |e| {
+        e["path"] == "/greet.Greeter/Chat" && e["complete"] == true
+    });
+    assert_eq!(
+        (stream[0]["grpc_status"].as_u64(), &stream[0]["error"]),
+        (Some(0), &serde_json::Value::Null)
+    );
+    // Each side's two messages arrived apart, the restart between them.
+    for side in ["request_body", "response_body"] {
+        let arrivals = stream[0][side]["arrivals"].as_array().cloned().unwrap_or_default();
+        let times: Vec<f64> = arrivals.iter().map(|a| a["ms"].as_f64().unwrap()).collect();
+        assert!(
+            times.len() >= 2 && times.windows(2).all(|w| w[0] <= w[1]),
+            "{side}: {}",
+            stream[0][side]
+        );
+        assert!(times[times.len() - 1] > times[0], "{side}: {}", stream[0][side]);
+    }
 }
 
 /// How many length-prefixed gRPC messages `bytes` hold.

@@ -208,6 +208,17 @@ impl Mesh {
     /// runs it with `args` as a program of the user's would, with the
     /// registry of this mesh: what it printed.
     pub fn run_program(&self, bin: &str, args: &[&str]) -> String {
+        let output = self
+            .program(bin, args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the program runs");
+        text(&output)
+    }
+
+    /// Builds binary `bin` of the workspace (one that is no service): the
+    /// command that runs it with `args` and the registry of this mesh.
+    pub fn program(&self, bin: &str, args: &[&str]) -> Command {
         let built = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["build", "--quiet", "--bin", bin, "--manifest-path"])
             .arg(self.root.join("Cargo.toml"))
@@ -215,13 +226,11 @@ impl Mesh {
             .status()
             .expect("cargo runs");
         assert!(built.success(), "`{bin}` builds");
-        let output = Command::new(self.target.join("debug").join(bin))
+        let mut command = Command::new(self.target.join("debug").join(bin));
+        command
             .args(args)
-            .env("DEVMESH_REGISTRY", self.state().join("registry.json"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("the program runs");
-        text(&output)
+            .env("DEVMESH_REGISTRY", self.state().join("registry.json"));
+        command
     }
 
     /// Runs a command that must fail with exit code `code`; what it printed.

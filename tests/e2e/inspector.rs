@@ -403,20 +403,23 @@ fn secret_headers_are_masked_everywhere_they_are_shown() {
 fn grpc_bodies_are_shown_as_messages_in_hex() {
     let mesh = mesh();
     let addr = format!("127.0.0.1:{}", mesh.front("beta"));
-    // Two messages: 3 bytes `abc`, then 2 bytes 0x08 0x01.
-    let body: &[u8] = b"\0\0\0\0\x03abc\0\0\0\0\x02\x08\x01";
+    // Two messages: 3 bytes `abc`, then 2 bytes 0x08 0x01, sent apart.
+    let (first, second): (&[u8], &[u8]) = (b"\0\0\0\0\x03abc", b"\0\0\0\0\x02\x08\x01");
     let mut stream = TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
+    let mut head = format!(
         "POST /shop.Orders/Get HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/grpc\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
+        first.len() + second.len()
     )
-    .unwrap();
-    stream.write_all(body).unwrap();
+    .into_bytes();
+    head.extend_from_slice(first);
+    stream.write_all(&head).unwrap();
+    // The exchange is listed while its body still comes.
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 1"), "the exchange in progress");
+    stream.write_all(second).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    let mut browser = Browser::open(&page(&mesh));
-    browser.wait_until(&format!("{ROWS}.length === 1"), "the exchange");
+    crate::harness::exchanges(&mesh, 1, |e| e["complete"] == true);
     browser.eval("document.querySelector('#rows tr').click()");
     let shown = browser.wait_until(
         "document.querySelector('.grpc-message') && document.getElementById('detail-body').innerText",
@@ -432,5 +435,7 @@ fn grpc_bodies_are_shown_as_messages_in_hex() {
         shown.contains("message 2: 2 bytes") && shown.contains("08 01"),
         "{shown}"
     );
+    // Each message with when it arrived.
+    assert_eq!(shown.matches(" · at +").count(), 2, "{shown}");
     eprintln!("screenshot: {}", browser.screenshot("grpc-body").display());
 }

@@ -328,71 +328,117 @@ fn two_workspaces_never_share_a_port_across_stop_and_start() {
     assert_eq!(get(first.front("alpha"), "/peer").0, 200);
 }
 
-/// An upgraded connection (a WebSocket, say) to an instance a restart
-/// replaced stays open on it until its client closes; `restart --now`
-/// cuts it after the grace period, and its capture says so.
+/// A WebSocket to an instance a restart replaced stays open on it until
+/// its client closes it, close handshake and all; `restart --now` cuts it
+/// after the grace period, and its capture says so.
 #[test]
-fn an_upgraded_connection_outlives_a_restart_unless_told_now() {
+fn a_websocket_outlives_a_restart_unless_told_now() {
     let mesh = mesh();
     let alpha = mesh.front("alpha");
     let old = mesh.pid("alpha");
-    let mut echo = upgraded(alpha);
-    assert_eq!(echoed(&mut echo, "one"), "one");
+    let mut socket = WebSocket::open(alpha);
+    assert_eq!(socket.echoed("one"), "one");
     let output = mesh.cli(&["restart", "alpha"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_ne!(mesh.pid("alpha"), old);
-    assert_eq!(echoed(&mut echo, "two"), "two", "the old instance still serves it");
+    assert_eq!(socket.echoed("two"), "two", "the old instance still serves it");
     let ps = text(&mesh.cli(&["ps"]));
     assert!(
         ps.lines()
             .any(|l| l.starts_with("alpha") && l.contains("draining (1 open)")),
         "{ps}"
     );
-    drop(echo);
+    socket.close();
     assert!(
         wait_exit(old, DEADLINE),
         "the old instance goes once its connection ends"
     );
+    let closed = crate::harness::exchanges(&mesh, 1, |e| e["path"] == "/ws" && e["complete"] == true);
+    assert_eq!(
+        (&closed[0]["kind"], &closed[0]["error"]),
+        (&"websocket".into(), &serde_json::Value::Null)
+    );
 
-    let mut echo = upgraded(alpha);
-    assert_eq!(echoed(&mut echo, "three"), "three");
+    let mut socket = WebSocket::open(alpha);
+    assert_eq!(socket.echoed("three"), "three");
     let output = mesh.cli(&["restart", "--now", "alpha"]);
     assert!(output.status.success(), "{}", text(&output));
     // The old instance is stopped after the grace period: the connection
-    // ends, and the client closes its side, as a WebSocket client would.
+    // ends with no close frame, and the client closes its side.
     let mut rest = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut echo, &mut rest);
-    drop(echo);
+    let _ = std::io::Read::read_to_end(&mut socket.0, &mut rest);
+    drop(socket);
     let cut = crate::harness::exchanges(&mesh, 1, |e| {
-        e["path"] == "/upgrade" && e["error"].as_str().is_some_and(|e| e.starts_with("cut"))
+        e["path"] == "/ws" && e["error"].as_str().is_some_and(|e| e.starts_with("cut"))
     });
-    assert_eq!(cut[0]["kind"], "tcp");
+    assert_eq!(cut[0]["kind"], "websocket");
 }
 
-/// A connection to `port` upgraded to the fixture's echo protocol.
-fn upgraded(port: u16) -> std::net::TcpStream {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
+/// A WebSocket client, as RFC 6455 has it: a checked handshake, masked
+/// frames, and the close handshake.
+struct WebSocket(std::net::TcpStream);
+
+impl WebSocket {
+    fn open(port: u16) -> WebSocket {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        // The RFC's example key, and the accept key it gives.
+        write!(
+            stream,
+            "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        WebSocket(stream)
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    stream
-}
 
-fn echoed(stream: &mut std::net::TcpStream, text: &str) -> String {
-    use std::io::{Read, Write};
-    stream.write_all(text.as_bytes()).unwrap();
-    let mut back = vec![0u8; text.len()];
-    stream.read_exact(&mut back).unwrap();
-    String::from_utf8(back).unwrap()
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use std::io::Write;
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.0.write_all(&frame).unwrap();
+    }
+
+    /// A server's frame (unmasked, short): its opcode and payload.
+    fn receive(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        let mut head = [0u8; 2];
+        self.0.read_exact(&mut head).unwrap();
+        let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+        self.0.read_exact(&mut payload).unwrap();
+        (head[0] & 0x0f, payload)
+    }
+
+    fn echoed(&mut self, text: &str) -> String {
+        self.send(0x1, text.as_bytes());
+        let (opcode, payload) = self.receive();
+        assert_eq!(opcode, 0x1, "a text frame comes back");
+        String::from_utf8(payload).unwrap()
+    }
+
+    /// Sends a close frame (1000, normal), waits for the server's, then
+    /// for the connection to end.
+    fn close(mut self) {
+        use std::io::Read;
+        self.send(0x8, &1000u16.to_be_bytes());
+        assert_eq!(self.receive(), (0x8, 1000u16.to_be_bytes().to_vec()));
+        let mut rest = Vec::new();
+        self.0.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing after the close frame");
+    }
 }

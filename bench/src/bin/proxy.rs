@@ -173,29 +173,14 @@ fn parse_latency(text: &str) -> Option<Duration> {
 }
 
 fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Child {
-    let config = dir.join("nginx.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "worker_processes auto;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
-               upstream service {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://service;\n\
-                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
-            dir = dir.display()
+    devmesh_bench::start_nginx(
+        dir,
+        &format!(
+            "  upstream service {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://service;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}"
         ),
     )
-    .expect("the nginx config is written");
-    Command::new("nginx")
-        .arg("-c")
-        .arg(&config)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts")
 }
 
 /// How many exchanges the inspector holds now.

@@ -63,6 +63,17 @@ pub struct Body {
     pub size: u64,
     /// Only the first bytes were kept.
     pub truncated: bool,
+    /// When its pieces arrived, when it came in more than one (a stream's
+    /// messages, say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub arrivals: Vec<Arrival>,
+}
+
+/// The kept bytes of a body reached `end` `ms` after its exchange began.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Arrival {
+    pub end: u64,
+    pub ms: f64,
 }
 
 impl Body {
@@ -73,12 +84,14 @@ impl Body {
                 base64: None,
                 size,
                 truncated,
+                arrivals: Vec::new(),
             },
             Err(e) => Body {
                 text: None,
                 base64: Some(base64(e.as_bytes())),
                 size,
                 truncated,
+                arrivals: Vec::new(),
             },
         }
     }

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::exchange::{Body, Exchange, Headers, Kind, Summary};
+use super::exchange::{Arrival, Body, Exchange, Headers, Kind, Summary};
 use super::trace::{SpanId, TraceId};
 
 /// The ring and where each record in it is, oldest first.
@@ -323,6 +323,11 @@ impl Writer<'_> {
         self.option(body.base64.as_deref(), Writer::str);
         self.u64(body.size);
         self.u8(u8::from(body.truncated));
+        self.0.extend_from_slice(&(body.arrivals.len() as u32).to_le_bytes());
+        for arrival in &body.arrivals {
+            self.u64(arrival.end);
+            self.f64(arrival.ms);
+        }
     }
 }
 
@@ -349,8 +354,12 @@ impl<'a> Reader<'a> {
         f64::from_bits(self.u64())
     }
 
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take(4).try_into().expect("4 bytes"))
+    }
+
     fn str(&mut self) -> &'a str {
-        let len = u32::from_le_bytes(self.take(4).try_into().expect("4 bytes")) as usize;
+        let len = self.u32() as usize;
         std::str::from_utf8(self.take(len)).expect("records hold the text they were given")
     }
 
@@ -404,6 +413,12 @@ impl<'a> Reader<'a> {
             base64: self.option(|r| r.str().to_owned()),
             size: self.u64(),
             truncated: self.u8() == 1,
+            arrivals: (0..self.u32())
+                .map(|_| Arrival {
+                    end: self.u64(),
+                    ms: self.f64(),
+                })
+                .collect(),
         }
     }
 }
@@ -422,6 +437,7 @@ mod tests {
         e.request_headers = Headers::from_lines(b"host: a\r\ncontent-type: application/json\r\n");
         e.request_body = Body::new(br#"{"item":"tea"}"#.to_vec(), 14, false);
         e.response_body = Body::new(vec![0xff, 0], 2, false);
+        e.response_body.arrivals = vec![Arrival { end: 1, ms: 0.5 }, Arrival { end: 2, ms: 7.25 }];
         e.status = Some(201);
         e.service_ms = Some(1.5);
         e.trace_id = Some(TraceId(u128::MAX - 7));

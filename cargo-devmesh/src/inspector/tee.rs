@@ -3,9 +3,12 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::{Body as HttpBody, Bytes};
+
+use super::exchange::{Arrival, Body};
 
 /// What a tee saw, handed over when the body ends or is dropped.
 #[derive(Debug, Default)]
@@ -19,15 +22,64 @@ pub struct Seen {
     pub finished: bool,
     /// Its trailers, when it had some (HTTP/2: gRPC's status).
     pub trailers: Option<hyper::HeaderMap>,
+    /// When the first kept piece arrived, and how far the kept bytes then
+    /// reached; the later pieces are in `later`. A body that came in one
+    /// piece allocates nothing for its timing.
+    first: Option<Mark>,
+    later: Vec<Mark>,
 }
 
+/// The kept bytes reached `end` at `at`.
+type Mark = (usize, Instant);
+
+/// Pieces whose arrival is noted, per body: a long stream's first
+/// messages are timed, and its memory stays bounded.
+const MAX_ARRIVALS: usize = 1024;
+
 impl Seen {
-    /// Counts `data` as passed, keeping what fits under `limit` bytes.
+    /// A whole body of `size` bytes, none kept.
+    pub fn passed(size: u64) -> Seen {
+        Seen {
+            size,
+            finished: true,
+            ..Seen::default()
+        }
+    }
+
+    /// Counts `data` as passed, keeping what fits under `limit` bytes and
+    /// noting when it arrived.
     pub fn record(&mut self, data: &[u8], limit: usize) {
         self.size += data.len() as u64;
         let room = limit.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&data[..data.len().min(room)]);
         self.truncated |= data.len() > room;
+        if room > 0 && !data.is_empty() {
+            let mark = (self.kept.len(), Instant::now());
+            match self.first {
+                None => self.first = Some(mark),
+                Some(_) if self.later.len() < MAX_ARRIVALS => self.later.push(mark),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The kept bytes as a captured body, with when its pieces arrived,
+    /// counted from `origin` (when the exchange began), when it came in
+    /// more than one.
+    pub fn take_body(&mut self, origin: Instant) -> Body {
+        let mut body = Body::new(std::mem::take(&mut self.kept), self.size, self.truncated);
+        if !self.later.is_empty() {
+            body.arrivals = self
+                .first
+                .iter()
+                .chain(&self.later)
+                .map(|&(end, at)| Arrival {
+                    end: end as u64,
+                    ms: at.saturating_duration_since(origin).as_secs_f64() * 1000.0,
+                })
+                .collect();
+        }
+        body
     }
 }
 
@@ -60,7 +112,7 @@ impl<B> Tee<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Tee<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -127,5 +179,23 @@ mod tests {
             (seen.kept.as_slice(), seen.size, seen.truncated, seen.finished),
             (&b"hello"[..], 11, true, true)
         );
+    }
+
+    #[test]
+    fn times_the_pieces_of_a_body_that_came_in_several() {
+        let origin = Instant::now();
+        let mut seen = Seen::default();
+        seen.record(b"one", 100);
+        assert!(seen.take_body(origin).arrivals.is_empty(), "one piece: nothing to time");
+
+        let mut seen = Seen::default();
+        for piece in [&b"one"[..], b"two", b"three"] {
+            seen.record(piece, 8);
+        }
+        let arrivals = seen.take_body(origin).arrivals;
+        // The third piece was kept only in part, and is timed as such.
+        let ends: Vec<u64> = arrivals.iter().map(|a| a.end).collect();
+        assert_eq!(ends, [3, 6, 8]);
+        assert!(arrivals.windows(2).all(|w| w[0].ms <= w[1].ms));
     }
 }

@@ -77,6 +77,11 @@ impl Capture {
         self.open
     }
 
+    /// When the request arrived: a body's timing counts from there.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
     /// The id to tell the client, when the request is a replay.
     pub fn replay_id(&self) -> Option<u64> {
         self.replay.then_some(self.open.id)
@@ -125,29 +130,21 @@ impl Capture {
     /// service was not ready, or did not answer) with `message`.
     pub fn end_answered(mut self, status: u16, headers: Headers, message: &str) {
         self.respond(status, headers, None);
-        let mut seen = Seen {
-            finished: true,
-            ..Seen::default()
-        };
+        let mut seen = Seen::passed(0);
         seen.record(message.as_bytes(), message.len());
         self.finish(None, Some(seen), None);
     }
 
     /// Records the end of an upgraded connection that carried these bytes.
     pub fn end_stream(mut self, up: u64, down: u64, error: Option<String>) {
-        let bytes = |size| Seen {
-            size,
-            finished: true,
-            ..Seen::default()
-        };
-        self.finish(Some(bytes(up)), Some(bytes(down)), error);
+        self.finish(Some(Seen::passed(up)), Some(Seen::passed(down)), error);
     }
 
     fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
         self.ended = true;
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
-        let body = |seen: &mut Seen| inspector::Body::new(std::mem::take(&mut seen.kept), seen.size, seen.truncated);
+        let body = |seen: &mut Seen| seen.take_body(self.arrived);
         // Bodies are made ready before the store's lock is taken.
         let request = request.map(|mut seen| (body(&mut seen), seen));
         let response = response.map(|mut seen| (body(&mut seen), seen));

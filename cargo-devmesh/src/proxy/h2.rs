@@ -72,20 +72,21 @@ async fn forward(
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
     let limit = context.inspector.store.config.max_body;
-    let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open()));
+    let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open(), c.arrived()));
     let mut request = request.map(|body| {
-        Tee::new(body, if request_capture.is_some() { limit } else { 0 }, move |seen| {
-            if let Some((context, open)) = request_capture {
-                let (size, body) = (
-                    seen.size,
-                    crate::inspector::Body::new(seen.kept, seen.size, seen.truncated),
-                );
-                context.inspector.store.update(open, |e| {
-                    e.bytes_up = size;
-                    e.request_body = body;
-                });
-            }
-        })
+        Tee::new(
+            body,
+            if request_capture.is_some() { limit } else { 0 },
+            move |mut seen| {
+                if let Some((context, open, arrived)) = request_capture {
+                    let (size, body) = (seen.size, seen.take_body(arrived));
+                    context.inspector.store.update(open, |e| {
+                        e.bytes_up = size;
+                        e.request_body = body;
+                    });
+                }
+            },
+        )
     });
     // The pool wants the absolute form, and sends the origin form.
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
