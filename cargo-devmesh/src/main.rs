@@ -1,56 +1,31 @@
-//! `cargo devmesh`: build, run and supervise a workspace's services.
+//! `cargo devmesh`: the command line, a front door to the library's
+//! [`Mesh`](cargo_devmesh::Mesh). `run` turns arguments into a plan, starts
+//! the mesh with its output on the terminal, and shuts it down on Ctrl-C;
+//! the other commands talk to a running mesh through its API.
 //!
-//! # Layout
-//!
-//! - `cli`: the command line;
-//! - `workspace`: which services there are (cargo metadata + devmesh.toml);
-//! - `dotenv`: `.env` files, as honcho and docker compose read them;
-//! - `build`: `cargo build` for the services' binaries;
-//! - `ports`: stable front ports, kept in `ports.json`;
-//! - `supervisor/`: one task per service, owning its processes;
-//! - `proxy/`: the front ports, forwarding to the ready instance;
-//! - `inspector/`: captured traffic: store, export, replay support, the page;
-//! - `logs/`: interleaved terminal output and per-service log files;
-//! - `control/`: the local API other terminals and the inspector page use;
-//! - `traffic`: `traffic` and `replay`, the inspector in a terminal;
-//! - `watch`: `--watch`, rebuilding what changed;
-//! - `secret`: random tokens and owner-only files;
-//! - `errors`: errors that end a command.
+//! - `cli`: the arguments;
+//! - `traffic`: `traffic` and `replay`, the inspector in a terminal.
 
-mod build;
 mod cli;
-mod control;
-mod dotenv;
-mod errors;
-mod inspector;
-mod logs;
-mod ports;
-mod proxy;
-mod secret;
-mod supervisor;
 mod traffic;
-mod watch;
-mod workspace;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use cargo_devmesh::logs::{self, Echo};
+use cargo_devmesh::supervisor::ServiceState;
+use cargo_devmesh::workspace::{CargoOptions, Workspace};
+use cargo_devmesh::{Mesh, Plan, control, errors};
 use cli::{Cli, Command};
-use workspace::{CargoOptions, Workspace};
 
 fn main() -> ExitCode {
     // Before anything opens a descriptor: see `supervisor::process`.
-    supervisor::process::reserve_listen_fd();
+    cargo_devmesh::supervisor::process::reserve_listen_fd();
     // `cargo devmesh x` runs `cargo-devmesh devmesh x`; the alias in
     // `.cargo/config.toml` runs `cargo-devmesh x`. Accept both.
     let mut args: Vec<_> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == supervisor::watchdog::ARG) {
-        let grace = args.get(2).and_then(|g| g.to_str()?.parse().ok()).unwrap_or(5000);
-        supervisor::watchdog::serve(std::time::Duration::from_millis(grace));
-        return ExitCode::SUCCESS;
-    }
     if args.get(1).is_some_and(|a| a == "devmesh") {
         args.remove(1);
     }
@@ -102,14 +77,15 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             cargo.features = args.features;
             cargo.all_features = args.all_features;
             cargo.no_default_features = args.no_default_features;
-            let workspace = Workspace::load(&cargo)?;
-            let options = supervisor::RunOptions {
+            let plan = Plan {
+                workspace: Workspace::load(&cargo)?,
                 services: args.services,
                 packages: args.packages,
                 cargo,
                 watch: args.watch,
+                echo: Echo::Terminal,
             };
-            supervisor::run(workspace, options, shutdown_on_signal()).await
+            run(plan).await
         }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
@@ -206,6 +182,19 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Runs the mesh of `plan` until Ctrl-C or SIGTERM.
+async fn run(plan: Plan) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let mesh = Mesh::start(plan).await?;
+    let api = mesh.api();
+    mesh.logs().note(format!(
+        "inspector on http://{}/ (log in once with {}; `cargo devmesh inspector` prints a new link)",
+        api.addr, api.first_login
+    ));
+    shutdown.cancelled().await;
+    mesh.shutdown().await
+}
+
 /// Sends `action` to each service in turn, through the running supervisor.
 async fn act(cargo: &CargoOptions, services: &[String], action: &str, query: &str) -> anyhow::Result<()> {
     let workspace = Workspace::load(cargo)?;
@@ -223,27 +212,26 @@ async fn act(cargo: &CargoOptions, services: &[String], action: &str, query: &st
     Ok(())
 }
 
-fn print_ps(services: &[serde_json::Value]) {
+fn print_ps(services: &[ServiceState]) {
     println!(
         "{:<20} {:<12} {:<22} {:>8} {:>8}  NOTE",
         "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS"
     );
     for s in services {
-        let text = |key: &str| s[key].as_str().unwrap_or("").to_owned();
-        let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+        let pid = s.pid.map_or("-".to_owned(), |p| p.to_string());
         // Connections still open to an instance a restart replaced.
-        let draining = match s["draining"].as_u64().unwrap_or(0) {
+        let draining = match s.draining {
             0 => String::new(),
             open => format!("draining ({open} open) "),
         };
         println!(
-            "{:<20} {:<12} {:<22} {:>8} {:>8}  {}",
-            text("name"),
-            text("status"),
-            text("front"),
+            "{:<20} {:<12} {:<22} {:>8} {:>8}  {draining}{}",
+            s.name,
+            s.status.to_string(),
+            s.front.to_string(),
             pid,
-            s["restarts"].as_u64().unwrap_or(0),
-            draining + &text("note")
+            s.restarts,
+            s.note.as_deref().unwrap_or("")
         );
     }
 }

@@ -55,9 +55,8 @@ impl UserBook {
     fn open(dir: &Path, workspace: &Path) -> Option<UserBook> {
         crate::secret::private_dir(dir).ok()?;
         let lock = std::fs::File::create(dir.join("ports.lock")).ok()?;
-        // SAFETY: flock on a descriptor this function owns; it waits for
-        // another supervisor that is taking its ports.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        // It waits for another supervisor that is taking its ports.
+        if !crate::platform::lock(&lock, true).ok()? {
             return None;
         }
         let path = dir.join("ports.json");
@@ -125,7 +124,8 @@ impl PortBook {
             Some(port) => TcpListener::bind(local(port)).map_err(|source| StartError::PortInUse {
                 service: service.to_owned(),
                 port,
-                holder: holder(port).map_or_else(String::new, |holder| format!(" ({holder})")),
+                holder: crate::platform::sockets::listener_of(port)
+                    .map_or_else(String::new, |holder| format!(" ({holder})")),
                 source,
             })?,
             None => {
@@ -188,30 +188,6 @@ impl PortBook {
     pub fn json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(&self.ports).expect("ports serialize")
     }
-}
-
-/// Who listens on `port`, as `` `nginx` (pid 123) ``, when `/proc` tells.
-fn holder(port: u16) -> Option<String> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
-        let table = std::fs::read_to_string(table).ok()?;
-        table.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit_once(':')?.1;
-            // State 0A: listening.
-            (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A")
-                .then(|| fields.get(9)?.parse::<u64>().ok())?
-        })
-    })?;
-    let needle = format!("socket:[{inode}]");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .ok()?
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == needle.as_str()));
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        holds.then(|| format!("held by `{}` (pid {pid})", name.trim()))
-    })
 }
 
 fn local(port: u16) -> SocketAddr {

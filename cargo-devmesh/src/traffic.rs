@@ -8,7 +8,7 @@ use hyper::body::Bytes;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::Client;
+use cargo_devmesh::control::Client;
 
 /// How often `traffic -f` asks for new exchanges.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
@@ -97,8 +97,9 @@ pub async fn show(
 /// `#12  14:02:03.120  gateway → orders  POST /orders  201  3.2 ms`
 fn line(e: &Value) -> String {
     let text = |key: &str| e[key].as_str().unwrap_or("").to_owned();
-    let time =
-        crate::logs::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(e["started_ms"].as_u64().unwrap_or(0)));
+    let time = cargo_devmesh::time::timestamp(
+        std::time::UNIX_EPOCH + Duration::from_millis(e["started_ms"].as_u64().unwrap_or(0)),
+    );
     let status = e["status"].as_u64().map_or_else(|| "-".to_owned(), |s| s.to_string());
     let total = e["total_ms"]
         .as_f64()

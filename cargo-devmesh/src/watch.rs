@@ -11,9 +11,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::BinTarget;
-use crate::supervisor::service::Shared;
-use crate::supervisor::{ServiceHandle, bin_target};
+use crate::build::{BinTarget, Builder};
+use crate::logs::Logs;
+use crate::supervisor::Services;
 use crate::workspace::{PackageInfo, Workspace};
 
 /// Changes that come together (a save touching several files, a branch
@@ -47,7 +47,7 @@ impl Watched {
         let services = selected
             .iter()
             .filter_map(|name| {
-                let target = bin_target(workspace, name)?;
+                let target = workspace.services.get(name)?.bin_target()?;
                 let id = match &workspace.services[name].launch {
                     crate::workspace::Launch::Binary { package_id, .. } => package_id.clone(),
                     crate::workspace::Launch::Command(_) => return None,
@@ -120,8 +120,9 @@ impl Watched {
 /// services each change affects.
 pub async fn run(
     watched: Watched,
-    services: Arc<BTreeMap<String, ServiceHandle>>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    builder: Arc<Builder>,
+    logs: Logs,
     shutdown: CancellationToken,
 ) {
     let (changes_tx, mut changes) = mpsc::unbounded_channel::<PathBuf>();
@@ -137,11 +138,11 @@ pub async fn run(
     let mut watcher = match watcher {
         Ok(watcher) => watcher,
         Err(e) => {
-            return shared.logs.note(format!("--watch is off: could not watch files: {e}"));
+            return logs.note(format!("--watch is off: could not watch files: {e}"));
         }
     };
     if let Err(e) = watcher.watch(&watched.root, RecursiveMode::Recursive) {
-        return shared.logs.note(format!(
+        return logs.note(format!(
             "--watch is off: could not watch `{}`: {e}",
             watched.root.display()
         ));
@@ -164,27 +165,30 @@ pub async fn run(
         let mut tickets = Vec::new();
         if !restart.is_empty() {
             let names: Vec<_> = restart.iter().map(String::as_str).collect();
-            shared.logs.note(format!("changed: restarting {}", names.join(", ")));
-            tickets.extend(restart.iter().map(|name| services[name].restart(false, false)));
+            logs.note(format!("changed: restarting {}", names.join(", ")));
+            tickets.extend(
+                restart
+                    .iter()
+                    .map(|name| services.get(name).map(|s| s.restart(false, false))),
+            );
         }
         if !rebuild.is_empty() {
             let names: Vec<_> = rebuild.iter().map(String::as_str).collect();
-            shared.logs.note(format!("changed: rebuilding {}", names.join(", ")));
-            match shared.builder.build().await {
+            logs.note(format!("changed: rebuilding {}", names.join(", ")));
+            match builder.build().await {
                 Ok(built) => {
                     for name in &rebuild {
                         match built.binaries.get(&watched.services[name].0) {
-                            Some(binary) => tickets.push(services[name].rebuilt(binary.clone())),
-                            None => shared
-                                .logs
-                                .note(format!("{name}: the build failed; the running instance is kept")),
+                            Some(binary) => tickets.push(services.get(name).map(|s| s.rebuilt(binary.clone()))),
+                            None => logs.note(format!("{name}: the build failed; the running instance is kept")),
                         }
                     }
                 }
-                Err(e) => shared.logs.note(format!("could not run `cargo build`: {e}")),
+                Err(e) => logs.note(format!("could not run `cargo build`: {e}")),
             }
         }
-        for ticket in tickets {
+        // Every name comes from the selected services: each has a handle.
+        for ticket in tickets.into_iter().flatten() {
             let _ = ticket.await;
         }
     }

@@ -146,6 +146,25 @@ impl Workspace {
         })
     }
 
+    /// `selected` and what they depend on, dependencies before dependents
+    /// (the plan has no cycles).
+    pub fn start_order(&self, selected: &[String]) -> Vec<String> {
+        fn visit(name: &str, workspace: &Workspace, order: &mut Vec<String>) {
+            if order.iter().any(|n| n == name) {
+                return;
+            }
+            for dependency in &workspace.services[name].depends_on {
+                visit(dependency, workspace, order);
+            }
+            order.push(name.to_owned());
+        }
+        let mut order = Vec::new();
+        for name in selected {
+            visit(name, self, &mut order);
+        }
+        order
+    }
+
     /// The services to run for the names asked for (all when none), with
     /// everything they depend on; `packages` narrows to those packages.
     pub fn select(&self, names: &[String], packages: &[String]) -> Result<Vec<String>, PlanError> {

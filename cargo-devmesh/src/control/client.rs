@@ -8,7 +8,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
-use super::ControlFile;
+use super::{ApiError, ControlFile, LoginLink};
+use crate::supervisor::{Done, ServiceState};
 
 /// A connection to a running supervisor's API.
 #[derive(Debug)]
@@ -21,7 +22,7 @@ impl Client {
     /// `manifest_path` is the one the user gave, repeated in the hint.
     pub fn find(state_dir: &Path, manifest_path: Option<&Path>) -> anyhow::Result<Client> {
         match super::read(state_dir) {
-            Some(control) if super::alive(control.pid) => Ok(Client { control }),
+            Some(control) if crate::platform::process_exists(control.pid) => Ok(Client { control }),
             _ => {
                 let manifest = manifest_path
                     .map(|p| format!(" --manifest-path {}", p.display()))
@@ -40,22 +41,21 @@ impl Client {
         self.control.addr
     }
 
-    /// `GET /api/services`.
-    pub async fn services(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(serde_json::from_slice(&self.get("/api/services").await?)?)
+    /// `GET /api/services`: what each service is doing.
+    pub async fn services(&self) -> anyhow::Result<Vec<ServiceState>> {
+        decode(&self.get("/api/services").await?)
     }
 
     /// A new one-time link that logs a browser into the inspector.
     pub async fn login_url(&self) -> anyhow::Result<String> {
-        let answer: serde_json::Value = serde_json::from_slice(&self.post("/api/login", Bytes::new()).await?)?;
-        Ok(answer["url"].as_str().unwrap_or_default().to_owned())
+        let link: LoginLink = decode(&self.post("/api/login", Bytes::new()).await?)?;
+        Ok(link.url)
     }
 
-    /// `POST /api/services/{name}/{action}{query}`: what happened, or why not.
-    pub async fn act(&self, name: &str, action: &str, query: &str) -> anyhow::Result<String> {
+    /// `POST /api/services/{name}/{action}{query}`: what it did, or why not.
+    pub async fn act(&self, name: &str, action: &str, query: &str) -> anyhow::Result<Done> {
         let path = format!("/api/services/{name}/{action}{query}");
-        let answer: serde_json::Value = serde_json::from_slice(&self.post(&path, Bytes::new()).await?)?;
-        Ok(answer["ok"].as_str().unwrap_or_default().to_owned())
+        decode(&self.post(&path, Bytes::new()).await?)
     }
 
     /// `GET path`: the body of a successful answer.
@@ -70,9 +70,7 @@ impl Client {
         let status = response.status();
         let mut body = response.into_body();
         if status != StatusCode::OK {
-            let body = body.collect().await?.to_bytes();
-            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
+            return refused(&body.collect().await?.to_bytes());
         }
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
@@ -92,8 +90,7 @@ impl Client {
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if status != StatusCode::OK {
-            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            bail!("{}", answer["error"].as_str().unwrap_or("the supervisor refused"));
+            refused(&body)?;
         }
         Ok(body)
     }
@@ -117,5 +114,22 @@ impl Client {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.control.token))
             .body(Full::new(body))?;
         Ok(sender.send_request(request).await?)
+    }
+}
+
+/// A body as the type the API wrote it as; a mismatch (a supervisor of
+/// another version) says so.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(body).context(
+        "the supervisor answered in a form this `cargo devmesh` does not know \
+         (hint: restart `cargo devmesh run` with this version)",
+    )
+}
+
+/// The error of a refused request.
+fn refused(body: &[u8]) -> anyhow::Result<()> {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(refused) => bail!("{}", refused.error),
+        Err(_) => bail!("the supervisor refused: {}", String::from_utf8_lossy(body)),
     }
 }

@@ -29,13 +29,18 @@
 //! Every route but `/login` needs `Authorization: Bearer <token>` or the
 //! session cookie.
 
+mod api;
 mod client;
+mod file;
 mod query;
 mod replay;
 
+pub use api::{ApiError, LoginLink};
 pub use client::Client;
+use file::control_path;
+pub use file::{ControlFile, ensure_not_running, read, remove};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,59 +51,21 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::StartError;
 use crate::inspector::trace::TraceId;
-use crate::inspector::{Event, Exchange, Filter, Inspector, Store, Summary, har};
+use crate::inspector::{CallMap, Event, Exchange, Filter, Inspector, Summary, har};
 use crate::logs::Logs;
-use crate::supervisor::ServiceHandle;
+use crate::state::StateFiles;
+use crate::supervisor::Services;
 
-/// `<state>/control.json`: where the API listens and the token it wants.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ControlFile {
-    pub addr: SocketAddr,
-    pub token: String,
-    pub pid: u32,
-}
-
-fn control_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.json")
-}
-
-/// Reads `control.json`, if a supervisor left one.
-pub fn read(state_dir: &Path) -> Option<ControlFile> {
-    serde_json::from_slice(&std::fs::read(control_path(state_dir)).ok()?).ok()
-}
-
-/// Fails when another live supervisor runs for this workspace.
-pub fn ensure_not_running(state_dir: &Path) -> Result<(), StartError> {
-    match read(state_dir) {
-        Some(control) if control.pid != std::process::id() && alive(control.pid) => Err(StartError::AlreadyRunning {
-            pid: control.pid,
-            addr: control.addr,
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Whether process `pid` exists.
-pub fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
-
-/// Removes `control.json` (on shutdown).
-pub fn remove(state_dir: &Path) {
-    let _ = std::fs::remove_file(control_path(state_dir));
-}
-
-/// What the API serves.
+/// The parts of the mesh the API serves.
 #[derive(Debug, Clone)]
-pub struct Mesh {
-    pub services: Arc<BTreeMap<String, ServiceHandle>>,
+pub struct Parts {
+    pub services: Arc<Services>,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
 }
@@ -106,10 +73,10 @@ pub struct Mesh {
 /// Serves the API until `shutdown`; returns its address and a first login
 /// link once listening and `control.json` is written.
 pub async fn serve(
-    state: &crate::supervisor::state::StateFiles,
+    state: &StateFiles,
     state_dir: &Path,
     listener: std::net::TcpListener,
-    mesh: Mesh,
+    mesh: Parts,
     shutdown: CancellationToken,
 ) -> Result<Serving, StartError> {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -189,7 +156,7 @@ pub struct Serving {
 const SESSION_COOKIE: &str = "devmesh_session";
 
 struct Api {
-    mesh: Mesh,
+    mesh: Parts,
     control: ControlFile,
     /// The session cookie's value: random for each run, never in a file.
     session: String,
@@ -260,16 +227,13 @@ impl Api {
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, [""]) => self.page(),
             (Method::POST, ["api", "login"]) => match self.login_url() {
-                Ok(url) => json(StatusCode::OK, &serde_json::json!({ "url": url })),
+                Ok(url) => json(StatusCode::OK, &LoginLink { url }),
                 Err(e) => json(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &error(&format!("could not make a login link: {e}")),
                 ),
             },
-            (Method::GET, ["api", "services"]) => {
-                let states: Vec<_> = self.mesh.services.values().map(|h| h.state.borrow().clone()).collect();
-                json(StatusCode::OK, &states)
-            }
+            (Method::GET, ["api", "services"]) => json(StatusCode::OK, &self.mesh.services.states()),
             (Method::POST, ["api", "services", name, action]) => self.act(name, action, &query).await,
             (Method::GET, ["api", "traffic"]) => {
                 let summaries: Vec<Summary> = self
@@ -289,7 +253,7 @@ impl Api {
                 Err(response) => *response,
             },
             (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
-            (Method::GET, ["api", "map"]) => json(StatusCode::OK, &map(&self.mesh.inspector.store)),
+            (Method::GET, ["api", "map"]) => json(StatusCode::OK, &CallMap::of(&self.mesh.inspector.store)),
             (Method::GET, ["api", "logs"]) => {
                 let services: Vec<String> = query
                     .get("service")
@@ -414,11 +378,9 @@ impl Api {
     }
 
     async fn act(&self, name: &str, action: &str, query: &HashMap<String, String>) -> ApiResponse {
-        let Some(service) = self.mesh.services.get(name) else {
-            return json(
-                StatusCode::NOT_FOUND,
-                &error(&unknown_service(name, &self.mesh.services)),
-            );
+        let service = match self.mesh.services.get(name) {
+            Ok(service) => service,
+            Err(unknown) => return json(StatusCode::NOT_FOUND, &error(&unknown.to_string())),
         };
         let build = query.get("build").map(String::as_str) != Some("false");
         let now = query.get("now").map(String::as_str) == Some("true");
@@ -431,9 +393,8 @@ impl Api {
             }
         };
         match ticket.await {
-            Ok(Ok(done)) => json(StatusCode::OK, &serde_json::json!({ "ok": done })),
-            Ok(Err(why)) => json(StatusCode::CONFLICT, &error(&why)),
-            Err(_) => json(StatusCode::CONFLICT, &error("the supervisor is stopping")),
+            Ok(done) => json(StatusCode::OK, &done),
+            Err(refused) => json(StatusCode::CONFLICT, &error(&refused.to_string())),
         }
     }
 
@@ -490,11 +451,9 @@ impl Api {
                 }
             }
         }
-        let Some(service) = self.mesh.services.get(&*exchange.service) else {
-            return json(
-                StatusCode::NOT_FOUND,
-                &error(&unknown_service(&exchange.service, &self.mesh.services)),
-            );
+        let service = match self.mesh.services.get(&exchange.service) {
+            Ok(service) => service,
+            Err(unknown) => return json(StatusCode::NOT_FOUND, &error(&unknown.to_string())),
         };
         let front = service.state.borrow().front;
         let header = self.mesh.inspector.replay_header(exchange.id);
@@ -616,11 +575,6 @@ const LOGIN_USED: &str = "<!doctype html><title>devmesh</title><body style=\"fon
 <h1>This login link was used already, or is not this inspector's</h1><p>Each link works once. Run \
 <code>cargo devmesh inspector</code> for a new one.</p>";
 
-fn unknown_service(name: &str, services: &BTreeMap<String, ServiceHandle>) -> String {
-    let known: Vec<_> = services.keys().map(|n| format!("`{n}`")).collect();
-    format!("unknown service `{name}` (hint: running are {})", known.join(", "))
-}
-
 fn filter(query: &HashMap<String, String>) -> Filter {
     let text = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
     Filter {
@@ -639,49 +593,6 @@ fn filter(query: &HashMap<String, String>) -> Filter {
                 .min(MAX_LIST),
         ),
     }
-}
-
-/// Who calls whom among the exchanges kept: for each pair, how often, how
-/// often it failed, and its mean and p99 latency.
-fn map(store: &Store) -> serde_json::Value {
-    struct Edge {
-        from: String,
-        to: String,
-        times: Vec<f64>,
-        errors: u64,
-    }
-    // Pairs are few: found by comparing names, and named once.
-    let mut edges: Vec<Edge> = Vec::new();
-    store.each_call(|call| {
-        let edge = match edges.iter().position(|e| e.from == call.caller && e.to == call.service) {
-            Some(found) => &mut edges[found],
-            None => {
-                edges.push(Edge {
-                    from: call.caller.to_owned(),
-                    to: call.service.to_owned(),
-                    times: Vec::new(),
-                    errors: 0,
-                });
-                edges.last_mut().expect("just pushed")
-            }
-        };
-        edge.times.push(call.total_ms.or(call.service_ms).unwrap_or(0.0));
-        if call.failed() {
-            edge.errors += 1;
-        }
-    });
-    edges.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
-    let edges: Vec<_> = edges
-        .into_iter()
-        .map(|Edge { from, to, mut times, errors }| {
-            times.sort_by(f64::total_cmp);
-            let count = times.len();
-            let mean = times.iter().sum::<f64>() / count as f64;
-            let p99 = times[((count as f64 * 0.99).ceil() as usize).clamp(1, count) - 1];
-            serde_json::json!({ "from": from, "to": to, "count": count, "errors": errors, "mean_ms": mean, "p99_ms": p99 })
-        })
-        .collect();
-    serde_json::json!({ "edges": edges })
 }
 
 fn sse(event: &str, data: &impl Serialize) -> Bytes {
@@ -706,8 +617,10 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-fn error(message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": message })
+fn error(message: &str) -> ApiError {
+    ApiError {
+        error: message.to_owned(),
+    }
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> ApiResponse {
@@ -725,36 +638,4 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Api
         .headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::inspector::{Kind, blank};
-
-    #[test]
-    fn the_map_counts_each_pair_with_its_failures_and_latencies() {
-        let store = Store::new(devmesh::config::InspectorConfig::default(), 2).unwrap();
-        let call = |shard: usize, caller: &str, service: &str, status: u16, ms: f64| {
-            let open = store.add(shard, blank(service.into(), caller.into(), Kind::Http));
-            store.finish(open, None, |e| {
-                e.status = Some(status);
-                e.total_ms = Some(ms);
-            });
-        };
-        for ms in 1..=100 {
-            call(ms as usize % 2, "gateway", "orders", 200, f64::from(ms));
-        }
-        call(0, "orders", "payments", 503, 7.0);
-        // One still in flight counts too.
-        store.add(1, blank("payments".into(), "orders".into(), Kind::Http));
-        let edges = map(&store)["edges"].clone();
-        assert_eq!(
-            edges,
-            serde_json::json!([
-                { "from": "gateway", "to": "orders", "count": 100, "errors": 0, "mean_ms": 50.5, "p99_ms": 99.0 },
-                { "from": "orders", "to": "payments", "count": 2, "errors": 1, "mean_ms": 3.5, "p99_ms": 7.0 },
-            ])
-        );
-    }
 }

@@ -26,7 +26,7 @@ fn entry_of(e: &Exchange) -> Value {
     let total = e.total_ms.unwrap_or(0.0);
     let wait = e.service_ms.unwrap_or(0.0);
     json!({
-        "startedDateTime": crate::logs::timestamp(started),
+        "startedDateTime": crate::time::timestamp(started),
         "time": total,
         "request": {
             "method": e.method,

@@ -8,6 +8,7 @@
 mod callers;
 mod exchange;
 pub mod har;
+mod map;
 mod mask;
 mod ring;
 mod store;
@@ -16,6 +17,7 @@ pub mod trace;
 
 pub use callers::{Callers, EXTERNAL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
+pub use map::CallMap;
 pub use mask::Masker;
 pub use store::{Event, Filter, Open, Store, blank};
 pub use tee::{Seen, Tee};
@@ -26,7 +28,7 @@ use devmesh::config::InspectorConfig;
 #[derive(Debug)]
 pub struct Inspector {
     pub store: Store,
-    pub callers: Callers,
+    pub callers: std::sync::Arc<Callers>,
     /// Proves a replay is the supervisor's own: a client that sends
     /// [`REPLAY_HEADER`] itself has it taken off and is not marked a replay.
     pub replay_key: String,
@@ -39,7 +41,7 @@ impl Inspector {
     pub fn new(config: InspectorConfig, threads: usize) -> std::io::Result<Inspector> {
         Ok(Inspector {
             store: Store::new(config, threads)?,
-            callers: Callers::default(),
+            callers: std::sync::Arc::default(),
             replay_key: crate::secret::random_hex(16)?,
         })
     }

@@ -94,26 +94,6 @@ impl Stage {
     }
 }
 
-/// Leaves the whole pages of `buffer` out of forked children. Services are
-/// spawned by fork, which copies the page tables of everything the
-/// supervisor has touched, and the ring is most of that once traffic has
-/// filled it: a restart after 5 s of load took 7.8 ms from spawn to ready
-/// instead of 2.6 ms. A child execs at once and never reads the ring.
-fn keep_from_children(buffer: &[u8]) {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = (buffer.as_ptr() as usize).next_multiple_of(page);
-    let end = (buffer.as_ptr() as usize + buffer.len()) / page * page;
-    if end > start {
-        // SAFETY: the range is whole pages inside `buffer`'s allocation,
-        // which outlives every fork; MADV_DONTFORK changes only what a
-        // child inherits, never this process's view of the memory.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTFORK);
-        }
-    }
-}
-
 impl Ring {
     /// A ring of `capacity` bytes. Its pages are the kernel's until
     /// written, so memory is taken as traffic fills the ring. They are small
@@ -122,7 +102,7 @@ impl Ring {
     /// 0.5 (bench/proxy's first round).
     pub fn new(capacity: usize) -> Ring {
         let bytes = vec![0; capacity];
-        keep_from_children(&bytes);
+        crate::platform::leave_out_of_forks(&bytes);
         Ring {
             bytes,
             // Room for as many records as small exchanges fill the ring

@@ -93,6 +93,15 @@ pub struct Tee<B> {
     on_end: Option<OnEnd>,
 }
 
+impl<B> std::fmt::Debug for Tee<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee")
+            .field("limit", &self.limit)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
 impl<B> Tee<B> {
     pub fn new(inner: B, limit: usize, on_end: impl FnOnce(Seen) + Send + Sync + 'static) -> Tee<B> {
         Tee {

@@ -12,10 +12,9 @@
 //! This module owns the log files; it never touches processes.
 
 mod follow;
-mod time;
 
+pub use crate::time::timestamp;
 pub use follow::{LogsOptions, show};
-pub use time::timestamp;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -142,6 +141,16 @@ fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
+/// Where log lines go besides the files and the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Interleaved on stdout, one line at a time, coloured on a terminal
+    /// unless `NO_COLOR` is set: `cargo devmesh run`.
+    Terminal,
+    /// Nowhere else: a mesh in a test.
+    Off,
+}
+
 /// Where log lines go. Cloned into every task that produces them.
 #[derive(Debug, Clone)]
 pub struct Logs {
@@ -151,6 +160,7 @@ pub struct Logs {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
+    echo: Echo,
     /// Width of the name column, so lines align.
     width: usize,
     colour: bool,
@@ -168,9 +178,8 @@ struct Inner {
 
 impl Logs {
     /// Logs for `services`, written under `<state_dir>/logs/` within
-    /// `limits`. Colour is on when stdout is a terminal and `NO_COLOR` is
-    /// not set.
-    pub fn new(state_dir: &Path, services: &[String], limits: LogsConfig) -> std::io::Result<Logs> {
+    /// `limits`, and to `echo`.
+    pub fn new(state_dir: &Path, services: &[String], limits: LogsConfig, echo: Echo) -> std::io::Result<Logs> {
         let dir = state_dir.join("logs");
         crate::secret::private_dir(&dir)?;
         crate::secret::write_private(
@@ -192,6 +201,7 @@ impl Logs {
         Ok(Logs {
             inner: Arc::new(Inner {
                 dir,
+                echo,
                 width,
                 colour,
                 colours,
@@ -230,7 +240,7 @@ impl Logs {
     /// One line of a service's output (or the supervisor's, as [`SUPERVISOR`]).
     pub fn line(&self, service: &str, text: &str) {
         let inner = &self.inner;
-        {
+        if inner.echo == Echo::Terminal {
             let _one_at_a_time = inner.terminal.lock().unwrap_or_else(|e| e.into_inner());
             let mut out = std::io::stdout().lock();
             let _ = if inner.colour {
@@ -245,7 +255,9 @@ impl Logs {
             let mut files = inner.files.lock().unwrap_or_else(|e| e.into_inner());
             files.write(&inner.dir, service, &time, text, &inner.limits)
         };
-        if let Some(trouble) = trouble {
+        if let Some(trouble) = trouble
+            && inner.echo == Echo::Terminal
+        {
             let _one_at_a_time = inner.terminal.lock().unwrap_or_else(|e| e.into_inner());
             let _ = writeln!(
                 std::io::stdout().lock(),

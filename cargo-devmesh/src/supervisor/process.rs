@@ -82,6 +82,11 @@ impl Spawner {
         })
     }
 
+    /// Ends every service process group now, through the watchdog.
+    pub fn end_all(&self) {
+        self.watchdog.end_all();
+    }
+
     /// Spawns `command` as a service process: its own process group, ended
     /// if the supervisor dies, output captured, and `socket` (if any)
     /// passed as descriptor 3.
@@ -114,7 +119,7 @@ impl Spawner {
             let status = child.wait().await;
             // What it forked goes with it: a leftover would hold its port
             // or files when the service starts again.
-            signal_group(pid, libc::SIGKILL);
+            crate::platform::signal_group(pid, libc::SIGKILL);
             watchdog.release(pid);
             let _ = exited_tx.send(Some(status.map_err(|e| e.to_string())));
         });
@@ -215,27 +220,8 @@ impl Process {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        signal_group(self.pid, signal);
+        crate::platform::signal_group(self.pid, signal);
     }
-}
-
-/// Signals the process group a service leads.
-fn signal_group(group: u32, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; the group is the
-    // service's own (process_group(0)), so this reaches nothing else.
-    unsafe {
-        libc::kill(-(group as libc::pid_t), signal);
-    }
-}
-
-/// Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP, a
-/// debugger), from the state letter in `/proc/<pid>/stat`.
-pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The command name in parentheses may hold spaces: the state follows its `)`.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-    })
 }
 
 /// `exit status 1`, `killed by SIGSEGV`: how a process ended, in words.

@@ -7,7 +7,6 @@
 //! the old one is stopped once nothing is in flight to it. The front port
 //! never changes, and no request fails.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +16,9 @@ use devmesh::registry::{Entry, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, Exit, Process, Spawner};
-use super::readiness;
-use crate::build::{BinTarget, Builder, Built};
-use crate::logs::Logs;
+use super::process::{self, Exit, Process};
+use super::{Supervisor, readiness};
+use crate::build::{BinTarget, Built};
 use crate::proxy::{Backend, Route};
 use crate::workspace::{Launch, ServiceSpec};
 
@@ -36,27 +34,9 @@ const HEALTH_RECHECK: Duration = Duration::from_secs(1);
 /// An instance that ran this long before crashing resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// What the supervisor's service tasks share.
-#[derive(Debug)]
-pub struct Shared {
-    /// Told which process is which service, to name callers.
-    pub inspector: Arc<crate::inspector::Inspector>,
-    pub spawner: Spawner,
-    pub logs: Logs,
-    pub builder: Builder,
-    /// The registry as the supervisor holds it.
-    pub registry: Arc<super::state::RegistryCopy>,
-    pub config_path: Option<PathBuf>,
-    /// Every service's front address, for `inject_env`.
-    pub fronts: BTreeMap<String, SocketAddr>,
-    /// SIGTERM → SIGKILL.
-    pub grace: Duration,
-    /// How long a replaced instance stays for what is open to it.
-    pub drain: Duration,
-}
-
-/// What a service is doing, as `ps` and the API show it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a service is doing, as `ps` and the API show it: the API writes
+/// it and its clients read it back, as this type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceState {
     pub name: String,
     pub status: Status,
@@ -71,9 +51,73 @@ pub struct ServiceState {
     pub note: Option<String>,
 }
 
-/// The answer to a command: what happened, or why it could not.
-pub type Ticket = oneshot::Receiver<Result<String, String>>;
-type Reply = oneshot::Sender<Result<String, String>>;
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "done", rename_all = "snake_case")]
+pub enum Done {
+    Started {
+        pid: u32,
+    },
+    Restarted {
+        pid: u32,
+    },
+    /// How the process ended, in words.
+    Stopped {
+        exit: String,
+    },
+    AlreadyRunning,
+    WasNotRunning,
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Done::Started { pid } => write!(f, "started (pid {pid})"),
+            Done::Restarted { pid } => write!(f, "restarted (pid {pid})"),
+            Done::Stopped { exit } => write!(f, "stopped ({exit})"),
+            Done::AlreadyRunning => f.write_str("already running"),
+            Done::WasNotRunning => f.write_str("was not running"),
+        }
+    }
+}
+
+/// Why a command was not done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the build failed; the running instance is kept")]
+    BuildFailedKept,
+    #[error("the build failed; fix it and restart")]
+    BuildFailed,
+    #[error("it has no binary yet")]
+    NoBinary,
+    #[error("could not get a socket: {0}")]
+    NoSocket(String),
+    #[error("could not start: {0}")]
+    CouldNotStart(String),
+    #[error("exited before it was ready ({0})")]
+    ExitedBeforeReady(String),
+    #[error("the supervisor is stopping")]
+    Stopping,
+}
+
+/// The answer to a command.
+pub type Outcome = Result<Done, Refused>;
+type Reply = oneshot::Sender<Outcome>;
+
+/// Where the answer to a command comes.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<Outcome>);
+
+impl std::future::Future for Ticket {
+    type Output = Outcome;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        // A task that has ended dropped the reply: it is stopping.
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Refused::Stopping)))
+    }
+}
 
 #[derive(Debug)]
 enum Message {
@@ -127,7 +171,7 @@ impl ServiceHandle {
         let (reply, ticket) = oneshot::channel();
         // A task that has ended drops the reply: the ticket then says so.
         let _ = self.messages.send(message(reply));
-        ticket
+        Ticket(ticket)
     }
 }
 
@@ -141,7 +185,7 @@ struct Instance {
 
 struct Task {
     spec: ServiceSpec,
-    shared: Arc<Shared>,
+    supervisor: Arc<Supervisor>,
     state: watch::Sender<ServiceState>,
     route: watch::Sender<Route>,
     messages_tx: mpsc::UnboundedSender<Message>,
@@ -173,7 +217,7 @@ pub fn spawn(
     first_build: FirstBuild,
     front: SocketAddr,
     dependencies: Vec<watch::Receiver<ServiceState>>,
-    shared: Arc<Shared>,
+    supervisor: Arc<Supervisor>,
     shutdown: CancellationToken,
 ) -> (ServiceHandle, watch::Receiver<Route>, tokio::task::JoinHandle<()>) {
     let status = match spec.launch {
@@ -194,7 +238,7 @@ pub fn spawn(
     let (messages_tx, messages) = mpsc::unbounded_channel();
     let task = Task {
         spec,
-        shared,
+        supervisor,
         state: state_tx,
         route: route_tx,
         messages_tx: messages_tx.clone(),
@@ -250,7 +294,7 @@ impl Task {
             }
         }
         if let Some(instance) = self.current.take() {
-            let _ = instance.process.stop(self.shared.grace).await;
+            let _ = instance.process.stop(self.supervisor.grace).await;
         }
         while self.retiring.join_next().await.is_some() {}
         self.set_status(Status::Stopped, None);
@@ -276,7 +320,7 @@ impl Task {
         let (addr, pid) = (instance.backend.addr, instance.process.pid);
         // A stopped process's socket still accepts (the kernel does): a TCP
         // check alone would call it ready.
-        let answers = !process::is_stopped(pid) && readiness::answers(addr, &self.spec.ready).await;
+        let answers = !crate::platform::is_stopped(pid) && readiness::answers(addr, &self.spec.ready).await;
         let status = self.state.borrow().status;
         match (answers, status) {
             (true, Status::Unresponsive) => {
@@ -286,7 +330,7 @@ impl Task {
             (true, _) => {}
             (false, _) => {
                 if status == Status::Ready {
-                    let why = match process::is_stopped(pid) {
+                    let why = match crate::platform::is_stopped(pid) {
                         true => format!("stopped by a signal, it does not answer (hint: `kill -CONT {pid}`)"),
                         false => "does not answer; requests wait for `run.response_timeout`, then get a 504 \
                                   (hint: `cargo devmesh restart`)"
@@ -346,7 +390,7 @@ impl Task {
         match message {
             Message::Start(reply) => {
                 let answer = if self.current.is_some() {
-                    Ok("already running".to_owned())
+                    Ok(Done::AlreadyRunning)
                 } else {
                     self.restart_at = None;
                     self.start_fresh().await
@@ -358,15 +402,17 @@ impl Task {
                 self.set_status(Status::Stopped, None);
                 let answer = match self.current.take() {
                     Some(instance) => {
-                        let exit = instance.process.stop(self.shared.grace).await;
-                        Ok(format!("stopped ({})", process::describe(&exit)))
+                        let exit = instance.process.stop(self.supervisor.grace).await;
+                        Ok(Done::Stopped {
+                            exit: process::describe(&exit),
+                        })
                     }
-                    None => Ok("was not running".to_owned()),
+                    None => Ok(Done::WasNotRunning),
                 };
                 self.state.send_modify(|s| s.pid = None);
                 self.publish_registry();
                 if let Ok(done) = &answer {
-                    self.note(done.clone());
+                    self.note(done.to_string());
                 }
                 let _ = reply.send(answer);
             }
@@ -375,7 +421,11 @@ impl Task {
                     true => self.rebuild().await,
                     false => Ok(()),
                 };
-                let drain = if now { self.shared.grace } else { self.shared.drain };
+                let drain = if now {
+                    self.supervisor.grace
+                } else {
+                    self.supervisor.drain
+                };
                 let answer = match answer {
                     Ok(()) => self.replace(drain).await,
                     Err(e) => Err(e),
@@ -384,7 +434,7 @@ impl Task {
             }
             Message::Rebuilt { binary, reply } => {
                 self.binary = Some(binary);
-                let _ = reply.send(self.replace(self.shared.drain).await);
+                let _ = reply.send(self.replace(self.supervisor.drain).await);
             }
             Message::Exited { instance, exit } => {
                 if self.current.as_ref().is_some_and(|i| i.id == instance) {
@@ -396,7 +446,7 @@ impl Task {
     }
 
     /// Builds this service's binary; on failure the running instance stays.
-    async fn rebuild(&mut self) -> Result<(), String> {
+    async fn rebuild(&mut self) -> Result<(), Refused> {
         let Some(target) = self.target() else {
             return Ok(());
         };
@@ -405,45 +455,45 @@ impl Task {
             self.set_status(Status::Building, None);
         }
         self.note("building".to_owned());
-        let built = self.shared.builder.build().await;
+        let built = self.supervisor.builder.build().await;
         match built.map(|mut b| b.binaries.remove(&target)) {
             Ok(Some(binary)) => {
                 self.binary = Some(binary);
                 Ok(())
             }
             Ok(None) | Err(_) => {
-                let message = if serving {
-                    "the build failed; the running instance is kept"
+                let refused = if serving {
+                    Refused::BuildFailedKept
                 } else {
-                    "the build failed; fix it and restart"
+                    Refused::BuildFailed
                 };
                 if !serving {
-                    self.set_status(Status::Failed, Some(message.to_owned()));
+                    self.set_status(Status::Failed, Some(refused.to_string()));
                 }
-                self.note(message.to_owned());
-                Err(message.to_owned())
+                self.note(refused.to_string());
+                Err(refused)
             }
         }
     }
 
     /// Starts an instance when none runs (first start, after a crash or a stop).
-    async fn start_fresh(&mut self) -> Result<String, String> {
+    async fn start_fresh(&mut self) -> Outcome {
         if self.binary.is_none() && matches!(self.spec.launch, Launch::Binary { .. }) {
             self.rebuild().await?;
         }
         self.set_status(Status::Starting, None);
-        self.replace(self.shared.drain).await
+        self.replace(self.supervisor.drain).await
     }
 
     /// Starts a new instance, routes to it once ready, then retires the old
     /// one once nothing is open to it, or after `drain`.
-    async fn replace(&mut self, drain: Duration) -> Result<String, String> {
+    async fn replace(&mut self, drain: Duration) -> Outcome {
         let began = Instant::now();
         let instance = match self.launch().await {
             Ok(instance) => instance,
             Err(why) => {
                 if self.current.is_none() {
-                    self.crashed(why.clone(), began.elapsed());
+                    self.crashed(why.to_string(), began.elapsed());
                 } else {
                     self.note(format!("{why}; the running instance is kept"));
                 }
@@ -465,22 +515,21 @@ impl Task {
             while self.retiring.try_join_next().is_some() {}
             self.draining.push(old.backend.clone());
             self.retiring
-                .spawn(retire(old, drain, self.shared.grace, self.shutdown.clone()));
+                .spawn(retire(old, drain, self.supervisor.grace, self.shutdown.clone()));
             self.count_draining();
         }
         Ok(if restarted {
-            format!("restarted (pid {pid})")
+            Done::Restarted { pid }
         } else {
-            format!("started (pid {pid})")
+            Done::Started { pid }
         })
     }
 
     /// Spawns an instance and waits until it is ready.
-    async fn launch(&mut self) -> Result<Instance, String> {
-        let socket = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("could not get a socket: {e}"))?;
-        let addr = socket
-            .local_addr()
-            .map_err(|e| format!("could not get a socket: {e}"))?;
+    async fn launch(&mut self) -> Result<Instance, Refused> {
+        let no_socket = |e: std::io::Error| Refused::NoSocket(e.to_string());
+        let socket = TcpListener::bind("127.0.0.1:0").map_err(no_socket)?;
+        let addr = socket.local_addr().map_err(no_socket)?;
         let inherit = matches!(
             self.spec.launch,
             Launch::Binary {
@@ -492,34 +541,34 @@ impl Task {
         // A program that binds `PORT` itself needs the port free.
         let socket = inherit.then_some(socket);
         let process = self
-            .shared
+            .supervisor
             .spawner
-            .spawn(command, socket.as_ref(), &self.spec.name, &self.shared.logs)
+            .spawn(command, socket.as_ref(), &self.spec.name, &self.supervisor.logs)
             .await
-            .map_err(|e| format!("could not start: {e}"))?;
+            .map_err(|e| Refused::CouldNotStart(e.to_string()))?;
         drop(socket);
         self.state.send_modify(|s| s.pid = Some(process.pid));
-        self.shared.inspector.callers.insert(process.pid, &self.spec.name);
+        self.supervisor.callers.insert(process.pid, &self.spec.name);
         let id = self.next_id;
         self.next_id += 1;
         let ready = tokio::select! {
             () = readiness::wait(addr, &self.spec.ready) => Ok(()),
-            exit = process.exited() => Err(format!("exited before it was ready ({})", process::describe(&exit))),
-            () = self.shutdown.cancelled() => Err("the supervisor is stopping".to_owned()),
+            exit = process.exited() => Err(Refused::ExitedBeforeReady(process::describe(&exit))),
+            () = self.shutdown.cancelled() => Err(Refused::Stopping),
         };
         if let Err(why) = ready {
-            let _ = process.stop(self.shared.grace).await;
-            self.shared.inspector.callers.remove(process.pid);
+            let _ = process.stop(self.supervisor.grace).await;
+            self.supervisor.callers.remove(process.pid);
             self.state
                 .send_modify(|s| s.pid = self.current.as_ref().map(|i| i.process.pid));
             return Err(why);
         }
         let watcher = process.clone();
         let messages = self.messages_tx.clone();
-        let inspector = Arc::clone(&self.shared.inspector);
+        let callers = Arc::clone(&self.supervisor.callers);
         tokio::spawn(async move {
             let exit = watcher.exited().await;
-            inspector.callers.remove(watcher.pid);
+            callers.remove(watcher.pid);
             let _ = messages.send(Message::Exited { instance: id, exit });
         });
         Ok(Instance {
@@ -531,11 +580,11 @@ impl Task {
     }
 
     /// The command for a new instance listening on `addr`.
-    fn command(&self, addr: SocketAddr, inherit: bool) -> Result<std::process::Command, String> {
+    fn command(&self, addr: SocketAddr, inherit: bool) -> Result<std::process::Command, Refused> {
         let spec = &self.spec;
         let mut command = match (&spec.launch, &self.binary) {
             (Launch::Binary { .. }, Some(binary)) => std::process::Command::new(binary),
-            (Launch::Binary { .. }, None) => return Err("it has no binary yet".to_owned()),
+            (Launch::Binary { .. }, None) => return Err(Refused::NoBinary),
             (Launch::Command(line), _) => {
                 // A simple command replaces the shell, so its pid is the
                 // service's; a line of several (`a && b`, `a; b`, `a & b`)
@@ -550,11 +599,11 @@ impl Task {
         command.args(&spec.args).current_dir(&spec.cwd);
         command
             .env("DEVMESH_SERVICE", &spec.name)
-            .env("DEVMESH_REGISTRY", self.shared.registry.path())
+            .env("DEVMESH_REGISTRY", self.supervisor.registry.path())
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES");
-        if let Some(config) = &self.shared.config_path {
+        if let Some(config) = &self.supervisor.config_path {
             command.env("DEVMESH_CONFIG", config);
         }
         if inherit {
@@ -565,7 +614,7 @@ impl Task {
                 .env("DEVMESH_LISTEN", addr.to_string());
         }
         if spec.inject_env {
-            for (name, front) in &self.shared.fronts {
+            for (name, front) in &self.supervisor.fronts {
                 command.env(devmesh::name::addr_env_var(name), front.to_string());
             }
         }
@@ -612,14 +661,14 @@ impl Task {
         let mut entry = Entry::new(format!("http://{}", state.front));
         entry.status = state.status;
         entry.pid = state.pid;
-        let result = self.shared.registry.set(&state.name, entry);
+        let result = self.supervisor.registry.set(&state.name, entry);
         if let Err(e) = result {
-            self.shared.logs.note(format!("could not update the registry: {e}"));
+            self.supervisor.logs.note(format!("could not update the registry: {e}"));
         }
     }
 
     fn note(&self, text: String) {
-        self.shared.logs.note(format!("{}: {text}", self.spec.name));
+        self.supervisor.logs.note(format!("{}: {text}", self.spec.name));
     }
 }
 

@@ -1,0 +1,462 @@
+//! The running mesh, with one owner: the composition root, and the only
+//! module that knows every part. [`Mesh::start`] takes a [`Plan`], holds
+//! the front ports, starts the inspector, a task per service, the proxy's
+//! threads and the local API, and starts the first build; [`Mesh::shutdown`]
+//! stops all of it, and dropping a mesh ends every service process too.
+//!
+//! It has no terminal: the `cargo devmesh` binary turns arguments into a
+//! plan and prints; a test drives the same type.
+//!
+//! ```text
+//!   Plan ─▶ Mesh::start
+//!            ├─ PortBook ─▶ front listeners ─▶ proxy threads ──┐ route (watch)
+//!            ├─ Inspector ◀── captures ─────────────┘          │
+//!            ├─ Supervisor ─▶ a task per service ─▶ processes ◀┘
+//!            │                     └─ ServiceHandle ◀── control (API), watch, you
+//!            ├─ StateFiles: registry.json, ports.json, control.json
+//!            └─ Logs: terminal (if asked), files, the page
+//! ```
+//!
+//! A request: client → front port (proxy thread) → the route of its
+//! service → the ready instance; captured into the inspector on the way.
+//! A restart: handle → service task → new instance ready → route switched →
+//! old instance drained and stopped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use devmesh::registry::{Entry, Status};
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{BinTarget, Builder, Built};
+use crate::control;
+use crate::errors::StartError;
+use crate::inspector::Inspector;
+use crate::logs::{Echo, Logs};
+use crate::ports::PortBook;
+use crate::proxy::{self, Front};
+use crate::state::StateFiles;
+use crate::supervisor::{self, Outcome, ServiceHandle, ServiceState, Services, Supervisor};
+use crate::workspace::{CargoOptions, Workspace};
+
+/// What to run: a workspace, which of its services, and how.
+#[derive(Debug)]
+pub struct Plan {
+    pub workspace: Workspace,
+    /// Services by name; with `packages`, empty means all of them.
+    pub services: Vec<String>,
+    /// Services by the package they are built from.
+    pub packages: Vec<String>,
+    pub cargo: CargoOptions,
+    /// Rebuild and restart what changes (`--watch`).
+    pub watch: bool,
+    /// Where service output and the mesh's notes go besides the log files.
+    pub echo: Echo,
+}
+
+impl Plan {
+    /// Every service of `workspace`, built as a debug build, written only
+    /// to the log files.
+    pub fn new(workspace: Workspace) -> Plan {
+        Plan {
+            cargo: CargoOptions {
+                manifest_path: Some(workspace.manifest_path.clone()),
+                ..CargoOptions::default()
+            },
+            workspace,
+            services: Vec::new(),
+            packages: Vec::new(),
+            watch: false,
+            echo: Echo::Off,
+        }
+    }
+}
+
+/// A running mesh. Shut it down with [`Mesh::shutdown`]; dropped, it ends
+/// every service process at once (SIGTERM, then SIGKILL after the grace
+/// period) and clears its registry entries.
+#[derive(Debug)]
+pub struct Mesh {
+    state_dir: PathBuf,
+    selected: Vec<String>,
+    services: Arc<Services>,
+    fronts: BTreeMap<String, SocketAddr>,
+    inspector: Arc<Inspector>,
+    logs: Logs,
+    state: StateFiles,
+    supervisor: Arc<Supervisor>,
+    api: control::Serving,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    proxy_workers: Vec<std::thread::JoinHandle<()>>,
+    /// Held while the mesh runs: a second one for the workspace is refused.
+    _workspace_lock: std::fs::File,
+    stopped: bool,
+}
+
+impl Mesh {
+    /// Starts the services of `plan` (in a tokio runtime). The front ports,
+    /// the inspector and the API are up when this returns; the services
+    /// are building and starting: wait with [`Mesh::ready`].
+    pub async fn start(plan: Plan) -> anyhow::Result<Mesh> {
+        // Cheap, and idempotent: see `supervisor::process`.
+        supervisor::process::reserve_listen_fd();
+        let Plan {
+            workspace,
+            services,
+            packages,
+            cargo,
+            watch,
+            echo,
+        } = plan;
+        let state_dir = workspace.state_dir.clone();
+        control::ensure_not_running(&state_dir)?;
+        let workspace_lock = lock_workspace(&workspace.root)?;
+        // The token, logs and registry: the user's alone.
+        crate::secret::private_dir(&state_dir).map_err(|source| StartError::File {
+            action: "create",
+            path: state_dir.clone(),
+            source,
+        })?;
+        let selected = workspace.select(&services, &packages)?;
+        if selected.is_empty() {
+            anyhow::bail!(
+                "the workspace at `{}` has no services (hint: a service is a binary that depends on \
+                 `devmesh`, or a `[services.NAME]` with a `command` in `devmesh.toml`)",
+                workspace.root.display()
+            );
+        }
+
+        let mut ports = PortBook::open(&state_dir, &workspace.root)?;
+        let mut listeners = BTreeMap::new();
+        for name in &selected {
+            let spec = &workspace.services[name];
+            let listener = ports.bind(name, spec.port, workspace.config.run.ports)?;
+            listeners.insert(name.clone(), listener);
+        }
+        let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
+        ports.commit();
+        let fronts: BTreeMap<String, SocketAddr> = listeners
+            .iter()
+            .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
+            .collect::<std::io::Result<_>>()?;
+
+        let logs = Logs::new(&state_dir, &selected, workspace.config.logs.clone(), echo)
+            .context("could not create the log folder")?;
+        let state = state_files(&state_dir, &fronts, ports)?;
+
+        let targets: Vec<BinTarget> = selected
+            .iter()
+            .filter_map(|name| workspace.services[name].bin_target())
+            .collect();
+        let builder = Builder::new(workspace.manifest_path.clone(), cargo.build_flags(), targets);
+        let (first_build, first_build_rx) = tokio::sync::watch::channel(None);
+
+        let proxy_threads = proxy::threads();
+        let inspector = Arc::new(
+            Inspector::new(workspace.config.inspector.clone(), proxy_threads)
+                .context("could not start the inspector's thread")?,
+        );
+        let supervisor = Arc::new(Supervisor {
+            callers: Arc::clone(&inspector.callers),
+            spawner: supervisor::process::Spawner::start(workspace.config.run.grace_period)
+                .context("could not start the watchdog that ends services if the supervisor dies")?,
+            logs: logs.clone(),
+            builder: Arc::new(builder),
+            registry: Arc::clone(state.registry()),
+            config_path: workspace.config_path.is_file().then(|| workspace.config_path.clone()),
+            fronts: fronts.clone(),
+            grace: workspace.config.run.grace_period,
+            drain: workspace.config.run.drain_timeout,
+        });
+        let shutdown = CancellationToken::new();
+        let mut handles = Services::default();
+        let mut tasks = Vec::new();
+        let mut fronts_to_serve = Vec::new();
+        for name in workspace.start_order(&selected) {
+            let spec = workspace.services[&name].clone();
+            let protocol = spec.protocol;
+            let dependencies = spec
+                .depends_on
+                .iter()
+                .map(|d| Ok(handles.get(d)?.state.clone()))
+                .collect::<Result<_, crate::errors::PlanError>>()?;
+            let (handle, route, task) = supervisor::service::spawn(
+                spec,
+                first_build_rx.clone(),
+                fronts[&name],
+                dependencies,
+                Arc::clone(&supervisor),
+                shutdown.clone(),
+            );
+            let listener = listeners
+                .remove(&name)
+                .expect("every selected service has a front port");
+            fronts_to_serve.push(Front {
+                service: name.clone(),
+                listener,
+                route,
+                protocol,
+                timeouts: proxy::Timeouts::new(
+                    workspace.config.run.ready_timeout,
+                    workspace.config.run.response_timeout,
+                ),
+                max_connections: proxy::MAX_CONNECTIONS,
+                inspector: Arc::clone(&inspector),
+            });
+            handles.insert(name, handle);
+            tasks.push(task);
+        }
+        let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, shutdown.clone())
+            .context("could not start the front ports")?;
+        let services = Arc::new(handles);
+        let parts = control::Parts {
+            services: Arc::clone(&services),
+            inspector: Arc::clone(&inspector),
+            logs: logs.clone(),
+        };
+        let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
+        tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));
+        // Commands and the front ports are up while the services build.
+        let building = Arc::clone(&supervisor);
+        tasks.push(tokio::spawn(async move {
+            first_build.send_replace(Some(Arc::new(build_all(&building).await)));
+        }));
+        if watch {
+            tasks.push(tokio::spawn(crate::watch::run(
+                crate::watch::Watched::of(&workspace, &selected),
+                Arc::clone(&services),
+                Arc::clone(&supervisor.builder),
+                logs.clone(),
+                shutdown.clone(),
+            )));
+            logs.note("watching for changes");
+        }
+        Ok(Mesh {
+            state_dir,
+            selected,
+            services,
+            fronts,
+            inspector,
+            logs,
+            state,
+            supervisor,
+            api,
+            shutdown,
+            tasks,
+            proxy_workers,
+            _workspace_lock: workspace_lock,
+            stopped: false,
+        })
+    }
+
+    /// The services, to act on or ask what they do.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The front address of service `name`: where its callers reach it,
+    /// the same across restarts and runs.
+    pub fn front(&self, name: &str) -> Option<SocketAddr> {
+        self.fronts.get(name).copied()
+    }
+
+    /// The captured traffic.
+    pub fn inspector(&self) -> &Inspector {
+        &self.inspector
+    }
+
+    /// The log lines, and where the log files are.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+
+    /// The local API (and inspector page): its address and a first login link.
+    pub fn api(&self) -> &control::Serving {
+        &self.api
+    }
+
+    /// Where the mesh keeps its state: registry, ports, logs, `control.json`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Waits until service `name` is ready (or can no longer become so:
+    /// failed, crashed, stopped); what it is doing then.
+    pub async fn ready(&self, name: &str) -> anyhow::Result<ServiceState> {
+        let mut state = self.services.get(name)?.state.clone();
+        let settled = state
+            .wait_for(|s| {
+                matches!(
+                    s.status,
+                    Status::Ready | Status::Failed | Status::Crashed | Status::Stopped
+                )
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the mesh is stopping"))?;
+        Ok(settled.clone())
+    }
+
+    /// Rebuilds (when `build`) and restarts service `name`, blue/green;
+    /// `now` cuts what is open to the old instance after the grace period.
+    pub async fn restart(&self, name: &str, build: bool, now: bool) -> anyhow::Result<Outcome> {
+        Ok(self.handle(name)?.restart(build, now).await)
+    }
+
+    pub async fn stop(&self, name: &str) -> anyhow::Result<Outcome> {
+        Ok(self.handle(name)?.stop().await)
+    }
+
+    pub async fn start_service(&self, name: &str) -> anyhow::Result<Outcome> {
+        Ok(self.handle(name)?.start().await)
+    }
+
+    fn handle(&self, name: &str) -> anyhow::Result<&ServiceHandle> {
+        Ok(self.services.get(name)?)
+    }
+
+    /// Stops every service gracefully, then the front ports and the API,
+    /// and clears this mesh's registry entries.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.logs.note("stopping");
+        self.shutdown.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        for worker in std::mem::take(&mut self.proxy_workers) {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
+        self.clear()?;
+        self.logs.note("stopped");
+        Ok(())
+    }
+
+    /// Takes this mesh's services out of the registry and removes
+    /// `control.json`.
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.stopped = true;
+        let selected = &self.selected;
+        self.state.registry().change(|file| {
+            for name in selected {
+                file.services.remove(name);
+            }
+            if file.services.is_empty() {
+                file.supervisor_pid = None;
+            }
+        })?;
+        control::remove(&self.state_dir);
+        Ok(())
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // No runtime to stop them gracefully in: the watchdog ends every
+        // service's process group, as if the supervisor had died.
+        self.shutdown.cancel();
+        self.supervisor.spawner.end_all();
+        let _ = self.clear();
+    }
+}
+
+/// The registry, `ports.json` and `control.json`'s keeper, the registry
+/// listing every front as building.
+fn state_files(
+    state_dir: &Path,
+    fronts: &BTreeMap<String, SocketAddr>,
+    ports: PortBook,
+) -> Result<StateFiles, StartError> {
+    // The files are copies of what the supervisor holds: written whole, and
+    // put back when damaged (see `state`).
+    let entries = fronts
+        .iter()
+        .map(|(name, front)| {
+            let mut entry = Entry::new(format!("http://{front}"));
+            entry.status = Status::Building;
+            (name.clone(), entry)
+        })
+        .collect();
+    let state = StateFiles::new(state_dir.join(devmesh::registry::FILE_NAME), entries);
+    let written = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::File {
+            action: "write",
+            path,
+            source,
+        }
+    };
+    state
+        .registry()
+        .change(|_| ())
+        .map_err(written(state.registry().path()))?;
+    let ports = Arc::new(ports);
+    let ports_path = ports.path().to_path_buf();
+    state
+        .keep(ports_path.clone(), move || ports.json())
+        .map_err(written(&ports_path))?;
+    Ok(state)
+}
+
+/// Holds the workspace for this run: a second `run` is refused even when
+/// the state folder, `control.json` included, was deleted. The lock is on
+/// the workspace's folder itself, which outlives anything in it.
+fn lock_workspace(root: &Path) -> Result<std::fs::File, StartError> {
+    let opened = |source| StartError::File {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    };
+    let folder = std::fs::File::open(root).map_err(opened)?;
+    match crate::platform::lock(&folder, false).map_err(opened)? {
+        true => Ok(folder),
+        false => Err(StartError::Locked {
+            root: root.to_path_buf(),
+        }),
+    }
+}
+
+/// The run's first build, reported in the logs.
+async fn build_all(supervisor: &Supervisor) -> Built {
+    let targets = supervisor.builder.targets();
+    if targets.is_empty() {
+        return Built::default();
+    }
+    supervisor.logs.note(format!("building {}", names(targets)));
+    let built = match supervisor.builder.build().await {
+        Ok(built) => built,
+        Err(e) => {
+            supervisor.logs.note(format!("could not run `cargo build`: {e}"));
+            Built::default()
+        }
+    };
+    let failed: Vec<_> = targets
+        .iter()
+        .filter(|t| !built.binaries.contains_key(t))
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        let next = if failed.len() == targets.len() {
+            "fix it, then `cargo devmesh restart` them (or save, with --watch)"
+        } else {
+            "the other services start; fix it, then `cargo devmesh restart` them"
+        };
+        supervisor
+            .logs
+            .note(format!("the build of {} failed; {next}", names(&failed)));
+    }
+    built
+}
+
+fn names(targets: &[BinTarget]) -> String {
+    targets
+        .iter()
+        .map(|t| format!("`{}`", t.bin))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
