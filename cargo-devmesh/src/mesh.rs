@@ -357,9 +357,13 @@ impl Drop for Mesh {
         if self.stopped {
             return;
         }
-        // No runtime to stop them gracefully in: the watchdog ends every
-        // service's process group, as if the supervisor had died.
+        // Nothing waits for a graceful stop here: the tasks go at once (so
+        // none writes the registry after it is cleared), and the watchdog
+        // ends every service's process group, as if the supervisor had died.
         self.shutdown.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
         self.supervisor.spawner.end_all();
         let _ = self.clear();
     }

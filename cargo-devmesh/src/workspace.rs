@@ -94,6 +94,8 @@ pub struct CargoOptions {
     pub features: Vec<String>,
     pub all_features: bool,
     pub no_default_features: bool,
+    /// Cargo's `--target-dir`: where the services are built.
+    pub target_dir: Option<PathBuf>,
 }
 
 impl CargoOptions {
@@ -111,6 +113,9 @@ impl CargoOptions {
         }
         if self.no_default_features {
             flags.push("--no-default-features".to_owned());
+        }
+        if let Some(dir) = &self.target_dir {
+            flags.extend(["--target-dir".to_owned(), dir.display().to_string()]);
         }
         flags
     }

@@ -295,7 +295,8 @@ impl Drop for Mesh {
     }
 }
 
-fn shared_target() -> PathBuf {
+/// Cargo's target folder for fixtures whose code the tests leave alone.
+pub fn shared_target() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures-target")
 }
 

@@ -6,6 +6,7 @@ mod errors;
 mod grpc;
 mod harness;
 mod inspector;
+mod library;
 mod real_use;
 mod shop;
 mod state;
