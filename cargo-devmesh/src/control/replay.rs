@@ -136,7 +136,7 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspector::{Body, Headers, blank};
+    use crate::inspector::{Body, Exchange, Headers};
 
     /// A gRPC call is replayed over HTTP/2, body and content type as they were.
     #[tokio::test]
@@ -161,7 +161,7 @@ mod tests {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-        let mut original = blank("orders".into(), "gateway".into(), Kind::Http);
+        let mut original = Exchange::begun("orders".into(), "gateway".into(), Kind::Http);
         original.method = "POST".into();
         original.path = "/shop.Orders/Get".into();
         original.version = "HTTP/2.0";

@@ -52,6 +52,46 @@ impl std::ops::DerefMut for Exchange {
     }
 }
 
+impl Exchange {
+    /// An exchange that began now, from `caller` to `service`, with
+    /// nothing captured yet.
+    pub fn begun(service: Arc<str>, caller: Arc<str>, kind: Kind) -> Exchange {
+        Exchange {
+            summary: Summary {
+                id: 0,
+                service,
+                caller,
+                kind,
+                started_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                method: String::new(),
+                path: String::new(),
+                status: None,
+                grpc_status: None,
+                wait_ms: 0.0,
+                service_ms: None,
+                total_ms: None,
+                trace_id: None,
+                replay_of: None,
+                error: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                complete: false,
+            },
+            version: "",
+            request_headers: Default::default(),
+            request_body: Default::default(),
+            response_headers: Default::default(),
+            response_body: Default::default(),
+            response_trailers: Default::default(),
+            span_id: None,
+            parent_span_id: None,
+            trace_inferred: false,
+        }
+    }
+}
+
 /// A captured body: text when it is UTF-8, else base64.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Body {

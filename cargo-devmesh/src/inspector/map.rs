@@ -82,13 +82,13 @@ impl CallMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspector::{Kind, blank};
+    use crate::inspector::{Exchange, Kind};
 
     #[test]
     fn the_map_counts_each_pair_with_its_failures_and_latencies() {
         let store = Store::new(devmesh::config::InspectorConfig::default(), 2).unwrap();
         let call = |shard: usize, caller: &str, service: &str, status: u16, ms: f64| {
-            let open = store.add(shard, blank(service.into(), caller.into(), Kind::Http));
+            let open = store.add(shard, Exchange::begun(service.into(), caller.into(), Kind::Http));
             store.finish(open, None, |e| {
                 e.status = Some(status);
                 e.total_ms = Some(ms);
@@ -99,7 +99,7 @@ mod tests {
         }
         call(0, "orders", "payments", 503, 7.0);
         // One still in flight counts too.
-        store.add(1, blank("payments".into(), "orders".into(), Kind::Http));
+        store.add(1, Exchange::begun("payments".into(), "orders".into(), Kind::Http));
         let edges = serde_json::to_value(CallMap::of(&store)).unwrap()["edges"].clone();
         assert_eq!(
             edges,

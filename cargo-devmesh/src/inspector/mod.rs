@@ -19,7 +19,7 @@ pub use callers::{Callers, EXTERNAL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
 pub use map::CallMap;
 pub use mask::Masker;
-pub use store::{Event, Filter, Open, Store, blank};
+pub use store::{Event, Filter, Open, Store, Subscription};
 pub use tee::{Seen, Tee};
 
 use devmesh::config::InspectorConfig;

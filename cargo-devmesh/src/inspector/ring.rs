@@ -406,10 +406,10 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspector::blank;
+    use crate::inspector::Exchange;
 
     fn sample(id: u64) -> Exchange {
-        let mut e = blank("orders".into(), "gateway".into(), Kind::Http);
+        let mut e = Exchange::begun("orders".into(), "gateway".into(), Kind::Http);
         e.id = id;
         e.method = "POST".into();
         e.path = format!("/orders/{id}");

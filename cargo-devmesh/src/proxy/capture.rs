@@ -48,7 +48,7 @@ struct Response {
 impl Capture {
     /// Records the request of an exchange that arrived at `arrived`.
     pub fn begin(context: &Arc<Context>, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
-        let mut exchange = inspector::blank(Arc::clone(&context.service), caller, Kind::Http);
+        let mut exchange = inspector::Exchange::begun(Arc::clone(&context.service), caller, Kind::Http);
         // Stamped when the request arrived, not when a wait for a ready
         // instance ended: the wait is shown apart.
         exchange.started_ms = exchange.started_ms.saturating_sub(arrived.elapsed().as_millis() as u64);

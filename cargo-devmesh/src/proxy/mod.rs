@@ -436,7 +436,7 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection)
         return;
     };
     let open = context.caller(connection).await.map(|caller| {
-        let mut exchange = inspector::blank(context.service.clone(), caller, Kind::Tcp);
+        let mut exchange = inspector::Exchange::begun(context.service.clone(), caller, Kind::Tcp);
         exchange.method = "TCP".to_owned();
         context.inspector.store.add(context.thread, exchange)
     });
