@@ -7,9 +7,61 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Context;
-use crate::inspector::trace::{SpanId, Trace};
+use super::{Connection, Context};
+use crate::inspector::trace::{SpanId, Trace, TraceParent};
 use crate::inspector::{self, Headers, Kind, Open, Seen};
+
+/// A request as it reaches a front port, before it goes on: who sent it,
+/// its trace (a span of its own), and whether it is the supervisor's
+/// replay, found alike for HTTP/1 and HTTP/2. Its capture begins from here.
+#[derive(Debug)]
+pub struct Arrival {
+    arrived: Instant,
+    /// Spent waiting for a ready instance.
+    waited: Duration,
+    /// The caller and the trace; `None` when the front port captures nothing.
+    captured: Option<(Arc<str>, Trace)>,
+    replay_of: Option<u64>,
+}
+
+impl Arrival {
+    /// A request that arrived at `arrived` on `connection`, waited
+    /// `waited`, and carried the trace `given` and the replay header
+    /// `replay` (its value).
+    pub async fn new(
+        context: &Arc<Context>,
+        connection: &Connection,
+        (arrived, waited): (Instant, Duration),
+        given: Option<TraceParent>,
+        replay: Option<&[u8]>,
+    ) -> Arrival {
+        let captured = context.caller(connection).await.map(|caller| {
+            let trace = context
+                .inspector
+                .store
+                .enter(context.thread, &context.service, &caller, given);
+            (caller, trace)
+        });
+        Arrival {
+            arrived,
+            waited,
+            captured,
+            replay_of: replay.and_then(|value| context.inspector.replay_of(value)),
+        }
+    }
+
+    /// The trace the request goes on with, when it is captured: its
+    /// `traceparent` replaces the one it came with.
+    pub fn trace(&self) -> Option<Trace> {
+        self.captured.as_ref().map(|(_, trace)| *trace)
+    }
+
+    /// Begins the capture of the request as forwarded, when there is one.
+    pub fn begin(&self, context: &Arc<Context>, request: Request<'_>) -> Option<Capture> {
+        let (caller, trace) = self.captured.as_ref()?;
+        Some(Capture::begin(context, Arc::clone(caller), request, *trace, self))
+    }
+}
 
 /// The request as captured.
 #[derive(Debug)]
@@ -18,9 +70,6 @@ pub struct Request<'a> {
     pub target: &'a str,
     pub version: &'static str,
     pub headers: Headers,
-    pub waited: Duration,
-    pub replay_of: Option<u64>,
-    pub trace: Trace,
 }
 
 /// An exchange being captured. Dropped before [`Capture::end`], it is
@@ -46,28 +95,36 @@ struct Response {
 }
 
 impl Capture {
-    /// Records the request of an exchange that arrived at `arrived`.
-    pub fn begin(context: &Arc<Context>, caller: Arc<str>, request: Request<'_>, arrived: Instant) -> Capture {
+    /// Records the request of an exchange from `caller`.
+    fn begin(
+        context: &Arc<Context>,
+        caller: Arc<str>,
+        request: Request<'_>,
+        trace: Trace,
+        arrival: &Arrival,
+    ) -> Capture {
         let mut exchange = inspector::Exchange::begun(Arc::clone(&context.service), caller, Kind::Http);
         // Stamped when the request arrived, not when a wait for a ready
         // instance ended: the wait is shown apart.
-        exchange.started_ms = exchange.started_ms.saturating_sub(arrived.elapsed().as_millis() as u64);
+        exchange.started_ms = exchange
+            .started_ms
+            .saturating_sub(arrival.arrived.elapsed().as_millis() as u64);
         exchange.method = request.method.to_owned();
         exchange.path = request.target.to_owned();
         exchange.version = request.version;
         exchange.request_headers = request.headers;
-        exchange.wait_ms = millis(request.waited);
-        exchange.trace_id = Some(request.trace.header.trace_id);
-        exchange.span_id = Some(request.trace.header.span_id);
-        exchange.parent_span_id = request.trace.parent;
-        exchange.trace_inferred = request.trace.inferred;
-        exchange.replay_of = request.replay_of;
+        exchange.wait_ms = millis(arrival.waited);
+        exchange.trace_id = Some(trace.header.trace_id);
+        exchange.span_id = Some(trace.header.span_id);
+        exchange.parent_span_id = trace.parent;
+        exchange.trace_inferred = trace.inferred;
+        exchange.replay_of = arrival.replay_of;
         Capture {
             open: context.inspector.store.add(context.thread, exchange),
             context: Arc::clone(context),
-            span: request.trace.header.span_id,
-            replay: request.replay_of.is_some(),
-            arrived,
+            span: trace.header.span_id,
+            replay: arrival.replay_of.is_some(),
+            arrived: arrival.arrived,
             response: None,
             ended: false,
         }

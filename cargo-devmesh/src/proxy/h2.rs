@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::capture::{self, Capture};
+use super::capture::{self, Arrival, Capture};
 use super::{Connection, Context, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
@@ -40,33 +40,33 @@ async fn forward(
     let grpc = is_grpc(&request);
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
-    let replay_of = request
-        .headers_mut()
-        .remove(REPLAY_HEADER)
-        .and_then(|v| context.inspector.replay_of(v.as_bytes()));
-    let capture = context.caller(&connection).await.map(|caller| {
-        let given = request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| TraceParent::parse(v.to_str().ok()?));
-        let trace = context
-            .inspector
-            .store
-            .enter(context.thread, &context.service, &caller, given);
-        if let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header()) {
-            request.headers_mut().insert("traceparent", value);
-        }
-        let captured = capture::Request {
+    let replay = request.headers_mut().remove(REPLAY_HEADER);
+    let given = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| TraceParent::parse(v.to_str().ok()?));
+    let arrival = Arrival::new(
+        &context,
+        &connection,
+        (arrived, waited),
+        given,
+        replay.as_ref().map(|v| v.as_bytes()),
+    )
+    .await;
+    if let Some(trace) = arrival.trace()
+        && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
+    {
+        request.headers_mut().insert("traceparent", value);
+    }
+    let capture = arrival.begin(
+        &context,
+        capture::Request {
             method: request.method().as_str(),
             target: request.uri().path_and_query().map_or("/", |p| p.as_str()),
             version: "HTTP/2.0",
             headers: Headers::new(request.headers()),
-            waited,
-            replay_of,
-            trace,
-        };
-        Capture::begin(&context, caller, captured, arrived)
-    });
+        },
+    );
     let (addr, lease) = match ready {
         Ok(ready) => ready,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),

@@ -22,7 +22,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::capture::{self, Capture};
+use super::capture::{self, Arrival, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
 use super::{CUT, Connection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
@@ -117,39 +117,30 @@ async fn exchange(
     let ready = context.ready_backend().await;
     let waited = arrived.elapsed();
 
-    let caller = context.caller(connection).await;
-    let trace = caller.as_ref().map(|caller| {
-        context.inspector.store.enter(
-            context.thread,
-            &context.service,
-            caller,
-            request.traceparent.as_ref().map(|(parent, _)| *parent),
-        )
-    });
-    let replay_of = request
+    let given = request.traceparent.as_ref().map(|(parent, _)| *parent);
+    let replay = request
         .replay
         .as_ref()
-        .and_then(|(_, value)| context.inspector.replay_of(&link.inbound.filled()[value.clone()]));
+        .map(|(_, value)| &link.inbound.filled()[value.clone()]);
+    let arrival = Arrival::new(context, connection, (arrived, waited), given, replay).await;
     write_request_head(
         &mut link.scratch,
         &link.inbound.filled()[..request.len],
         &request,
-        trace,
+        arrival.trace(),
     );
     // Capture begins once the head is on its way: its bookkeeping overlaps
     // the service's own time.
     let begin = |head: &[u8]| {
-        let (trace, caller) = (trace?, caller.clone()?);
-        let captured = capture::Request {
-            method: request.method(head),
-            target: request.target(head),
-            version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
-            headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
-            waited,
-            replay_of,
-            trace,
-        };
-        Some(Capture::begin(context, caller, captured, arrived))
+        arrival.begin(
+            context,
+            capture::Request {
+                method: request.method(head),
+                target: request.target(head),
+                version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+                headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
+            },
+        )
     };
     link.inbound.consume(request.len);
 
