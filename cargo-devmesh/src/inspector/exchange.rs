@@ -9,13 +9,29 @@ use serde::ser::SerializeSeq;
 
 use super::trace::{SpanId, TraceId};
 
-/// What kind of traffic an exchange is.
+/// What kind of traffic an exchange is. The numbers are its code in the
+/// store's records ([`Kind::code`], [`Kind::of_code`]): never reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum Kind {
-    Http,
-    WebSocket,
-    Tcp,
+    Http = 0,
+    WebSocket = 1,
+    Tcp = 2,
+}
+
+impl Kind {
+    /// Its code in a record.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind a record's code names; `None` for a code no kind has.
+    pub fn of_code(code: u8) -> Option<Kind> {
+        [Kind::Http, Kind::WebSocket, Kind::Tcp]
+            .into_iter()
+            .find(|kind| kind.code() == code)
+    }
 }
 
 /// A captured exchange: what the list shows, and its headers and bodies.
@@ -289,6 +305,14 @@ fn unbase64(text: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_code() {
+        for kind in [Kind::Http, Kind::WebSocket, Kind::Tcp] {
+            assert_eq!(Kind::of_code(kind.code()), Some(kind));
+        }
+        assert_eq!(Kind::of_code(3), None);
+    }
 
     #[test]
     fn base64_round_trips() {

@@ -222,7 +222,7 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     w.option(s.total_ms, Writer::f64);
     w.option(s.error.as_deref(), Writer::str);
     w.u64(s.id);
-    w.u8(s.kind as u8);
+    w.u8(s.kind.code());
     w.u64(s.started_ms);
     w.str(&s.method);
     w.str(&s.path);
@@ -370,11 +370,7 @@ impl<'a> Reader<'a> {
             total_ms: call.total_ms,
             error: call.error.map(str::to_owned),
             id: self.u64(),
-            kind: match self.u8() {
-                1 => Kind::WebSocket,
-                2 => Kind::Tcp,
-                _ => Kind::Http,
-            },
+            kind: Kind::of_code(self.u8()).expect("records hold the kinds they were given"),
             started_ms: self.u64(),
             method: self.str().to_owned(),
             path: self.str().to_owned(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Connection, Context};
+use super::{ClientConnection, Context};
 use crate::inspector::trace::{SpanId, Trace, TraceParent};
 use crate::inspector::{self, Headers, Kind, Open, Seen};
 
@@ -30,7 +30,7 @@ impl Arrival {
     /// `replay` (its value).
     pub async fn new(
         context: &Arc<Context>,
-        connection: &Connection,
+        connection: &ClientConnection,
         (arrived, waited): (Instant, Duration),
         given: Option<TraceParent>,
         replay: Option<&[u8]>,

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
-use super::{Connection, Context, awaited};
+use super::{ClientConnection, Context, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
 
@@ -23,7 +23,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub type Captured = Tee<Incoming>;
 
 /// Serves one client connection that opened with the HTTP/2 preface.
-pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<Connection>) {
+pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
     let service =
         hyper::service::service_fn(move |request| forward(request, Arc::clone(&context), Arc::clone(&connection)));
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -34,7 +34,7 @@ pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<Con
 async fn forward(
     mut request: Request<Incoming>,
     context: Arc<Context>,
-    connection: Arc<Connection>,
+    connection: Arc<ClientConnection>,
 ) -> Result<Response<Body>, Infallible> {
     let arrived = Instant::now();
     let grpc = is_grpc(&request);

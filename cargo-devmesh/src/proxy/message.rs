@@ -150,7 +150,7 @@ impl RequestHead {
             return Err(HeadError::Malformed(httparse::Error::Token));
         };
         let known = Method::of(method).ok_or_else(|| HeadError::UnknownMethod(method.to_owned()))?;
-        let connection = Connection::of(request.headers, minor);
+        let connection = ConnectionHeader::of(request.headers, minor);
         let body = match message_length(request.headers)? {
             Some(Framing::UntilClose) => {
                 return Err(HeadError::Length("a request's transfer coding must end in chunked"));
@@ -223,7 +223,7 @@ impl ResponseHead {
             return Ok(None);
         };
         let status = response.code.unwrap_or(500);
-        let connection = Connection::of(response.headers, response.version.unwrap_or(1));
+        let connection = ConnectionHeader::of(response.headers, response.version.unwrap_or(1));
         let body = if request.is_head || (100..200).contains(&status) || status == 204 || status == 304 {
             Framing::Length(0)
         } else {
@@ -246,20 +246,20 @@ impl ResponseHead {
 }
 
 /// What the `Connection` header says.
-struct Connection {
+struct ConnectionHeader {
     keep_alive: bool,
     upgrade: bool,
 }
 
-impl Connection {
-    fn of(headers: &[httparse::Header<'_>], minor: u8) -> Connection {
+impl ConnectionHeader {
+    fn of(headers: &[httparse::Header<'_>], minor: u8) -> ConnectionHeader {
         let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
         for token in tokens(headers, "connection") {
             close |= token.eq_ignore_ascii_case("close");
             keep_alive |= token.eq_ignore_ascii_case("keep-alive");
             upgrade |= token.eq_ignore_ascii_case("upgrade");
         }
-        Connection {
+        ConnectionHeader {
             keep_alive: !close && (minor >= 1 || keep_alive),
             upgrade,
         }

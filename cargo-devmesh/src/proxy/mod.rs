@@ -116,13 +116,13 @@ struct Context {
 }
 
 /// One client connection: who is on the other end, found once.
-struct Connection {
+struct ClientConnection {
     peer: SocketAddr,
     local: SocketAddr,
     caller: tokio::sync::OnceCell<Arc<str>>,
 }
 
-impl Connection {
+impl ClientConnection {
     /// The service that opened this connection. Finding it asks the kernel
     /// and reads the services' open files in `/proc`: it is done on the
     /// blocking pool, so only this connection's first request waits for it.
@@ -291,7 +291,7 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new(Connection {
+        let connection = Arc::new(ClientConnection {
             peer,
             local,
             caller: tokio::sync::OnceCell::new(),
@@ -315,7 +315,7 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
     }
 }
 
-async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<Connection>) {
+async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
     if context.protocol == Protocol::Tcp {
         return pipe(stream, &context, &connection).await;
     }
@@ -386,7 +386,7 @@ impl Context {
     }
 
     /// Who is on the other end of `connection`, when traffic is captured.
-    async fn caller(&self, connection: &Connection) -> Option<Arc<str>> {
+    async fn caller(&self, connection: &ClientConnection) -> Option<Arc<str>> {
         if self.capturing() {
             Some(connection.caller(&self.inspector).await)
         } else {
@@ -431,7 +431,7 @@ async fn awaited<F: Future>(response: F, lease: &Lease, timeout: Duration) -> Op
 const CUT: &str = "cut: its instance was stopped while it was open (after run.drain_timeout, or by restart --now)";
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
-async fn pipe(mut stream: TcpStream, context: &Context, connection: &Connection) {
+async fn pipe(mut stream: TcpStream, context: &Context, connection: &ClientConnection) {
     let Ok((addr, lease)) = context.ready_backend().await else {
         return;
     };

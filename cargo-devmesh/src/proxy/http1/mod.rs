@@ -24,14 +24,14 @@ use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
-use super::{CUT, Connection, Context, Lease, Timeouts, awaited};
+use super::{CUT, ClientConnection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
 use relay::{Broken, Buffer, ReadError, Relay, read_head};
 use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
-pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &Connection) {
+pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &ClientConnection) {
     let mut link = Link {
         inbound: Buffer::new(),
         upstream: None,
@@ -44,7 +44,12 @@ pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &C
     }
 }
 
-async fn serve_requests(client: &mut TcpStream, link: &mut Link, context: &Arc<Context>, connection: &Connection) {
+async fn serve_requests(
+    client: &mut TcpStream,
+    link: &mut Link,
+    context: &Arc<Context>,
+    connection: &ClientConnection,
+) {
     loop {
         let request = match next_request(client, &mut link.inbound, &context.timeouts).await {
             Ok(Some(request)) => request,
@@ -111,7 +116,7 @@ async fn exchange(
     link: &mut Link,
     request: RequestHead,
     context: &Arc<Context>,
-    connection: &Connection,
+    connection: &ClientConnection,
 ) -> Next {
     let arrived = Instant::now();
     let ready = context.ready_backend().await;
@@ -190,7 +195,7 @@ async fn exchange(
                 lease: &lease,
                 response_timeout: context.timeouts.response,
             },
-            Seens {
+            BodiesSeen {
                 request: &mut request_seen,
                 response: &mut response_seen,
             },
@@ -313,7 +318,7 @@ fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, tra
 }
 
 /// The bodies' captures of one exchange.
-struct Seens<'a> {
+struct BodiesSeen<'a> {
     request: &'a mut Seen,
     response: &'a mut Seen,
 }
@@ -378,7 +383,7 @@ async fn forward(
     upstream: &mut Upstream,
     request: &RequestHead,
     sending: Sending<'_>,
-    seens: Seens<'_>,
+    bodies: BodiesSeen<'_>,
     capturing: Capturing<'_>,
 ) -> Result<Forwarded, Failure> {
     let Capturing {
@@ -395,7 +400,7 @@ async fn forward(
             .write_all(&link.scratch)
             .await
             .map_err(|e| Failure::NoResponse(e.to_string()))?;
-        seens.request.finished = true;
+        bodies.request.finished = true;
     }
     // Capture begins once a body-less request is on its way, so that its
     // bookkeeping overlaps the service's time.
@@ -412,7 +417,7 @@ async fn forward(
                 to: &mut upstream_write,
                 limit: sending.limit,
             };
-            if let Err(e) = to_service.body(&mut link.scratch, request.body, seens.request).await {
+            if let Err(e) = to_service.body(&mut link.scratch, request.body, bodies.request).await {
                 return Interrupted::Body(e);
             }
             body_sent.store(true, Ordering::Relaxed);
@@ -436,7 +441,7 @@ async fn forward(
         response_relay,
         &mut link.response_scratch,
         request,
-        seens.response,
+        bodies.response,
         receiving
     ));
     // Set when the service stopped reading the body: its answer may still come.
