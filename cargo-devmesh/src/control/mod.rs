@@ -30,10 +30,15 @@
 //! session cookie.
 
 mod api;
+mod auth;
+use auth::LOGIN_NEEDED;
 mod client;
 mod file;
 mod query;
 mod replay;
+mod stream;
+
+use stream::Export;
 
 pub use api::{ApiError, LoginLink};
 pub use client::Client;
@@ -52,12 +57,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::StartError;
 use crate::inspector::trace::TraceId;
-use crate::inspector::{CallMap, Event, Exchange, Filter, Inspector, Summary, har};
+use crate::inspector::{CallMap, Exchange, Filter, Inspector, Summary};
 use crate::logs::Logs;
 use crate::state::StateFiles;
 use crate::supervisor::Services;
@@ -152,9 +157,6 @@ pub struct Serving {
     pub first_login: String,
 }
 
-/// The cookie a logged-in browser sends.
-const SESSION_COOKIE: &str = "devmesh_session";
-
 struct Api {
     mesh: Parts,
     control: ControlFile,
@@ -176,17 +178,6 @@ const LIST_LIMIT: usize = 500;
 /// Most exchanges one list returns, however many are asked for: a list is
 /// built whole in memory (an export streams instead).
 const MAX_LIST: usize = 10_000;
-/// Exchanges an export reads at a time, and chunks it has on their way.
-const EXPORT_PAGE: usize = 64;
-const EXPORT_CHUNKS: usize = 4;
-
-/// What an export is written as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Export {
-    Har,
-    JsonLines,
-}
-
 impl Api {
     async fn handle(&self, request: Request<Incoming>) -> ApiResponse {
         if !self.host_is_ours(&request) {
@@ -270,103 +261,6 @@ impl Api {
             (Method::GET, ["api", "events"]) => self.events(),
             _ => json(StatusCode::NOT_FOUND, &error("no such route; see `GET /api/services`")),
         }
-    }
-
-    /// Streams every exchange that matches `query`, oldest first (after
-    /// `after`; at most `limit`), a page at a time: memory stays within a
-    /// page and the channel's few, however many are kept, and pages are
-    /// read on the blocking pool, so other calls are answered meanwhile.
-    /// Before, a JSON-lines export of 180,000 exchanges held 437 MB and kept
-    /// `/api/services` waiting 7.8 s.
-    fn export(&self, query: &HashMap<String, String>, format: Export) -> ApiResponse {
-        let mut filter = filter(query);
-        let start = filter.after.take().unwrap_or(0);
-        let mut left = query
-            .get("limit")
-            .and_then(|l| l.parse::<usize>().ok())
-            .unwrap_or(usize::MAX);
-        filter.limit = None;
-        let (sender, receiver) = mpsc::channel::<Bytes>(EXPORT_CHUNKS);
-        let inspector = Arc::clone(&self.mesh.inspector);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut cursor = Some(start);
-            let mut first = true;
-            if format == Export::Har && sender.send(Bytes::from_static(har::START.as_bytes())).await.is_err() {
-                return;
-            }
-            while let Some(after) = cursor {
-                let (inspector, filter) = (Arc::clone(&inspector), filter.clone());
-                let page = tokio::task::spawn_blocking(move || inspector.store.page(&filter, after, EXPORT_PAGE));
-                let page = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    page = page => match page { Ok(page) => page, Err(_) => return },
-                };
-                let mut chunk = Vec::new();
-                let taken = page.exchanges.len().min(left);
-                left -= taken;
-                for exchange in &page.exchanges[..taken] {
-                    match format {
-                        Export::JsonLines => {
-                            serde_json::to_writer(&mut chunk, exchange).expect("exchanges serialize");
-                            chunk.push(b'\n');
-                        }
-                        Export::Har => {
-                            let Some(entry) = har::entry(exchange) else { continue };
-                            if !std::mem::take(&mut first) {
-                                chunk.push(b',');
-                            }
-                            serde_json::to_writer(&mut chunk, &entry).expect("entries serialize");
-                        }
-                    }
-                }
-                cursor = page.next.filter(|_| left > 0);
-                if !chunk.is_empty() && sender.send(Bytes::from(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            if format == Export::Har {
-                let _ = sender.send(Bytes::from_static(har::END.as_bytes())).await;
-            }
-        });
-        let mut response = Response::new(BodyExt::boxed(ChannelBody(receiver)));
-        let content_type = match format {
-            Export::Har => "application/json",
-            Export::JsonLines => "application/x-ndjson",
-        };
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-        response
-    }
-
-    /// A new one-time link that logs a browser in.
-    fn login_url(&self) -> std::io::Result<String> {
-        let once = crate::secret::random_hex(16)?;
-        let url = format!("http://{}/login?once={once}", self.control.addr);
-        self.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(once);
-        Ok(url)
-    }
-
-    /// `GET /login?once=…`: a valid, unused token sets the session cookie.
-    fn login(&self, once: Option<&str>) -> ApiResponse {
-        let valid = once.is_some_and(|once| self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(once));
-        if !valid {
-            return respond(
-                StatusCode::UNAUTHORIZED,
-                "text/html; charset=utf-8",
-                LOGIN_USED.as_bytes().to_vec(),
-            );
-        }
-        let mut response = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Vec::new());
-        let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.session);
-        let headers = response.headers_mut();
-        headers.insert(header::LOCATION, header::HeaderValue::from_static("/"));
-        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-        if let Ok(cookie) = header::HeaderValue::from_str(&cookie) {
-            headers.insert(header::SET_COOKIE, cookie);
-        }
-        response
     }
 
     fn page(&self) -> ApiResponse {
@@ -485,95 +379,7 @@ impl Api {
             }
         }
     }
-
-    /// Server-sent events: exchanges that began or changed, a tick at a
-    /// time (`event: exchange`; `event: lagged` when more changed than a
-    /// tick tells of), each log line (`event: log`).
-    fn events(&self) -> ApiResponse {
-        let (sender, receiver) = mpsc::channel::<Bytes>(256);
-        let mut exchanges = self.mesh.inspector.store.subscribe();
-        let mut logs = self.mesh.logs.subscribe();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    event = exchanges.recv() => match event {
-                        Ok(Event::Exchange(summary)) => sse("exchange", &summary),
-                        Ok(Event::Lagged) | Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    line = logs.recv() => match line {
-                        Ok(line) => sse("log", &line),
-                        Err(broadcast::error::RecvError::Lagged(_)) => sse("lagged", &()),
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                };
-                if sender.send(event).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut response = Response::new(BodyExt::boxed(ChannelBody(receiver)));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-        response
-    }
-
-    fn host_is_ours(&self, request: &Request<Incoming>) -> bool {
-        let port = self.control.addr.port();
-        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-        host.is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"))
-    }
-
-    /// A request with no `Origin` (the CLI, curl) or this API's own.
-    fn origin_is_ours(&self, request: &Request<Incoming>) -> bool {
-        let port = self.control.addr.port();
-        request.headers().get(header::ORIGIN).is_none_or(|origin| {
-            origin
-                .to_str()
-                .is_ok_and(|o| o == format!("http://127.0.0.1:{port}") || o == format!("http://localhost:{port}"))
-        })
-    }
-
-    /// The token (the CLI) or the session cookie (a logged-in browser).
-    fn authorized(&self, request: &Request<Incoming>) -> bool {
-        let expected = format!("Bearer {}", self.control.token);
-        let bearer = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .is_some_and(|v| same(v.as_bytes(), expected.as_bytes()));
-        let session = request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .any(|(name, value)| name == SESSION_COOKIE && same(value.as_bytes(), self.session.as_bytes()));
-        bearer || session
-    }
 }
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// What `GET /` shows a browser that is not logged in.
-const LOGIN_NEEDED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
-<h1>devmesh inspector</h1><p>This page shows the traffic between your services, secrets included, so it \
-needs a login. Open the link <code>cargo devmesh run</code> printed, or run <code>cargo devmesh inspector</code> \
-for a new one.</p>";
-
-/// What a used or wrong login link shows.
-const LOGIN_USED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
-<h1>This login link was used already, or is not this inspector's</h1><p>Each link works once. Run \
-<code>cargo devmesh inspector</code> for a new one.</p>";
 
 fn filter(query: &HashMap<String, String>) -> Filter {
     let text = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
@@ -592,28 +398,6 @@ fn filter(query: &HashMap<String, String>) -> Filter {
                 .unwrap_or(LIST_LIMIT)
                 .min(MAX_LIST),
         ),
-    }
-}
-
-fn sse(event: &str, data: &impl Serialize) -> Bytes {
-    let data = serde_json::to_string(data).expect("events serialize");
-    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
-}
-
-/// A body fed by a channel, for streams.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|bytes| Ok(http_body::Frame::data(bytes))))
     }
 }
 

@@ -4,7 +4,7 @@
 //! [`ServiceHandle`]: the API, `--watch`, a test.
 //!
 //! It owns processes; the proxy owns connections, the logs module owns log
-//! files. What ties them together is [`crate::mesh`].
+//! files. What ties them together is the `mesh` module.
 
 pub mod process;
 mod readiness;

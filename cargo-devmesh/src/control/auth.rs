@@ -1,0 +1,93 @@
+//! Who may use the API: the CLI with the token from `control.json`, a
+//! browser with the session cookie a one-time login link set; and only
+//! requests that name this API as their host, from no page or its own
+//! (no DNS rebinding, no cross-site requests).
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode, header};
+
+use super::{Api, ApiResponse, respond};
+
+/// The cookie a logged-in browser sends.
+const SESSION_COOKIE: &str = "devmesh_session";
+
+impl Api {
+    /// A new one-time link that logs a browser in.
+    pub(super) fn login_url(&self) -> std::io::Result<String> {
+        let once = crate::secret::random_hex(16)?;
+        let url = format!("http://{}/login?once={once}", self.control.addr);
+        self.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(once);
+        Ok(url)
+    }
+
+    /// `GET /login?once=…`: a valid, unused token sets the session cookie.
+    pub(super) fn login(&self, once: Option<&str>) -> ApiResponse {
+        let valid = once.is_some_and(|once| self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(once));
+        if !valid {
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                "text/html; charset=utf-8",
+                LOGIN_USED.as_bytes().to_vec(),
+            );
+        }
+        let mut response = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Vec::new());
+        let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.session);
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, header::HeaderValue::from_static("/"));
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        if let Ok(cookie) = header::HeaderValue::from_str(&cookie) {
+            headers.insert(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+
+    pub(super) fn host_is_ours(&self, request: &Request<Incoming>) -> bool {
+        let port = self.control.addr.port();
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        host.is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"))
+    }
+
+    /// A request with no `Origin` (the CLI, curl) or this API's own.
+    pub(super) fn origin_is_ours(&self, request: &Request<Incoming>) -> bool {
+        let port = self.control.addr.port();
+        request.headers().get(header::ORIGIN).is_none_or(|origin| {
+            origin
+                .to_str()
+                .is_ok_and(|o| o == format!("http://127.0.0.1:{port}") || o == format!("http://localhost:{port}"))
+        })
+    }
+
+    /// The token (the CLI) or the session cookie (a logged-in browser).
+    pub(super) fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let expected = format!("Bearer {}", self.control.token);
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| same(v.as_bytes(), expected.as_bytes()));
+        let session = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| name == SESSION_COOKIE && same(value.as_bytes(), self.session.as_bytes()));
+        bearer || session
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// What `GET /` shows a browser that is not logged in.
+pub(super) const LOGIN_NEEDED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
+<h1>devmesh inspector</h1><p>This page shows the traffic between your services, secrets included, so it \
+needs a login. Open the link <code>cargo devmesh run</code> printed, or run <code>cargo devmesh inspector</code> \
+for a new one.</p>";
+
+/// What a used or wrong login link shows.
+const LOGIN_USED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
+<h1>This login link was used already, or is not this inspector's</h1><p>Each link works once. Run \
+<code>cargo devmesh inspector</code> for a new one.</p>";
