@@ -105,7 +105,7 @@ async fn main() {
         devmesh.rps / nginx_figures.rps,
         devmesh.p99.as_secs_f64() / nginx_figures.p99.as_secs_f64()
     );
-    let captured = captured(state.path()).await;
+    let captured = captured(state.path());
     println!("\nexchanges the inspector held at the end: {captured} (bounded by inspector.memory)");
 
     for child in [&mut supervisor, &mut nginx, &mut service] {
@@ -184,13 +184,8 @@ fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Child {
 }
 
 /// How many exchanges the inspector holds now.
-async fn captured(state: &Path) -> usize {
-    let control: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("control.json")).expect("control.json")).expect("JSON");
-    let addr = control["addr"].as_str().expect("addr");
-    let output = Command::new("curl")
-        .args(["-s", &format!("http://{addr}/api/traffic?limit=1000000")])
-        .output()
-        .expect("curl runs");
-    serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).map_or(0, |v| v.len())
+fn captured(state: &Path) -> usize {
+    let answer = devmesh_bench::Api::read(state).call("GET", "/api/traffic?limit=1000000");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str::<Vec<serde_json::Value>>(body).map_or(0, |v| v.len())
 }

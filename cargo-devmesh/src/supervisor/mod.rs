@@ -6,6 +6,7 @@
 //! It owns processes; the proxy owns connections, the logs module owns log
 //! files. What ties them together is the `mesh` module.
 
+mod command;
 pub mod process;
 mod readiness;
 pub mod service;
@@ -22,7 +23,8 @@ use crate::errors::PlanError;
 use crate::inspector::Callers;
 use crate::logs::Logs;
 use crate::state::RegistryCopy;
-pub use service::{Done, Outcome, Refused, ServiceHandle, ServiceState, Ticket};
+pub use command::{Done, Outcome, Refused, Ticket};
+pub use service::{ServiceHandle, ServiceState};
 
 /// What every service task shares: how to build, spawn, log and publish.
 #[derive(Debug)]

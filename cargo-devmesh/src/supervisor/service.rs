@@ -16,6 +16,7 @@ use devmesh::registry::{Entry, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::command::{Done, Outcome, Refused, Ticket};
 use super::process::{self, Exit, Process};
 use super::{Supervisor, readiness};
 use crate::build::{BinTarget, Built};
@@ -51,73 +52,7 @@ pub struct ServiceState {
     pub note: Option<String>,
 }
 
-/// What a command did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "done", rename_all = "snake_case")]
-pub enum Done {
-    Started {
-        pid: u32,
-    },
-    Restarted {
-        pid: u32,
-    },
-    /// How the process ended, in words.
-    Stopped {
-        exit: String,
-    },
-    AlreadyRunning,
-    WasNotRunning,
-}
-
-impl std::fmt::Display for Done {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Done::Started { pid } => write!(f, "started (pid {pid})"),
-            Done::Restarted { pid } => write!(f, "restarted (pid {pid})"),
-            Done::Stopped { exit } => write!(f, "stopped ({exit})"),
-            Done::AlreadyRunning => f.write_str("already running"),
-            Done::WasNotRunning => f.write_str("was not running"),
-        }
-    }
-}
-
-/// Why a command was not done.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("the build failed; the running instance is kept")]
-    BuildFailedKept,
-    #[error("the build failed; fix it and restart")]
-    BuildFailed,
-    #[error("it has no binary yet")]
-    NoBinary,
-    #[error("could not get a socket: {0}")]
-    NoSocket(String),
-    #[error("could not start: {0}")]
-    CouldNotStart(String),
-    #[error("exited before it was ready ({0})")]
-    ExitedBeforeReady(String),
-    #[error("the supervisor is stopping")]
-    Stopping,
-}
-
-/// The answer to a command.
-pub type Outcome = Result<Done, Refused>;
 type Reply = oneshot::Sender<Outcome>;
-
-/// Where the answer to a command comes.
-#[derive(Debug)]
-pub struct Ticket(oneshot::Receiver<Outcome>);
-
-impl std::future::Future for Ticket {
-    type Output = Outcome;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
-        // A task that has ended dropped the reply: it is stopping.
-        std::pin::Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|answer| answer.unwrap_or(Err(Refused::Stopping)))
-    }
-}
 
 #[derive(Debug)]
 enum Message {
