@@ -88,7 +88,7 @@ impl Builder {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null());
-        let mut child = command.spawn()?;
+        let mut child = crate::supervisor::process::spawn_other(&mut command)?;
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let mut built = Built::default();
         while let Some(line) = lines.next_line().await? {

@@ -101,9 +101,11 @@ impl Mesh {
     /// Starts the services of `plan` (in a tokio runtime). The front ports,
     /// the inspector and the API are up when this returns; the services
     /// are building and starting: wait with [`Mesh::ready`].
+    ///
+    /// A program whose only use of devmesh is this mesh spawns services
+    /// faster when it calls [`supervisor::process::reserve_listen_fd`]
+    /// first thing in `main`, as `cargo devmesh` does; a test need not.
     pub async fn start(plan: Plan) -> anyhow::Result<Mesh> {
-        // Cheap, and idempotent: see `supervisor::process`.
-        supervisor::process::reserve_listen_fd();
         let Plan {
             workspace,
             services,

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Mesh, fixture, get, read_json, text};
 
-/// Waits until `check` holds, for at most `within`.
+/// Waits until `check` holds, for at most `within`, looking every few
+/// milliseconds (a busy loop here took a core from the supervisor).
 fn within(within: Duration, what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -68,6 +68,13 @@ pub fn reserve_listen_fd() {
     }
 }
 
+/// Spawns a process that is no service (`cargo build`) while no service's
+/// socket sits at descriptor 3, so that it never inherits one.
+pub fn spawn_other(command: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+    let _one_at_a_time = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+    command.spawn()
+}
+
 /// Spawns service processes, and tells the watchdog of each.
 #[derive(Debug, Clone)]
 pub struct Spawner {
