@@ -54,6 +54,16 @@ pub enum Command {
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
     },
+    /// Send a service's traffic here, to the sandbox, or here while it runs
+    ///
+    /// `local`, `remote` or `auto`, while everything runs: callers keep its
+    /// front address, requests in flight finish where they began, and
+    /// nothing is restarted.
+    Mode {
+        service: String,
+        #[arg(value_parser = ["local", "remote", "auto"])]
+        mode: String,
+    },
     /// Show the logs of some services (all by default), interleaved.
     Logs {
         #[arg(value_name = "SERVICE")]

@@ -57,3 +57,5 @@ mod watch;
 pub mod workspace;
 
 pub use mesh::{Mesh, Plan};
+pub use proxy::Traffic;
+pub use proxy::switch::ModeRefused;

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use cargo_devmesh::control::ServiceView;
 use cargo_devmesh::logs::{self, Echo};
-use cargo_devmesh::supervisor::ServiceState;
 use cargo_devmesh::workspace::{CargoOptions, Workspace};
-use cargo_devmesh::{Mesh, Plan, control, errors};
+use cargo_devmesh::{Mesh, Plan, Traffic, control, errors};
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -112,6 +112,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             act(&cargo, &services, "restart", &query).await
         }
         Command::Stop { services } => act(&cargo, &services, "stop", "").await,
+        Command::Mode { service, mode } => {
+            let workspace = Workspace::load(&cargo)?;
+            let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
+            let set = client
+                .set_mode(&service, &mode)
+                .await
+                .map_err(|e| anyhow::anyhow!("{service}: {e}"))?;
+            println!(
+                "{service}: mode {}, traffic goes {}",
+                set.mode,
+                traffic_words(set.traffic)
+            );
+            Ok(())
+        }
         Command::Start { services } => act(&cargo, &services, "start", "").await,
         Command::Logs {
             services,
@@ -212,27 +226,42 @@ async fn act(cargo: &CargoOptions, services: &[String], action: &str, query: &st
     Ok(())
 }
 
-fn print_ps(services: &[ServiceState]) {
+fn print_ps(services: &[ServiceView]) {
     println!(
-        "{:<20} {:<12} {:<22} {:>8} {:>8}  NOTE",
-        "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS"
+        "{:<20} {:<12} {:<22} {:>8} {:>8}  {:<6} {:<8} NOTE",
+        "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS", "MODE", "TRAFFIC"
     );
-    for s in services {
+    for view in services {
+        let s = &view.state;
         let pid = s.pid.map_or("-".to_owned(), |p| p.to_string());
         // Connections still open to an instance a restart replaced.
         let draining = match s.draining {
             0 => String::new(),
             open => format!("draining ({open} open) "),
         };
+        let traffic = match (view.traffic, &view.remote) {
+            (Traffic::Remote, Some(url)) => format!("remote → {url} "),
+            (traffic, _) => format!("{:<8} ", traffic_words(traffic)),
+        };
         println!(
-            "{:<20} {:<12} {:<22} {:>8} {:>8}  {draining}{}",
+            "{:<20} {:<12} {:<22} {:>8} {:>8}  {:<6} {traffic}{draining}{}",
             s.name,
             s.status.to_string(),
             s.front.to_string(),
             pid,
             s.restarts,
+            view.mode.to_string(),
             s.note.as_deref().unwrap_or("")
         );
+    }
+}
+
+/// Where a front port sends traffic, in a word.
+fn traffic_words(traffic: Traffic) -> &'static str {
+    match traffic {
+        Traffic::Local => "local",
+        Traffic::Remote => "remote",
+        Traffic::Waiting => "waiting",
     }
 }
 

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use devmesh::config::{Mode, Protocol};
 use devmesh::registry::{Entry, Status};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +38,8 @@ use crate::errors::StartError;
 use crate::inspector::Inspector;
 use crate::logs::{Echo, Logs};
 use crate::ports::PortBook;
-use crate::proxy::{self, Front};
+use crate::proxy::switch::ModeRefused;
+use crate::proxy::{self, Backend, Front, Remote, Switch, Switches, Traffic};
 use crate::state::StateFiles;
 use crate::supervisor::{self, Outcome, ServiceHandle, ServiceState, Services, Supervisor};
 use crate::workspace::{CargoOptions, Workspace};
@@ -81,8 +83,10 @@ impl Plan {
 #[derive(Debug)]
 pub struct Mesh {
     state_dir: PathBuf,
+    /// Every service with a front port: run here, or used from the sandbox.
     selected: Vec<String>,
     services: Arc<Services>,
+    switches: Arc<Switches>,
     fronts: BTreeMap<String, SocketAddr>,
     inspector: Arc<Inspector>,
     logs: Logs,
@@ -132,11 +136,15 @@ impl Mesh {
             );
         }
 
+        let (remotes, remote_problems) = remote_copies(&workspace).await;
+        // Services used from the sandbox only get a front port too.
+        let remote_only: Vec<String> = remotes.keys().filter(|n| !selected.contains(n)).cloned().collect();
+
         let mut ports = PortBook::open(&state_dir, &workspace.root)?;
         let mut listeners = BTreeMap::new();
-        for name in &selected {
-            let spec = &workspace.services[name];
-            let listener = ports.bind(name, spec.port, workspace.config.run.ports)?;
+        for name in selected.iter().chain(&remote_only) {
+            let configured = workspace.services.get(name).and_then(|spec| spec.port);
+            let listener = ports.bind(name, configured, workspace.config.run.ports)?;
             listeners.insert(name.clone(), listener);
         }
         let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
@@ -148,7 +156,10 @@ impl Mesh {
 
         let logs = Logs::new(&state_dir, &selected, workspace.config.logs.clone(), echo)
             .context("could not create the log folder")?;
-        let state = state_files(&state_dir, &fronts, ports)?;
+        for problem in remote_problems {
+            logs.note(problem);
+        }
+        let state = state_files(&state_dir, &fronts, &remote_only, ports)?;
 
         let targets: Vec<BinTarget> = selected
             .iter()
@@ -176,11 +187,35 @@ impl Mesh {
         });
         let shutdown = CancellationToken::new();
         let mut handles = Services::default();
+        let mut switches = Switches::default();
         let mut tasks = Vec::new();
         let mut fronts_to_serve = Vec::new();
+        let timeouts = proxy::Timeouts::new(
+            workspace.config.run.ready_timeout,
+            workspace.config.run.response_timeout,
+        );
+        let mut front = |service: &str, route, protocol| Front {
+            service: service.to_owned(),
+            listener: listeners
+                .remove(service)
+                .expect("every service served has a front port"),
+            route,
+            protocol,
+            timeouts,
+            max_connections: proxy::MAX_CONNECTIONS,
+            inspector: Arc::clone(&inspector),
+        };
         for name in workspace.start_order(&selected) {
-            let spec = workspace.services[&name].clone();
-            let protocol = spec.protocol;
+            let mut spec = workspace.services[&name].clone();
+            let remote = remotes.get(&name).map(|r| r.copy.clone());
+            if spec.mode == Mode::Remote && remote.is_none() {
+                logs.note(format!(
+                    "{name}: its mode is `remote`, but no backend knows it in the sandbox; it runs here \
+                     (hint: add it to `[remote.static]` in devmesh.toml)"
+                ));
+                spec.mode = Mode::Auto;
+            }
+            let (mode, protocol) = (spec.mode, spec.protocol);
             let dependencies = spec
                 .depends_on
                 .iter()
@@ -194,29 +229,27 @@ impl Mesh {
                 Arc::clone(&supervisor),
                 shutdown.clone(),
             );
-            let listener = listeners
-                .remove(&name)
-                .expect("every selected service has a front port");
-            fronts_to_serve.push(Front {
-                service: name.clone(),
-                listener,
-                route,
-                protocol,
-                timeouts: proxy::Timeouts::new(
-                    workspace.config.run.ready_timeout,
-                    workspace.config.run.response_timeout,
-                ),
-                max_connections: proxy::MAX_CONNECTIONS,
-                inspector: Arc::clone(&inspector),
-            });
+            let (switch, route) = Switch::start(Some(route), remote, mode, shutdown.clone());
+            fronts_to_serve.push(front(&name, route, protocol));
+            switches.insert(name.clone(), switch);
             handles.insert(name, handle);
             tasks.push(task);
+        }
+        for name in &remote_only {
+            let remote = remotes[name].clone();
+            let protocol = remote.protocol;
+            let (switch, route) = Switch::start(None, Some(remote.copy), Mode::Remote, shutdown.clone());
+            fronts_to_serve.push(front(name, route, protocol));
+            switches.insert(name.clone(), switch);
         }
         let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, shutdown.clone())
             .context("could not start the front ports")?;
         let services = Arc::new(handles);
+        let switches = Arc::new(switches);
         let parts = control::Parts {
             services: Arc::clone(&services),
+            switches: Arc::clone(&switches),
+            fronts: fronts.clone(),
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
         };
@@ -239,8 +272,9 @@ impl Mesh {
         }
         Ok(Mesh {
             state_dir,
-            selected,
+            selected: selected.into_iter().chain(remote_only).collect(),
             services,
+            switches,
             fronts,
             inspector,
             logs,
@@ -316,6 +350,13 @@ impl Mesh {
         Ok(self.handle(name)?.start().await)
     }
 
+    /// Sends service `name`'s new requests here, to the sandbox, or (`auto`)
+    /// here while it runs: callers keep its front address, and requests in
+    /// flight finish where they are. Where its traffic goes then.
+    pub async fn set_mode(&self, name: &str, mode: Mode) -> Result<Traffic, ModeRefused> {
+        self.services.set_mode(&self.switches, name, mode).await
+    }
+
     fn handle(&self, name: &str) -> anyhow::Result<&ServiceHandle> {
         Ok(self.services.get(name)?)
     }
@@ -376,6 +417,7 @@ impl Drop for Mesh {
 fn state_files(
     state_dir: &Path,
     fronts: &BTreeMap<String, SocketAddr>,
+    remote_only: &[String],
     ports: PortBook,
 ) -> Result<StateFiles, StartError> {
     // The files are copies of what the supervisor holds: written whole, and
@@ -384,7 +426,10 @@ fn state_files(
         .iter()
         .map(|(name, front)| {
             let mut entry = Entry::new(format!("http://{front}"));
-            entry.status = Status::Building;
+            entry.status = match remote_only.contains(name) {
+                true => Status::Remote,
+                false => Status::Building,
+            };
             (name.clone(), entry)
         })
         .collect();
@@ -407,6 +452,82 @@ fn state_files(
         .keep(ports_path.clone(), move || ports.json())
         .map_err(written(&ports_path))?;
     Ok(state)
+}
+
+/// A service's copy in the sandbox, as a front port reaches it.
+#[derive(Debug, Clone)]
+struct RemoteCopy {
+    copy: Remote,
+    protocol: Protocol,
+}
+
+/// The copies in the sandbox a front port can send to, from the remote
+/// backends (`[remote.static]`), by service; and, in words, those it
+/// cannot, which `discover` still answers with their own URL.
+async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Vec<String>) {
+    let mut copies = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, url) in &workspace.config.remote.static_map {
+        let source = devmesh::Source::Remote {
+            backend: "[remote.static]".to_owned(),
+        };
+        let endpoint = match devmesh::Endpoint::from_url(name, url, source) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                problems.push(format!("{name}: `remote.static.{name}` = `{url}`: {}", e.reason));
+                continue;
+            }
+        };
+        let scheme = url
+            .split_once("://")
+            .map_or("", |(scheme, _)| scheme)
+            .to_ascii_lowercase();
+        let protocol = match scheme.as_str() {
+            "http" | "ws" | "grpc" => Protocol::Http,
+            "tcp" => Protocol::Tcp,
+            _ => {
+                problems.push(format!(
+                    "{name}: `{url}` is reached directly, not through a front port: \
+                     front ports do not speak TLS to a sandbox yet (its traffic is not inspected)"
+                ));
+                continue;
+            }
+        };
+        if url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'))
+        {
+            problems.push(format!(
+                "{name}: `{url}` has a path; a front port forwards paths as they are, so it is reached directly"
+            ));
+            continue;
+        }
+        let addr = match tokio::net::lookup_host(endpoint.authority())
+            .await
+            .map(|mut a| a.next())
+        {
+            Ok(Some(addr)) => addr,
+            Ok(None) | Err(_) => {
+                problems.push(format!(
+                    "{name}: the sandbox's host `{}` (from `remote.static.{name}`) does not resolve; \
+                     it is not reachable through its front port until the next run",
+                    endpoint.host()
+                ));
+                continue;
+            }
+        };
+        // The Host it is asked with: as the URL says, the default port left out.
+        let host = match endpoint.port() {
+            80 => endpoint.host().to_owned(),
+            _ => endpoint.authority(),
+        };
+        let copy = Remote {
+            url: endpoint.url().to_owned(),
+            backend: Backend::remote(addr, &host),
+        };
+        copies.insert(name.clone(), RemoteCopy { copy, protocol });
+    }
+    (copies, problems)
 }
 
 /// Holds the workspace for this run: a second `run` is refused even when

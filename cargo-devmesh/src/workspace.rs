@@ -55,6 +55,8 @@ pub struct ServiceSpec {
     pub ready: Readiness,
     pub protocol: Protocol,
     pub inject_env: bool,
+    /// Where its front port sends traffic at first (see `proxy::switch`).
+    pub mode: Mode,
 }
 
 impl ServiceSpec {
@@ -226,8 +228,12 @@ fn services(metadata: &Metadata, config: &Config, root: &Path) -> Result<BTreeMa
         }
     }
     for (name, entry) in &config.services {
-        if entry.mode == Mode::Remote {
-            services.remove(name);
+        // In the sandbox only: no copy here to run.
+        if entry.mode == Mode::Remote
+            && entry.command.is_none()
+            && entry.package.is_none()
+            && !services.contains_key(name)
+        {
             continue;
         }
         let launch = match (&entry.command, services.get(name)) {
@@ -279,6 +285,7 @@ fn default_spec(name: &str, launch: Launch, root: &Path) -> ServiceSpec {
         ready: Readiness::default(),
         protocol: Protocol::default(),
         inject_env: false,
+        mode: Mode::default(),
     }
 }
 
@@ -304,6 +311,7 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
     };
     spec.protocol = entry.protocol;
     spec.inject_env = entry.inject_env;
+    spec.mode = entry.mode;
 }
 
 /// A binary named in config by `package` and/or `bin`.

@@ -8,6 +8,7 @@ mod harness;
 mod inspector;
 mod library;
 mod real_use;
+mod remote;
 mod shop;
 mod state;
 mod supervise;

@@ -1,11 +1,34 @@
 //! What the API sends and its client reads back, as the types both sides
 //! share: a renamed field fails to compile, not blanks `ps`.
 //!
-//! Besides these: `GET /api/services` is a list of
-//! [`ServiceState`](crate::supervisor::ServiceState), and a service command
-//! answers a [`Done`](crate::supervisor::Done).
+//! Besides these, a service command answers a
+//! [`Done`](crate::supervisor::Done).
 
+use devmesh::config::Mode;
 use serde::{Deserialize, Serialize};
+
+use crate::proxy::Traffic;
+use crate::supervisor::ServiceState;
+
+/// `GET /api/services`: a service as `ps` and the page show it, with
+/// where its front port sends traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    #[serde(flatten)]
+    pub state: ServiceState,
+    pub mode: Mode,
+    pub traffic: Traffic,
+    /// Its copy in the sandbox, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// `POST /api/services/{name}/mode?to=…`: where its traffic goes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeSet {
+    pub mode: Mode,
+    pub traffic: Traffic,
+}
 
 /// Any refused request: what went wrong, with a hint.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,8 +8,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
-use super::{ApiError, ControlFile, LoginLink};
-use crate::supervisor::{Done, ServiceState};
+use super::{ApiError, ControlFile, LoginLink, ModeSet, ServiceView};
+use crate::supervisor::Done;
 
 /// A connection to a running supervisor's API.
 #[derive(Debug)]
@@ -41,9 +41,19 @@ impl Client {
         self.control.addr
     }
 
-    /// `GET /api/services`: what each service is doing.
-    pub async fn services(&self) -> anyhow::Result<Vec<ServiceState>> {
+    /// `GET /api/services`: what each service is doing, and where its
+    /// traffic goes.
+    pub async fn services(&self) -> anyhow::Result<Vec<ServiceView>> {
         decode(&self.get("/api/services").await?)
+    }
+
+    /// `POST /api/services/{name}/mode?to={mode}`: where its traffic goes now.
+    pub async fn set_mode(&self, name: &str, mode: &str) -> anyhow::Result<ModeSet> {
+        decode(
+            &self
+                .post(&format!("/api/services/{name}/mode?to={mode}"), Bytes::new())
+                .await?,
+        )
     }
 
     /// A new one-time link that logs a browser into the inspector.

@@ -40,7 +40,7 @@ mod stream;
 
 use stream::Export;
 
-pub use api::{ApiError, LoginLink};
+pub use api::{ApiError, LoginLink, ModeSet, ServiceView};
 pub use client::Client;
 use file::control_path;
 pub use file::{ControlFile, ensure_not_running, read, remove};
@@ -64,13 +64,20 @@ use crate::errors::StartError;
 use crate::inspector::trace::TraceId;
 use crate::inspector::{CallMap, Exchange, Filter, Inspector, Summary};
 use crate::logs::Logs;
+use crate::proxy::Switches;
+use crate::proxy::switch::ModeRefused;
 use crate::state::StateFiles;
-use crate::supervisor::Services;
+use crate::supervisor::{ServiceState, Services};
+use devmesh::config::Mode;
+use devmesh::registry::Status;
 
 /// The parts of the mesh the API serves.
 #[derive(Debug, Clone)]
 pub struct Parts {
     pub services: Arc<Services>,
+    pub switches: Arc<Switches>,
+    /// Every front port, by service.
+    pub fronts: std::collections::BTreeMap<String, SocketAddr>,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
 }
@@ -224,7 +231,8 @@ impl Api {
                     &error(&format!("could not make a login link: {e}")),
                 ),
             },
-            (Method::GET, ["api", "services"]) => json(StatusCode::OK, &self.mesh.services.states()),
+            (Method::GET, ["api", "services"]) => json(StatusCode::OK, &self.views()),
+            (Method::POST, ["api", "services", name, "mode"]) => self.set_mode(name, &query).await,
             (Method::POST, ["api", "services", name, action]) => self.act(name, action, &query).await,
             (Method::GET, ["api", "traffic"]) => {
                 let summaries: Vec<Summary> = self
@@ -269,6 +277,54 @@ impl Api {
             .headers_mut()
             .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
         response
+    }
+
+    /// Every service with a front port, by name: those run here, and those
+    /// used from the sandbox only.
+    fn views(&self) -> Vec<ServiceView> {
+        let states: HashMap<String, ServiceState> = self
+            .mesh
+            .services
+            .states()
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        self.mesh
+            .switches
+            .iter()
+            .map(|(name, switch)| {
+                let remote = switch.remote().map(|r| r.url.clone());
+                let state = states.get(name).cloned().unwrap_or_else(|| ServiceState {
+                    name: name.to_owned(),
+                    status: Status::Remote,
+                    front: self.mesh.fronts.get(name).copied().unwrap_or(self.control.addr),
+                    pid: None,
+                    restarts: 0,
+                    draining: 0,
+                    note: None,
+                });
+                ServiceView {
+                    state,
+                    mode: switch.mode(),
+                    traffic: switch.traffic(),
+                    remote,
+                }
+            })
+            .collect()
+    }
+
+    /// `POST /api/services/{name}/mode?to=local|remote|auto`.
+    async fn set_mode(&self, name: &str, query: &HashMap<String, String>) -> ApiResponse {
+        let mode: Mode = match query.get("to").map(|to| to.parse()) {
+            Some(Ok(mode)) => mode,
+            Some(Err(why)) => return json(StatusCode::BAD_REQUEST, &error(&why)),
+            None => return json(StatusCode::BAD_REQUEST, &error("say the mode: `?to=local|remote|auto`")),
+        };
+        match self.mesh.services.set_mode(&self.mesh.switches, name, mode).await {
+            Ok(traffic) => json(StatusCode::OK, &ModeSet { mode, traffic }),
+            Err(refused @ ModeRefused::Unknown(_)) => json(StatusCode::NOT_FOUND, &error(&refused.to_string())),
+            Err(refused) => json(StatusCode::CONFLICT, &error(&refused.to_string())),
+        }
     }
 
     async fn act(&self, name: &str, action: &str, query: &HashMap<String, String>) -> ApiResponse {

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
-use super::{ClientConnection, Context, awaited};
+use super::{ClientConnection, Context, Target, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
 
@@ -67,8 +67,8 @@ async fn forward(
             headers: Headers::new(request.headers()),
         },
     );
-    let (addr, lease) = match ready {
-        Ok(ready) => ready,
+    let Target { addr, host, lease } = match ready {
+        Ok(target) => target,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
     let limit = context.inspector.store.config.max_body;
@@ -88,9 +88,11 @@ async fn forward(
             },
         )
     });
-    // The pool wants the absolute form, and sends the origin form.
+    // The pool wants the absolute form, and sends the origin form; a
+    // remote instance is asked for by its own name.
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    *request.uri_mut() = format!("http://{}{path}", addr)
+    let authority = host.map_or_else(|| addr.to_string(), |host| host.to_string());
+    *request.uri_mut() = format!("http://{authority}{path}")
         .parse()
         .expect("an address and a path make a URI");
     let forwarded = Instant::now();

@@ -122,6 +122,8 @@ pub struct RequestHead {
     /// The [`REPLAY_HEADER`] line, which the service never sees, and where
     /// its value is (checked by the inspector: a client may send one).
     pub replay: Option<(Range<usize>, Range<usize>)>,
+    /// The `Host` line: a remote instance is asked with its own.
+    pub host: Option<Range<usize>>,
 }
 
 /// What the proxy needs of a response head.
@@ -176,6 +178,11 @@ impl RequestHead {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(REPLAY_HEADER))
             .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
+        let host = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| line_of(buf, h.name.as_bytes(), h.value));
         Ok(Some(RequestHead {
             len,
             fields_at: fields_start(buf),
@@ -193,6 +200,7 @@ impl RequestHead {
             upgrade,
             traceparent,
             replay,
+            host,
         }))
     }
 

@@ -18,8 +18,10 @@ mod h2;
 mod http1;
 mod message;
 mod route;
+pub mod switch;
 
 pub use route::{Backend, Lease, Route};
+pub use switch::{Remote, Switch, Switches, Traffic};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +115,16 @@ struct Context {
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
+}
+
+/// Where a request goes: the instance the route named when it was read,
+/// held for the request by its lease.
+#[derive(Debug)]
+struct Target {
+    addr: SocketAddr,
+    /// The `Host` to ask a remote instance with.
+    host: Option<Arc<str>>,
+    lease: Lease,
 }
 
 /// One client connection: who is on the other end, found once.
@@ -349,9 +361,13 @@ impl Context {
     /// The ready instance, leased while the route is read: a restart that
     /// switches the route after this read then waits for the lease before
     /// stopping the instance.
-    async fn ready_backend(&self) -> Result<(SocketAddr, Lease), String> {
+    async fn ready_backend(&self) -> Result<Target, String> {
         let leased = |route: &Route| match route {
-            Route::Ready(backend) => Some((backend.addr, backend.lease(self.thread))),
+            Route::Ready(backend) => Some(Target {
+                addr: backend.addr,
+                host: backend.host.clone(),
+                lease: backend.lease(self.thread),
+            }),
             Route::Waiting(_) => None,
         };
         // The common case, without a timer.
@@ -432,7 +448,7 @@ const CUT: &str = "cut: its instance was stopped while it was open (after run.dr
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
 async fn pipe(mut stream: TcpStream, context: &Context, connection: &ClientConnection) {
-    let Ok((addr, lease)) = context.ready_backend().await else {
+    let Ok(Target { addr, lease, .. }) = context.ready_backend().await else {
         return;
     };
     let open = context.caller(connection).await.map(|caller| {

@@ -16,11 +16,15 @@ pub enum Route {
     Waiting(Status),
 }
 
-/// One running instance of a service.
+/// One running instance of a service, here or in the sandbox.
 #[derive(Debug, Clone)]
 pub struct Backend {
     /// Where the instance listens (its own socket, not the front port).
     pub addr: SocketAddr,
+    /// The `Host` a remote instance is asked with (its URL's authority):
+    /// a sandbox's router picks the service by it. `None` for a local one,
+    /// which gets the request's own.
+    pub host: Option<Arc<str>>,
     /// Counts what is in flight to this instance, so it is stopped only
     /// once idle: a count for each proxy thread, which would otherwise pass
     /// one back and forth on every request.
@@ -38,6 +42,7 @@ impl Backend {
         let (stalled, cut) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
         Backend {
             addr,
+            host: None,
             drains: (0..super::MAX_THREADS)
                 .map(|_| {
                     Arc::new(Drain {
@@ -50,6 +55,19 @@ impl Backend {
             stalled,
             cut,
         }
+    }
+
+    /// A remote instance at `addr`, asked for as `host`.
+    pub fn remote(addr: SocketAddr, host: &str) -> Backend {
+        Backend {
+            host: Some(Arc::from(host)),
+            ..Backend::new(addr)
+        }
+    }
+
+    /// Whether it is the same instance as `other`.
+    pub fn same(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.stalled, &other.stalled)
     }
 
     /// Requests and connections in flight to the instance.

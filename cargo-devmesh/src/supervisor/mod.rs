@@ -18,10 +18,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use devmesh::config::Mode;
+use devmesh::registry::Status;
+
 use crate::build::Builder;
 use crate::errors::PlanError;
 use crate::inspector::Callers;
 use crate::logs::Logs;
+use crate::proxy::switch::ModeRefused;
+use crate::proxy::{Switches, Traffic};
 use crate::state::RegistryCopy;
 pub use command::{Done, Outcome, Refused, Ticket};
 pub use service::{ServiceHandle, ServiceState};
@@ -73,5 +78,24 @@ impl Services {
 
     pub fn handles(&self) -> impl Iterator<Item = (&str, &ServiceHandle)> {
         self.0.iter().map(|(name, handle)| (name.as_str(), handle))
+    }
+
+    /// Sets where service `name`'s front port sends new requests (those in
+    /// flight finish where they are). A copy here that is stopped (it began
+    /// in `remote` mode) is started for `local` and `auto`; the answer
+    /// comes once it serves. Returns where traffic goes then.
+    pub async fn set_mode(&self, switches: &Switches, name: &str, mode: Mode) -> Result<Traffic, ModeRefused> {
+        let switch = switches
+            .get(name)
+            .ok_or_else(|| ModeRefused::Unknown(name.to_owned()))?;
+        let traffic = switch.set(name, mode)?;
+        if mode != Mode::Remote
+            && let Some(handle) = self.0.get(name)
+            && handle.state.borrow().status == Status::Stopped
+        {
+            let _ = handle.start().await;
+            return Ok(switch.traffic());
+        }
+        Ok(traffic)
     }
 }

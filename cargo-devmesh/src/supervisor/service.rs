@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devmesh::config::Mode;
 use devmesh::registry::{Entry, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -203,8 +204,20 @@ impl Task {
         first_build: FirstBuild,
         dependencies: Vec<watch::Receiver<ServiceState>>,
     ) {
-        if self.take_first_build(first_build).await && self.wait_for(dependencies).await {
-            let _ = self.start_fresh().await;
+        if self.take_first_build(first_build).await {
+            if self.spec.mode == Mode::Remote {
+                // Its traffic goes to the sandbox: it starts here when its
+                // mode says so (`cargo devmesh mode`).
+                let name = &self.spec.name;
+                self.set_status(
+                    Status::Stopped,
+                    Some(format!(
+                        "runs in the sandbox (`cargo devmesh mode {name} auto` runs it here)"
+                    )),
+                );
+            } else if self.wait_for(dependencies).await {
+                let _ = self.start_fresh().await;
+            }
         }
         loop {
             let serving = self.current.as_ref().map(|i| i.backend.clone());

@@ -277,7 +277,7 @@ pub enum Protocol {
 }
 
 /// Where a service runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Always here.
@@ -287,6 +287,34 @@ pub enum Mode {
     /// Here when it runs here, in the sandbox otherwise.
     #[default]
     Auto,
+}
+
+impl Mode {
+    /// Its name, as `devmesh.toml` and `cargo devmesh mode` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Local => "local",
+            Mode::Remote => "remote",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Mode, String> {
+        [Mode::Local, Mode::Remote, Mode::Auto]
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+            .ok_or_else(|| format!("`{text}` is no mode (hint: `local`, `remote` or `auto`)"))
+    }
 }
 
 /// `[remote]`: backends that know services running elsewhere.

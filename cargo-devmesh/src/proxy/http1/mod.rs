@@ -133,6 +133,7 @@ async fn exchange(
         &link.inbound.filled()[..request.len],
         &request,
         arrival.trace(),
+        ready.as_ref().ok().and_then(|target| target.host.as_deref()),
     );
     // Capture begins once the head is on its way: its bookkeeping overlaps
     // the service's own time.
@@ -150,7 +151,7 @@ async fn exchange(
     link.inbound.consume(request.len);
 
     let (addr, lease) = match ready {
-        Ok(ready) => ready,
+        Ok(target) => (target.addr, target.lease),
         Err(message) => {
             let capture = begin(&link.scratch);
             answer(client, StatusCode::SERVICE_UNAVAILABLE, &message, capture).await;
@@ -295,13 +296,15 @@ async fn linger(client: &mut TcpStream) {
 }
 
 /// Writes the head the service sees into `out`: as it came, less the
-/// replay line, and with the `traceparent` of its span at the front port
-/// when traffic is captured (see [`Trace`]).
-fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, trace: Option<Trace>) {
+/// replay line, with the `traceparent` of its span at the front port when
+/// traffic is captured (see [`Trace`]), and the `Host` of a remote
+/// instance (`host`) in place of the client's.
+fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, trace: Option<Trace>, host: Option<&str>) {
     out.clear();
     let replay = request.replay.as_ref().map(|(line, _)| line.clone());
     let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
-    let mut skipped = [replay, parent];
+    let client_host = host.and(request.host.clone());
+    let mut skipped = [replay, parent, client_host];
     skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));
     let mut at = 0;
     for line in skipped.into_iter().flatten() {
@@ -309,6 +312,11 @@ fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, tra
         at = line.end;
     }
     out.extend_from_slice(&head[at..request.blank_at]);
+    if let Some(host) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(trace) = trace {
         out.extend_from_slice(b"traceparent: ");
         out.extend_from_slice(&trace.header.header());
@@ -608,4 +616,27 @@ fn local_response(status: StatusCode, message: &str) -> Vec<u8> {
         message.len()
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_instance_is_asked_with_its_own_host_and_the_replay_line_never_passes() {
+        let head = b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:24001\r\nx-devmesh-replay: 7 key\r\naccept: */*\r\n\r\n";
+        let request = RequestHead::parse(head).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_head(&mut out, head, &request, None, Some("orders.sandbox:8080"));
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "GET /a HTTP/1.1\r\naccept: */*\r\nhost: orders.sandbox:8080\r\n\r\n"
+        );
+        write_request_head(&mut out, head, &request, None, None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a HTTP/1.1\r\nHost: 127.0.0.1:24001\r\naccept: */*\r\n\r\n",
+            "a local instance sees the client's"
+        );
+    }
 }

@@ -1,0 +1,257 @@
+//! A front port's switch between a service's copy here and its copy in
+//! the sandbox. The route the proxy reads is the local one, the remote
+//! one, or (`auto`) the local one while it serves and the remote one
+//! otherwise. A switch changes only where new requests go: one in flight
+//! holds its instance by its lease and finishes there, and a request
+//! waiting for a route takes the new one. Callers keep the front address.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use devmesh::config::Mode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Route};
+
+/// A service's copy in the sandbox.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// As configured: where its traffic goes, for `ps` and the page.
+    pub url: String,
+    pub backend: Backend,
+}
+
+/// Where a front port sends new requests now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// To the copy here.
+    Local,
+    /// To the copy in the sandbox.
+    Remote,
+    /// Nowhere yet: requests wait for the copy here to be ready.
+    Waiting,
+}
+
+/// One service's switch: its mode, and where its traffic goes.
+#[derive(Debug)]
+pub struct Switch {
+    mode: watch::Sender<Mode>,
+    /// The route the front port reads, and where it sends traffic.
+    front: Arc<Front>,
+    /// The route here, when the service has a copy here.
+    local: Option<watch::Receiver<Route>>,
+    remote: Option<Remote>,
+}
+
+#[derive(Debug)]
+struct Front {
+    route: watch::Sender<Route>,
+    traffic: watch::Sender<Traffic>,
+}
+
+impl Front {
+    /// Routes by `mode` with the route here being `local`.
+    fn follow(&self, mode: Mode, local: Option<Route>, remote: Option<&Remote>) {
+        let (route, traffic) = effective(mode, local, remote.map(|r| &r.backend));
+        self.route.send_replace(route);
+        self.traffic
+            .send_if_modified(|was| std::mem::replace(was, traffic) != traffic);
+    }
+}
+
+/// Why a mode was not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeRefused {
+    #[error("unknown service `{0}` (hint: `cargo devmesh ps` lists them)")]
+    Unknown(String),
+    #[error("`{0}` has no copy in the sandbox (hint: give it one under `[remote]` in devmesh.toml)")]
+    NoRemote(String),
+    #[error("`{0}` runs only in the sandbox: it is no service of this workspace")]
+    NoLocal(String),
+}
+
+impl Switch {
+    /// A switch for the front route of a service whose route here is
+    /// `local` (none: it runs only in the sandbox) and whose copy there is
+    /// `remote`, starting in `mode`. Returns the switch and the route the
+    /// front port reads; the switch follows the route here until `shutdown`.
+    pub fn start(
+        local: Option<watch::Receiver<Route>>,
+        remote: Option<Remote>,
+        mode: Mode,
+        shutdown: CancellationToken,
+    ) -> (Switch, watch::Receiver<Route>) {
+        let (mode_tx, mode_rx) = watch::channel(mode);
+        let (route, traffic) = effective(
+            mode,
+            local.as_ref().map(|l| l.borrow().clone()),
+            remote.as_ref().map(|r| &r.backend),
+        );
+        let (route_tx, route_rx) = watch::channel(route);
+        let front = Arc::new(Front {
+            route: route_tx,
+            traffic: watch::channel(traffic).0,
+        });
+        if let Some(mut here) = local.clone() {
+            let (front, remote) = (Arc::clone(&front), remote.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        changed = here.changed() => if changed.is_err() { return },
+                    }
+                    let now = here.borrow_and_update().clone();
+                    front.follow(*mode_rx.borrow(), Some(now), remote.as_ref());
+                }
+            });
+        }
+        let switch = Switch {
+            mode: mode_tx,
+            front,
+            local,
+            remote,
+        };
+        (switch, route_rx)
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
+    }
+
+    /// Where new requests go now.
+    pub fn traffic(&self) -> Traffic {
+        *self.front.traffic.borrow()
+    }
+
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// Sends new requests by `mode` from now on; where they go then.
+    pub fn set(&self, service: &str, mode: Mode) -> Result<Traffic, ModeRefused> {
+        match mode {
+            Mode::Remote | Mode::Auto if self.remote.is_none() => Err(ModeRefused::NoRemote(service.to_owned())),
+            Mode::Local | Mode::Auto if self.local.is_none() => Err(ModeRefused::NoLocal(service.to_owned())),
+            _ => {
+                self.mode.send_replace(mode);
+                let here = self.local.as_ref().map(|l| l.borrow().clone());
+                self.front.follow(mode, here, self.remote.as_ref());
+                Ok(self.traffic())
+            }
+        }
+    }
+}
+
+/// The route that `mode` gives, with the local route `local` and the
+/// remote instance `remote`, and where it sends traffic.
+fn effective(mode: Mode, local: Option<Route>, remote: Option<&Backend>) -> (Route, Traffic) {
+    let to_remote = |backend: &Backend| (Route::Ready(backend.clone()), Traffic::Remote);
+    let here = |route: Route| {
+        let traffic = match route {
+            Route::Ready(_) => Traffic::Local,
+            Route::Waiting(_) => Traffic::Waiting,
+        };
+        (route, traffic)
+    };
+    match (mode, local, remote) {
+        (_, None, Some(remote)) => to_remote(remote),
+        (Mode::Remote, _, Some(remote)) => to_remote(remote),
+        (Mode::Auto, Some(Route::Waiting(_)), Some(remote)) => to_remote(remote),
+        (_, Some(local), _) => here(local),
+        (_, None, None) => (Route::Waiting(devmesh::registry::Status::Stopped), Traffic::Waiting),
+    }
+}
+
+/// Every front port's switch, by service.
+#[derive(Debug, Default)]
+pub struct Switches(BTreeMap<String, Arc<Switch>>);
+
+impl Switches {
+    pub fn insert(&mut self, service: String, switch: Switch) {
+        self.0.insert(service, Arc::new(switch));
+    }
+
+    pub fn get(&self, service: &str) -> Option<&Arc<Switch>> {
+        self.0.get(service)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Switch>)> {
+        self.0.iter().map(|(name, switch)| (name.as_str(), switch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devmesh::registry::Status;
+
+    fn local() -> Backend {
+        Backend::new("127.0.0.1:1".parse().unwrap())
+    }
+
+    fn remote() -> Backend {
+        Backend::remote("127.0.0.1:2".parse().unwrap(), "sandbox:80")
+    }
+
+    #[test]
+    fn each_mode_routes_where_it_says() {
+        let (here, there) = (local(), remote());
+        let ready = || Some(Route::Ready(here.clone()));
+        let waiting = || Some(Route::Waiting(Status::Starting));
+        let traffic = |mode, local| effective(mode, local, Some(&there)).1;
+        assert_eq!(traffic(Mode::Local, ready()), Traffic::Local);
+        assert_eq!(traffic(Mode::Local, waiting()), Traffic::Waiting);
+        assert_eq!(traffic(Mode::Remote, ready()), Traffic::Remote);
+        assert_eq!(traffic(Mode::Auto, ready()), Traffic::Local);
+        assert_eq!(traffic(Mode::Auto, waiting()), Traffic::Remote);
+        assert_eq!(traffic(Mode::Local, None), Traffic::Remote, "only in the sandbox");
+        assert_eq!(effective(Mode::Auto, waiting(), None).1, Traffic::Waiting);
+    }
+
+    #[tokio::test]
+    async fn the_front_route_follows_the_mode_and_the_local_route() {
+        let (local_tx, local_rx) = watch::channel(Route::Waiting(Status::Building));
+        let remote = Remote {
+            url: "http://sandbox".into(),
+            backend: remote(),
+        };
+        let (switch, mut front) = Switch::start(Some(local_rx), Some(remote), Mode::Auto, CancellationToken::new());
+        assert!(
+            matches!(&*front.borrow(), Route::Ready(b) if b.host.is_some()),
+            "auto: remote while building"
+        );
+        let here = local();
+        local_tx.send_replace(Route::Ready(here.clone()));
+        let local_now = front
+            .wait_for(|r| matches!(r, Route::Ready(b) if b.same(&here)))
+            .await
+            .is_ok();
+        assert!(local_now, "auto: local once it serves");
+        assert_eq!(switch.set("orders", Mode::Remote), Ok(Traffic::Remote));
+        assert!(
+            matches!(&*front.borrow(), Route::Ready(b) if b.host.is_some()),
+            "remote at once"
+        );
+        assert_eq!(switch.set("orders", Mode::Local), Ok(Traffic::Local));
+        assert!(
+            front
+                .wait_for(|r| matches!(r, Route::Ready(b) if b.same(&here)))
+                .await
+                .is_ok()
+        );
+
+        let (only_here, _) = Switch::start(
+            Some(watch::channel(Route::Waiting(Status::Stopped)).1),
+            None,
+            Mode::Local,
+            CancellationToken::new(),
+        );
+        assert_eq!(
+            only_here.set("orders", Mode::Remote),
+            Err(ModeRefused::NoRemote("orders".into()))
+        );
+    }
+}

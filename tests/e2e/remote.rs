@@ -1,0 +1,173 @@
+//! Services used from the sandbox: a front port for each, and a service's
+//! traffic moved between its copy here and its copy there while
+//! everything runs. The "sandbox" is a Python `http.server` on loopback.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::harness::{Mesh, exchanges, fixture, get, read_json, text};
+
+/// A Python `http.server` serving `sandbox/whoami` ("sandbox <name>") on a
+/// free port, killed when dropped.
+struct Sandbox {
+    process: Child,
+    port: u16,
+}
+
+impl Sandbox {
+    fn start(dir: &std::path::Path, name: &str) -> Sandbox {
+        let root = dir.join("sandbox");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("whoami"), format!("sandbox {name}")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Sandbox { process, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[test]
+fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
+    let dir = fixture("mesh");
+    let sandbox = Sandbox::start(dir.path(), "beta");
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("devmesh.toml"))
+        .unwrap();
+    // beta runs here and there; gamma only there.
+    writeln!(
+        config,
+        "\n[remote.static]\nbeta = \"{url}\"\ngamma = \"{url}\"",
+        url = sandbox.url()
+    )
+    .unwrap();
+    let mesh = Mesh::start(dir, &["alpha", "beta"], &["beta", "alpha"]);
+    let beta = mesh.front("beta");
+    let here = format!("beta {}", mesh.pid("beta"));
+    let whoami = || get(beta, "/whoami").1;
+    assert!(whoami().starts_with(&here), "auto: here while it runs");
+
+    // gamma: a front port of its own, in the registry as remote.
+    let registry = read_json(&mesh.state().join("registry.json"));
+    let gamma = &registry["services"]["gamma"];
+    assert_eq!(gamma["status"], "remote", "{registry}");
+    let gamma_port: u16 = gamma["url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(gamma_port, sandbox.port, "a front port, not the sandbox's own");
+    assert_eq!(get(gamma_port, "/whoami"), (200, "sandbox beta".to_owned()));
+
+    let switched = text(&mesh.cli(&["mode", "beta", "remote"]));
+    assert!(
+        switched.contains("beta: mode remote, traffic goes remote"),
+        "{switched}"
+    );
+    assert_eq!(whoami(), "sandbox beta");
+    let ps = text(&mesh.cli(&["ps"]));
+    let row = ps.lines().find(|l| l.starts_with("beta")).unwrap_or_default();
+    assert!(row.contains("remote") && row.contains(&sandbox.url()), "{ps}");
+    let refused = mesh.fails(&["mode", "alpha", "remote"], 1);
+    assert!(refused.contains("no copy in the sandbox"), "{refused}");
+
+    // A steady load through alpha, which calls beta, while beta's traffic
+    // moves back and forth ten times: no request fails.
+    let alpha = mesh.front("alpha");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, sent, failed) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                let mut seen = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, body) = get(alpha, "/peer");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match (status, body.contains("sandbox beta")) {
+                        (200, true) => seen.1 += 1,
+                        (200, false) => seen.0 += 1,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    for round in 0..10 {
+        let mode = if round % 2 == 0 { "local" } else { "remote" };
+        let output = mesh.cli(&["mode", "beta", mode]);
+        assert!(output.status.success(), "{}", text(&output));
+        // Let some requests go each way.
+        let at = sent.load(Ordering::Relaxed);
+        while sent.load(Ordering::Relaxed) < at + 5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = load
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} sent",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(
+        seen.0 > 0 && seen.1 > 0,
+        "answers from here and from the sandbox: {seen:?}"
+    );
+
+    // Calls to the sandbox are inspected like any other.
+    let remote_calls = exchanges(&mesh, 1, |e| {
+        e["service"] == "gamma" && e["path"] == "/whoami" && e["status"] == 200
+    });
+    assert_eq!(remote_calls[0]["caller"], "external");
+
+    // auto: when the copy here stops, the sandbox's serves.
+    let output = mesh.cli(&["mode", "beta", "auto"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(whoami().starts_with("beta "), "auto: here while it runs");
+    let output = mesh.cli(&["stop", "beta"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(whoami(), "sandbox beta", "auto: the sandbox's while it is stopped here");
+}
