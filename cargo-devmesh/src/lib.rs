@@ -24,6 +24,8 @@
 //! - `inspector/`: captured traffic: storage, masking, traces, the call
 //!   map, exports, the page;
 //! - `logs/`: interleaved terminal output and per-service log files;
+//! - `dns`: a DNS server answering `<svc>.devmesh.` for programs that
+//!   don't link devmesh;
 //! - `control/`: the local API (and its client) other terminals and the
 //!   page use, on the supervisor's handles;
 //! - `watch`: `--watch`, rebuilding what changed, on the same handles;
@@ -41,6 +43,7 @@
 
 mod build;
 pub mod control;
+mod dns;
 mod dotenv;
 pub mod errors;
 pub mod inspector;

@@ -148,6 +148,7 @@ impl Mesh {
             listeners.insert(name.clone(), listener);
         }
         let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
+        let dns_socket = ports.bind_dns(workspace.config.run.ports)?;
         ports.commit();
         let fronts: BTreeMap<String, SocketAddr> = listeners
             .iter()
@@ -184,6 +185,7 @@ impl Mesh {
             fronts: fronts.clone(),
             grace: workspace.config.run.grace_period,
             drain: workspace.config.run.drain_timeout,
+            dns: dns_socket.local_addr().ok(),
         });
         let shutdown = CancellationToken::new();
         let mut handles = Services::default();
@@ -255,6 +257,15 @@ impl Mesh {
         };
         let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
         tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));
+        let dns_socket = dns_socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UdpSocket::from_std(dns_socket))
+            .context("could not serve DNS")?;
+        tasks.push(tokio::spawn(crate::dns::serve(
+            dns_socket,
+            Arc::new(fronts.clone()),
+            shutdown.clone(),
+        )));
         // Commands and the front ports are up while the services build.
         let building = Arc::clone(&supervisor);
         tasks.push(tokio::spawn(async move {

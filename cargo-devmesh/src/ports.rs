@@ -5,13 +5,15 @@
 //! for another, even while that one is stopped.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use crate::errors::StartError;
 
 /// The inspector's entry in the book: not a service name (those are DNS labels).
 const INSPECTOR: &str = "@inspector";
+/// The DNS server's entry.
+const DNS: &str = "@dns";
 
 /// Front ports by service name, as kept on disk.
 #[derive(Debug)]
@@ -119,22 +121,36 @@ impl PortBook {
         configured: Option<u16>,
         range: (u16, u16),
     ) -> Result<TcpListener, StartError> {
+        self.take(service, configured, range, TcpListener::bind)
+    }
+
+    /// [`PortBook::bind`] with `bind` making the socket (TCP or UDP).
+    fn take<S>(
+        &mut self,
+        service: &str,
+        configured: Option<u16>,
+        range: (u16, u16),
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Result<S, StartError> {
         let fixed = configured.or_else(|| self.ports.get(service).copied());
-        let listener = match fixed {
-            Some(port) => TcpListener::bind(local(port)).map_err(|source| StartError::PortInUse {
-                service: service.to_owned(),
-                port,
-                holder: crate::platform::sockets::listener_of(port)
-                    .map_or_else(String::new, |holder| format!(" ({holder})")),
-                source,
-            })?,
+        let (socket, port) = match fixed {
+            Some(port) => {
+                let socket = bind(local(port)).map_err(|source| StartError::PortInUse {
+                    service: service.to_owned(),
+                    port,
+                    holder: crate::platform::sockets::listener_of(port)
+                        .map_or_else(String::new, |holder| format!(" ({holder})")),
+                    source,
+                })?;
+                (socket, port)
+            }
             None => {
                 let taken: Vec<u16> = self.ports.values().copied().collect();
                 let user = self.user.as_ref();
                 (range.0..=range.1)
                     .filter(|port| !taken.contains(port))
                     .filter(|port| !user.is_some_and(|u| u.kept_for_another(*port)))
-                    .find_map(|port| TcpListener::bind(local(port)).ok())
+                    .find_map(|port| bind(local(port)).ok().map(|socket| (socket, port)))
                     .ok_or(StartError::NoFreePort {
                         service: service.to_owned(),
                         low: range.0,
@@ -142,7 +158,6 @@ impl PortBook {
                     })?
             }
         };
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         self.ports.insert(service.to_owned(), port);
         if let Some(user) = &mut self.user {
             let owner = Owner {
@@ -151,7 +166,7 @@ impl PortBook {
             };
             user.owners.insert(port, owner);
         }
-        Ok(listener)
+        Ok(socket)
     }
 
     /// Binds the inspector's port: the one it had, else a new one in
@@ -159,13 +174,27 @@ impl PortBook {
     /// A port taken meanwhile is replaced rather than an error: nothing
     /// else depends on it.
     pub fn bind_inspector(&mut self, range: (u16, u16)) -> Result<TcpListener, StartError> {
-        match self.bind(INSPECTOR, None, range) {
-            Ok(listener) => Ok(listener),
+        self.take_or_replace(INSPECTOR, range, TcpListener::bind)
+    }
+
+    /// Binds the DNS server's UDP port, kept and replaced as the
+    /// inspector's is.
+    pub fn bind_dns(&mut self, range: (u16, u16)) -> Result<UdpSocket, StartError> {
+        self.take_or_replace(DNS, range, UdpSocket::bind)
+    }
+
+    fn take_or_replace<S>(
+        &mut self,
+        name: &str,
+        range: (u16, u16),
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Result<S, StartError> {
+        match self.take(name, None, range, &bind) {
             Err(StartError::PortInUse { .. }) => {
-                self.ports.remove(INSPECTOR);
-                self.bind(INSPECTOR, None, range)
+                self.ports.remove(name);
+                self.take(name, None, range, &bind)
             }
-            Err(e) => Err(e),
+            taken => taken,
         }
     }
 

@@ -30,11 +30,13 @@
 //!   snapshot readers use;
 //! - [`config`](config): `devmesh.toml`;
 //! - [`remote`]: backends for services that run elsewhere;
+//! - [`dns`]: DNS messages, for the supervisor's DNS server and the SRV backend;
 //! - `listener`: the socket a service serves on;
 //! - [`trace`]: passing a request's trace on to the calls it makes;
 //! - `errors`: every error, each naming its subject and the fix.
 
 pub mod config;
+pub mod dns;
 mod endpoint;
 mod errors;
 mod listener;

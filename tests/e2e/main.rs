@@ -2,6 +2,7 @@
 //! One test binary for all, as nextest recommends.
 
 mod browser;
+mod dns;
 mod errors;
 mod grpc;
 mod harness;

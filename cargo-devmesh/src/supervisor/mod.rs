@@ -48,6 +48,8 @@ pub struct Supervisor {
     pub grace: Duration,
     /// How long a replaced instance stays for what is open to it.
     pub drain: Duration,
+    /// The DNS server's address, for `DEVMESH_DNS`.
+    pub dns: Option<SocketAddr>,
 }
 
 /// The services of a run, by name: their handles, and what they are doing.

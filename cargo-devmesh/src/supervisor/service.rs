@@ -554,6 +554,9 @@ impl Task {
         if let Some(config) = &self.supervisor.config_path {
             command.env("DEVMESH_CONFIG", config);
         }
+        if let Some(dns) = self.supervisor.dns {
+            command.env("DEVMESH_DNS", dns.to_string());
+        }
         if inherit {
             command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", &spec.name);
         } else {
