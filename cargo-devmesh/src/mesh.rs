@@ -478,14 +478,48 @@ struct RemoteCopy {
 async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Vec<String>) {
     let mut copies = BTreeMap::new();
     let mut problems = Vec::new();
-    for (name, url) in &workspace.config.remote.static_map {
-        let source = devmesh::Source::Remote {
-            backend: "[remote.static]".to_owned(),
-        };
+    let mut urls: Vec<(String, String, String)> = workspace
+        .config
+        .remote
+        .static_map
+        .iter()
+        .map(|(name, url)| (name.clone(), url.clone(), format!("remote.static.{name}")))
+        .collect();
+    // The services the workspace uses from DNS SRV, as their records say now.
+    if let Some(config) = workspace.config.remote.dns.clone() {
+        let asked = tokio::task::spawn_blocking(move || {
+            use devmesh::remote::Backend as _;
+            let backend = devmesh::remote::DnsSrv::new(&config)?;
+            let found: Vec<_> = config
+                .services
+                .iter()
+                .map(|name| (name.clone(), backend.lookup(name).map(|e| e.url().to_owned())))
+                .collect();
+            Ok::<_, devmesh::Error>((backend.describe(), found))
+        })
+        .await;
+        match asked {
+            Ok(Ok((backend, found))) => {
+                for (name, url) in found {
+                    match url {
+                        Some(url) => urls.push((name, url, backend.clone())),
+                        None => problems.push(format!(
+                            "{name}: {backend} has no record of it; it gets no front port this run \
+                             (hint: `dig @SERVER _{name}._tcp.DOMAIN SRV`)"
+                        )),
+                    }
+                }
+            }
+            Ok(Err(e)) => problems.push(format!("`[remote.dns]`: {e}")),
+            Err(e) => problems.push(format!("`[remote.dns]`: {e}")),
+        }
+    }
+    for (name, url, from) in &urls {
+        let source = devmesh::Source::Remote { backend: from.clone() };
         let endpoint = match devmesh::Endpoint::from_url(name, url, source) {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                problems.push(format!("{name}: `remote.static.{name}` = `{url}`: {}", e.reason));
+                problems.push(format!("{name}: `{from}` = `{url}`: {}", e.reason));
                 continue;
             }
         };
@@ -520,7 +554,7 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             Ok(Some(addr)) => addr,
             Ok(None) | Err(_) => {
                 problems.push(format!(
-                    "{name}: the sandbox's host `{}` (from `remote.static.{name}`) does not resolve; \
+                    "{name}: the sandbox's host `{}` (from `{from}`) does not resolve; \
                      it is not reachable through its front port until the next run",
                     endpoint.host()
                 ));

@@ -319,7 +319,8 @@ mod tests {
             ttl: 5,
             data: Data::A(Ipv4Addr::LOCALHOST),
         };
-        let answer = Response::parse(&question.answer(NOERROR, std::slice::from_ref(&srv), std::slice::from_ref(&a))).unwrap();
+        let answer =
+            Response::parse(&question.answer(NOERROR, std::slice::from_ref(&srv), std::slice::from_ref(&a))).unwrap();
         assert_eq!((answer.id, answer.code), (7, NOERROR));
         assert_eq!((answer.answers, answer.additional), (vec![srv], vec![a]));
     }

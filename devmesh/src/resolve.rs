@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::errors::{Place, Searched};
 use crate::registry::live::LiveRegistry;
-use crate::remote::{Backend, StaticMap};
+use crate::remote::{Backend, DnsSrv, StaticMap};
 use crate::{Endpoint, Error, Source, name};
 
 /// An override variable and why its value is not a URL.
@@ -95,9 +95,17 @@ impl Resolver {
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         if let Some(path) = Config::locate(&cwd, env) {
-            let backend = Config::load(&path).and_then(|c| StaticMap::new(&path, &c.remote.static_map));
-            match backend {
-                Ok(map) => builder = builder.backend(map),
+            let backends = Config::load(&path).and_then(|c| {
+                let dns = c.remote.dns.as_ref().map(DnsSrv::new).transpose()?;
+                Ok((StaticMap::new(&path, &c.remote.static_map)?, dns))
+            });
+            match backends {
+                Ok((map, dns)) => {
+                    builder = builder.backend(map);
+                    if let Some(dns) = dns {
+                        builder = builder.backend(dns);
+                    }
+                }
                 Err(e) => {
                     crate::warn(&e.to_string());
                     builder.problems.push(Place {

@@ -58,21 +58,36 @@ impl Drop for Sandbox {
     }
 }
 
+/// Adds `section` to the fixture's `devmesh.toml`.
+fn add_config(dir: &std::path::Path, section: &str) {
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("devmesh.toml"))
+        .unwrap();
+    writeln!(config, "\n{section}").unwrap();
+}
+
+/// The front port of `service`, which the registry lists as remote.
+fn remote_front(mesh: &Mesh, service: &str) -> u16 {
+    let registry = read_json(&mesh.state().join("registry.json"));
+    let entry = &registry["services"][service];
+    assert_eq!(entry["status"], "remote", "{registry}");
+    let url = entry["url"].as_str().expect("a URL");
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
+
 #[test]
 fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     let dir = fixture("mesh");
     let sandbox = Sandbox::start(dir.path(), "beta");
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.path().join("devmesh.toml"))
-        .unwrap();
     // beta runs here and there; gamma only there.
-    writeln!(
-        config,
-        "\n[remote.static]\nbeta = \"{url}\"\ngamma = \"{url}\"",
-        url = sandbox.url()
-    )
-    .unwrap();
+    add_config(
+        dir.path(),
+        &format!(
+            "[remote.static]\nbeta = \"{url}\"\ngamma = \"{url}\"",
+            url = sandbox.url()
+        ),
+    );
     let mesh = Mesh::start(dir, &["alpha", "beta"], &["beta", "alpha"]);
     let beta = mesh.front("beta");
     let here = format!("beta {}", mesh.pid("beta"));
@@ -80,17 +95,7 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     assert!(whoami().starts_with(&here), "auto: here while it runs");
 
     // gamma: a front port of its own, in the registry as remote.
-    let registry = read_json(&mesh.state().join("registry.json"));
-    let gamma = &registry["services"]["gamma"];
-    assert_eq!(gamma["status"], "remote", "{registry}");
-    let gamma_port: u16 = gamma["url"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let gamma_port = remote_front(&mesh, "gamma");
     assert_ne!(gamma_port, sandbox.port, "a front port, not the sandbox's own");
     assert_eq!(get(gamma_port, "/whoami"), (200, "sandbox beta".to_owned()));
 
@@ -170,4 +175,61 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     let output = mesh.cli(&["stop", "beta"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(whoami(), "sandbox beta", "auto: the sandbox's while it is stopped here");
+}
+
+/// A service the workspace uses from a DNS SRV server (Debian's dnsmasq
+/// here, as Consul's DNS would be): a front port to where its record says.
+#[test]
+fn a_service_found_by_dns_srv_gets_a_front_port() {
+    let dir = fixture("mesh");
+    let sandbox = Sandbox::start(dir.path(), "delta");
+    let dns_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dnsmasq = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local=/sandbox.test/",
+            "--host-record=delta.sandbox.test,127.0.0.1",
+        ])
+        .arg(format!("--port={dns_port}"))
+        .arg(format!(
+            "--srv-host=_delta._tcp.sandbox.test,delta.sandbox.test,{}",
+            sandbox.port
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq runs (hint: apt-get install dnsmasq-base)");
+    add_config(
+        dir.path(),
+        &format!(
+            "[remote.dns]\nserver = \"127.0.0.1:{dns_port}\"\ndomain = \"sandbox.test\"\nservices = [\"delta\", \"nosuch\"]"
+        ),
+    );
+    let mesh = Mesh::start(dir, &["beta"], &["beta"]);
+    let port = remote_front(&mesh, "delta");
+    assert_eq!(get(port, "/whoami"), (200, "sandbox delta".to_owned()));
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("delta") && l.contains(&format!("remote → {}", sandbox.url()))),
+        "{ps}"
+    );
+    let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap();
+    assert!(
+        said.contains("nosuch: DNS SRV `_<svc>._tcp.sandbox.test`") && said.contains("has no record of it"),
+        "a name with no record is said: {said}"
+    );
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
 }

@@ -28,6 +28,11 @@
 //! [remote.static]           # services that run elsewhere
 //! payments = "https://payments.sandbox.example.com"
 //!
+//! [remote.dns]              # services as DNS SRV records: _<svc>._tcp.<domain>
+//! server = "10.0.0.2:8600"  # Consul's DNS interface, a cluster's DNS
+//! domain = "service.consul"
+//! services = ["billing"]    # asked at once, and given front ports
+//!
 //! [logs]
 //! max_size = "10MiB"        # a service's log file is rotated at this size
 //! keep = 3                  # rotated files kept (<svc>.log.1, .2, .3)
@@ -325,6 +330,33 @@ pub struct RemoteConfig {
     /// `[remote.static]`: service name → base URL.
     #[serde(rename = "static", default)]
     pub static_map: BTreeMap<String, String>,
+    /// `[remote.dns]`: services found by DNS SRV.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[remote.dns]`: services as the SRV records `_<svc>._tcp.<domain>` of
+/// one DNS server (Consul's DNS interface, a cluster's DNS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DnsConfig {
+    /// The server, `IP:port` (Consul: port 8600).
+    pub server: String,
+    /// The domain under which services are: `service.consul`,
+    /// `svc.cluster.local`.
+    pub domain: String,
+    /// The scheme of the URLs made from the records.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Services the workspace uses from there: asked at once, and given a
+    /// front port by the supervisor. Others are asked when first discovered.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+fn default_scheme() -> String {
+    "http".to_owned()
 }
 
 impl Config {
@@ -380,6 +412,22 @@ impl Config {
             let source = crate::Source::Remote { backend: String::new() };
             if let Err(e) = crate::Endpoint::from_url(name, url, source) {
                 problems.push(format!("key `remote.static.{name}`: {e}"));
+            }
+        }
+        if let Some(dns) = &self.remote.dns {
+            if dns.server.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "key `remote.dns.server`: `{}` is not an address (hint: `IP:port`, e.g. `10.0.0.2:8600`)",
+                    dns.server
+                ));
+            }
+            if dns.domain.trim_matches('.').is_empty() {
+                problems.push("key `remote.dns.domain`: it is empty (hint: e.g. `service.consul`)".to_owned());
+            }
+            for name in &dns.services {
+                if let Err(e) = crate::name::validate(name) {
+                    problems.push(format!("key `remote.dns.services`: {e}"));
+                }
             }
         }
         for (name, service) in &self.services {

@@ -4,8 +4,10 @@
 //! one that asks the network (DNS SRV, etcd) keeps its answers fresh in the
 //! background.
 
+mod dns_srv;
 mod static_map;
 
+pub use dns_srv::DnsSrv;
 pub use static_map::StaticMap;
 
 use crate::Endpoint;
@@ -16,7 +18,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// ``static map in `devmesh.toml` ``.
     fn describe(&self) -> String;
 
-    /// The endpoint of `name`, if this backend knows it. Must not block.
+    /// The endpoint of `name`, if this backend knows it. Answers from
+    /// memory; a backend that asks the network may ask once, bounded in
+    /// time, for a name it was never asked before.
     fn lookup(&self, name: &str) -> Option<Endpoint>;
 
     /// Every name it knows, for "not found" errors and near-miss hints.
