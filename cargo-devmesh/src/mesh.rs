@@ -96,6 +96,8 @@ pub struct Mesh {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     proxy_workers: Vec<std::thread::JoinHandle<()>>,
+    /// The services shared in etcd, while they are.
+    sharing: Option<crate::share::Sharing>,
     /// Held while the mesh runs: a second one for the workspace is refused.
     _workspace_lock: std::fs::File,
     stopped: bool,
@@ -271,6 +273,22 @@ impl Mesh {
         tasks.push(tokio::spawn(async move {
             first_build.send_replace(Some(Arc::new(build_all(&building).await)));
         }));
+        let shared: Vec<(String, String)> = selected
+            .iter()
+            .filter(|name| workspace.config.services.get(*name).is_some_and(|s| s.share))
+            .map(|name| (name.clone(), format!("http://{}", fronts[name])))
+            .collect();
+        let sharing = match (&workspace.config.remote.etcd, shared.is_empty()) {
+            (Some(config), false) => Some(
+                crate::share::Sharing::start(config, shared, logs.clone())
+                    .context("could not start the thread that shares services in etcd")?,
+            ),
+            (None, false) => {
+                logs.note("services are marked `share = true`, but there is no `[remote.etcd]` to share them in");
+                None
+            }
+            (_, true) => None,
+        };
         if watch {
             tasks.push(tokio::spawn(crate::watch::run(
                 crate::watch::Watched::of(&workspace, &selected),
@@ -295,6 +313,7 @@ impl Mesh {
             shutdown,
             tasks,
             proxy_workers,
+            sharing,
             _workspace_lock: workspace_lock,
             stopped: false,
         })
@@ -376,6 +395,10 @@ impl Mesh {
     /// and clears this mesh's registry entries.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.logs.note("stopping");
+        // Others stop calling a shared service first.
+        if let Some(sharing) = self.sharing.take() {
+            let _ = tokio::task::spawn_blocking(move || sharing.stop()).await;
+        }
         self.shutdown.cancel();
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;

@@ -96,16 +96,29 @@ impl Resolver {
         let cwd = std::env::current_dir().unwrap_or_default();
         if let Some(path) = Config::locate(&cwd, env) {
             let backends = Config::load(&path).and_then(|c| {
-                let dns = c.remote.dns.as_ref().map(DnsSrv::new).transpose()?;
-                Ok((StaticMap::new(&path, &c.remote.static_map)?, dns))
-            });
-            match backends {
-                Ok((map, dns)) => {
-                    builder = builder.backend(map);
-                    if let Some(dns) = dns {
-                        builder = builder.backend(dns);
-                    }
+                let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(StaticMap::new(&path, &c.remote.static_map)?)];
+                if let Some(dns) = &c.remote.dns {
+                    backends.push(Box::new(DnsSrv::new(dns)?));
                 }
+                #[cfg(feature = "etcd")]
+                if let Some(etcd) = &c.remote.etcd {
+                    backends.push(Box::new(crate::remote::Etcd::new(etcd)?));
+                }
+                Ok((backends, c.remote.etcd.is_some()))
+            });
+            if let Ok((_, true)) = &backends
+                && cfg!(not(feature = "etcd"))
+            {
+                builder.problems.push(Place {
+                    place: "`[remote.etcd]`".into(),
+                    found: "not read: this service was built without devmesh's `etcd` feature \
+                            (hint: `devmesh = { features = [\"etcd\"] }`)"
+                        .into(),
+                });
+            }
+            let backends = backends.map(|(backends, _)| backends);
+            match backends {
+                Ok(backends) => builder.backends.extend(backends),
                 Err(e) => {
                     crate::warn(&e.to_string());
                     builder.problems.push(Place {

@@ -233,3 +233,71 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
 }
+
+/// A service marked `share = true` is in the team's etcd while the
+/// supervisor runs; killed, the supervisor stops renewing its lease and it
+/// is gone within it; a clean stop takes it away at once.
+#[test]
+fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
+    use devmesh::remote::etcd::Cluster;
+    let port = |()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client, peer) = (port(()), port(()));
+    let data = tempfile::tempdir().unwrap();
+    let mut etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd runs (hint: apt-get install etcd-server)");
+    let cluster = Cluster::new(&[format!("127.0.0.1:{client}")]);
+    // `/devmesh/team/services/beta`, and the end of its range.
+    let (key, end) = (
+        "L2Rldm1lc2gvdGVhbS9zZXJ2aWNlcy9iZXRh",
+        "L2Rldm1lc2gvdGVhbS9zZXJ2aWNlcy9iZXRi",
+    );
+    // How many keys are beta's; `None` while etcd does not answer.
+    let count = || {
+        cluster
+            .call("/v3/kv/range", &serde_json::json!({ "key": key, "range_end": end }))
+            .ok()
+            .map(|a| a["count"].as_str().unwrap_or("0").to_owned())
+    };
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    let within = |what: &str, want: &str| {
+        while count().as_deref() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    within("etcd serves", "0");
+
+    let dir = fixture("mesh");
+    add_config(
+        dir.path(),
+        &format!(
+            "[services.beta]\nshare = true\n\n[remote.etcd]\nendpoints = [\"127.0.0.1:{client}\"]\nnamespace = \"team\"\nlease = \"2s\""
+        ),
+    );
+    let mut mesh = Mesh::start(dir, &["beta"], &["beta"]);
+    within("beta registered", "1");
+    let killed = std::time::Instant::now();
+    mesh.signal_and_wait(libc::SIGKILL);
+    within("beta gone with its lease", "0");
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        killed.elapsed()
+    );
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}

@@ -33,6 +33,11 @@
 //! domain = "service.consul"
 //! services = ["billing"]    # asked at once, and given front ports
 //!
+//! [remote.etcd]             # the team's registry (cargo feature `etcd` for services)
+//! endpoints = ["10.0.0.2:2379", "10.0.0.3:2379"]
+//! namespace = "sandbox"     # keys /devmesh/<namespace>/services/<name>
+//! lease = "10s"             # a shared service vanishes this long after its supervisor
+//!
 //! [logs]
 //! max_size = "10MiB"        # a service's log file is rotated at this size
 //! keep = 3                  # rotated files kept (<svc>.log.1, .2, .3)
@@ -226,6 +231,10 @@ pub struct ServiceConfig {
     /// link devmesh.
     #[serde(default)]
     pub inject_env: bool,
+    /// Register it in `[remote.etcd]` under the namespace while it runs, so
+    /// that others find it.
+    #[serde(default)]
+    pub share: bool,
 }
 
 /// The path the default readiness check asks for. A path no application
@@ -333,6 +342,31 @@ pub struct RemoteConfig {
     /// `[remote.dns]`: services found by DNS SRV.
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// `[remote.etcd]`: the team's shared registry in etcd.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `[remote.etcd]`: services under `/devmesh/<namespace>/services/<name>`
+/// in an etcd cluster (read with the cargo feature `etcd`), watched for
+/// changes; the supervisor registers the services marked `share = true`
+/// there, with a lease it keeps alive.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    /// Members' client addresses, `host:port` (asked in turn).
+    pub endpoints: Vec<String>,
+    /// Whose services: the team's sandbox, or a developer's own.
+    pub namespace: String,
+    /// How long a shared service stays registered after the supervisor
+    /// stops renewing it (killed, or the laptop asleep).
+    #[serde(default = "default_lease", with = "duration")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[remote.dns]`: services as the SRV records `_<svc>._tcp.<domain>` of
@@ -428,6 +462,17 @@ impl Config {
                 if let Err(e) = crate::name::validate(name) {
                     problems.push(format!("key `remote.dns.services`: {e}"));
                 }
+            }
+        }
+        if let Some(etcd) = &self.remote.etcd {
+            if etcd.endpoints.is_empty() {
+                problems.push("key `remote.etcd.endpoints`: it is empty (hint: `[\"10.0.0.2:2379\"]`)".to_owned());
+            }
+            if etcd.namespace.is_empty() || etcd.namespace.contains('/') {
+                problems.push(format!(
+                    "key `remote.etcd.namespace`: `{}` must be a non-empty name without `/`",
+                    etcd.namespace
+                ));
             }
         }
         for (name, service) in &self.services {

@@ -5,9 +5,13 @@
 //! background.
 
 mod dns_srv;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod static_map;
 
 pub use dns_srv::DnsSrv;
+#[cfg(feature = "etcd")]
+pub use etcd::Etcd;
 pub use static_map::StaticMap;
 
 use crate::Endpoint;

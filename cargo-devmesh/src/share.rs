@@ -1,0 +1,93 @@
+//! Sharing services in the team's registry: the services marked
+//! `share = true` are put under `[remote.etcd]`'s namespace on a lease
+//! renewed a third of the way through it, on a thread of their own. A
+//! clean stop revokes the lease (they vanish at once); a killed supervisor
+//! or a sleeping laptop stops renewing it (they vanish within the lease).
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use devmesh::config::EtcdConfig;
+use devmesh::remote::etcd::Registration;
+
+use crate::logs::Logs;
+
+/// The sharing thread; dropped or stopped, it revokes the lease.
+#[derive(Debug)]
+pub struct Sharing {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sharing {
+    /// Shares `services` (name, URL) until stopped.
+    pub fn start(config: &EtcdConfig, services: Vec<(String, String)>, logs: Logs) -> std::io::Result<Sharing> {
+        let (stop, stopped) = mpsc::channel();
+        let mut registration = Registration::new(config);
+        let names = services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let namespace = config.namespace.clone();
+        let thread = std::thread::Builder::new()
+            .name("devmesh-share".into())
+            .spawn(move || {
+                let mut registered = false;
+                let mut failures = 0u32;
+                loop {
+                    let outcome = if registered {
+                        registration.renew().map(|alive| (alive, false))
+                    } else {
+                        registration.register(&services).map(|()| (true, true))
+                    };
+                    match outcome {
+                        Ok((true, first)) => {
+                            if first || failures > 0 {
+                                logs.note(format!("shared in etcd under `{namespace}`: {names}"));
+                            }
+                            registered = true;
+                            failures = 0;
+                        }
+                        // Its lease ran out (the laptop slept): again.
+                        Ok((false, _)) => registered = false,
+                        Err(e) => {
+                            if failures == 0 {
+                                logs.note(format!("could not share {names} in etcd: {e}; trying again"));
+                            }
+                            registered = false;
+                            failures += 1;
+                        }
+                    }
+                    let wait = match failures {
+                        0 => registration.every(),
+                        n => Duration::from_millis(500)
+                            .saturating_mul(1 << n.min(5))
+                            .min(registration.every()),
+                    };
+                    match stopped.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => {
+                            let _ = registration.revoke();
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Sharing {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Revokes the lease, and waits until it is done.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        // The thread revokes the lease on its own.
+        self.stop.take();
+    }
+}
