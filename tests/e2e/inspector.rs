@@ -13,7 +13,7 @@ fn mesh() -> Mesh {
 
 /// A one-time link that logs a browser into the inspector page, as
 /// `cargo devmesh inspector` prints it.
-fn page(mesh: &Mesh) -> String {
+pub fn page(mesh: &Mesh) -> String {
     let output = mesh.cli(&["inspector"]);
     assert!(output.status.success(), "{}", text(&output));
     let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();

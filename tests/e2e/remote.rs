@@ -1,6 +1,7 @@
 //! Services used from the sandbox: a front port for each, and a service's
 //! traffic moved between its copy here and its copy there while
-//! everything runs. The "sandbox" is a Python `http.server` on loopback.
+//! everything runs. The "sandbox" is a Python `http.server`, on a host of
+//! its own (a network namespace) or on loopback.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -9,45 +10,77 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::harness::{Mesh, exchanges, fixture, get, read_json, text};
 
-/// A Python `http.server` serving `sandbox/whoami` ("sandbox <name>") on a
-/// free port, killed when dropped.
+/// A Python `http.server` serving `sandbox/whoami` ("sandbox <name>"),
+/// killed when dropped: on loopback, or on a host of its own (a network
+/// namespace joined to this one by a veth pair), as a team's sandbox is.
 struct Sandbox {
     process: Child,
-    port: u16,
+    addr: std::net::SocketAddr,
+    /// The namespace and this side's end of the veth pair, when it has them.
+    host: Option<(String, String)>,
 }
 
 impl Sandbox {
     fn start(dir: &std::path::Path, name: &str) -> Sandbox {
-        let root = dir.join("sandbox");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("whoami"), format!("sandbox {name}")).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let process = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
+        Sandbox::serve(dir, name, ([127, 0, 0, 1], port).into(), None)
+    }
+
+    /// On a host of its own: namespace `dm<pid>`, 10.N.M.2 behind a veth
+    /// pair whose other end, here, is 10.N.M.1 (root only).
+    fn on_a_host_of_its_own(dir: &std::path::Path, name: &str) -> Sandbox {
+        let pid = std::process::id();
+        let (ns, here, there) = (format!("dm{pid}"), format!("dm{pid}a"), format!("dm{pid}b"));
+        let (n, m) = (100 + (pid >> 8) % 100, pid % 256);
+        let run = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().expect("`ip` runs");
+            assert!(status.success(), "ip {args:?} (the test needs root)");
+        };
+        let (near, far) = (format!("10.{n}.{m}.1/24"), format!("10.{n}.{m}.2/24"));
+        run(&["netns", "add", &ns]);
+        run(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        run(&["link", "set", &there, "netns", &ns]);
+        run(&["addr", "add", &near, "dev", &here]);
+        run(&["link", "set", &here, "up"]);
+        run(&["netns", "exec", &ns, "ip", "addr", "add", &far, "dev", &there]);
+        run(&["netns", "exec", &ns, "ip", "link", "set", &there, "up"]);
+        let addr = ([10, n as u8, m as u8, 2], 8080).into();
+        Sandbox::serve(dir, name, addr, Some((ns, here)))
+    }
+
+    fn serve(dir: &std::path::Path, name: &str, addr: std::net::SocketAddr, host: Option<(String, String)>) -> Sandbox {
+        let root = dir.join("sandbox");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("whoami"), format!("sandbox {name}")).unwrap();
+        let mut command = match &host {
+            Some((ns, _)) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, "python3"]);
+                command
+            }
+            None => Command::new("python3"),
+        };
+        let process = command
+            .args(["-m", "http.server", &addr.port().to_string(), "--bind"])
+            .arg(addr.ip().to_string())
+            .arg("--directory")
             .arg(&root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 runs");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(addr).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Sandbox { process, port }
+        Sandbox { process, addr, host }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr)
     }
 }
 
@@ -55,6 +88,10 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        if let Some((ns, here)) = &self.host {
+            let _ = Command::new("ip").args(["link", "del", here]).status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -79,7 +116,7 @@ fn remote_front(mesh: &Mesh, service: &str) -> u16 {
 #[test]
 fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     let dir = fixture("mesh");
-    let sandbox = Sandbox::start(dir.path(), "beta");
+    let sandbox = Sandbox::on_a_host_of_its_own(dir.path(), "beta");
     // beta runs here and there; gamma only there.
     add_config(
         dir.path(),
@@ -96,7 +133,7 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
 
     // gamma: a front port of its own, in the registry as remote.
     let gamma_port = remote_front(&mesh, "gamma");
-    assert_ne!(gamma_port, sandbox.port, "a front port, not the sandbox's own");
+    assert_ne!(gamma_port, sandbox.addr.port(), "a front port, not the sandbox's own");
     assert_eq!(get(gamma_port, "/whoami"), (200, "sandbox beta".to_owned()));
 
     let switched = text(&mesh.cli(&["mode", "beta", "remote"]));
@@ -168,6 +205,35 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     });
     assert_eq!(remote_calls[0]["caller"], "external");
 
+    // The page switches it too, and says what a restart did.
+    let mut browser = crate::browser::Browser::open(&crate::inspector::page(&mesh));
+    browser.wait_until(
+        "document.querySelector('.svc[data-service=beta] select.mode') !== null",
+        "beta's mode control",
+    );
+    browser.eval(
+        "(() => { const s = document.querySelector('.svc[data-service=beta] select.mode'); \
+         s.value = 'remote'; s.dispatchEvent(new Event('change', { bubbles: true })); })()",
+    );
+    browser.wait_until(
+        "document.body.innerText.includes('beta: mode remote, traffic goes remote')",
+        "the page's switch to remote",
+    );
+    browser.wait_until(
+        &format!(
+            "document.querySelector('.svc[data-service=beta] .meta').innerText.includes('traffic → {}')",
+            sandbox.url()
+        ),
+        "beta's card saying where its traffic goes",
+    );
+    assert_eq!(whoami(), "sandbox beta");
+    browser.eval("document.querySelector('.svc[data-service=alpha] button.restart').click()");
+    browser.wait_until(
+        "document.body.innerText.includes('alpha: restarted (pid ')",
+        "what the restart did",
+    );
+    eprintln!("screenshot: {}", browser.screenshot("modes").display());
+
     // auto: when the copy here stops, the sandbox's serves.
     let output = mesh.cli(&["mode", "beta", "auto"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -204,7 +270,7 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         .arg(format!("--port={dns_port}"))
         .arg(format!(
             "--srv-host=_delta._tcp.sandbox.test,delta.sandbox.test,{}",
-            sandbox.port
+            sandbox.addr.port()
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
