@@ -159,6 +159,35 @@ pub fn build() -> Built {
     }
 }
 
+/// The shop's `payments` run on its own (no supervisor) on a free port,
+/// once it answers: a service "directly", or a remote copy of it.
+pub async fn payments_alone(payments: &Path) -> (Child, SocketAddr) {
+    let port = free_port();
+    let child = Command::new(payments)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("payments starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until_answers(addr, "/health").await;
+    (child, addr)
+}
+
+/// `cargo devmesh run --release payments` on the shop, its state in
+/// `state`, its ports in `ports`, with `env` besides.
+pub fn run_payments(built: &Built, state: &Path, ports: &str, env: &[(&str, String)]) -> Child {
+    Command::new(&built.supervisor)
+        .args(["run", "--release", "payments", "--manifest-path"])
+        .arg(&built.shop)
+        .env("DEVMESH_STATE_DIR", state)
+        .env("DEVMESH_RUN__PORTS", ports)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the supervisor starts")
+}
+
 /// Waits for the supervisor whose state is in `state` to give `service` a port.
 pub async fn front_port(state: &Path, service: &str) -> SocketAddr {
     loop {
@@ -258,4 +287,86 @@ pub fn start_nginx(dir: &Path, http: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx starts")
+}
+
+/// A load run's rate and tail.
+#[derive(Debug)]
+pub struct Figures {
+    pub rps: f64,
+    pub p99: Duration,
+}
+
+/// The median rate and the median p99 of some runs (each on its own).
+pub fn median(mut runs: Vec<Figures>) -> Figures {
+    let middle = runs.len() / 2;
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let rps = runs[middle].rps;
+    runs.sort_by_key(|f| f.p99);
+    Figures {
+        rps,
+        p99: runs[middle].p99,
+    }
+}
+
+/// `wrk -t1 -c{connections} -d{duration} --latency` on `GET path` at `addr`.
+pub fn wrk(addr: SocketAddr, path: &str, duration: &str, connections: &str) -> Figures {
+    let output = Command::new("wrk")
+        .args(["-t", "1", "-c", connections, "-d", duration, "--latency"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| parse_latency(v.trim()))
+        .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(errors) = errors {
+        println!("  {addr}: {}", errors.trim());
+    }
+    Figures { rps, p99 }
+}
+
+/// `1.23ms`, `456.00us`, `1.02s`.
+fn parse_latency(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// Measures each target with `measure` for `rounds` rounds, taking turns in
+/// an order that rotates (so that none always follows the same one),
+/// printing each run; the medians, in the order of `targets`.
+pub fn rotate(targets: &[(&str, SocketAddr)], rounds: usize, measure: impl Fn(SocketAddr) -> Figures) -> Vec<Figures> {
+    let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for turn in 0..targets.len() {
+            let which = (round + turn) % targets.len();
+            let (name, addr) = targets[which];
+            let figures = measure(addr);
+            println!(
+                "  round {}  {name:<34} {:>9.0} req/s  p99 {:>9.2?}",
+                round + 1,
+                figures.rps,
+                figures.p99
+            );
+            runs[which].push(figures);
+        }
+    }
+    runs.into_iter().map(median).collect()
 }

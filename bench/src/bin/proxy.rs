@@ -10,14 +10,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
-use devmesh_bench::{Built, build, free_port, front_port, wait_until_answers};
+use devmesh_bench::{build, free_port, front_port, payments_alone, rotate, run_payments, wait_until_answers, wrk};
 
 const DURATION: &str = "4s";
 const ROUNDS: usize = 9;
-const THREADS: &str = "1";
 const CONNECTIONS: &str = "16";
 
 #[tokio::main]
@@ -29,31 +27,11 @@ async fn main() {
             "`{tool}` is needed (hint: apt-get install wrk nginx-light)"
         );
     }
-    let Built {
-        supervisor,
-        payments,
-        shop,
-    } = build();
-
-    let direct_port = free_port();
-    let mut service = Command::new(&payments)
-        .env("PORT", direct_port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("payments starts");
-    let direct = SocketAddr::from(([127, 0, 0, 1], direct_port));
-    wait_until_answers(direct, "/health").await;
-
+    let built = build();
+    let (mut service, direct) = payments_alone(&built.payments).await;
+    let direct_port = direct.port();
     let state = tempfile::tempdir().expect("a temp dir");
-    let mut supervisor = Command::new(&supervisor)
-        .args(["run", "--release", "payments", "--manifest-path"])
-        .arg(&shop)
-        .env("DEVMESH_STATE_DIR", state.path())
-        .env("DEVMESH_RUN__PORTS", "26600-26699")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the supervisor starts");
+    let mut supervisor = run_payments(&built, state.path(), "26600-26699", &[]);
     let front = front_port(state.path(), "payments").await;
     wait_until_answers(front, "/health").await;
 
@@ -63,28 +41,13 @@ async fn main() {
     let proxied = SocketAddr::from(([127, 0, 0, 1], nginx_port));
     wait_until_answers(proxied, "/health").await;
 
-    println!("wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} GET /health, {ROUNDS} rounds taking turns in rotation:");
+    println!("wrk -t1 -c{CONNECTIONS} -d{DURATION} GET /health, {ROUNDS} rounds taking turns in rotation:");
     let targets = [
         ("service directly", direct),
         ("cargo devmesh front (capture on)", front),
         ("nginx reverse proxy (keep-alive)", proxied),
     ];
-    let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
-        for turn in 0..targets.len() {
-            let which = (round + turn) % targets.len();
-            let (name, addr) = targets[which];
-            let figures = wrk(addr);
-            println!(
-                "  round {}  {name:<34} {:>9.0} req/s  p99 {:>9.2?}",
-                round + 1,
-                figures.rps,
-                figures.p99
-            );
-            runs[which].push(figures);
-        }
-    }
-    let medians: Vec<Figures> = runs.into_iter().map(median).collect();
+    let medians = rotate(&targets, ROUNDS, |addr| wrk(addr, "/health", DURATION, CONNECTIONS));
     let direct = &medians[0];
     println!(
         "\nmedians of {ROUNDS}:\n{:<34} {:>12} {:>10} {:>10} {:>10}",
@@ -113,63 +76,6 @@ async fn main() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
     }
-}
-
-struct Figures {
-    rps: f64,
-    p99: Duration,
-}
-
-/// The median rate and the median p99 of some runs (each on its own).
-fn median(mut runs: Vec<Figures>) -> Figures {
-    let middle = runs.len() / 2;
-    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    let rps = runs[middle].rps;
-    runs.sort_by_key(|f| f.p99);
-    Figures {
-        rps,
-        p99: runs[middle].p99,
-    }
-}
-
-fn wrk(addr: SocketAddr) -> Figures {
-    let output = Command::new("wrk")
-        .args(["-t", THREADS, "-c", CONNECTIONS, "-d", DURATION, "--latency"])
-        .arg(format!("http://{addr}/health"))
-        .output()
-        .expect("wrk runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| parse_latency(v.trim()))
-        .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    if let Some(errors) = errors {
-        println!("  {addr}: {}", errors.trim());
-    }
-    Figures { rps, p99 }
-}
-
-/// `1.23ms`, `456.00us`, `1.02s`.
-fn parse_latency(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
 }
 
 fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Child {
