@@ -190,6 +190,7 @@ impl Mesh {
             dns: dns_socket.local_addr().ok(),
         });
         let shutdown = CancellationToken::new();
+        let remotes = bridge_tls(remotes, &workspace, &logs, &shutdown).await;
         let mut handles = Services::default();
         let mut switches = Switches::default();
         let mut tasks = Vec::new();
@@ -493,6 +494,8 @@ fn state_files(
 struct RemoteCopy {
     copy: Remote,
     protocol: Protocol,
+    /// The name to ask over TLS by (an `https://` URL's host).
+    tls: Option<String>,
 }
 
 /// The copies in the sandbox a front port can send to, from the remote
@@ -550,16 +553,10 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             .split_once("://")
             .map_or("", |(scheme, _)| scheme)
             .to_ascii_lowercase();
-        let protocol = match scheme.as_str() {
-            "http" | "ws" | "grpc" => Protocol::Http,
-            "tcp" => Protocol::Tcp,
-            _ => {
-                problems.push(format!(
-                    "{name}: `{url}` is reached directly, not through a front port: \
-                     front ports do not speak TLS to a sandbox yet (its traffic is not inspected)"
-                ));
-                continue;
-            }
+        let (protocol, tls) = match scheme.as_str() {
+            "http" | "ws" | "grpc" => (Protocol::Http, false),
+            "https" | "wss" => (Protocol::Http, true),
+            _ => (Protocol::Tcp, false),
         };
         if url
             .split_once("://")
@@ -585,17 +582,69 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             }
         };
         // The Host it is asked with: as the URL says, the default port left out.
-        let host = match endpoint.port() {
-            80 => endpoint.host().to_owned(),
+        let host = match (endpoint.port(), tls) {
+            (80, false) | (443, true) => endpoint.host().to_owned(),
             _ => endpoint.authority(),
         };
         let copy = Remote {
             url: endpoint.url().to_owned(),
             backend: Backend::remote(addr, &host),
         };
-        copies.insert(name.clone(), RemoteCopy { copy, protocol });
+        let tls = tls.then(|| endpoint.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+        copies.insert(name.clone(), RemoteCopy { copy, protocol, tls });
     }
     (copies, problems)
+}
+
+/// Puts a TLS bridge (see `proxy::tls`) in front of each `https://` copy;
+/// one that cannot have one is said, and left out.
+async fn bridge_tls(
+    remotes: BTreeMap<String, RemoteCopy>,
+    workspace: &Workspace,
+    logs: &Logs,
+    shutdown: &CancellationToken,
+) -> BTreeMap<String, RemoteCopy> {
+    if remotes.values().all(|r| r.tls.is_none()) {
+        return remotes;
+    }
+    let ca = workspace.config.remote.ca.as_ref().map(|ca| workspace.root.join(ca));
+    let connector = match crate::proxy::tls::connector(ca.as_deref()) {
+        Ok(connector) => Some(connector),
+        Err(e) => {
+            logs.note(format!(
+                "the sandbox's https:// services are not reachable through front ports: {e}"
+            ));
+            None
+        }
+    };
+    let mut bridged = BTreeMap::new();
+    for (name, mut remote) in remotes {
+        if let Some(host) = remote.tls.clone() {
+            let Some(connector) = connector.clone() else { continue };
+            let backend = &remote.copy.backend;
+            let started = crate::proxy::tls::bridge(
+                name.clone(),
+                host,
+                backend.addr,
+                connector,
+                logs.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            match started {
+                Ok(addr) => {
+                    let host = backend.host.as_deref().unwrap_or_default().to_owned();
+                    remote.copy.backend = Backend::remote(addr, &host);
+                }
+                Err(e) => {
+                    logs.note(format!("{name}: no TLS bridge to the sandbox: {e}"));
+                    continue;
+                }
+            }
+        }
+        bridged.insert(name, remote);
+    }
+    bridged
 }
 
 /// Holds the workspace for this run: a second `run` is refused even when

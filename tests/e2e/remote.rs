@@ -367,3 +367,118 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+/// A sandbox service on HTTPS, signed by the sandbox's own CA: its front
+/// port here speaks plain HTTP to callers and TLS to it (SNI and Host its
+/// URL's host); one whose certificate does not name it gets a 502, and the
+/// run says why.
+#[test]
+fn an_https_service_in_the_sandbox_is_reached_over_tls_with_its_ca() {
+    let dir = fixture("mesh");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&certs)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=devmesh test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(certs.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = "import http.server, ssl, sys\n\
+        class H(http.server.BaseHTTPRequestHandler):\n    \
+            def do_GET(self):\n        \
+                body = ('sandbox tls, host ' + self.headers['Host']).encode()\n        \
+                self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n    \
+            def log_message(self, *args): pass\n\
+        server = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H)\n\
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+        server.socket = context.wrap_socket(server.socket, server_side=True)\n\
+        server.serve_forever()\n";
+    let mut sandbox = Command::new("python3")
+        .args(["-c", server, &port.to_string()])
+        .arg(certs.join("server.pem"))
+        .arg(certs.join("server.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    add_config(
+        dir.path(),
+        &format!(
+            "[remote]\nca = \"certs/ca.pem\"\n\n[remote.static]\nvault = \"https://localhost:{port}\"\nbare = \"https://127.0.0.1:{port}\""
+        ),
+    );
+    let mesh = Mesh::start(dir, &["beta"], &["beta"]);
+    let vault = remote_front(&mesh, "vault");
+    assert_eq!(
+        get(vault, "/whoami"),
+        (200, format!("sandbox tls, host localhost:{port}"))
+    );
+    let calls = exchanges(&mesh, 1, |e| e["service"] == "vault" && e["status"] == 200);
+    assert_eq!(calls[0]["path"], "/whoami", "captured in clear");
+
+    let (status, body) = get(remote_front(&mesh, "bare"), "/whoami");
+    assert_eq!(status, 502, "{body}");
+    let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap();
+    assert!(said.contains("bare: TLS to `127.0.0.1`"), "{said}");
+    let _ = sandbox.kill();
+    let _ = sandbox.wait();
+}

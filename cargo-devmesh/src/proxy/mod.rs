@@ -19,6 +19,7 @@ mod http1;
 mod message;
 mod route;
 pub mod switch;
+pub mod tls;
 
 pub use route::{Backend, Lease, Route};
 pub use switch::{Remote, Switch, Switches, Traffic};

@@ -25,6 +25,9 @@
 //! env_file = "web/.env.local"  # KEY=value lines; the root's `.env` is read for every service
 //! watch = ["web/src"]       # what `run --watch` restarts it on (default: its cwd)
 //!
+//! [remote]
+//! ca = "certs/sandbox-ca.pem"  # a sandbox's private CA, for its https:// services
+//!
 //! [remote.static]           # services that run elsewhere
 //! payments = "https://payments.sandbox.example.com"
 //!
@@ -345,6 +348,10 @@ pub struct RemoteConfig {
     /// `[remote.etcd]`: the team's shared registry in etcd.
     #[serde(default)]
     pub etcd: Option<EtcdConfig>,
+    /// A PEM file of the certificate authority a sandbox's HTTPS services
+    /// are signed by, besides the public ones (relative to the workspace).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `[remote.etcd]`: services under `/devmesh/<namespace>/services/<name>`
