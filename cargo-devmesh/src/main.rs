@@ -91,6 +91,18 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let workspace = Workspace::load(&cargo)?;
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
             print_ps(&client.services().await?);
+            let backends = client.backends().await?;
+            if !backends.is_empty() {
+                println!("\nremote backends:");
+            }
+            for backend in backends {
+                let names = match backend.names.as_slice() {
+                    [] => "knows no service".to_owned(),
+                    names => names.join(", "),
+                };
+                let state = backend.stale.map_or_else(String::new, |why| format!(" — STALE: {why}"));
+                println!("  {}: {names}{state}", backend.place);
+            }
             println!(
                 "\ninspector: http://{}/ (`cargo devmesh inspector` prints a login link)",
                 client.addr()

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use devmesh::config::{Mode, Protocol};
 use devmesh::registry::{Entry, Status};
+use devmesh::remote::Backend as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{BinTarget, Builder, Built};
@@ -138,7 +139,7 @@ impl Mesh {
             );
         }
 
-        let (remotes, remote_problems) = remote_copies(&workspace).await;
+        let (remotes, backends, remote_problems) = remote_copies(&workspace).await;
         // Services used from the sandbox only get a front port too.
         let remote_only: Vec<String> = remotes.keys().filter(|n| !selected.contains(n)).cloned().collect();
 
@@ -254,6 +255,7 @@ impl Mesh {
         let parts = control::Parts {
             services: Arc::clone(&services),
             switches: Arc::clone(&switches),
+            backends,
             fronts: fronts.clone(),
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
@@ -501,9 +503,15 @@ struct RemoteCopy {
 /// The copies in the sandbox a front port can send to, from the remote
 /// backends (`[remote.static]`), by service; and, in words, those it
 /// cannot, which `discover` still answers with their own URL.
-async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Vec<String>) {
+async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Backends, Vec<String>) {
     let mut copies = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut backends: Vec<Box<dyn devmesh::remote::Backend>> = Vec::new();
+    if !workspace.config.remote.static_map.is_empty()
+        && let Ok(map) = devmesh::remote::StaticMap::new(&workspace.config_path, &workspace.config.remote.static_map)
+    {
+        backends.push(Box::new(map));
+    }
     let mut urls: Vec<(String, String, String)> = workspace
         .config
         .remote
@@ -514,18 +522,19 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
     // The services the workspace uses from DNS SRV, as their records say now.
     if let Some(config) = workspace.config.remote.dns.clone() {
         let asked = tokio::task::spawn_blocking(move || {
-            use devmesh::remote::Backend as _;
             let backend = devmesh::remote::DnsSrv::new(&config)?;
             let found: Vec<_> = config
                 .services
                 .iter()
                 .map(|name| (name.clone(), backend.lookup(name).map(|e| e.url().to_owned())))
                 .collect();
-            Ok::<_, devmesh::Error>((backend.describe(), found))
+            Ok::<_, devmesh::Error>((backend, found))
         })
         .await;
         match asked {
-            Ok(Ok((backend, found))) => {
+            Ok(Ok((dns, found))) => {
+                let backend = dns.describe();
+                backends.push(Box::new(dns));
                 for (name, url) in found {
                     match url {
                         Some(url) => urls.push((name, url, backend.clone())),
@@ -593,8 +602,18 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
         let tls = tls.then(|| endpoint.host().trim_start_matches('[').trim_end_matches(']').to_owned());
         copies.insert(name.clone(), RemoteCopy { copy, protocol, tls });
     }
-    (copies, problems)
+    // The team's registry, followed for `ps` and the page.
+    if let Some(config) = &workspace.config.remote.etcd {
+        match devmesh::remote::Etcd::new(config) {
+            Ok(etcd) => backends.push(Box::new(etcd)),
+            Err(e) => problems.push(format!("`[remote.etcd]`: {e}")),
+        }
+    }
+    (copies, Arc::new(backends), problems)
 }
+
+/// The remote backends of the run, as `ps` and the page show them.
+pub type Backends = Arc<Vec<Box<dyn devmesh::remote::Backend>>>;
 
 /// Puts a TLS bridge (see `proxy::tls`) in front of each `https://` copy;
 /// one that cannot have one is said, and left out.

@@ -211,6 +211,10 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
         "document.querySelector('.svc[data-service=beta] select.mode') !== null",
         "beta's mode control",
     );
+    browser.wait_until(
+        "document.getElementById('backends').innerText.includes('beta, gamma')",
+        "the remote backends and what they know",
+    );
     browser.eval(
         "(() => { const s = document.querySelector('.svc[data-service=beta] select.mode'); \
          s.value = 'remote'; s.dispatchEvent(new Event('change', { bubbles: true })); })()",
@@ -296,8 +300,25 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         said.contains("nosuch: DNS SRV `_<svc>._tcp.sandbox.test`") && said.contains("has no record of it"),
         "a name with no record is said: {said}"
     );
+    assert!(
+        ps.contains(&format!(
+            "DNS SRV `_<svc>._tcp.sandbox.test` at 127.0.0.1:{dns_port}: delta"
+        )),
+        "ps shows the backend and what it knows: {ps}"
+    );
+    // The server goes: ps says its answers are stale, and the front port
+    // still reaches the sandbox.
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while !text(&mesh.cli(&["ps"])).contains("STALE: it does not answer") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ps never said the DNS backend is stale"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(get(port, "/whoami"), (200, "sandbox delta".to_owned()));
 }
 
 /// A service marked `share = true` is in the team's etcd while the
@@ -356,6 +377,11 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
     );
     let mut mesh = Mesh::start(dir, &["beta"], &["beta"]);
     within("beta registered", "1");
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.contains("etcd `/devmesh/team/services/`") && ps.contains(": beta"),
+        "{ps}"
+    );
     let killed = std::time::Instant::now();
     mesh.signal_and_wait(libc::SIGKILL);
     within("beta gone with its lease", "0");

@@ -41,3 +41,14 @@ pub struct ApiError {
 pub struct LoginLink {
     pub url: String,
 }
+
+/// `GET /api/backends`: a remote backend, what it knows, and whether its
+/// answers are current.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub place: String,
+    pub names: Vec<String>,
+    /// Why its answers are not current, while they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
+}

@@ -8,7 +8,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
-use super::{ApiError, ControlFile, LoginLink, ModeSet, ServiceView};
+use super::{ApiError, BackendView, ControlFile, LoginLink, ModeSet, ServiceView};
 use crate::supervisor::Done;
 
 /// A connection to a running supervisor's API.
@@ -45,6 +45,11 @@ impl Client {
     /// traffic goes.
     pub async fn services(&self) -> anyhow::Result<Vec<ServiceView>> {
         decode(&self.get("/api/services").await?)
+    }
+
+    /// `GET /api/backends`: the remote backends and their state.
+    pub async fn backends(&self) -> anyhow::Result<Vec<BackendView>> {
+        decode(&self.get("/api/backends").await?)
     }
 
     /// `POST /api/services/{name}/mode?to={mode}`: where its traffic goes now.

@@ -15,7 +15,9 @@
 //! | `GET /login?once=…` | a one-time link: sets the session cookie, then to `/` (no other auth) |
 //! | `POST /api/login` | a new one-time login link, `{"url": …}` |
 //! | `GET /` | the inspector page |
-//! | `GET /api/services` | every service's state, as JSON |
+//! | `GET /api/services` | every service's state, mode and where its traffic goes, as JSON |
+//! | `POST /api/services/{name}/mode?to=…` | send its traffic `local`, `remote` or `auto` |
+//! | `GET /api/backends` | the remote backends, what each knows, and whether its answers are stale |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only; `?now=true`: cut the old instance's open connections after the grace period) |
 //! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
 //! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `limit` (the newest 500 unless given, 10,000 at most), `after` (an id: the oldest after it) |
@@ -40,7 +42,7 @@ mod stream;
 
 use stream::Export;
 
-pub use api::{ApiError, LoginLink, ModeSet, ServiceView};
+pub use api::{ApiError, BackendView, LoginLink, ModeSet, ServiceView};
 pub use client::Client;
 use file::control_path;
 pub use file::{ControlFile, ensure_not_running, read, remove};
@@ -76,6 +78,7 @@ use devmesh::registry::Status;
 pub struct Parts {
     pub services: Arc<Services>,
     pub switches: Arc<Switches>,
+    pub backends: crate::mesh::Backends,
     /// Every front port, by service.
     pub fronts: std::collections::BTreeMap<String, SocketAddr>,
     pub inspector: Arc<Inspector>,
@@ -233,6 +236,19 @@ impl Api {
             },
             (Method::GET, ["api", "services"]) => json(StatusCode::OK, &self.views()),
             (Method::POST, ["api", "services", name, "mode"]) => self.set_mode(name, &query).await,
+            (Method::GET, ["api", "backends"]) => {
+                let views: Vec<BackendView> = self
+                    .mesh
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        place: b.describe(),
+                        names: b.names(),
+                        stale: b.stale(),
+                    })
+                    .collect();
+                json(StatusCode::OK, &views)
+            }
             (Method::POST, ["api", "services", name, action]) => self.act(name, action, &query).await,
             (Method::GET, ["api", "traffic"]) => {
                 let summaries: Vec<Summary> = self

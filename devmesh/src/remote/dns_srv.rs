@@ -48,6 +48,8 @@ struct Shared {
 
 #[derive(Debug, Clone)]
 struct Answer {
+    /// Why the last ask got no usable answer, while it did not.
+    failed: Option<String>,
     /// `None`: the server says there is no such service, or was not asked yet.
     endpoint: Option<Endpoint>,
     /// Whether the server was asked (a name from `services` waits for the
@@ -96,6 +98,7 @@ impl DnsSrv {
                 answers.insert(
                     name.clone(),
                     Answer {
+                        failed: None,
                         endpoint: None,
                         asked: false,
                         refresh: now,
@@ -135,6 +138,10 @@ impl Backend for DnsSrv {
         endpoint
     }
 
+    fn stale(&self) -> Option<String> {
+        self.shared.lock().values().find_map(|a| a.failed.clone())
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .shared
@@ -158,6 +165,7 @@ impl Shared {
     fn ask(&self, name: &str, last: Option<&Answer>) -> Answer {
         match self.resolve(name) {
             Ok((endpoint, ttl)) => Answer {
+                failed: None,
                 endpoint,
                 asked: true,
                 refresh: Instant::now() + ttl,
@@ -174,6 +182,7 @@ impl Shared {
                 });
                 crate::warn(&format!("{}: `{name}`: {failed}", self.description));
                 Answer {
+                    failed: Some(failed.to_string()),
                     endpoint,
                     asked: true,
                     refresh: Instant::now() + backoff,

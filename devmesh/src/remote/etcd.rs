@@ -237,6 +237,10 @@ impl Backend for Etcd {
         }
     }
 
+    fn stale(&self) -> Option<String> {
+        self.shared.lock().stale.clone()
+    }
+
     fn lookup(&self, name: &str) -> Option<Endpoint> {
         self.shared.lock().endpoints.get(name).cloned()
     }

@@ -29,4 +29,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Every name it knows, for "not found" errors and near-miss hints.
     fn names(&self) -> Vec<String>;
+
+    /// Why its answers are not current, while they are not (it does not
+    /// answer; its last answers are kept).
+    fn stale(&self) -> Option<String> {
+        None
+    }
 }
