@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use devmesh::config::{Mode, Protocol};
@@ -252,6 +253,18 @@ impl Mesh {
             .context("could not start the front ports")?;
         let services = Arc::new(handles);
         let switches = Arc::new(switches);
+        let followed = remotes
+            .iter()
+            .filter(|(_, r)| r.tls.is_none())
+            .filter_map(|(name, r)| Some((name.clone(), r.followed?)))
+            .collect();
+        tasks.push(tokio::spawn(follow_remotes(
+            followed,
+            Arc::clone(&backends),
+            Arc::clone(&switches),
+            logs.clone(),
+            shutdown.clone(),
+        )));
         let parts = control::Parts {
             services: Arc::clone(&services),
             switches: Arc::clone(&switches),
@@ -498,28 +511,29 @@ struct RemoteCopy {
     protocol: Protocol,
     /// The name to ask over TLS by (an `https://` URL's host).
     tls: Option<String>,
+    /// The backend that says where it is, when it can move.
+    followed: Option<usize>,
 }
 
-/// The copies in the sandbox a front port can send to, from the remote
-/// backends (`[remote.static]`), by service; and, in words, those it
-/// cannot, which `discover` still answers with their own URL.
+/// The copies in the sandbox a front port can send to, by service, from
+/// the remote backends: every one `[remote.static]` names, those
+/// `[remote.dns]` lists, and those `[remote.etcd]` holds when the run
+/// starts; the backends, for `ps` and to follow; and, in words, what
+/// could not be used.
 async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Backends, Vec<String>) {
-    let mut copies = BTreeMap::new();
     let mut problems = Vec::new();
     let mut backends: Vec<Box<dyn devmesh::remote::Backend>> = Vec::new();
+    // (name, URL, where it came from, the backend that follows it)
+    let mut urls: Vec<(String, String, String, Option<usize>)> = Vec::new();
     if !workspace.config.remote.static_map.is_empty()
         && let Ok(map) = devmesh::remote::StaticMap::new(&workspace.config_path, &workspace.config.remote.static_map)
     {
         backends.push(Box::new(map));
+        for (name, url) in &workspace.config.remote.static_map {
+            urls.push((name.clone(), url.clone(), format!("remote.static.{name}"), None));
+        }
     }
-    let mut urls: Vec<(String, String, String)> = workspace
-        .config
-        .remote
-        .static_map
-        .iter()
-        .map(|(name, url)| (name.clone(), url.clone(), format!("remote.static.{name}")))
-        .collect();
-    // The services the workspace uses from DNS SRV, as their records say now.
+    // Those the workspace uses from DNS SRV, as their records say now.
     if let Some(config) = workspace.config.remote.dns.clone() {
         let asked = tokio::task::spawn_blocking(move || {
             let backend = devmesh::remote::DnsSrv::new(&config)?;
@@ -533,13 +547,13 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
         .await;
         match asked {
             Ok(Ok((dns, found))) => {
-                let backend = dns.describe();
+                let (from, index) = (dns.describe(), backends.len());
                 backends.push(Box::new(dns));
                 for (name, url) in found {
                     match url {
-                        Some(url) => urls.push((name, url, backend.clone())),
+                        Some(url) => urls.push((name, url, from.clone(), Some(index))),
                         None => problems.push(format!(
-                            "{name}: {backend} has no record of it; it gets no front port this run \
+                            "{name}: {from} has no record of it; it gets no front port this run \
                              (hint: `dig @SERVER _{name}._tcp.DOMAIN SRV`)"
                         )),
                     }
@@ -549,67 +563,139 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             Err(e) => problems.push(format!("`[remote.dns]`: {e}")),
         }
     }
-    for (name, url, from) in &urls {
-        let source = devmesh::Source::Remote { backend: from.clone() };
-        let endpoint = match devmesh::Endpoint::from_url(name, url, source) {
-            Ok(endpoint) => endpoint,
-            Err(e) => {
-                problems.push(format!("{name}: `{from}` = `{url}`: {}", e.reason));
-                continue;
+    // Those in the team's registry when the run starts.
+    if let Some(config) = workspace.config.remote.etcd.clone() {
+        let read = tokio::task::spawn_blocking(move || {
+            let etcd = devmesh::remote::Etcd::new(&config)?;
+            etcd.first_read(Duration::from_secs(3));
+            let found: Vec<_> = etcd
+                .names()
+                .into_iter()
+                .filter_map(|name| Some((name.clone(), etcd.lookup(&name)?.url().to_owned())))
+                .collect();
+            Ok::<_, devmesh::Error>((etcd, found))
+        })
+        .await;
+        match read {
+            Ok(Ok((etcd, found))) => {
+                let (from, index) = (etcd.describe(), backends.len());
+                backends.push(Box::new(etcd));
+                for (name, url) in found {
+                    if !urls.iter().any(|(known, ..)| *known == name) {
+                        urls.push((name, url, from.clone(), Some(index)));
+                    }
+                }
             }
-        };
-        let scheme = url
-            .split_once("://")
-            .map_or("", |(scheme, _)| scheme)
-            .to_ascii_lowercase();
-        let (protocol, tls) = match scheme.as_str() {
-            "http" | "ws" | "grpc" => (Protocol::Http, false),
-            "https" | "wss" => (Protocol::Http, true),
-            _ => (Protocol::Tcp, false),
-        };
-        if url
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'))
-        {
-            problems.push(format!(
-                "{name}: `{url}` has a path; a front port forwards paths as they are, so it is reached directly"
-            ));
-            continue;
-        }
-        let addr = match tokio::net::lookup_host(endpoint.authority())
-            .await
-            .map(|mut a| a.next())
-        {
-            Ok(Some(addr)) => addr,
-            Ok(None) | Err(_) => {
-                problems.push(format!(
-                    "{name}: the sandbox's host `{}` (from `{from}`) does not resolve; \
-                     it is not reachable through its front port until the next run",
-                    endpoint.host()
-                ));
-                continue;
-            }
-        };
-        // The Host it is asked with: as the URL says, the default port left out.
-        let host = match (endpoint.port(), tls) {
-            (80, false) | (443, true) => endpoint.host().to_owned(),
-            _ => endpoint.authority(),
-        };
-        let copy = Remote {
-            url: endpoint.url().to_owned(),
-            backend: Backend::remote(addr, &host),
-        };
-        let tls = tls.then(|| endpoint.host().trim_start_matches('[').trim_end_matches(']').to_owned());
-        copies.insert(name.clone(), RemoteCopy { copy, protocol, tls });
-    }
-    // The team's registry, followed for `ps` and the page.
-    if let Some(config) = &workspace.config.remote.etcd {
-        match devmesh::remote::Etcd::new(config) {
-            Ok(etcd) => backends.push(Box::new(etcd)),
+            Ok(Err(e)) => problems.push(format!("`[remote.etcd]`: {e}")),
             Err(e) => problems.push(format!("`[remote.etcd]`: {e}")),
         }
     }
+    let mut copies = BTreeMap::new();
+    for (name, url, from, followed) in urls {
+        match copy_of(&name, &url, &from).await {
+            Ok(mut copy) => {
+                copy.followed = followed;
+                copies.insert(name, copy);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
     (copies, Arc::new(backends), problems)
+}
+
+/// The copy of service `name` at `url` (from `from`), as a front port
+/// reaches it; or why it cannot.
+async fn copy_of(name: &str, url: &str, from: &str) -> Result<RemoteCopy, String> {
+    let source = devmesh::Source::Remote {
+        backend: from.to_owned(),
+    };
+    let endpoint = devmesh::Endpoint::from_url(name, url, source)
+        .map_err(|e| format!("{name}: `{from}` = `{url}`: {}", e.reason))?;
+    let scheme = url
+        .split_once("://")
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase();
+    let (protocol, tls) = match scheme.as_str() {
+        "http" | "ws" | "grpc" => (Protocol::Http, false),
+        "https" | "wss" => (Protocol::Http, true),
+        _ => (Protocol::Tcp, false),
+    };
+    if url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'))
+    {
+        return Err(format!(
+            "{name}: `{url}` has a path; a front port forwards paths as they are, so it is reached directly"
+        ));
+    }
+    let resolved = tokio::net::lookup_host(endpoint.authority())
+        .await
+        .map(|mut a| a.next());
+    let Ok(Some(addr)) = resolved else {
+        return Err(format!(
+            "{name}: the sandbox's host `{}` (from `{from}`) does not resolve; \
+             it is not reachable through its front port until it does",
+            endpoint.host()
+        ));
+    };
+    // The Host it is asked with: as the URL says, the default port left out.
+    let host = match (endpoint.port(), tls) {
+        (80, false) | (443, true) => endpoint.host().to_owned(),
+        _ => endpoint.authority(),
+    };
+    let copy = Remote {
+        url: endpoint.url().to_owned(),
+        backend: Backend::remote(addr, &host),
+    };
+    let tls = tls.then(|| endpoint.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+    Ok(RemoteCopy {
+        copy,
+        protocol,
+        tls,
+        followed: None,
+    })
+}
+
+/// Follows the copies in the sandbox that a DNS record or an etcd key
+/// places, until `shutdown`: when one moves, its front port sends new
+/// requests to where it is now. (An `https://` one keeps its bridge: a
+/// move to another host is said, and waits for the next run.)
+async fn follow_remotes(
+    followed: Vec<(String, usize)>,
+    backends: Backends,
+    switches: Arc<Switches>,
+    logs: Logs,
+    shutdown: CancellationToken,
+) {
+    if followed.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        for (name, index) in &followed {
+            let (Some(switch), Some(now)) = (switches.get(name), backends[*index].lookup(name)) else {
+                continue;
+            };
+            let was = switch.remote().map(|r| r.url);
+            if was.as_deref() == Some(now.url()) {
+                continue;
+            }
+            match copy_of(name, now.url(), &backends[*index].describe()).await {
+                Ok(copy) if copy.tls.is_none() => {
+                    logs.note(format!("{name}: moved in the sandbox, to {}", now.url()));
+                    switch.move_remote(copy.copy);
+                }
+                Ok(_) => logs.note(format!(
+                    "{name}: moved in the sandbox, to {}; an https:// copy is followed from the next run",
+                    now.url()
+                )),
+                Err(problem) => logs.note(problem),
+            }
+        }
+    }
 }
 
 /// The remote backends of the run, as `ps` and the page show them.

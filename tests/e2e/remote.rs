@@ -22,6 +22,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn start(dir: &std::path::Path, name: &str) -> Sandbox {
+        std::fs::create_dir_all(dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -258,28 +259,7 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         .local_addr()
         .unwrap()
         .port();
-    let mut dnsmasq = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--local=/sandbox.test/",
-            "--host-record=delta.sandbox.test,127.0.0.1",
-        ])
-        .arg(format!("--port={dns_port}"))
-        .arg(format!(
-            "--srv-host=_delta._tcp.sandbox.test,delta.sandbox.test,{}",
-            sandbox.addr.port()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq runs (hint: apt-get install dnsmasq-base)");
+    let mut server = dnsmasq(dns_port, sandbox.addr.port());
     add_config(
         dir.path(),
         &format!(
@@ -308,8 +288,8 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
     );
     // The server goes: ps says its answers are stale, and the front port
     // still reaches the sandbox.
-    let _ = dnsmasq.kill();
-    let _ = dnsmasq.wait();
+    let _ = server.kill();
+    let _ = server.wait();
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     while !text(&mesh.cli(&["ps"])).contains("STALE: it does not answer") {
         assert!(
@@ -319,6 +299,47 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(get(port, "/whoami"), (200, "sandbox delta".to_owned()));
+
+    // Back, with delta moved: its front port follows the record.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = Sandbox::start(elsewhere.path(), "delta moved");
+    let mut server = dnsmasq(dns_port, moved.addr.port());
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while get(port, "/whoami").1 != "sandbox delta moved" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the front port never followed delta"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// dnsmasq on 127.0.0.1:`port`, answering `_delta._tcp.sandbox.test` with
+/// `delta_port` on 127.0.0.1.
+fn dnsmasq(port: u16, delta_port: u16) -> Child {
+    Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local=/sandbox.test/",
+            "--host-record=delta.sandbox.test,127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!(
+            "--srv-host=_delta._tcp.sandbox.test,delta.sandbox.test,{delta_port}"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq runs (hint: apt-get install dnsmasq-base)")
 }
 
 /// A service marked `share = true` is in the team's etcd while the
@@ -369,19 +390,41 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
     within("etcd serves", "0");
 
     let dir = fixture("mesh");
-    add_config(
-        dir.path(),
-        &format!(
-            "[services.beta]\nshare = true\n\n[remote.etcd]\nendpoints = [\"127.0.0.1:{client}\"]\nnamespace = \"team\"\nlease = \"2s\""
-        ),
+    let config = format!(
+        "[services.beta]\nshare = true\n\n[remote.etcd]\nendpoints = [\"127.0.0.1:{client}\"]\nnamespace = \"team\"\nlease = \"2s\""
     );
+    add_config(dir.path(), &config);
+    // Another developer's service, in the registry before this run starts.
+    let (one, two) = (
+        Sandbox::start(&dir.path().join("one"), "vault one"),
+        Sandbox::start(&dir.path().join("two"), "vault two"),
+    );
+    let path = dir.path().join("theirs.toml");
+    std::fs::write(&path, config.replace("lease = \"2s\"", "lease = \"60s\"")).unwrap();
+    let theirs = devmesh::config::Config::load(&path).unwrap().remote.etcd.unwrap();
+    let mut vault = devmesh::remote::etcd::Registration::new(&theirs);
+    vault.register(&[("vault".into(), one.url())]).unwrap();
+
     let mut mesh = Mesh::start(dir, &["beta"], &["beta"]);
     within("beta registered", "1");
     let ps = text(&mesh.cli(&["ps"]));
     assert!(
-        ps.contains("etcd `/devmesh/team/services/`") && ps.contains(": beta"),
+        ps.contains("etcd `/devmesh/team/services/`") && ps.contains("beta, vault"),
         "{ps}"
     );
+
+    // vault: a front port here, which follows it when it moves.
+    let front = remote_front(&mesh, "vault");
+    assert_eq!(get(front, "/whoami"), (200, "sandbox vault one".to_owned()));
+    let mut moved = devmesh::remote::etcd::Registration::new(&theirs);
+    moved.register(&[("vault".into(), two.url())]).unwrap();
+    while get(front, "/whoami").1 != "sandbox vault two" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the front port never followed vault"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let killed = std::time::Instant::now();
     mesh.signal_and_wait(libc::SIGKILL);
     within("beta gone with its lease", "0");

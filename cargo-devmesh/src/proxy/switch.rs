@@ -43,22 +43,28 @@ pub struct Switch {
     front: Arc<Front>,
     /// The route here, when the service has a copy here.
     local: Option<watch::Receiver<Route>>,
-    remote: Option<Remote>,
 }
 
 #[derive(Debug)]
 struct Front {
     route: watch::Sender<Route>,
     traffic: watch::Sender<Traffic>,
+    /// The copy in the sandbox; it moves when its backend says so.
+    remote: std::sync::Mutex<Option<Remote>>,
 }
 
 impl Front {
     /// Routes by `mode` with the route here being `local`.
-    fn follow(&self, mode: Mode, local: Option<Route>, remote: Option<&Remote>) {
-        let (route, traffic) = effective(mode, local, remote.map(|r| &r.backend));
+    fn follow(&self, mode: Mode, local: Option<Route>) {
+        let remote = self.remote();
+        let (route, traffic) = effective(mode, local, remote.as_ref().map(|r| &r.backend));
         self.route.send_replace(route);
         self.traffic
             .send_if_modified(|was| std::mem::replace(was, traffic) != traffic);
+    }
+
+    fn remote(&self) -> Option<Remote> {
+        self.remote.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -94,9 +100,10 @@ impl Switch {
         let front = Arc::new(Front {
             route: route_tx,
             traffic: watch::channel(traffic).0,
+            remote: std::sync::Mutex::new(remote),
         });
         if let Some(mut here) = local.clone() {
-            let (front, remote) = (Arc::clone(&front), remote.clone());
+            let front = Arc::clone(&front);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -104,7 +111,7 @@ impl Switch {
                         changed = here.changed() => if changed.is_err() { return },
                     }
                     let now = here.borrow_and_update().clone();
-                    front.follow(*mode_rx.borrow(), Some(now), remote.as_ref());
+                    front.follow(*mode_rx.borrow(), Some(now));
                 }
             });
         }
@@ -112,7 +119,6 @@ impl Switch {
             mode: mode_tx,
             front,
             local,
-            remote,
         };
         (switch, route_rx)
     }
@@ -126,19 +132,29 @@ impl Switch {
         *self.front.traffic.borrow()
     }
 
-    pub fn remote(&self) -> Option<&Remote> {
-        self.remote.as_ref()
+    /// The copy in the sandbox, as it is now.
+    pub fn remote(&self) -> Option<Remote> {
+        self.front.remote()
+    }
+
+    /// The copy in the sandbox moved (its DNS record or etcd key changed):
+    /// new requests that go there go to `remote`; those in flight finish
+    /// where they are.
+    pub fn move_remote(&self, remote: Remote) {
+        *self.front.remote.lock().unwrap_or_else(|e| e.into_inner()) = Some(remote);
+        let here = self.local.as_ref().map(|l| l.borrow().clone());
+        self.front.follow(self.mode(), here);
     }
 
     /// Sends new requests by `mode` from now on; where they go then.
     pub fn set(&self, service: &str, mode: Mode) -> Result<Traffic, ModeRefused> {
         match mode {
-            Mode::Remote | Mode::Auto if self.remote.is_none() => Err(ModeRefused::NoRemote(service.to_owned())),
+            Mode::Remote | Mode::Auto if self.remote().is_none() => Err(ModeRefused::NoRemote(service.to_owned())),
             Mode::Local | Mode::Auto if self.local.is_none() => Err(ModeRefused::NoLocal(service.to_owned())),
             _ => {
                 self.mode.send_replace(mode);
                 let here = self.local.as_ref().map(|l| l.borrow().clone());
-                self.front.follow(mode, here, self.remote.as_ref());
+                self.front.follow(mode, here);
                 Ok(self.traffic())
             }
         }

@@ -205,6 +205,8 @@ struct State {
     endpoints: HashMap<String, Endpoint>,
     /// Why the answers are not current, while they are not.
     stale: Option<String>,
+    /// Whether the namespace was read once.
+    read: bool,
 }
 
 impl Etcd {
@@ -226,6 +228,25 @@ impl Etcd {
                 problems: vec![format!("`[remote.etcd]`: could not start its thread: {e}")],
             })?;
         Ok(Etcd { shared })
+    }
+}
+
+impl Etcd {
+    /// Waits, up to `within`, until the namespace was read once (or the
+    /// cluster did not answer); whether it was.
+    pub fn first_read(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let state = self.shared.lock();
+            if state.read || state.stale.is_some() {
+                return state.read;
+            }
+            drop(state);
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -314,6 +335,7 @@ impl Shared {
         let mut state = self.lock();
         state.endpoints = endpoints;
         state.stale = None;
+        state.read = true;
         Ok(revision)
     }
 
