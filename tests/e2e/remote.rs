@@ -49,6 +49,8 @@ impl Sandbox {
         run(&["link", "set", &here, "up"]);
         run(&["netns", "exec", &ns, "ip", "addr", "add", &far, "dev", &there]);
         run(&["netns", "exec", &ns, "ip", "link", "set", &there, "up"]);
+        // Its loopback too: etcd's HTTP gateway calls its own gRPC server.
+        run(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
         let addr = ([10, n as u8, m as u8, 2], 8080).into();
         Sandbox::serve(dir, name, addr, Some((ns, here)))
     }
@@ -82,6 +84,56 @@ impl Sandbox {
 
     fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// An etcd member on the sandbox's host, its data in `dir`, once it
+    /// serves: the process, and its client address.
+    fn etcd(&self, dir: &std::path::Path) -> (Member, String) {
+        let ip = self.addr.ip();
+        let (client, peer) = (format!("{ip}:2379"), format!("http://{ip}:2380"));
+        let mut command = match &self.host {
+            Some((ns, _)) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, "etcd"]);
+                command
+            }
+            None => Command::new("etcd"),
+        };
+        let process = command
+            .arg("--data-dir")
+            .arg(dir.join("sandbox-etcd"))
+            .args(["--listen-client-urls", &format!("http://{client}")])
+            .args(["--advertise-client-urls", &format!("http://{client}")])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs (hint: apt-get install etcd-server)");
+        let cluster = devmesh::remote::etcd::Cluster::new(std::slice::from_ref(&client));
+        let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+        while cluster
+            .call("/v3/kv/range", &serde_json::json!({ "key": "eA==" }))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd on the sandbox's host never served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (Member(process), client)
+    }
+}
+
+/// A process killed when dropped.
+struct Member(Child);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -118,13 +170,18 @@ fn remote_front(mesh: &Mesh, service: &str) -> u16 {
 fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     let dir = fixture("mesh");
     let sandbox = Sandbox::on_a_host_of_its_own(dir.path(), "beta");
-    // beta runs here and there; gamma only there.
+    // The sandbox's registry, on the sandbox's host, knows gamma (there
+    // only); beta runs here and there.
+    let (_etcd, etcd) = sandbox.etcd(dir.path());
+    let config = format!("[remote.etcd]\nendpoints = [\"{etcd}\"]\nnamespace = \"sandbox\"\nlease = \"120s\"");
+    let path = dir.path().join("sandbox.toml");
+    std::fs::write(&path, &config).unwrap();
+    let registry = devmesh::config::Config::load(&path).unwrap().remote.etcd.unwrap();
+    let mut gamma = devmesh::remote::etcd::Registration::new(&registry);
+    gamma.register(&[("gamma".into(), sandbox.url())]).unwrap();
     add_config(
         dir.path(),
-        &format!(
-            "[remote.static]\nbeta = \"{url}\"\ngamma = \"{url}\"",
-            url = sandbox.url()
-        ),
+        &format!("[remote.static]\nbeta = \"{}\"\n\n{config}", sandbox.url()),
     );
     let mesh = Mesh::start(dir, &["alpha", "beta"], &["beta", "alpha"]);
     let beta = mesh.front("beta");
@@ -213,7 +270,8 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
         "beta's mode control",
     );
     browser.wait_until(
-        "document.getElementById('backends').innerText.includes('beta, gamma')",
+        "document.getElementById('backends').innerText.includes('etcd') && \
+         document.getElementById('backends').innerText.includes('gamma')",
         "the remote backends and what they know",
     );
     browser.eval(
