@@ -317,7 +317,7 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = dnsmasq(dns_port, sandbox.addr.port());
+    let server = Member(dnsmasq(dns_port, sandbox.addr.port()));
     add_config(
         dir.path(),
         &format!(
@@ -346,8 +346,7 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
     );
     // The server goes: ps says its answers are stale, and the front port
     // still reaches the sandbox.
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     while !text(&mesh.cli(&["ps"])).contains("STALE: it does not answer") {
         assert!(
@@ -361,7 +360,7 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
     // Back, with delta moved: its front port follows the record.
     let elsewhere = tempfile::tempdir().unwrap();
     let moved = Sandbox::start(elsewhere.path(), "delta moved");
-    let mut server = dnsmasq(dns_port, moved.addr.port());
+    let _server = Member(dnsmasq(dns_port, moved.addr.port()));
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     while get(port, "/whoami").1 != "sandbox delta moved" {
         assert!(
@@ -370,8 +369,6 @@ fn a_service_found_by_dns_srv_gets_a_front_port() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// dnsmasq on 127.0.0.1:`port`, answering `_delta._tcp.sandbox.test` with
@@ -415,16 +412,18 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
     };
     let (client, peer) = (port(()), port(()));
     let data = tempfile::tempdir().unwrap();
-    let mut etcd = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd runs (hint: apt-get install etcd-server)");
+    let _etcd = Member(
+        Command::new("etcd")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs (hint: apt-get install etcd-server)"),
+    );
     let cluster = Cluster::new(&[format!("127.0.0.1:{client}")]);
     // `/devmesh/team/services/beta`, and the end of its range.
     let (key, end) = (
@@ -491,8 +490,6 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
         "{:?}",
         killed.elapsed()
     );
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }
 
 /// A sandbox service on HTTPS, signed by the sandbox's own CA: its front
@@ -576,14 +573,16 @@ fn an_https_service_in_the_sandbox_is_reached_over_tls_with_its_ca() {
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(sys.argv[2], sys.argv[3])\n\
         server.socket = context.wrap_socket(server.socket, server_side=True)\n\
         server.serve_forever()\n";
-    let mut sandbox = Command::new("python3")
-        .args(["-c", server, &port.to_string()])
-        .arg(certs.join("server.pem"))
-        .arg(certs.join("server.key"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs");
+    let _sandbox = Member(
+        Command::new("python3")
+            .args(["-c", server, &port.to_string()])
+            .arg(certs.join("server.pem"))
+            .arg(certs.join("server.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    );
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -606,6 +605,4 @@ fn an_https_service_in_the_sandbox_is_reached_over_tls_with_its_ca() {
     assert_eq!(status, 502, "{body}");
     let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap();
     assert!(said.contains("bare: TLS to `127.0.0.1`"), "{said}");
-    let _ = sandbox.kill();
-    let _ = sandbox.wait();
 }
