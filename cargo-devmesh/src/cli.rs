@@ -29,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Build the services and run them until Ctrl-C.
     Run(RunArgs),
-    /// Show each service's status, front address and process.
+    /// Show each service's status, front address, process and mode, and the remote backends
     Ps,
     /// Rebuild and restart services, without disturbing the others.
     Restart {
