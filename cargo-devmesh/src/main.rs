@@ -107,6 +107,15 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 "\ninspector: http://{}/ (`cargo devmesh inspector` prints a login link)",
                 client.addr()
             );
+            let ports = std::fs::read(workspace.state_dir.join("ports.json")).ok();
+            let dns = ports
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                .and_then(|p| p["@dns"].as_u64());
+            if let Some(port) = dns {
+                println!(
+                    "dns: 127.0.0.1:{port} (`dig @127.0.0.1 -p {port} _<svc>._tcp.devmesh SRV`; services get it as DEVMESH_DNS)"
+                );
+            }
             Ok(())
         }
         Command::Inspector => {
@@ -127,10 +136,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Mode { service, mode } => {
             let workspace = Workspace::load(&cargo)?;
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
-            let set = client
-                .set_mode(&service, &mode)
-                .await
-                .map_err(|e| anyhow::anyhow!("{service}: {e}"))?;
+            // A refusal names the service itself.
+            let set = client.set_mode(&service, &mode).await?;
             println!(
                 "{service}: mode {}, traffic goes {}",
                 set.mode,

@@ -540,7 +540,12 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             let found: Vec<_> = config
                 .services
                 .iter()
-                .map(|name| (name.clone(), backend.lookup(name).map(|e| e.url().to_owned())))
+                .map(|name| {
+                    let url = backend.lookup(name).map(|e| e.url().to_owned());
+                    // No answer is not "no such record": say which.
+                    let silent = url.is_none().then(|| backend.failure(name)).flatten();
+                    (name.clone(), url, silent)
+                })
                 .collect();
             Ok::<_, devmesh::Error>((backend, found))
         })
@@ -549,10 +554,14 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
             Ok(Ok((dns, found))) => {
                 let (from, index) = (dns.describe(), backends.len());
                 backends.push(Box::new(dns));
-                for (name, url) in found {
-                    match url {
-                        Some(url) => urls.push((name, url, from.clone(), Some(index))),
-                        None => problems.push(format!(
+                for (name, url, silent) in found {
+                    match (url, silent) {
+                        (Some(url), _) => urls.push((name, url, from.clone(), Some(index))),
+                        (None, Some(why)) => problems.push(format!(
+                            "{name}: {from}: {why}; it gets no front port this run \
+                             (hint: is the server in `[remote.dns]` up and reachable?)"
+                        )),
+                        (None, None) => problems.push(format!(
                             "{name}: {from} has no record of it; it gets no front port this run \
                              (hint: `dig @SERVER _{name}._tcp.DOMAIN SRV`)"
                         )),

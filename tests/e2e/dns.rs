@@ -21,6 +21,11 @@ fn dig_finds_services_by_srv_and_a_and_garbage_changes_nothing() {
     let port = ports["@dns"].as_u64().expect("the DNS server has a kept port") as u16;
     let alpha = mesh.front("alpha");
 
+    let ps = crate::harness::text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.contains(&format!("dns: 127.0.0.1:{port}")),
+        "ps says where the DNS server is: {ps}"
+    );
     let srv = dig(port, &["+short", "_alpha._tcp.devmesh.", "SRV"]);
     assert_eq!(srv.trim(), format!("0 0 {alpha} alpha.devmesh."));
     assert_eq!(dig(port, &["+short", "alpha.devmesh.", "A"]).trim(), "127.0.0.1");

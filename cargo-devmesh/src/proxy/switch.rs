@@ -73,7 +73,9 @@ impl Front {
 pub enum ModeRefused {
     #[error("unknown service `{0}` (hint: `cargo devmesh ps` lists them)")]
     Unknown(String),
-    #[error("`{0}` has no copy in the sandbox (hint: give it one under `[remote]` in devmesh.toml)")]
+    #[error(
+        "`{0}` has no copy in the sandbox (hint: give it one in `[remote.static]`, `[remote.dns]` or `[remote.etcd]` in devmesh.toml)"
+    )]
     NoRemote(String),
     #[error("`{0}` runs only in the sandbox: it is no service of this workspace")]
     NoLocal(String),

@@ -119,6 +119,15 @@ impl DnsSrv {
     }
 }
 
+impl DnsSrv {
+    /// Why the last ask for `name` got no usable answer (the server did
+    /// not answer, or answered garbage), while it did not: told apart from
+    /// a server that says there is no such service.
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.shared.lock().get(name)?.failed.clone()
+    }
+}
+
 impl Backend for DnsSrv {
     fn describe(&self) -> String {
         self.shared.description.clone()
