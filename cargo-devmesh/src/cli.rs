@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
     },
+    /// Run the tunnel relay a team keeps in its sandbox
+    Relay {
+        /// The relay's config file (see `devmesh-relay`).
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
     /// Send a service's traffic here, to the sandbox, or here while it runs
     ///
     /// `local`, `remote` or `auto`, while everything runs: callers keep its

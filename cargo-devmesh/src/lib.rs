@@ -31,6 +31,7 @@
 //! - `watch`: `--watch`, rebuilding what changed, on the same handles;
 //! - `platform`: every call that is Linux's own (`/proc`, `sock_diag`,
 //!   `flock`, `madvise`), each with its portable fallback named;
+//! - `tunnel/`: the relay, and the link that exposes services through it;
 //! - `share`: services shared in the team's etcd, on a lease;
 //! - `secret`: random tokens and owner-only files; `time`: timestamps;
 //! - `errors`: errors that end a command.
@@ -58,6 +59,7 @@ mod share;
 mod state;
 pub mod supervisor;
 pub mod time;
+pub mod tunnel;
 mod watch;
 pub mod workspace;
 

@@ -133,6 +133,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             act(&cargo, &services, "restart", &query).await
         }
         Command::Stop { services } => act(&cargo, &services, "stop", "").await,
+        Command::Relay { config } => cargo_devmesh::tunnel::relay::run(&config).await,
         Command::Mode { service, mode } => {
             let workspace = Workspace::load(&cargo)?;
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;

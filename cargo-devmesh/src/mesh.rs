@@ -305,6 +305,34 @@ impl Mesh {
             }
             (_, true) => None,
         };
+        let exposed: BTreeMap<String, crate::tunnel::client::Expose> = selected
+            .iter()
+            .filter_map(|name| {
+                let config = workspace.config.services.get(name).filter(|s| s.expose)?;
+                let expose = crate::tunnel::client::Expose {
+                    front: fronts[name],
+                    public: config.public,
+                };
+                Some((name.clone(), expose))
+            })
+            .collect();
+        match (&workspace.config.tunnel, exposed.is_empty()) {
+            (Some(tunnel), false) => match tunnel_token(&workspace, tunnel) {
+                Ok(token) => tasks.push(tokio::spawn(crate::tunnel::client::run(
+                    tunnel.clone(),
+                    token,
+                    exposed,
+                    Arc::clone(state.registry()),
+                    logs.clone(),
+                    shutdown.clone(),
+                ))),
+                Err(why) => logs.note(format!("tunnel: {why}; no service is exposed this run")),
+            },
+            (None, false) => {
+                logs.note("services are marked `expose = true`, but there is no `[tunnel]` relay to expose them on")
+            }
+            (_, true) => {}
+        }
         if watch {
             tasks.push(tokio::spawn(crate::watch::run(
                 crate::watch::Watched::of(&workspace, &selected),
@@ -759,6 +787,23 @@ async fn bridge_tls(
         bridged.insert(name, remote);
     }
     bridged
+}
+
+/// This developer's token for the relay: `DEVMESH_TUNNEL_TOKEN`, else the
+/// `token_file` (relative to the workspace; `~/` is the home folder).
+fn tunnel_token(workspace: &Workspace, tunnel: &devmesh::config::TunnelConfig) -> Result<String, String> {
+    if let Some(token) = std::env::var("DEVMESH_TUNNEL_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let Some(file) = &tunnel.token_file else {
+        return Err("no token: set `token_file` in `[tunnel]`, or `DEVMESH_TUNNEL_TOKEN`".to_owned());
+    };
+    let path = match (file.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => workspace.root.join(file),
+    };
+    let token = std::fs::read_to_string(&path).map_err(|e| format!("the token file `{}`: {e}", path.display()))?;
+    Ok(token.trim().to_owned())
 }
 
 /// Holds the workspace for this run: a second `run` is refused even when

@@ -96,6 +96,9 @@ pub struct RegistryCopy {
     path: PathBuf,
     file: Mutex<RegistryFile>,
     kept: Mutex<Option<Arc<Kept>>>,
+    /// Each exposed service's callback URL (its tunnel), kept across the
+    /// entries its task writes.
+    callbacks: Mutex<BTreeMap<String, String>>,
 }
 
 impl RegistryCopy {
@@ -111,10 +114,30 @@ impl RegistryCopy {
     }
 
     /// Sets service `name`'s entry.
-    pub fn set(&self, name: &str, entry: Entry) -> std::io::Result<()> {
+    pub fn set(&self, name: &str, mut entry: Entry) -> std::io::Result<()> {
+        let callback = self
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        entry.callback_url = callback.or(entry.callback_url);
         self.change(|file| {
             file.supervisor_pid = Some(std::process::id());
             file.services.insert(name.to_owned(), entry);
+        })
+    }
+
+    /// Sets the URL service `name` is called back on.
+    pub fn set_callback(&self, name: &str, url: &str) -> std::io::Result<()> {
+        self.callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), url.to_owned());
+        self.change(|file| {
+            if let Some(entry) = file.services.get_mut(name) {
+                entry.callback_url = Some(url.to_owned());
+            }
         })
     }
 
@@ -140,6 +163,7 @@ impl StateFiles {
                 file
             }),
             kept: Mutex::default(),
+            callbacks: Mutex::default(),
         });
         let files = StateFiles {
             kept: Arc::default(),

@@ -13,3 +13,4 @@ mod remote;
 mod shop;
 mod state;
 mod supervise;
+mod tunnel;

@@ -13,9 +13,9 @@ use crate::harness::{Mesh, exchanges, fixture, get, read_json, text};
 /// A Python `http.server` serving `sandbox/whoami` ("sandbox <name>"),
 /// killed when dropped: on loopback, or on a host of its own (a network
 /// namespace joined to this one by a veth pair), as a team's sandbox is.
-struct Sandbox {
+pub struct Sandbox {
     process: Child,
-    addr: std::net::SocketAddr,
+    pub addr: std::net::SocketAddr,
     /// The namespace and this side's end of the veth pair, when it has them.
     host: Option<(String, String)>,
 }
@@ -33,7 +33,7 @@ impl Sandbox {
 
     /// On a host of its own: namespace `dm<pid>`, 10.N.M.2 behind a veth
     /// pair whose other end, here, is 10.N.M.1 (root only).
-    fn on_a_host_of_its_own(dir: &std::path::Path, name: &str) -> Sandbox {
+    pub fn on_a_host_of_its_own(dir: &std::path::Path, name: &str) -> Sandbox {
         let pid = std::process::id();
         let (ns, here, there) = (format!("dm{pid}"), format!("dm{pid}a"), format!("dm{pid}b"));
         let (n, m) = (100 + (pid >> 8) % 100, pid % 256);
@@ -86,6 +86,18 @@ impl Sandbox {
         format!("http://{}", self.addr)
     }
 
+    /// `command` with `args`, run on the sandbox's host.
+    pub fn command(&self, command: &str) -> Command {
+        match &self.host {
+            Some((ns, _)) => {
+                let mut run = Command::new("ip");
+                run.args(["netns", "exec", ns, command]);
+                run
+            }
+            None => Command::new(command),
+        }
+    }
+
     /// An etcd member on the sandbox's host, its data in `dir`, once it
     /// serves: the process, and its client address.
     fn etcd(&self, dir: &std::path::Path) -> (Member, String) {
@@ -128,7 +140,7 @@ impl Sandbox {
 }
 
 /// A process killed when dropped.
-struct Member(Child);
+pub struct Member(pub Child);
 
 impl Drop for Member {
     fn drop(&mut self) {

@@ -12,6 +12,13 @@ use crate::platform::sockets;
 
 /// What a caller that is no known service is called.
 pub const EXTERNAL: &str = "external";
+/// What a connection the tunnel carried in is called.
+pub const TUNNEL: &str = "tunnel";
+/// The address the tunnel connects to front ports from, so that its
+/// connections are told apart at no cost (all of 127/8 is loopback on
+/// Linux; elsewhere the tunnel falls back to 127.0.0.1, and its callers
+/// show as external).
+pub const TUNNEL_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 /// Service processes by pid, kept by the supervisor.
 #[derive(Debug, Default)]
@@ -35,6 +42,9 @@ impl Callers {
         };
         if !peer.ip().is_loopback() {
             return EXTERNAL.to_owned();
+        }
+        if *peer.ip() == TUNNEL_SOURCE {
+            return TUNNEL.to_owned();
         }
         let Some(socket) = sockets::socket_inode(peer, local) else {
             return EXTERNAL.to_owned();

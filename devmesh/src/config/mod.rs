@@ -41,6 +41,11 @@
 //! namespace = "sandbox"     # keys /devmesh/<namespace>/services/<name>
 //! lease = "10s"             # a shared service vanishes this long after its supervisor
 //!
+//! [tunnel]                  # URLs remote services call back on (services with expose = true)
+//! relay = "relay.sandbox.example.com:7000"   # `cargo devmesh relay`, run once by the team
+//! token_file = "~/.config/devmesh/token"     # or DEVMESH_TUNNEL_TOKEN; never on a command line
+//! namespace = "alice"       # the same URL every run
+//!
 //! [logs]
 //! max_size = "10MiB"        # a service's log file is rotated at this size
 //! keep = 3                  # rotated files kept (<svc>.log.1, .2, .3)
@@ -91,6 +96,25 @@ pub struct Config {
     /// How services' log files are kept.
     #[serde(default)]
     pub logs: LogsConfig,
+    /// `[tunnel]`: the relay that gives services marked `expose = true` a
+    /// URL remote services can call back on.
+    #[serde(default)]
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// `[tunnel]`: the team's relay (`cargo devmesh relay`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TunnelConfig {
+    /// The relay's control address, `host:port`.
+    pub relay: String,
+    /// A file holding this developer's token (or `DEVMESH_TUNNEL_TOKEN`):
+    /// never on a command line.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Whose tunnels: a developer's name, so that URLs stay theirs.
+    pub namespace: String,
 }
 
 /// `[logs]`: each service's log file is rotated at `max_size`, and `keep`
@@ -238,6 +262,14 @@ pub struct ServiceConfig {
     /// that others find it.
     #[serde(default)]
     pub share: bool,
+    /// Give it a URL on the `[tunnel]` relay that remote services can call
+    /// back on (`devmesh::callback_url()`).
+    #[serde(default)]
+    pub expose: bool,
+    /// Let anyone call its tunnel URL (webhooks from outside); by default
+    /// a caller needs a team token.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// The path the default readiness check asks for. A path no application
@@ -470,6 +502,14 @@ impl Config {
                     problems.push(format!("key `remote.dns.services`: {e}"));
                 }
             }
+        }
+        if let Some(tunnel) = &self.tunnel
+            && (tunnel.namespace.is_empty() || !tunnel.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            problems.push(format!(
+                "key `tunnel.namespace`: `{}` must be letters, digits and `-` (hint: your name)",
+                tunnel.namespace
+            ));
         }
         if let Some(etcd) = &self.remote.etcd {
             if etcd.endpoints.is_empty() {

@@ -1,0 +1,182 @@
+//! The supervisor's side of the tunnel: one outbound connection to the
+//! relay, which exposes the services marked `expose = true`. Each gets a
+//! public URL, the same from run to run (the relay keeps it), written to
+//! the registry as its `callback_url` so that `devmesh::callback_url()`
+//! answers it. A connection the relay carries in is made to the service's
+//! front port, so the inspector shows it like any other. A lost link is
+//! made again, with a backoff.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devmesh::config::TunnelConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::link::Link;
+use super::relay::first_frame;
+use super::wire::{Exposed, Frame, Hello, Kind, VERSION, Welcome};
+use crate::logs::Logs;
+use crate::state::RegistryCopy;
+
+/// The longest wait before connecting again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A service to expose: its front port, and whether anyone may call it.
+#[derive(Debug, Clone)]
+pub struct Expose {
+    pub front: SocketAddr,
+    pub public: bool,
+}
+
+/// Keeps the services exposed until `shutdown`.
+pub async fn run(
+    config: TunnelConfig,
+    token: String,
+    services: BTreeMap<String, Expose>,
+    registry: Arc<RegistryCopy>,
+    logs: Logs,
+    shutdown: CancellationToken,
+) {
+    let hello = Hello {
+        version: VERSION,
+        token,
+        namespace: config.namespace.clone(),
+        services: services
+            .iter()
+            .map(|(name, e)| Exposed {
+                name: name.clone(),
+                public: e.public,
+            })
+            .collect(),
+    };
+    let mut failures = 0u32;
+    let mut said: Option<String> = None;
+    loop {
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = connect(&config.relay, &hello) => outcome,
+        };
+        match outcome {
+            Ok((link, urls)) => {
+                failures = 0;
+                for (name, url) in &urls {
+                    if let Err(e) = registry.set_callback(name, url) {
+                        logs.note(format!("could not write the registry: {e}"));
+                    }
+                }
+                let told = urls
+                    .iter()
+                    .map(|(n, u)| format!("{n} at {u}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                logs.note(format!("tunnel: {told}"));
+                said = None;
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        link.0.close();
+                        return;
+                    }
+                    () = serve(&link.0, link.1, &services) => {}
+                }
+                logs.note("tunnel: the link to the relay was lost; connecting again");
+            }
+            Err(why) => {
+                failures += 1;
+                // Said once until it changes: a relay that is down for an
+                // hour says so once.
+                if said.as_deref() != Some(why.as_str()) {
+                    logs.note(format!("tunnel: the relay at {}: {why}; trying again", config.relay));
+                    said = Some(why);
+                }
+            }
+        }
+        let backoff = Duration::from_millis(500)
+            .saturating_mul(1 << failures.min(6))
+            .min(MAX_BACKOFF);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// Connects, says `hello`, and reads the relay's answer: the link and the
+/// public URLs, or why not.
+async fn connect(
+    relay: &str,
+    hello: &Hello,
+) -> Result<
+    (
+        (Link, mpsc::UnboundedReceiver<(super::link::Stream, String)>),
+        Vec<(String, String)>,
+    ),
+    String,
+> {
+    let mut socket = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(relay))
+        .await
+        .map_err(|_| "it does not answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    let payload = serde_json::to_vec(hello).expect("a hello serializes");
+    Frame::new(Kind::Hello, 0, payload).encode(&mut bytes);
+    socket.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    let mut read = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(10), first_frame(&mut socket, &mut read))
+        .await
+        .map_err(|_| "it did not answer within 10 s".to_owned())??;
+    match answer.kind {
+        Kind::Welcome => {
+            let welcome: Welcome = answer.json().map_err(|e| e.to_string())?;
+            let (opened_tx, opened) = mpsc::unbounded_channel();
+            Ok(((Link::run(socket, read, opened_tx), opened), welcome.urls))
+        }
+        Kind::Refused => Err(format!("refused: {}", String::from_utf8_lossy(&answer.payload))),
+        other => Err(format!("it answered {other:?}, not the devmesh tunnel protocol")),
+    }
+}
+
+/// Carries each connection the relay opens to the service's front port,
+/// until the link ends.
+async fn serve(
+    link: &Link,
+    mut opened: mpsc::UnboundedReceiver<(super::link::Stream, String)>,
+    services: &BTreeMap<String, Expose>,
+) {
+    loop {
+        let (stream, service) = tokio::select! {
+            () = link.closed() => return,
+            opened = opened.recv() => match opened { Some(opened) => opened, None => return },
+        };
+        let Some(front) = services.get(&service).map(|e| e.front) else {
+            continue;
+        };
+        let link = link.clone();
+        tokio::spawn(async move {
+            if let Ok(socket) = connect_front(front).await {
+                link.pipe(stream, socket, Vec::new()).await;
+            }
+        });
+    }
+}
+
+/// A connection to a front port from [`TUNNEL_SOURCE`], so that the
+/// inspector names its caller `tunnel`; from anywhere where that address
+/// cannot be had.
+async fn connect_front(front: SocketAddr) -> std::io::Result<TcpStream> {
+    let from = tokio::net::TcpSocket::new_v4().and_then(|socket| {
+        socket.bind(SocketAddr::from((crate::inspector::TUNNEL_SOURCE, 0)))?;
+        Ok(socket)
+    });
+    match from {
+        Ok(socket) => match socket.connect(front).await {
+            Ok(stream) => Ok(stream),
+            Err(_) => TcpStream::connect(front).await,
+        },
+        Err(_) => TcpStream::connect(front).await,
+    }
+}

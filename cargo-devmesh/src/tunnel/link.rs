@@ -1,0 +1,343 @@
+//! One TCP connection between a supervisor and the relay, carrying every
+//! tunneled connection as a stream of its own. Each stream has a window
+//! of credit in each direction: a sender sends no more than the receiver
+//! has room for, and the receiver gives credit back as it writes the bytes
+//! on, so one slow connection never stalls the others. Heartbeats find a
+//! link that went silent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{Frame, Kind, MAX_PAYLOAD};
+
+/// Bytes a stream may have on their way, each direction.
+pub const WINDOW: u32 = 256 * 1024;
+/// How often a link says it is alive.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a link may be silent before it is taken for dead.
+const SILENT_FOR: Duration = Duration::from_secs(30);
+
+/// A link; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Link {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    out: mpsc::Sender<Frame>,
+    streams: std::sync::Mutex<HashMap<u32, Ends>>,
+    next: AtomicU32,
+    alive: CancellationToken,
+}
+
+/// The link's side of one stream.
+#[derive(Debug)]
+struct Ends {
+    /// Bytes that came for it; dropped when the peer closed its side.
+    data: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Credit to send.
+    credit: Arc<Semaphore>,
+}
+
+/// A stream's end, to pipe a connection over.
+#[derive(Debug)]
+pub struct Stream {
+    pub id: u32,
+    data: mpsc::UnboundedReceiver<Vec<u8>>,
+    credit: Arc<Semaphore>,
+}
+
+impl Link {
+    /// Runs a link over `socket`, whose first bytes already read are
+    /// `read`. Each stream the peer opens comes to `opened` with the
+    /// payload of its `OPEN` (the service it is for).
+    pub fn run(socket: TcpStream, read: Vec<u8>, opened: mpsc::UnboundedSender<(Stream, String)>) -> Link {
+        let _ = socket.set_nodelay(true);
+        let (reader, writer) = socket.into_split();
+        let (out, frames) = mpsc::channel(256);
+        let link = Link {
+            shared: Arc::new(Shared {
+                out,
+                streams: std::sync::Mutex::default(),
+                next: AtomicU32::new(1),
+                alive: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(write(writer, frames, link.shared.alive.clone()));
+        tokio::spawn(link.clone().read(reader, read, opened));
+        let pinger = link.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = pinger.shared.alive.cancelled() => return,
+                    () = tokio::time::sleep(PING_EVERY) => pinger.send(Frame::new(Kind::Ping, 0, Vec::new())).await,
+                }
+            }
+        });
+        link
+    }
+
+    /// Waits until the link is gone.
+    pub async fn closed(&self) {
+        self.shared.alive.cancelled().await;
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.shared.alive.is_cancelled()
+    }
+
+    /// Ends the link.
+    pub fn close(&self) {
+        self.shared.alive.cancel();
+    }
+
+    /// Opens a stream for `service` (the relay, for a public connection).
+    pub async fn open(&self, service: &str) -> Stream {
+        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let stream = self.register(id);
+        self.send(Frame::new(Kind::Open, id, service.as_bytes().to_vec())).await;
+        stream
+    }
+
+    /// Pipes `socket` over `stream` until both sides are done, or the link
+    /// is; `first` goes first, as if read from `socket` (a request head
+    /// the relay read to check it).
+    pub async fn pipe(&self, stream: Stream, socket: TcpStream, first: Vec<u8>) {
+        let _ = socket.set_nodelay(true);
+        let Stream { id, mut data, credit } = stream;
+        let (mut reader, mut writer) = socket.into_split();
+        let up = async {
+            for piece in first.chunks(16 * 1024) {
+                match credit.acquire_many(piece.len() as u32).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+                self.send(Frame::new(Kind::Data, id, piece.to_vec())).await;
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                match credit.acquire_many(n as u32).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+                self.send(Frame::new(Kind::Data, id, buf[..n].to_vec())).await;
+            }
+            self.send(Frame::new(Kind::Close, id, Vec::new())).await;
+        };
+        let down = async {
+            while let Some(bytes) = data.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                let credit = (bytes.len() as u32).to_be_bytes().to_vec();
+                self.send(Frame::new(Kind::Window, id, credit)).await;
+            }
+            let _ = writer.shutdown().await;
+        };
+        tokio::select! {
+            () = self.shared.alive.cancelled() => {}
+            _ = async { tokio::join!(up, down) } => {}
+        }
+        self.lock().remove(&id);
+    }
+
+    fn register(&self, id: u32) -> Stream {
+        let (data, receiver) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        self.lock().insert(
+            id,
+            Ends {
+                data: Some(data),
+                credit: Arc::clone(&credit),
+            },
+        );
+        Stream {
+            id,
+            data: receiver,
+            credit,
+        }
+    }
+
+    async fn send(&self, frame: Frame) {
+        if self.shared.out.send(frame).await.is_err() {
+            self.close();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Ends>> {
+        self.shared.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads frames until the link ends, a peer breaks the protocol, or it
+    /// is silent for [`SILENT_FOR`].
+    async fn read(
+        self,
+        mut reader: OwnedReadHalf,
+        mut pending: Vec<u8>,
+        opened: mpsc::UnboundedSender<(Stream, String)>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        'link: loop {
+            loop {
+                let (frame, used) = match Frame::decode(&pending) {
+                    Ok(Some(decoded)) => decoded,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("tunnel: {e}; the link is closed");
+                        break 'link;
+                    }
+                };
+                pending.drain(..used);
+                if !self.dispatch(frame, &opened).await {
+                    break 'link;
+                }
+            }
+            let read = tokio::select! {
+                () = self.shared.alive.cancelled() => break,
+                read = tokio::time::timeout(SILENT_FOR, reader.read(&mut buf)) => read,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+            if pending.len() > 2 * MAX_PAYLOAD + 64 {
+                // Never: a frame is decoded as soon as it is whole.
+                break;
+            }
+        }
+        self.close();
+        // Every stream's reader sees its end.
+        self.lock().clear();
+    }
+
+    /// Handles one frame; false when it breaks the protocol.
+    async fn dispatch(&self, frame: Frame, opened: &mpsc::UnboundedSender<(Stream, String)>) -> bool {
+        match frame.kind {
+            Kind::Data => {
+                if let Some(Ends { data: Some(data), .. }) = self.lock().get(&frame.stream) {
+                    let _ = data.send(frame.payload);
+                }
+            }
+            Kind::Window => {
+                let Ok(credit) = frame.credit() else { return false };
+                if let Some(ends) = self.lock().get(&frame.stream) {
+                    ends.credit.add_permits(credit as usize);
+                }
+            }
+            Kind::Close => {
+                if let Some(ends) = self.lock().get_mut(&frame.stream) {
+                    ends.data = None;
+                }
+            }
+            Kind::Open => {
+                let stream = self.register(frame.stream);
+                let service = String::from_utf8_lossy(&frame.payload).into_owned();
+                if opened.send((stream, service)).is_err() {
+                    return false;
+                }
+            }
+            Kind::Ping => self.send(Frame::new(Kind::Pong, 0, Vec::new())).await,
+            Kind::Pong => {}
+            Kind::Hello | Kind::Welcome | Kind::Refused => return false,
+        }
+        true
+    }
+}
+
+/// Writes frames as they come, several to a write when several wait.
+async fn write(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>, alive: CancellationToken) {
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    loop {
+        let frame = tokio::select! {
+            () = alive.cancelled() => break,
+            frame = frames.recv() => match frame { Some(frame) => frame, None => break },
+        };
+        bytes.clear();
+        frame.encode(&mut bytes);
+        while bytes.len() < 256 * 1024
+            && let Ok(frame) = frames.try_recv()
+        {
+            frame.encode(&mut bytes);
+        }
+        if writer.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    alive.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Two links over loopback: a stream opened by one is piped by the
+    /// other to an echo server; a megabyte passes whole, in order, under
+    /// flow control.
+    #[tokio::test]
+    async fn a_stream_carries_bytes_both_ways_under_flow_control() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+        let (server_side, _) = listener.accept().await.unwrap();
+        let client_side = client.await.unwrap();
+        let (opened_tx, mut opened) = mpsc::unbounded_channel();
+        let relay = Link::run(server_side, Vec::new(), mpsc::unbounded_channel().0);
+        let supervisor = Link::run(client_side, Vec::new(), opened_tx);
+
+        // An echo server, where the supervisor sends what it is opened for.
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = echo.accept().await.unwrap();
+            let (mut r, mut w) = socket.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+        tokio::spawn(async move {
+            let (stream, service) = opened.recv().await.unwrap();
+            assert_eq!(service, "echo");
+            let socket = TcpStream::connect(echo_addr).await.unwrap();
+            supervisor.pipe(stream, socket, Vec::new()).await;
+        });
+
+        // The relay's side: a public connection piped into a new stream.
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public_addr = public.local_addr().unwrap();
+        let piping = tokio::spawn(async move {
+            let (socket, _) = public.accept().await.unwrap();
+            let stream = relay.open("echo").await;
+            relay.pipe(stream, socket, Vec::new()).await;
+        });
+        let mut caller = TcpStream::connect(public_addr).await.unwrap();
+        let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut r, mut w) = caller.split();
+        let (written, received) = tokio::join!(
+            async {
+                w.write_all(&sent).await.unwrap();
+                w.shutdown().await.unwrap();
+            },
+            async {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        let () = written;
+        assert_eq!(received.len(), sent.len());
+        assert!(received == sent, "the bytes came back in order");
+        piping.await.unwrap();
+    }
+}

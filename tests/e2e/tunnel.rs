@@ -1,0 +1,146 @@
+//! Callback URLs through the relay: the relay runs on a sandbox host (a
+//! network namespace); a service here exposed through it is called back
+//! from there, at a URL that stays the same when the relay and the
+//! supervisor restart; a caller without a team token, and a supervisor
+//! with a wrong one, are refused.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::{DEADLINE, Mesh, exchanges, fixture, read_json};
+use crate::remote::{Member, Sandbox};
+
+const TOKEN: &str = "alice-0123456789abcdef";
+
+#[test]
+fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
+    let dir = fixture("mesh");
+    let sandbox = Sandbox::on_a_host_of_its_own(dir.path(), "relay host");
+    let ip = sandbox.addr.ip();
+    let relay_dir = tempfile::tempdir().unwrap();
+    std::fs::write(relay_dir.path().join("tokens"), format!("# the team\nalice: {TOKEN}\n")).unwrap();
+    let config = relay_dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\nports = \"31000-31099\"\ntokens = \"{}\"\ndata = \"{}\"\n",
+            relay_dir.path().join("tokens").display(),
+            relay_dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let start_relay = || {
+        let relay = Member(
+            sandbox
+                .command(env!("CARGO_BIN_EXE_devmesh-relay"))
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the relay starts"),
+        );
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect((ip, 7000)).is_err() {
+            assert!(Instant::now() < deadline, "the relay never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        relay
+    };
+    let relay = start_relay();
+
+    std::fs::write(dir.path().join("tunnel.token"), TOKEN).unwrap();
+    let mut toml = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("devmesh.toml"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut toml,
+        format!(
+            "\n[services.beta]\nexpose = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\ntoken_file = \"tunnel.token\"\nnamespace = \"alice\"\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let token_file = dir.path().join("tunnel.token");
+    let mut mesh = Mesh::start(dir, &["beta"], &["beta"]);
+    let callback = callback_url(&mesh);
+    assert!(callback.starts_with(&format!("http://{ip}:310")), "{callback}");
+
+    // A service in the sandbox calls back, with the team's token.
+    let pid = mesh.pid("beta");
+    let call = |token: Option<&str>| {
+        let mut curl = sandbox.command("curl");
+        curl.args(["-s", "-m", "5"]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("x-devmesh-access: {token}")]);
+        }
+        let output = curl.arg(format!("{callback}/whoami")).output().expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        call(Some(TOKEN)).starts_with(&format!("beta {pid}")),
+        "{}",
+        call(Some(TOKEN))
+    );
+    assert!(call(None).contains("this tunnel is private"), "{}", call(None));
+    assert!(call(Some("not-a-team-token")).contains("this tunnel is private"));
+    // It came in through beta's front port: the inspector has it.
+    let seen = exchanges(&mesh, 1, |e| {
+        e["service"] == "beta" && e["path"] == "/whoami" && e["status"] == 200
+    });
+    assert_eq!(seen[0]["caller"], "tunnel");
+
+    // The relay restarts: the same URL works again.
+    drop(relay);
+    let _relay = start_relay();
+    let deadline = Instant::now() + DEADLINE;
+    while !call(Some(TOKEN)).starts_with("beta ") {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel never came back after the relay restarted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The supervisor restarts: the same URL.
+    mesh.signal_and_wait(libc::SIGINT);
+    mesh.run(&["beta"]);
+    mesh.wait_ready("beta", 2);
+    let deadline = Instant::now() + DEADLINE;
+    while callback_url(&mesh) != callback || !call(Some(TOKEN)).starts_with("beta ") {
+        assert!(
+            Instant::now() < deadline,
+            "the same URL did not come back with the supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A wrong token: the supervisor is refused, and says so.
+    mesh.signal_and_wait(libc::SIGINT);
+    std::fs::write(&token_file, "a-wrong-token-of-some-length").unwrap();
+    mesh.run(&["beta"]);
+    mesh.wait_ready("beta", 3);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap_or_default();
+        if said.contains("refused: unknown token") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refusal was never said: {said}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// beta's callback URL in the registry, once it has one.
+fn callback_url(mesh: &Mesh) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let registry = read_json(&mesh.state().join("registry.json"));
+        if let Some(url) = registry["services"]["beta"]["callback_url"].as_str() {
+            return url.to_owned();
+        }
+        assert!(Instant::now() < deadline, "beta never got a callback URL: {registry}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
