@@ -91,6 +91,18 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let workspace = Workspace::load(&cargo)?;
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
             print_ps(&client.services().await?);
+            let tunnel = client.tunnel().await?;
+            if !tunnel.relay.is_empty() {
+                let state = match (&tunnel.connected, &tunnel.problem) {
+                    (true, _) => "connected".to_owned(),
+                    (false, Some(why)) => format!("NOT CONNECTED: {why}"),
+                    (false, None) => "connecting".to_owned(),
+                };
+                println!("\ntunnel to {}: {state}", tunnel.relay);
+                for (service, url) in &tunnel.urls {
+                    println!("  {service} at {url}");
+                }
+            }
             let backends = client.backends().await?;
             if !backends.is_empty() {
                 println!("\nremote backends:");

@@ -265,7 +265,10 @@ impl Mesh {
             logs.clone(),
             shutdown.clone(),
         )));
+        // What the tunnel is doing, for `ps` and the page.
+        let tunnel_state = tokio::sync::watch::Sender::new(crate::tunnel::client::TunnelState::default());
         let parts = control::Parts {
+            tunnel: tunnel_state.subscribe(),
             services: Arc::clone(&services),
             switches: Arc::clone(&switches),
             backends,
@@ -296,7 +299,7 @@ impl Mesh {
             .collect();
         let sharing = match (&workspace.config.remote.etcd, shared.is_empty()) {
             (Some(config), false) => Some(
-                crate::share::Sharing::start(config, shared, logs.clone())
+                crate::share::Sharing::start(config, shared, tunnel_state.subscribe(), logs.clone())
                     .context("could not start the thread that shares services in etcd")?,
             ),
             (None, false) => {
@@ -324,6 +327,7 @@ impl Mesh {
                     exposed,
                     Arc::clone(state.registry()),
                     logs.clone(),
+                    tunnel_state.clone(),
                     shutdown.clone(),
                 ))),
                 Err(why) => logs.note(format!("tunnel: {why}; no service is exposed this run")),

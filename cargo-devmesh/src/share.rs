@@ -3,6 +3,8 @@
 //! renewed a third of the way through it, on a thread of their own. A
 //! clean stop revokes the lease (they vanish at once); a killed supervisor
 //! or a sleeping laptop stops renewing it (they vanish within the lease).
+//! A service the tunnel exposes is shared at its public URL, which the
+//! sandbox can call, once the relay gave it one.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use devmesh::config::EtcdConfig;
 use devmesh::remote::etcd::Registration;
 
 use crate::logs::Logs;
+use crate::tunnel::client::TunnelState;
 
 /// The sharing thread; dropped or stopped, it revokes the lease.
 #[derive(Debug)]
@@ -20,8 +23,14 @@ pub struct Sharing {
 }
 
 impl Sharing {
-    /// Shares `services` (name, URL) until stopped.
-    pub fn start(config: &EtcdConfig, services: Vec<(String, String)>, logs: Logs) -> std::io::Result<Sharing> {
+    /// Shares `services` (name, front URL) until stopped; those `tunnel`
+    /// exposes at their public URL.
+    pub fn start(
+        config: &EtcdConfig,
+        services: Vec<(String, String)>,
+        tunnel: tokio::sync::watch::Receiver<TunnelState>,
+        logs: Logs,
+    ) -> std::io::Result<Sharing> {
         let (stop, stopped) = mpsc::channel();
         let mut registration = Registration::new(config);
         let names = services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
@@ -29,33 +38,49 @@ impl Sharing {
         let thread = std::thread::Builder::new()
             .name("devmesh-share".into())
             .spawn(move || {
-                let mut registered = false;
+                let mut registered: Option<Vec<(String, String)>> = None;
                 let mut failures = 0u32;
                 loop {
-                    let outcome = if registered {
+                    let wanted: Vec<(String, String)> = {
+                        let tunnel = tunnel.borrow();
+                        services
+                            .iter()
+                            .map(|(name, front)| {
+                                let public = tunnel.urls.iter().find(|(n, _)| n == name).map(|(_, u)| u.clone());
+                                (name.clone(), public.unwrap_or_else(|| front.clone()))
+                            })
+                            .collect()
+                    };
+                    let outcome = if registered.as_ref() == Some(&wanted) {
                         registration.renew().map(|alive| (alive, false))
                     } else {
-                        registration.register(&services).map(|()| (true, true))
+                        // New, or a URL changed: on a lease of its own.
+                        let _ = registration.revoke();
+                        registration.register(&wanted).map(|()| (true, true))
                     };
                     match outcome {
                         Ok((true, first)) => {
                             if first || failures > 0 {
                                 logs.note(format!("shared in etcd under `{namespace}`: {names}"));
                             }
-                            registered = true;
+                            registered = Some(wanted);
                             failures = 0;
                         }
                         // Its lease ran out (the laptop slept): again.
-                        Ok((false, _)) => registered = false,
+                        Ok((false, _)) => registered = None,
                         Err(e) => {
                             if failures == 0 {
                                 logs.note(format!("could not share {names} in etcd: {e}; trying again"));
                             }
-                            registered = false;
+                            registered = None;
                             failures += 1;
                         }
                     }
                     let wait = match failures {
+                        // The tunnel's URLs may come: look again soon.
+                        0 if !services.is_empty() && !tunnel.borrow().connected && tunnel.borrow().relay.len() > 0 => {
+                            Duration::from_secs(1).min(registration.every())
+                        }
                         0 => registration.every(),
                         n => Duration::from_millis(500)
                             .saturating_mul(1 << n.min(5))

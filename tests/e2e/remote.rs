@@ -100,7 +100,7 @@ impl Sandbox {
 
     /// An etcd member on the sandbox's host, its data in `dir`, once it
     /// serves: the process, and its client address.
-    fn etcd(&self, dir: &std::path::Path) -> (Member, String) {
+    pub fn etcd(&self, dir: &std::path::Path) -> (Member, String) {
         let ip = self.addr.ip();
         let (client, peer) = (format!("{ip}:2379"), format!("http://{ip}:2380"));
         let mut command = match &self.host {

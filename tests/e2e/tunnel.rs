@@ -48,6 +48,8 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
         relay
     };
     let relay = start_relay();
+    // The team's registry, on the sandbox host too.
+    let (_etcd, etcd) = sandbox.etcd(relay_dir.path());
 
     std::fs::write(dir.path().join("tunnel.token"), TOKEN).unwrap();
     let mut toml = std::fs::OpenOptions::new()
@@ -57,7 +59,7 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     std::io::Write::write_all(
         &mut toml,
         format!(
-            "\n[services.beta]\nexpose = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\ntoken_file = \"tunnel.token\"\nnamespace = \"alice\"\n"
+            "\n[services.beta]\nexpose = true\nshare = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\ntoken_file = \"tunnel.token\"\nnamespace = \"alice\"\n\n[remote.etcd]\nendpoints = [\"{etcd}\"]\nnamespace = \"alice\"\n"
         )
         .as_bytes(),
     )
@@ -85,6 +87,32 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     );
     assert!(call(None).contains("this tunnel is private"), "{}", call(None));
     assert!(call(Some("not-a-team-token")).contains("this tunnel is private"));
+    let ps = crate::harness::text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.contains(&format!("tunnel to {ip}:7000: connected")) && ps.contains(&format!("beta at {callback}")),
+        "{ps}"
+    );
+    // Shared in etcd at its public URL, which the sandbox can call.
+    let cluster = devmesh::remote::etcd::Cluster::new(std::slice::from_ref(&etcd));
+    // `/devmesh/alice/services/beta`.
+    let key = serde_json::json!({ "key": "L2Rldm1lc2gvYWxpY2Uvc2VydmljZXMvYmV0YQ==" });
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let found = cluster.call("/v3/kv/range", &key).ok();
+        let value = found
+            .as_ref()
+            .and_then(|f| f["kvs"][0]["value"].as_str())
+            .map(str::to_owned);
+        let decoded = value.map(|v| String::from_utf8(base64_decode(&v)).unwrap_or_default());
+        if decoded.as_deref() == Some(&serde_json::json!({ "url": callback }).to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "beta is not in etcd at its public URL: {decoded:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // It came in through beta's front port: the inspector has it.
     let seen = exchanges(&mesh, 1, |e| {
         e["service"] == "beta" && e["path"] == "/whoami" && e["status"] == 200
@@ -143,4 +171,8 @@ fn callback_url(mesh: &Mesh) -> String {
         assert!(Instant::now() < deadline, "beta never got a callback URL: {registry}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    data_encoding::BASE64.decode(text.as_bytes()).unwrap_or_default()
 }

@@ -47,6 +47,11 @@ impl Client {
         decode(&self.get("/api/services").await?)
     }
 
+    /// `GET /api/tunnel`: the tunnel and its URLs.
+    pub async fn tunnel(&self) -> anyhow::Result<crate::tunnel::client::TunnelState> {
+        decode(&self.get("/api/tunnel").await?)
+    }
+
     /// `GET /api/backends`: the remote backends and their state.
     pub async fn backends(&self) -> anyhow::Result<Vec<BackendView>> {
         decode(&self.get("/api/backends").await?)

@@ -17,6 +17,7 @@
 //! | `GET /` | the inspector page |
 //! | `GET /api/services` | every service's state, mode and where its traffic goes, as JSON |
 //! | `POST /api/services/{name}/mode?to=…` | send its traffic `local`, `remote` or `auto` |
+//! | `GET /api/tunnel` | the tunnel: its relay, whether it is connected, each exposed service's URL |
 //! | `GET /api/backends` | the remote backends, what each knows, and whether its answers are stale |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only; `?now=true`: cut the old instance's open connections after the grace period) |
 //! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
@@ -76,6 +77,8 @@ use devmesh::registry::Status;
 /// The parts of the mesh the API serves.
 #[derive(Debug, Clone)]
 pub struct Parts {
+    /// What the tunnel is doing (its default while there is none).
+    pub tunnel: tokio::sync::watch::Receiver<crate::tunnel::client::TunnelState>,
     pub services: Arc<Services>,
     pub switches: Arc<Switches>,
     pub backends: crate::mesh::Backends,
@@ -236,6 +239,7 @@ impl Api {
             },
             (Method::GET, ["api", "services"]) => json(StatusCode::OK, &self.views()),
             (Method::POST, ["api", "services", name, "mode"]) => self.set_mode(name, &query).await,
+            (Method::GET, ["api", "tunnel"]) => json(StatusCode::OK, &*self.mesh.tunnel.borrow()),
             (Method::GET, ["api", "backends"]) => {
                 let views: Vec<BackendView> = self
                     .mesh

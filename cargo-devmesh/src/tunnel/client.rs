@@ -26,6 +26,19 @@ use crate::state::RegistryCopy;
 /// The longest wait before connecting again.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The tunnel as `ps` and the page show it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelState {
+    /// The relay's address.
+    pub relay: String,
+    pub connected: bool,
+    /// Each exposed service's public URL, once the relay gave it.
+    pub urls: Vec<(String, String)>,
+    /// Why it is not connected, while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// A service to expose: its front port, and whether anyone may call it.
 #[derive(Debug, Clone)]
 pub struct Expose {
@@ -40,8 +53,10 @@ pub async fn run(
     services: BTreeMap<String, Expose>,
     registry: Arc<RegistryCopy>,
     logs: Logs,
+    state: tokio::sync::watch::Sender<TunnelState>,
     shutdown: CancellationToken,
 ) {
+    state.send_modify(|s| s.relay = config.relay.clone());
     let hello = Hello {
         version: VERSION,
         token,
@@ -76,6 +91,11 @@ pub async fn run(
                     .join(", ");
                 logs.note(format!("tunnel: {told}"));
                 said = None;
+                state.send_modify(|s| {
+                    s.connected = true;
+                    s.urls = urls.clone();
+                    s.problem = None;
+                });
                 tokio::select! {
                     () = shutdown.cancelled() => {
                         link.0.close();
@@ -84,6 +104,10 @@ pub async fn run(
                     () = serve(&link.0, link.1, &services) => {}
                 }
                 logs.note("tunnel: the link to the relay was lost; connecting again");
+                state.send_modify(|s| {
+                    s.connected = false;
+                    s.problem = Some("the link to the relay was lost".to_owned());
+                });
             }
             Err(why) => {
                 failures += 1;
@@ -91,8 +115,12 @@ pub async fn run(
                 // hour says so once.
                 if said.as_deref() != Some(why.as_str()) {
                     logs.note(format!("tunnel: the relay at {}: {why}; trying again", config.relay));
-                    said = Some(why);
+                    said = Some(why.clone());
                 }
+                state.send_modify(|s| {
+                    s.connected = false;
+                    s.problem = Some(why);
+                });
             }
         }
         let backoff = Duration::from_millis(500)
