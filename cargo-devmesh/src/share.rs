@@ -78,7 +78,10 @@ impl Sharing {
                     }
                     let wait = match failures {
                         // The tunnel's URLs may come: look again soon.
-                        0 if !services.is_empty() && !tunnel.borrow().connected && tunnel.borrow().relay.len() > 0 => {
+                        0 if !services.is_empty()
+                            && !tunnel.borrow().connected
+                            && !tunnel.borrow().relay.is_empty() =>
+                        {
                             Duration::from_secs(1).min(registration.every())
                         }
                         0 => registration.every(),
