@@ -192,7 +192,19 @@ impl Mesh {
             dns: dns_socket.local_addr().ok(),
         });
         let shutdown = CancellationToken::new();
-        let remotes = bridge_tls(remotes, &workspace, &logs, &shutdown).await;
+        let mut remotes = bridge_tls(remotes, &workspace, &logs, &shutdown).await;
+        // The tunnel's link, once it has one: bridges to the sandbox use it.
+        let (live_link, live) = tokio::sync::watch::channel(None);
+        for (name, remote) in remotes.iter_mut() {
+            let Some(target) = remote.through.clone() else { continue };
+            match crate::tunnel::client::reach(target, live.clone(), shutdown.clone()).await {
+                Ok(addr) => {
+                    let host = remote.copy.backend.host.as_deref().unwrap_or_default().to_owned();
+                    remote.copy.backend = Backend::remote(addr, &host);
+                }
+                Err(e) => logs.note(format!("{name}: no bridge to the relay: {e}")),
+            }
+        }
         let mut handles = Services::default();
         let mut switches = Switches::default();
         let mut tasks = Vec::new();
@@ -319,15 +331,19 @@ impl Mesh {
                 Some((name.clone(), expose))
             })
             .collect();
-        match (&workspace.config.tunnel, exposed.is_empty()) {
+        let reaching = workspace.config.tunnel.as_ref().is_some_and(|t| !t.reach.is_empty());
+        match (&workspace.config.tunnel, exposed.is_empty() && !reaching) {
             (Some(tunnel), false) => match tunnel_token(&workspace, tunnel) {
                 Ok(token) => tasks.push(tokio::spawn(crate::tunnel::client::run(
                     tunnel.clone(),
                     token,
                     exposed,
-                    Arc::clone(state.registry()),
-                    logs.clone(),
-                    tunnel_state.clone(),
+                    crate::tunnel::client::Told {
+                        registry: Arc::clone(state.registry()),
+                        logs: logs.clone(),
+                        state: tunnel_state.clone(),
+                        live: live_link,
+                    },
                     shutdown.clone(),
                 ))),
                 Err(why) => logs.note(format!("tunnel: {why}; no service is exposed this run")),
@@ -545,6 +561,8 @@ struct RemoteCopy {
     tls: Option<String>,
     /// The backend that says where it is, when it can move.
     followed: Option<usize>,
+    /// `host:port` to reach through the relay (`[tunnel] reach`).
+    through: Option<String>,
 }
 
 /// The copies in the sandbox a front port can send to, by service, from
@@ -633,7 +651,12 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
     }
     let mut copies = BTreeMap::new();
     for (name, url, from, followed) in urls {
-        match copy_of(&name, &url, &from).await {
+        let through_relay = workspace
+            .config
+            .tunnel
+            .as_ref()
+            .is_some_and(|t| t.reach.contains(&name));
+        match copy_of(&name, &url, &from, through_relay).await {
             Ok(mut copy) => {
                 copy.followed = followed;
                 copies.insert(name, copy);
@@ -646,7 +669,7 @@ async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, 
 
 /// The copy of service `name` at `url` (from `from`), as a front port
 /// reaches it; or why it cannot.
-async fn copy_of(name: &str, url: &str, from: &str) -> Result<RemoteCopy, String> {
+async fn copy_of(name: &str, url: &str, from: &str, through_relay: bool) -> Result<RemoteCopy, String> {
     let source = devmesh::Source::Remote {
         backend: from.to_owned(),
     };
@@ -668,6 +691,19 @@ async fn copy_of(name: &str, url: &str, from: &str) -> Result<RemoteCopy, String
         return Err(format!(
             "{name}: `{url}` has a path; a front port forwards paths as they are, so it is reached directly"
         ));
+    }
+    if through_relay {
+        // Only the sandbox resolves it: the relay dials it there.
+        return Ok(RemoteCopy {
+            copy: Remote {
+                url: endpoint.url().to_owned(),
+                backend: Backend::remote(SocketAddr::from(([127, 0, 0, 1], 0)), &endpoint.authority()),
+            },
+            protocol,
+            tls: None,
+            followed: None,
+            through: Some(endpoint.authority()),
+        });
     }
     let resolved = tokio::net::lookup_host(endpoint.authority())
         .await
@@ -694,6 +730,7 @@ async fn copy_of(name: &str, url: &str, from: &str) -> Result<RemoteCopy, String
         protocol,
         tls,
         followed: None,
+        through: None,
     })
 }
 
@@ -724,7 +761,7 @@ async fn follow_remotes(
             if was.as_deref() == Some(now.url()) {
                 continue;
             }
-            match copy_of(name, now.url(), &backends[*index].describe()).await {
+            match copy_of(name, now.url(), &backends[*index].describe(), false).await {
                 Ok(copy) if copy.tls.is_none() => {
                     logs.note(format!("{name}: moved in the sandbox, to {}", now.url()));
                     switch.move_remote(copy.copy);

@@ -170,7 +170,7 @@ fn add_config(dir: &std::path::Path, section: &str) {
 }
 
 /// The front port of `service`, which the registry lists as remote.
-fn remote_front(mesh: &Mesh, service: &str) -> u16 {
+pub fn remote_front(mesh: &Mesh, service: &str) -> u16 {
     let registry = read_json(&mesh.state().join("registry.json"));
     let entry = &registry["services"][service];
     assert_eq!(entry["status"], "remote", "{registry}");

@@ -23,7 +23,7 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\nports = \"31000-31099\"\ntokens = \"{}\"\ndata = \"{}\"\n",
+            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\nports = \"31000-31099\"\ntokens = \"{}\"\ndata = \"{}\"\n\n[dial]\nalice = [\"127.0.0.1:9000\"]\n",
             relay_dir.path().join("tokens").display(),
             relay_dir.path().join("data").display()
         ),
@@ -51,6 +51,20 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     // The team's registry, on the sandbox host too.
     let (_etcd, etcd) = sandbox.etcd(relay_dir.path());
 
+    // A service only the sandbox reaches: on its host's own loopback.
+    let hidden = relay_dir.path().join("hidden");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::write(hidden.join("whoami"), "sandbox-only vault").unwrap();
+    let _vault = Member(
+        sandbox
+            .command("python3")
+            .args(["-m", "http.server", "9000", "--bind", "127.0.0.1", "--directory"])
+            .arg(&hidden)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    );
     std::fs::write(dir.path().join("tunnel.token"), TOKEN).unwrap();
     let mut toml = std::fs::OpenOptions::new()
         .append(true)
@@ -59,7 +73,7 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     std::io::Write::write_all(
         &mut toml,
         format!(
-            "\n[services.beta]\nexpose = true\nshare = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\ntoken_file = \"tunnel.token\"\nnamespace = \"alice\"\n\n[remote.etcd]\nendpoints = [\"{etcd}\"]\nnamespace = \"alice\"\n"
+            "\n[services.beta]\nexpose = true\nshare = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\ntoken_file = \"tunnel.token\"\nnamespace = \"alice\"\nreach = [\"vault\", \"gamma\"]\n\n[remote.etcd]\nendpoints = [\"{etcd}\"]\nnamespace = \"alice\"\n\n[remote.static]\nvault = \"http://127.0.0.1:9000\"\ngamma = \"http://127.0.0.1:9001\"\n"
         )
         .as_bytes(),
     )
@@ -92,6 +106,17 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
         ps.contains(&format!("tunnel to {ip}:7000: connected")) && ps.contains(&format!("beta at {callback}")),
         "{ps}"
     );
+    // The other way: a service only the sandbox reaches, through its
+    // front port here and the relay; one the relay may not dial is refused.
+    let vault = crate::remote::remote_front(&mesh, "vault");
+    let deadline = Instant::now() + DEADLINE;
+    while crate::harness::get(vault, "/whoami") != (200, "sandbox-only vault".to_owned()) {
+        assert!(Instant::now() < deadline, "{:?}", crate::harness::get(vault, "/whoami"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = crate::harness::get(crate::remote::remote_front(&mesh, "gamma"), "/whoami");
+    assert!(status == 403 && body.contains("may not be dialed"), "{status} {body}");
+
     // Shared in etcd at its public URL, which the sandbox can call.
     let cluster = devmesh::remote::etcd::Cluster::new(std::slice::from_ref(&etcd));
     // `/devmesh/alice/services/beta`.

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::link::Link;
+use super::link::{Link, Side};
 use super::relay::first_frame;
 use super::wire::{Exposed, Frame, Hello, Kind, VERSION, Welcome};
 use crate::logs::Logs;
@@ -46,16 +46,30 @@ pub struct Expose {
     pub public: bool,
 }
 
+/// Who hears what the tunnel does: the registry (callback URLs), the
+/// logs, `ps` and the page, and the bridges to the sandbox (the live link).
+#[derive(Debug)]
+pub struct Told {
+    pub registry: Arc<RegistryCopy>,
+    pub logs: Logs,
+    pub state: tokio::sync::watch::Sender<TunnelState>,
+    pub live: tokio::sync::watch::Sender<Option<Link>>,
+}
+
 /// Keeps the services exposed until `shutdown`.
 pub async fn run(
     config: TunnelConfig,
     token: String,
     services: BTreeMap<String, Expose>,
-    registry: Arc<RegistryCopy>,
-    logs: Logs,
-    state: tokio::sync::watch::Sender<TunnelState>,
+    told: Told,
     shutdown: CancellationToken,
 ) {
+    let Told {
+        registry,
+        logs,
+        state,
+        live,
+    } = told;
     state.send_modify(|s| s.relay = config.relay.clone());
     let hello = Hello {
         version: VERSION,
@@ -96,6 +110,7 @@ pub async fn run(
                     s.urls = urls.clone();
                     s.problem = None;
                 });
+                live.send_replace(Some(link.0.clone()));
                 tokio::select! {
                     () = shutdown.cancelled() => {
                         link.0.close();
@@ -103,6 +118,7 @@ pub async fn run(
                     }
                     () = serve(&link.0, link.1, &services) => {}
                 }
+                live.send_replace(None);
                 logs.note("tunnel: the link to the relay was lost; connecting again");
                 state.send_modify(|s| {
                     s.connected = false;
@@ -161,7 +177,10 @@ async fn connect(
         Kind::Welcome => {
             let welcome: Welcome = answer.json().map_err(|e| e.to_string())?;
             let (opened_tx, opened) = mpsc::unbounded_channel();
-            Ok(((Link::run(socket, read, opened_tx), opened), welcome.urls))
+            Ok((
+                (Link::run(socket, read, opened_tx, Side::Supervisor), opened),
+                welcome.urls,
+            ))
         }
         Kind::Refused => Err(format!("refused: {}", String::from_utf8_lossy(&answer.payload))),
         other => Err(format!("it answered {other:?}, not the devmesh tunnel protocol")),
@@ -207,4 +226,49 @@ async fn connect_front(front: SocketAddr) -> std::io::Result<TcpStream> {
         },
         Err(_) => TcpStream::connect(front).await,
     }
+}
+
+/// A bridge on loopback to `target` (`host:port`) inside the sandbox,
+/// through the relay: a remote service's front port sends there, and the
+/// relay dials the target if its `[dial]` lets this token. Where the bridge
+/// listens.
+pub async fn reach(
+    target: String,
+    live: tokio::sync::watch::Receiver<Option<Link>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let mut socket = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(_) => continue,
+                },
+            };
+            let link = live.borrow().clone().filter(Link::is_alive);
+            let target = target.clone();
+            tokio::spawn(async move {
+                match link {
+                    Some(link) => {
+                        let stream = link.open(&format!("dial {target}")).await;
+                        link.pipe(stream, socket, Vec::new()).await;
+                    }
+                    None => {
+                        let message = format!(
+                            "devmesh: `{target}` is reached through the relay, and the tunnel is not connected (hint: `cargo devmesh ps`)\n"
+                        );
+                        let answer = format!(
+                            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
+                            message.len()
+                        );
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
 }

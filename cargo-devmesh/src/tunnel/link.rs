@@ -25,6 +25,15 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 /// How long a link may be silent before it is taken for dead.
 const SILENT_FOR: Duration = Duration::from_secs(30);
 
+/// Which end of a link this is: the ids of the streams it opens start
+/// there, and go up by two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Side {
+    Relay = 1,
+    Supervisor = 2,
+}
+
 /// A link; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -59,8 +68,10 @@ pub struct Stream {
 impl Link {
     /// Runs a link over `socket`, whose first bytes already read are
     /// `read`. Each stream the peer opens comes to `opened` with the
-    /// payload of its `OPEN` (the service it is for).
-    pub fn run(socket: TcpStream, read: Vec<u8>, opened: mpsc::UnboundedSender<(Stream, String)>) -> Link {
+    /// payload of its `OPEN` (the service it is for, or what to dial).
+    /// Both ends open streams: the relay's are odd, the supervisor's
+    /// even (`Side`).
+    pub fn run(socket: TcpStream, read: Vec<u8>, opened: mpsc::UnboundedSender<(Stream, String)>, side: Side) -> Link {
         let _ = socket.set_nodelay(true);
         let (reader, writer) = socket.into_split();
         let (out, frames) = mpsc::channel(256);
@@ -68,7 +79,7 @@ impl Link {
             shared: Arc::new(Shared {
                 out,
                 streams: std::sync::Mutex::default(),
-                next: AtomicU32::new(1),
+                next: AtomicU32::new(side as u32),
                 alive: CancellationToken::new(),
             }),
         };
@@ -100,11 +111,13 @@ impl Link {
         self.shared.alive.cancel();
     }
 
-    /// Opens a stream for `service` (the relay, for a public connection).
-    pub async fn open(&self, service: &str) -> Stream {
-        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+    /// Opens a stream for `what`: a service (the relay, for a public
+    /// connection), or `dial <host:port>` (the supervisor, for a service
+    /// inside the sandbox).
+    pub async fn open(&self, what: &str) -> Stream {
+        let id = self.shared.next.fetch_add(2, Ordering::Relaxed);
         let stream = self.register(id);
-        self.send(Frame::new(Kind::Open, id, service.as_bytes().to_vec())).await;
+        self.send(Frame::new(Kind::Open, id, what.as_bytes().to_vec())).await;
         stream
     }
 
@@ -152,6 +165,16 @@ impl Link {
             _ = async { tokio::join!(up, down) } => {}
         }
         self.lock().remove(&id);
+    }
+
+    /// Answers `stream` with `bytes` and closes it (a refusal, in the
+    /// words of the protocol the caller speaks).
+    pub async fn answer(&self, stream: Stream, bytes: Vec<u8>) {
+        for piece in bytes.chunks(MAX_PAYLOAD) {
+            self.send(Frame::new(Kind::Data, stream.id, piece.to_vec())).await;
+        }
+        self.send(Frame::new(Kind::Close, stream.id, Vec::new())).await;
+        self.lock().remove(&stream.id);
     }
 
     fn register(&self, id: u32) -> Stream {
@@ -295,8 +318,8 @@ mod tests {
         let (server_side, _) = listener.accept().await.unwrap();
         let client_side = client.await.unwrap();
         let (opened_tx, mut opened) = mpsc::unbounded_channel();
-        let relay = Link::run(server_side, Vec::new(), mpsc::unbounded_channel().0);
-        let supervisor = Link::run(client_side, Vec::new(), opened_tx);
+        let relay = Link::run(server_side, Vec::new(), mpsc::unbounded_channel().0, Side::Relay);
+        let supervisor = Link::run(client_side, Vec::new(), opened_tx, Side::Supervisor);
 
         // An echo server, where the supervisor sends what it is opened for.
         let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();

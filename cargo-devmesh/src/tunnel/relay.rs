@@ -16,7 +16,14 @@
 //! ports = "31000-31999"          # where public ports are taken from
 //! tokens = "/etc/devmesh/tokens" # lines `name: token` (0600); never on a command line
 //! data = "/var/lib/devmesh-relay"  # reservations
+//!
+//! [dial]                         # what each token's supervisor may reach inside the sandbox
+//! alice = ["payments.svc.cluster.local:8080", "10.1.0.0/16", "127.0.0.1:9000"]
 //! ```
+//!
+//! A `[dial]` entry is `host:port`, a host (any port), or an IPv4 network
+//! `a.b.c.d/n` (any port); anything else is refused, with a 403 in the
+//! caller's words and a line in the relay's log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::link::Link;
+use super::link::{Link, Side, Stream};
 use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
 
 /// The relay's config file.
@@ -43,6 +50,9 @@ pub struct RelayConfig {
     pub ports: (u16, u16),
     pub tokens: PathBuf,
     pub data: PathBuf,
+    /// What each token's supervisor may dial, by token name.
+    #[serde(default)]
+    pub dial: BTreeMap<String, Vec<String>>,
 }
 
 fn ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
@@ -245,7 +255,16 @@ impl Relay {
         let welcome = serde_json::to_vec(&Welcome { urls }).expect("a welcome serializes");
         Frame::new(Kind::Welcome, 0, welcome).encode(&mut bytes);
         socket.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        let link = Link::run(socket, read, mpsc::unbounded_channel().0);
+        let (opened_tx, mut opened) = mpsc::unbounded_channel();
+        let link = Link::run(socket, read, opened_tx, Side::Relay);
+        // What the supervisor asks to reach inside the sandbox.
+        let (dialer, dialing, who) = (Arc::clone(&self), link.clone(), name.clone());
+        tokio::spawn(async move {
+            while let Some((stream, what)) = opened.recv().await {
+                let (relay, link, who) = (Arc::clone(&dialer), dialing.clone(), who.clone());
+                tokio::spawn(async move { relay.dial(&link, stream, &what, &who).await });
+            }
+        });
         for tunnel in &tunnels {
             tunnel.link.send_replace(Some(link.clone()));
         }
@@ -330,6 +349,35 @@ impl Relay {
         Ok((port, tunnel))
     }
 
+    /// A supervisor's `dial host:port`: piped to the target when `[dial]`
+    /// lets its token reach it, else refused.
+    async fn dial(&self, link: &Link, stream: Stream, what: &str, who: &str) {
+        let target = what.strip_prefix("dial ").unwrap_or_default();
+        let allowed = self
+            .config
+            .dial
+            .get(who)
+            .is_some_and(|allowed| allowed.iter().any(|entry| reaches(entry, target)));
+        if !allowed {
+            eprintln!("devmesh relay: {who} may not dial `{target}`; refused");
+            let message = format!(
+                "devmesh relay: `{target}` may not be dialed with this token (hint: the relay's `[dial]` lists what each token reaches)\n"
+            );
+            return link.answer(stream, answer(403, &message).into_bytes()).await;
+        }
+        match tokio::time::timeout(HANDSHAKE, TcpStream::connect(target)).await {
+            Ok(Ok(socket)) => link.pipe(stream, socket, Vec::new()).await,
+            Ok(Err(e)) => {
+                let message = format!("devmesh relay: `{target}` did not answer inside the sandbox: {e}\n");
+                link.answer(stream, answer(502, &message).into_bytes()).await;
+            }
+            Err(_) => {
+                let message = format!("devmesh relay: `{target}` did not answer inside the sandbox within 10 s\n");
+                link.answer(stream, answer(504, &message).into_bytes()).await;
+            }
+        }
+    }
+
     /// A public connection to a tunnel.
     async fn caller(&self, mut socket: TcpStream, tunnel: &Tunnel, service: &str) {
         let link = tunnel.link.borrow().clone().filter(Link::is_alive);
@@ -411,6 +459,29 @@ fn answer(status: u16, message: &str) -> String {
     )
 }
 
+/// Whether `[dial]` entry `entry` lets a supervisor reach `target`
+/// (`host:port`).
+fn reaches(entry: &str, target: &str) -> bool {
+    let Some((host, _port)) = target.rsplit_once(':') else {
+        return false;
+    };
+    if let Some((network, bits)) = entry.split_once('/') {
+        let (Ok(network), Ok(bits), Ok(ip)) = (
+            network.parse::<std::net::Ipv4Addr>(),
+            bits.parse::<u32>(),
+            host.parse::<std::net::Ipv4Addr>(),
+        ) else {
+            return false;
+        };
+        let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
+        return u32::from(network) & mask == u32::from(ip) & mask;
+    }
+    match entry.rsplit_once(':') {
+        Some(_) => entry.eq_ignore_ascii_case(target),
+        None => entry.eq_ignore_ascii_case(host),
+    }
+}
+
 fn valid_label(name: &str) -> bool {
     devmesh::name::validate(name).is_ok()
 }
@@ -439,6 +510,17 @@ pub async fn first_frame(socket: &mut TcpStream, read: &mut Vec<u8>) -> Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_entries_reach_what_they_name_and_nothing_else() {
+        assert!(reaches("127.0.0.1:9000", "127.0.0.1:9000"));
+        assert!(!reaches("127.0.0.1:9000", "127.0.0.1:9001"));
+        assert!(reaches("payments.svc", "payments.svc:8080"));
+        assert!(reaches("10.1.0.0/16", "10.1.200.3:443"));
+        assert!(!reaches("10.1.0.0/16", "10.2.0.1:443"));
+        assert!(!reaches("10.1.0.0/16", "payments.svc:80"));
+        assert!(!reaches("10.1.0.0/16", "nonsense"));
+    }
 
     #[test]
     fn tokens_are_named_lines_of_sixteen_characters_or_more() {

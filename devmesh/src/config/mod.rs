@@ -115,6 +115,11 @@ pub struct TunnelConfig {
     pub token_file: Option<PathBuf>,
     /// Whose tunnels: a developer's name, so that URLs stay theirs.
     pub namespace: String,
+    /// Services in the sandbox reached through the relay, which dials
+    /// them inside the sandbox's network (names only it resolves,
+    /// addresses only it reaches), if its `[dial]` lets this token.
+    #[serde(default)]
+    pub reach: Vec<String>,
 }
 
 /// `[logs]`: each service's log file is rotated at `max_size`, and `keep`
