@@ -315,7 +315,11 @@ pub fn wrk(addr: SocketAddr, path: &str, duration: &str, connections: &str) -> F
         .arg(format!("http://{addr}{path}"))
         .output()
         .expect("wrk runs");
-    let text = String::from_utf8_lossy(&output.stdout);
+    wrk_figures(&String::from_utf8_lossy(&output.stdout), addr)
+}
+
+/// The rate and p99 in what `wrk --latency` printed for `addr`; its errors said.
+pub fn wrk_figures(text: &str, addr: SocketAddr) -> Figures {
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
