@@ -14,17 +14,22 @@ pub fn random_hex(bytes: usize) -> io::Result<String> {
 
 /// Writes `bytes` to `path` atomically (a temp file, then a rename), mode
 /// 0600 from the start: no other user can read it, even for a moment.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<std::fs::Metadata> {
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    // What was written is told by the file written, not by the path read
+    // again after: by then someone may have replaced or removed it.
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&temp)
-        .and_then(|mut file| file.write_all(bytes))
-        .and_then(|()| std::fs::rename(&temp, path));
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.metadata()
+        })
+        .and_then(|metadata| std::fs::rename(&temp, path).map(|()| metadata));
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }

@@ -34,13 +34,16 @@ struct Identity {
 
 impl Identity {
     fn of(path: &Path) -> Option<Identity> {
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        Some(Identity {
+        Some(Identity::from(&std::fs::symlink_metadata(path).ok()?))
+    }
+
+    fn from(meta: &std::fs::Metadata) -> Identity {
+        Identity {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
+        }
     }
 }
 
@@ -62,17 +65,17 @@ impl Kept {
     fn write(&self) -> std::io::Result<()> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let contents = (self.contents)();
-        match crate::secret::write_private(&self.path, &contents) {
+        let metadata = match crate::secret::write_private(&self.path, &contents) {
             // The folder went: made again (owner-only), then written.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = self.path.parent() {
                     crate::secret::private_dir(dir)?;
                 }
-                crate::secret::write_private(&self.path, &contents)?;
+                crate::secret::write_private(&self.path, &contents)?
             }
             written => written?,
-        }
-        *written = Identity::of(&self.path);
+        };
+        *written = Some(Identity::from(&metadata));
         Ok(())
     }
 
