@@ -22,7 +22,7 @@ pub mod switch;
 pub mod tls;
 
 pub use route::{Backend, Lease, Route};
-pub use switch::{Remote, Switch, Switches, Traffic};
+pub use switch::{LocalRoute, Remote, Switch, Switches, Traffic};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use devmesh::config::Mode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Route};
 
@@ -81,48 +80,62 @@ pub enum ModeRefused {
     NoLocal(String),
 }
 
+/// The route here of a service, as its task sets it: the front route
+/// follows at once, so that when a restart answers, new requests already
+/// go to the new instance.
+#[derive(Debug, Clone)]
+pub struct LocalRoute {
+    here: watch::Sender<Route>,
+    front: Arc<Front>,
+    mode: watch::Receiver<Mode>,
+}
+
+impl LocalRoute {
+    /// Sets the route here; the route it replaced.
+    pub fn send_replace(&self, route: Route) -> Route {
+        let was = self.here.send_replace(route.clone());
+        self.front.follow(*self.mode.borrow(), Some(route));
+        was
+    }
+}
+
 impl Switch {
-    /// A switch for the front route of a service whose route here is
-    /// `local` (none: it runs only in the sandbox) and whose copy there is
-    /// `remote`, starting in `mode`. Returns the switch and the route the
-    /// front port reads; the switch follows the route here until `shutdown`.
+    /// A switch for the front route of a service with a copy here (when
+    /// `here`) and a copy there (`remote`), starting in `mode`. Returns the
+    /// switch, the route the front port reads, and, for a copy here, the
+    /// handle its task sets its route with.
     pub fn start(
-        local: Option<watch::Receiver<Route>>,
+        here: bool,
         remote: Option<Remote>,
         mode: Mode,
-        shutdown: CancellationToken,
-    ) -> (Switch, watch::Receiver<Route>) {
+    ) -> (Switch, watch::Receiver<Route>, Option<LocalRoute>) {
         let (mode_tx, mode_rx) = watch::channel(mode);
-        let (route, traffic) = effective(
-            mode,
-            local.as_ref().map(|l| l.borrow().clone()),
-            remote.as_ref().map(|r| &r.backend),
-        );
+        let first = Route::Waiting(devmesh::registry::Status::Building);
+        let (route, traffic) = effective(mode, here.then(|| first.clone()), remote.as_ref().map(|r| &r.backend));
         let (route_tx, route_rx) = watch::channel(route);
         let front = Arc::new(Front {
             route: route_tx,
             traffic: watch::channel(traffic).0,
             remote: std::sync::Mutex::new(remote),
         });
-        if let Some(mut here) = local.clone() {
-            let front = Arc::clone(&front);
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        changed = here.changed() => if changed.is_err() { return },
-                    }
-                    let now = here.borrow_and_update().clone();
-                    front.follow(*mode_rx.borrow(), Some(now));
-                }
-            });
-        }
+        let (local, handle) = match here {
+            true => {
+                let here = watch::channel(first).0;
+                let handle = LocalRoute {
+                    here: here.clone(),
+                    front: Arc::clone(&front),
+                    mode: mode_rx,
+                };
+                (Some(here.subscribe()), Some(handle))
+            }
+            false => (None, None),
+        };
         let switch = Switch {
             mode: mode_tx,
             front,
             local,
         };
-        (switch, route_rx)
+        (switch, route_rx, handle)
     }
 
     pub fn mode(&self) -> Mode {
@@ -229,44 +242,33 @@ mod tests {
         assert_eq!(effective(Mode::Auto, waiting(), None).1, Traffic::Waiting);
     }
 
-    #[tokio::test]
-    async fn the_front_route_follows_the_mode_and_the_local_route() {
-        let (local_tx, local_rx) = watch::channel(Route::Waiting(Status::Building));
+    #[test]
+    fn the_front_route_follows_the_mode_and_the_local_route_at_once() {
         let remote = Remote {
             url: "http://sandbox".into(),
             backend: remote(),
         };
-        let (switch, mut front) = Switch::start(Some(local_rx), Some(remote), Mode::Auto, CancellationToken::new());
+        let (switch, front, local) = Switch::start(true, Some(remote), Mode::Auto);
+        let local = local.unwrap();
         assert!(
             matches!(&*front.borrow(), Route::Ready(b) if b.host.is_some()),
             "auto: remote while building"
         );
-        let here = local();
-        local_tx.send_replace(Route::Ready(here.clone()));
-        let local_now = front
-            .wait_for(|r| matches!(r, Route::Ready(b) if b.same(&here)))
-            .await
-            .is_ok();
-        assert!(local_now, "auto: local once it serves");
+        let here = self::local();
+        local.send_replace(Route::Ready(here.clone()));
+        assert!(
+            matches!(&*front.borrow(), Route::Ready(b) if b.same(&here)),
+            "auto: local once it serves, at once"
+        );
         assert_eq!(switch.set("orders", Mode::Remote), Ok(Traffic::Remote));
         assert!(
             matches!(&*front.borrow(), Route::Ready(b) if b.host.is_some()),
             "remote at once"
         );
         assert_eq!(switch.set("orders", Mode::Local), Ok(Traffic::Local));
-        assert!(
-            front
-                .wait_for(|r| matches!(r, Route::Ready(b) if b.same(&here)))
-                .await
-                .is_ok()
-        );
+        assert!(matches!(&*front.borrow(), Route::Ready(b) if b.same(&here)));
 
-        let (only_here, _) = Switch::start(
-            Some(watch::channel(Route::Waiting(Status::Stopped)).1),
-            None,
-            Mode::Local,
-            CancellationToken::new(),
-        );
+        let (only_here, _, _) = Switch::start(true, None, Mode::Local);
         assert_eq!(
             only_here.set("orders", Mode::Remote),
             Err(ModeRefused::NoRemote("orders".into()))

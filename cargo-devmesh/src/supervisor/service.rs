@@ -21,7 +21,7 @@ use super::command::{Done, Outcome, Refused, Ticket};
 use super::process::{self, Exit, Process};
 use super::{Supervisor, readiness};
 use crate::build::{BinTarget, Built};
-use crate::proxy::{Backend, Route};
+use crate::proxy::{Backend, LocalRoute, Route};
 use crate::workspace::{Launch, ServiceSpec};
 
 /// A crashed service waits this long before its first restart, doubling
@@ -123,7 +123,7 @@ struct Task {
     spec: ServiceSpec,
     supervisor: Arc<Supervisor>,
     state: watch::Sender<ServiceState>,
-    route: watch::Sender<Route>,
+    route: LocalRoute,
     messages_tx: mpsc::UnboundedSender<Message>,
     binary: Option<PathBuf>,
     current: Option<Instance>,
@@ -151,11 +151,11 @@ pub type FirstBuild = watch::Receiver<Option<Arc<Built>>>;
 pub fn spawn(
     spec: ServiceSpec,
     first_build: FirstBuild,
-    front: SocketAddr,
+    (front, route): (SocketAddr, LocalRoute),
     dependencies: Vec<watch::Receiver<ServiceState>>,
     supervisor: Arc<Supervisor>,
     shutdown: CancellationToken,
-) -> (ServiceHandle, watch::Receiver<Route>, tokio::task::JoinHandle<()>) {
+) -> (ServiceHandle, tokio::task::JoinHandle<()>) {
     let status = match spec.launch {
         Launch::Binary { .. } => Status::Building,
         Launch::Command(_) => Status::Starting,
@@ -170,13 +170,13 @@ pub fn spawn(
         note: None,
     };
     let (state_tx, state_rx) = watch::channel(state);
-    let (route_tx, route_rx) = watch::channel(Route::Waiting(status));
+    route.send_replace(Route::Waiting(status));
     let (messages_tx, messages) = mpsc::unbounded_channel();
     let task = Task {
         spec,
         supervisor,
         state: state_tx,
-        route: route_tx,
+        route,
         messages_tx: messages_tx.clone(),
         binary: None,
         current: None,
@@ -194,7 +194,7 @@ pub fn spawn(
         messages: messages_tx,
         state: state_rx,
     };
-    (handle, route_rx, join)
+    (handle, join)
 }
 
 impl Task {

@@ -1,0 +1,294 @@
+//! The services' copies in the sandbox, as front ports reach them: found
+//! from the remote backends when a run starts, bridged when they speak
+//! TLS or sit behind the relay, and followed when their backend moves them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devmesh::config::Protocol;
+use devmesh::remote::Backend as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::Logs;
+use crate::proxy::{Backend, Remote, Switches};
+use crate::workspace::Workspace;
+
+/// A service's copy in the sandbox, as a front port reaches it.
+#[derive(Debug, Clone)]
+pub(super) struct RemoteCopy {
+    pub(super) copy: Remote,
+    pub(super) protocol: Protocol,
+    /// The name to ask over TLS by (an `https://` URL's host).
+    pub(super) tls: Option<String>,
+    /// The backend that says where it is, when it can move.
+    pub(super) followed: Option<usize>,
+    /// `host:port` to reach through the relay (`[tunnel] reach`).
+    pub(super) through: Option<String>,
+}
+
+/// The copies in the sandbox a front port can send to, by service, from
+/// the remote backends: every one `[remote.static]` names, those
+/// `[remote.dns]` lists, and those `[remote.etcd]` holds when the run
+/// starts; the backends, for `ps` and to follow; and, in words, what
+/// could not be used.
+pub(super) async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Backends, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut backends: Vec<Box<dyn devmesh::remote::Backend>> = Vec::new();
+    // (name, URL, where it came from, the backend that follows it)
+    let mut urls: Vec<(String, String, String, Option<usize>)> = Vec::new();
+    if !workspace.config.remote.static_map.is_empty()
+        && let Ok(map) = devmesh::remote::StaticMap::new(&workspace.config_path, &workspace.config.remote.static_map)
+    {
+        backends.push(Box::new(map));
+        for (name, url) in &workspace.config.remote.static_map {
+            urls.push((name.clone(), url.clone(), format!("remote.static.{name}"), None));
+        }
+    }
+    // Those the workspace uses from DNS SRV, as their records say now.
+    if let Some(config) = workspace.config.remote.dns.clone() {
+        let asked = tokio::task::spawn_blocking(move || {
+            let backend = devmesh::remote::DnsSrv::new(&config)?;
+            let found: Vec<_> = config
+                .services
+                .iter()
+                .map(|name| {
+                    let url = backend.lookup(name).map(|e| e.url().to_owned());
+                    // No answer is not "no such record": say which.
+                    let silent = url.is_none().then(|| backend.failure(name)).flatten();
+                    (name.clone(), url, silent)
+                })
+                .collect();
+            Ok::<_, devmesh::Error>((backend, found))
+        })
+        .await;
+        match asked {
+            Ok(Ok((dns, found))) => {
+                let (from, index) = (dns.describe(), backends.len());
+                backends.push(Box::new(dns));
+                for (name, url, silent) in found {
+                    match (url, silent) {
+                        (Some(url), _) => urls.push((name, url, from.clone(), Some(index))),
+                        (None, Some(why)) => problems.push(format!(
+                            "{name}: {from}: {why}; it gets no front port this run \
+                             (hint: is the server in `[remote.dns]` up and reachable?)"
+                        )),
+                        (None, None) => problems.push(format!(
+                            "{name}: {from} has no record of it; it gets no front port this run \
+                             (hint: `dig @SERVER _{name}._tcp.DOMAIN SRV`)"
+                        )),
+                    }
+                }
+            }
+            Ok(Err(e)) => problems.push(format!("`[remote.dns]`: {e}")),
+            Err(e) => problems.push(format!("`[remote.dns]`: {e}")),
+        }
+    }
+    // Those in the team's registry when the run starts.
+    if let Some(config) = workspace.config.remote.etcd.clone() {
+        let read = tokio::task::spawn_blocking(move || {
+            let etcd = devmesh::remote::Etcd::new(&config)?;
+            etcd.first_read(Duration::from_secs(3));
+            let found: Vec<_> = etcd
+                .names()
+                .into_iter()
+                .filter_map(|name| Some((name.clone(), etcd.lookup(&name)?.url().to_owned())))
+                .collect();
+            Ok::<_, devmesh::Error>((etcd, found))
+        })
+        .await;
+        match read {
+            Ok(Ok((etcd, found))) => {
+                let (from, index) = (etcd.describe(), backends.len());
+                backends.push(Box::new(etcd));
+                for (name, url) in found {
+                    if !urls.iter().any(|(known, ..)| *known == name) {
+                        urls.push((name, url, from.clone(), Some(index)));
+                    }
+                }
+            }
+            Ok(Err(e)) => problems.push(format!("`[remote.etcd]`: {e}")),
+            Err(e) => problems.push(format!("`[remote.etcd]`: {e}")),
+        }
+    }
+    let mut copies = BTreeMap::new();
+    for (name, url, from, followed) in urls {
+        let through_relay = workspace
+            .config
+            .tunnel
+            .as_ref()
+            .is_some_and(|t| t.reach.contains(&name));
+        match copy_of(&name, &url, &from, through_relay).await {
+            Ok(mut copy) => {
+                copy.followed = followed;
+                copies.insert(name, copy);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    (copies, Arc::new(backends), problems)
+}
+
+/// The copy of service `name` at `url` (from `from`), as a front port
+/// reaches it; or why it cannot.
+async fn copy_of(name: &str, url: &str, from: &str, through_relay: bool) -> Result<RemoteCopy, String> {
+    let source = devmesh::Source::Remote {
+        backend: from.to_owned(),
+    };
+    let endpoint = devmesh::Endpoint::from_url(name, url, source)
+        .map_err(|e| format!("{name}: `{from}` = `{url}`: {}", e.reason))?;
+    let scheme = url
+        .split_once("://")
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase();
+    let (protocol, tls) = match scheme.as_str() {
+        "http" | "ws" | "grpc" => (Protocol::Http, false),
+        "https" | "wss" => (Protocol::Http, true),
+        _ => (Protocol::Tcp, false),
+    };
+    if url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'))
+    {
+        return Err(format!(
+            "{name}: `{url}` has a path; a front port forwards paths as they are, so it is reached directly"
+        ));
+    }
+    if through_relay {
+        // Only the sandbox resolves it: the relay dials it there.
+        return Ok(RemoteCopy {
+            copy: Remote {
+                url: endpoint.url().to_owned(),
+                backend: Backend::remote(SocketAddr::from(([127, 0, 0, 1], 0)), &endpoint.authority()),
+            },
+            protocol,
+            tls: None,
+            followed: None,
+            through: Some(endpoint.authority()),
+        });
+    }
+    let resolved = tokio::net::lookup_host(endpoint.authority())
+        .await
+        .map(|mut a| a.next());
+    let Ok(Some(addr)) = resolved else {
+        return Err(format!(
+            "{name}: the sandbox's host `{}` (from `{from}`) does not resolve; \
+             it is not reachable through its front port until it does",
+            endpoint.host()
+        ));
+    };
+    // The Host it is asked with: as the URL says, the default port left out.
+    let host = match (endpoint.port(), tls) {
+        (80, false) | (443, true) => endpoint.host().to_owned(),
+        _ => endpoint.authority(),
+    };
+    let copy = Remote {
+        url: endpoint.url().to_owned(),
+        backend: Backend::remote(addr, &host),
+    };
+    let tls = tls.then(|| endpoint.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+    Ok(RemoteCopy {
+        copy,
+        protocol,
+        tls,
+        followed: None,
+        through: None,
+    })
+}
+
+/// Follows the copies in the sandbox that a DNS record or an etcd key
+/// places, until `shutdown`: when one moves, its front port sends new
+/// requests to where it is now. (An `https://` one keeps its bridge: a
+/// move to another host is said, and waits for the next run.)
+pub(super) async fn follow_remotes(
+    followed: Vec<(String, usize)>,
+    backends: Backends,
+    switches: Arc<Switches>,
+    logs: Logs,
+    shutdown: CancellationToken,
+) {
+    if followed.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        for (name, index) in &followed {
+            let (Some(switch), Some(now)) = (switches.get(name), backends[*index].lookup(name)) else {
+                continue;
+            };
+            let was = switch.remote().map(|r| r.url);
+            if was.as_deref() == Some(now.url()) {
+                continue;
+            }
+            match copy_of(name, now.url(), &backends[*index].describe(), false).await {
+                Ok(copy) if copy.tls.is_none() => {
+                    logs.note(format!("{name}: moved in the sandbox, to {}", now.url()));
+                    switch.move_remote(copy.copy);
+                }
+                Ok(_) => logs.note(format!(
+                    "{name}: moved in the sandbox, to {}; an https:// copy is followed from the next run",
+                    now.url()
+                )),
+                Err(problem) => logs.note(problem),
+            }
+        }
+    }
+}
+
+/// The remote backends of the run, as `ps` and the page show them.
+pub type Backends = Arc<Vec<Box<dyn devmesh::remote::Backend>>>;
+
+/// Puts a TLS bridge (see `proxy::tls`) in front of each `https://` copy;
+/// one that cannot have one is said, and left out.
+pub(super) async fn bridge_tls(
+    remotes: BTreeMap<String, RemoteCopy>,
+    workspace: &Workspace,
+    logs: &Logs,
+    shutdown: &CancellationToken,
+) -> BTreeMap<String, RemoteCopy> {
+    if remotes.values().all(|r| r.tls.is_none()) {
+        return remotes;
+    }
+    let ca = workspace.config.remote.ca.as_ref().map(|ca| workspace.root.join(ca));
+    let connector = match crate::proxy::tls::connector(ca.as_deref()) {
+        Ok(connector) => Some(connector),
+        Err(e) => {
+            logs.note(format!(
+                "the sandbox's https:// services are not reachable through front ports: {e}"
+            ));
+            None
+        }
+    };
+    let mut bridged = BTreeMap::new();
+    for (name, mut remote) in remotes {
+        if let Some(host) = remote.tls.clone() {
+            let Some(connector) = connector.clone() else { continue };
+            let backend = &remote.copy.backend;
+            let started = crate::proxy::tls::bridge(
+                name.clone(),
+                host,
+                backend.addr,
+                connector,
+                logs.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            match started {
+                Ok(addr) => {
+                    let host = backend.host.as_deref().unwrap_or_default().to_owned();
+                    remote.copy.backend = Backend::remote(addr, &host);
+                }
+                Err(e) => {
+                    logs.note(format!("{name}: no TLS bridge to the sandbox: {e}"));
+                    continue;
+                }
+            }
+        }
+        bridged.insert(name, remote);
+    }
+    bridged
+}
