@@ -36,6 +36,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<std::fs::Metadata>
     written
 }
 
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// Makes `dir` (created if needed) readable by its owner only: it holds
 /// the control token, captured logs and the registry.
 pub fn private_dir(dir: &Path) -> io::Result<()> {

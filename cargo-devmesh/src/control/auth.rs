@@ -63,7 +63,7 @@ impl Api {
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
-            .is_some_and(|v| same(v.as_bytes(), expected.as_bytes()));
+            .is_some_and(|v| crate::secret::same(v.as_bytes(), expected.as_bytes()));
         let session = request
             .headers()
             .get_all(header::COOKIE)
@@ -71,14 +71,11 @@ impl Api {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().split_once('='))
-            .any(|(name, value)| name == SESSION_COOKIE && same(value.as_bytes(), self.session.as_bytes()));
+            .any(|(name, value)| {
+                name == SESSION_COOKIE && crate::secret::same(value.as_bytes(), self.session.as_bytes())
+            });
         bearer || session
     }
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// What `GET /` shows a browser that is not logged in.

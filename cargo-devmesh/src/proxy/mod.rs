@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -441,6 +442,41 @@ async fn awaited<F: Future>(response: F, lease: &Lease, timeout: Duration) -> Op
     }
     lease.suspect();
     tokio::time::timeout_at(asked + timeout, response).await.ok()
+}
+
+/// A whole plain-text answer from devmesh itself (the proxy, the relay,
+/// a bridge), after which the connection closes.
+pub fn local_response(status: StatusCode, message: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        message.len()
+    )
+    .into_bytes()
+}
+
+/// Listens on a loopback port of its own until `shutdown`, and hands each
+/// connection to `serve` on a task of its own: a bridge that front ports
+/// send to (TLS to the sandbox, a dial through the relay). Its address.
+pub async fn loopback<F, Fut>(shutdown: CancellationToken, serve: F) -> std::io::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => if let Ok((socket, _)) = accepted {
+                    tokio::spawn(serve(socket));
+                },
+            }
+        }
+    });
+    Ok(addr)
 }
 
 /// What a capture says of a connection that was still open when its

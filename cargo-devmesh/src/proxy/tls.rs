@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -63,41 +63,28 @@ pub async fn bridge(
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let name = ServerName::try_from(host.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let failing = Arc::new(AtomicBool::new(false));
-    tokio::spawn(async move {
-        loop {
-            let plain = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((plain, _)) => plain,
-                    Err(_) => continue,
-                },
-            };
-            let (connector, name, logs, failing) =
-                (connector.clone(), name.clone(), logs.clone(), Arc::clone(&failing));
-            let (service, host) = (service.clone(), host.clone());
-            tokio::spawn(async move {
-                match connect(&connector, name, remote).await {
-                    Ok(mut tls) => {
-                        failing.store(false, Ordering::Relaxed);
-                        let mut plain = plain;
-                        let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
-                    }
-                    Err(e) => {
-                        if !failing.swap(true, Ordering::Relaxed) {
-                            logs.note(format!(
-                                "{service}: TLS to `{host}` ({remote}) failed: {e} \
-                                 (hint: a sandbox's own CA goes in `[remote] ca` in devmesh.toml)"
-                            ));
-                        }
+    super::loopback(shutdown, move |mut plain| {
+        let (connector, name, logs, failing) = (connector.clone(), name.clone(), logs.clone(), Arc::clone(&failing));
+        let (service, host) = (service.clone(), host.clone());
+        async move {
+            match connect(&connector, name, remote).await {
+                Ok(mut tls) => {
+                    failing.store(false, Ordering::Relaxed);
+                    let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
+                }
+                Err(e) => {
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        logs.note(format!(
+                            "{service}: TLS to `{host}` ({remote}) failed: {e} \
+                             (hint: a sandbox's own CA goes in `[remote] ca` in devmesh.toml)"
+                        ));
                     }
                 }
-            });
+            }
         }
-    });
-    Ok(addr)
+    })
+    .await
 }
 
 async fn connect(

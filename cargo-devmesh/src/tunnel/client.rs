@@ -91,7 +91,7 @@ pub async fn run(
             outcome = connect(&config.relay, &hello) => outcome,
         };
         match outcome {
-            Ok((link, urls)) => {
+            Ok(Connected { link, opened, urls }) => {
                 failures = 0;
                 for (name, url) in &urls {
                     if let Err(e) = registry.set_callback(name, url) {
@@ -110,13 +110,13 @@ pub async fn run(
                     s.urls = urls.clone();
                     s.problem = None;
                 });
-                live.send_replace(Some(link.0.clone()));
+                live.send_replace(Some(link.clone()));
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        link.0.close();
+                        link.close();
                         return;
                     }
-                    () = serve(&link.0, link.1, &services) => {}
+                    () = serve(&link, opened, &services) => {}
                 }
                 live.send_replace(None);
                 logs.note("tunnel: the link to the relay was lost; connecting again");
@@ -149,18 +149,18 @@ pub async fn run(
     }
 }
 
+/// A link the relay welcomed.
+struct Connected {
+    link: Link,
+    /// The streams the relay opens, each for a service.
+    opened: mpsc::UnboundedReceiver<(super::link::Stream, String)>,
+    /// Each exposed service's public URL.
+    urls: Vec<(String, String)>,
+}
+
 /// Connects, says `hello`, and reads the relay's answer: the link and the
 /// public URLs, or why not.
-async fn connect(
-    relay: &str,
-    hello: &Hello,
-) -> Result<
-    (
-        (Link, mpsc::UnboundedReceiver<(super::link::Stream, String)>),
-        Vec<(String, String)>,
-    ),
-    String,
-> {
+async fn connect(relay: &str, hello: &Hello) -> Result<Connected, String> {
     let mut socket = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(relay))
         .await
         .map_err(|_| "it does not answer".to_owned())?
@@ -177,10 +177,11 @@ async fn connect(
         Kind::Welcome => {
             let welcome: Welcome = answer.json().map_err(|e| e.to_string())?;
             let (opened_tx, opened) = mpsc::unbounded_channel();
-            Ok((
-                (Link::run(socket, read, opened_tx, Side::Supervisor), opened),
-                welcome.urls,
-            ))
+            Ok(Connected {
+                link: Link::run(socket, read, opened_tx, Side::Supervisor),
+                opened,
+                urls: welcome.urls,
+            })
         }
         Kind::Refused => Err(format!("refused: {}", String::from_utf8_lossy(&answer.payload))),
         other => Err(format!("it answered {other:?}, not the devmesh tunnel protocol")),
@@ -237,38 +238,24 @@ pub async fn reach(
     live: tokio::sync::watch::Receiver<Option<Link>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let mut socket = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => socket,
-                    Err(_) => continue,
-                },
-            };
-            let link = live.borrow().clone().filter(Link::is_alive);
-            let target = target.clone();
-            tokio::spawn(async move {
-                match link {
-                    Some(link) => {
-                        let stream = link.open(&format!("dial {target}")).await;
-                        link.pipe(stream, socket, Vec::new()).await;
-                    }
-                    None => {
-                        let message = format!(
-                            "devmesh: `{target}` is reached through the relay, and the tunnel is not connected (hint: `cargo devmesh ps`)\n"
-                        );
-                        let answer = format!(
-                            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
-                            message.len()
-                        );
-                        let _ = socket.write_all(answer.as_bytes()).await;
-                    }
+    crate::proxy::loopback(shutdown, move |mut socket| {
+        let link = live.borrow().clone().filter(Link::is_alive);
+        let target = target.clone();
+        async move {
+            match link {
+                Some(link) => {
+                    let stream = link.open(&format!("dial {target}")).await;
+                    link.pipe(stream, socket, Vec::new()).await;
                 }
-            });
+                None => {
+                    let message = format!(
+                        "devmesh: `{target}` is reached through the relay, and the tunnel is not connected (hint: `cargo devmesh ps`)\n"
+                    );
+                    let answer = crate::proxy::local_response(hyper::StatusCode::BAD_GATEWAY, &message);
+                    let _ = socket.write_all(&answer).await;
+                }
+            }
         }
-    });
-    Ok(addr)
+    })
+    .await
 }

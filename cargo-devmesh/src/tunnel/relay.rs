@@ -185,18 +185,13 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(tokens)
 }
 
-/// Compares secrets in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 impl Relay {
     /// The name of the holder of `token`, if it is a team token.
     fn holder(&self, token: &str) -> Option<&str> {
         // Every token is compared, so the time says nothing of which matched.
         let mut found = None;
         for (name, known) in &self.tokens {
-            if same(known.as_bytes(), token.as_bytes()) {
+            if crate::secret::same(known.as_bytes(), token.as_bytes()) {
                 found = Some(name.as_str());
             }
         }
@@ -363,17 +358,17 @@ impl Relay {
             let message = format!(
                 "devmesh relay: `{target}` may not be dialed with this token (hint: the relay's `[dial]` lists what each token reaches)\n"
             );
-            return link.answer(stream, answer(403, &message).into_bytes()).await;
+            return link.answer(stream, answer(403, &message)).await;
         }
         match tokio::time::timeout(HANDSHAKE, TcpStream::connect(target)).await {
             Ok(Ok(socket)) => link.pipe(stream, socket, Vec::new()).await,
             Ok(Err(e)) => {
                 let message = format!("devmesh relay: `{target}` did not answer inside the sandbox: {e}\n");
-                link.answer(stream, answer(502, &message).into_bytes()).await;
+                link.answer(stream, answer(502, &message)).await;
             }
             Err(_) => {
                 let message = format!("devmesh relay: `{target}` did not answer inside the sandbox within 10 s\n");
-                link.answer(stream, answer(504, &message).into_bytes()).await;
+                link.answer(stream, answer(504, &message)).await;
             }
         }
     }
@@ -383,7 +378,7 @@ impl Relay {
         let link = tunnel.link.borrow().clone().filter(Link::is_alive);
         let Some(link) = link else {
             let message = format!("devmesh relay: `{service}` is not connected (its supervisor is not running)\n");
-            let _ = socket.write_all(answer(503, &message).as_bytes()).await;
+            let _ = socket.write_all(&answer(503, &message)).await;
             return;
         };
         let public = *tunnel.public.lock().unwrap_or_else(|e| e.into_inner());
@@ -393,7 +388,7 @@ impl Relay {
             match tokio::time::timeout(HEAD, self.admitted(&mut socket)).await {
                 Ok(Ok(head)) => head,
                 Ok(Err(refused)) => {
-                    let _ = socket.write_all(refused.as_bytes()).await;
+                    let _ = socket.write_all(&refused).await;
                     return;
                 }
                 Err(_) => return,
@@ -405,7 +400,7 @@ impl Relay {
 
     /// Reads a caller's request head and checks its team token; the head
     /// without the token's line, or the answer that refuses it.
-    async fn admitted(&self, socket: &mut TcpStream) -> Result<Vec<u8>, String> {
+    async fn admitted(&self, socket: &mut TcpStream) -> Result<Vec<u8>, Vec<u8>> {
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
         let end = loop {
@@ -416,7 +411,7 @@ impl Relay {
                 return Err(answer(431, "devmesh relay: the request head is too large\n"));
             }
             match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => return Err(String::new()),
+                Ok(0) | Err(_) => return Err(Vec::new()),
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         };
@@ -452,11 +447,9 @@ async fn refuse(socket: &mut TcpStream, why: String) -> Result<(), String> {
 }
 
 /// A whole answer from the relay itself, after which it closes.
-fn answer(status: u16, message: &str) -> String {
-    format!(
-        "HTTP/1.1 {status} Devmesh Relay\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
-        message.len()
-    )
+fn answer(status: u16, message: &str) -> Vec<u8> {
+    let status = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    crate::proxy::local_response(status, message)
 }
 
 /// Whether `[dial]` entry `entry` lets a supervisor reach `target`

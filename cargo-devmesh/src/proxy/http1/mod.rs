@@ -63,7 +63,7 @@ async fn serve_requests(
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let message = format!("devmesh: {e} (front port of `{}`)\n", context.service);
-                let _ = client.write_all(&local_response(status, &message)).await;
+                let _ = client.write_all(&super::local_response(status, &message)).await;
                 return;
             }
         };
@@ -597,7 +597,7 @@ async fn pipe_upgraded(
 
 /// Answers the client from the proxy itself, and records that answer.
 async fn answer(client: &mut TcpStream, status: StatusCode, message: &str, capture: Option<Capture>) {
-    let response = local_response(status, message);
+    let response = super::local_response(status, message);
     let _ = client.write_all(&response).await;
     if let Some(capture) = capture {
         let head_end = response.len() - message.len();
@@ -605,17 +605,6 @@ async fn answer(client: &mut TcpStream, status: StatusCode, message: &str, captu
         let headers = Headers::from_lines(&response[fields_at..head_end - 2]);
         capture.end_answered(status.as_u16(), headers, message);
     }
-}
-
-/// A whole response from the proxy, after which the connection closes.
-fn local_response(status: StatusCode, message: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        message.len()
-    )
-    .into_bytes()
 }
 
 #[cfg(test)]
