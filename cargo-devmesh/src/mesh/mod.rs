@@ -337,10 +337,10 @@ impl Mesh {
             .collect();
         let reaching = workspace.config.tunnel.as_ref().is_some_and(|t| !t.reach.is_empty());
         match (&workspace.config.tunnel, exposed.is_empty() && !reaching) {
-            (Some(tunnel), false) => match tunnel_token(&workspace, tunnel) {
-                Ok(token) => tasks.push(tokio::spawn(crate::tunnel::client::run(
+            (Some(tunnel), false) => match tunnel_credentials(&workspace, tunnel) {
+                Ok(credentials) => tasks.push(tokio::spawn(crate::tunnel::client::run(
                     tunnel.clone(),
-                    token,
+                    credentials,
                     exposed,
                     crate::tunnel::client::Told {
                         registry: Arc::clone(state.registry()),
@@ -556,21 +556,37 @@ fn state_files(
     Ok(state)
 }
 
-/// This developer's token for the relay: `DEVMESH_TUNNEL_TOKEN`, else the
-/// `token_file` (relative to the workspace; `~/` is the home folder).
-fn tunnel_token(workspace: &Workspace, tunnel: &devmesh::config::TunnelConfig) -> Result<String, String> {
-    if let Some(token) = std::env::var("DEVMESH_TUNNEL_TOKEN").ok().filter(|t| !t.is_empty()) {
-        return Ok(token);
-    }
-    let Some(file) = &tunnel.token_file else {
-        return Err("no token: set `token_file` in `[tunnel]`, or `DEVMESH_TUNNEL_TOKEN`".to_owned());
-    };
-    let path = match (file.strip_prefix("~"), std::env::var_os("HOME")) {
+/// How this developer connects to the relay: the token from
+/// `DEVMESH_TUNNEL_TOKEN`, else the `token_file`; TLS with `tls` or `ca`
+/// (files relative to the workspace; `~/` is the home folder).
+fn tunnel_credentials(
+    workspace: &Workspace,
+    tunnel: &devmesh::config::TunnelConfig,
+) -> Result<crate::tunnel::client::Credentials, String> {
+    let path = |file: &Path| match (file.strip_prefix("~"), std::env::var_os("HOME")) {
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => workspace.root.join(file),
     };
-    let token = std::fs::read_to_string(&path).map_err(|e| format!("the token file `{}`: {e}", path.display()))?;
-    Ok(token.trim().to_owned())
+    let token = match std::env::var("DEVMESH_TUNNEL_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(token) => token,
+        None => {
+            let Some(file) = &tunnel.token_file else {
+                return Err("no token: set `token_file` in `[tunnel]`, or `DEVMESH_TUNNEL_TOKEN`".to_owned());
+            };
+            let file = path(file);
+            let token =
+                std::fs::read_to_string(&file).map_err(|e| format!("the token file `{}`: {e}", file.display()))?;
+            token.trim().to_owned()
+        }
+    };
+    let tls = match (tunnel.tls, &tunnel.ca) {
+        (false, None) => None,
+        (_, ca) => Some(crate::proxy::tls::connector(
+            ca.as_deref().map(path).as_deref(),
+            "`[tunnel] ca`",
+        )?),
+    };
+    Ok(crate::tunnel::client::Credentials { token, tls })
 }
 
 /// Holds the workspace for this run: a second `run` is refused even when

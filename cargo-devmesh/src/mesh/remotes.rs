@@ -254,7 +254,7 @@ pub(super) async fn bridge_tls(
         return remotes;
     }
     let ca = workspace.config.remote.ca.as_ref().map(|ca| workspace.root.join(ca));
-    let connector = match crate::proxy::tls::connector(ca.as_deref()) {
+    let connector = match crate::proxy::tls::connector(ca.as_deref(), "`[remote] ca`") {
         Ok(connector) => Some(connector),
         Err(e) => {
             logs.note(format!(

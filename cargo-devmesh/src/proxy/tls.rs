@@ -11,43 +11,71 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::Logs;
 
-/// How TLS to the sandbox is made: the public roots, and a CA of its own.
-pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
+/// How TLS to the sandbox is made: the public roots, and a CA of its own
+/// (`ca`, the file the setting named `setting` gives).
+pub fn connector(ca: Option<&Path>, setting: &str) -> Result<TlsConnector, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| {
-                format!(
-                    "`[remote] ca` = `{}`: {e} (hint: a PEM file of the CA's certificate)",
-                    ca.display()
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(format!("`[remote] ca` = `{}` holds no certificate", ca.display()));
-        }
-        for cert in certs {
+        for cert in certificates(ca, setting)? {
             roots
                 .add(cert)
-                .map_err(|e| format!("`[remote] ca` = `{}`: {e}", ca.display()))?;
+                .map_err(|e| format!("{setting} = `{}`: {e}", ca.display()))?;
         }
     }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// How a server of devmesh's (the relay) speaks TLS: the certificate
+/// chain in `cert` and its key in `key`, PEM files.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let chain = certificates(cert, "`[tls] cert`")?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "`[tls] key` = `{}`: {e} (hint: a PEM file of the certificate's private key)",
+            key.display()
+        )
+    })?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("`[tls]`: the certificate and its key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of PEM file `path`, which setting `setting` names.
+fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| {
+            format!(
+                "{setting} = `{}`: {e} (hint: a PEM file of certificates)",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{setting} = `{}` holds no certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Starts a bridge to `host` at `remote` for service `service`; where

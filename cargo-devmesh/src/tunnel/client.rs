@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{Link, Side};
+use super::link::{Link, Side, Socket};
 use super::relay::first_frame;
 use super::wire::{Exposed, Frame, Hello, Kind, VERSION, Welcome};
 use crate::logs::Logs;
@@ -56,10 +56,27 @@ pub struct Told {
     pub live: tokio::sync::watch::Sender<Option<Link>>,
 }
 
+/// How this supervisor connects to the relay: its token, and TLS when
+/// the relay speaks it.
+#[derive(Clone)]
+pub struct Credentials {
+    pub token: String,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &"…")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 /// Keeps the services exposed until `shutdown`.
 pub async fn run(
     config: TunnelConfig,
-    token: String,
+    credentials: Credentials,
     services: BTreeMap<String, Expose>,
     told: Told,
     shutdown: CancellationToken,
@@ -73,7 +90,7 @@ pub async fn run(
     state.send_modify(|s| s.relay = config.relay.clone());
     let hello = Hello {
         version: VERSION,
-        token,
+        token: credentials.token.clone(),
         namespace: config.namespace.clone(),
         services: services
             .iter()
@@ -88,7 +105,7 @@ pub async fn run(
     loop {
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
-            outcome = connect(&config.relay, &hello) => outcome,
+            outcome = connect(&config.relay, credentials.tls.as_ref(), &hello) => outcome,
         };
         match outcome {
             Ok(Connected { link, opened, urls }) => {
@@ -150,21 +167,39 @@ pub async fn run(
 }
 
 /// A link the relay welcomed.
-struct Connected {
-    link: Link,
+pub(crate) struct Connected {
+    pub link: Link,
     /// The streams the relay opens, each for a service.
-    opened: mpsc::UnboundedReceiver<(super::link::Stream, String)>,
+    pub opened: mpsc::UnboundedReceiver<(super::link::Stream, String)>,
     /// Each exposed service's public URL.
-    urls: Vec<(String, String)>,
+    pub urls: Vec<(String, String)>,
 }
 
 /// Connects, says `hello`, and reads the relay's answer: the link and the
 /// public URLs, or why not.
-async fn connect(relay: &str, hello: &Hello) -> Result<Connected, String> {
-    let mut socket = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(relay))
+pub(crate) async fn connect(
+    relay: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    hello: &Hello,
+) -> Result<Connected, String> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(relay))
         .await
         .map_err(|_| "it does not answer".to_owned())?
         .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let mut socket: Box<dyn Socket> = match tls {
+        Some(tls) => {
+            let host = relay.rsplit_once(':').map_or(relay, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("`{host}`: {e}"))?;
+            let tls = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+                .await
+                .map_err(|_| "its TLS handshake did not finish within 10 s".to_owned())?;
+            Box::new(tls.map_err(|e| format!("TLS: {e} (hint: `[tunnel] ca` names the relay's CA)"))?)
+        }
+        None => Box::new(tcp),
+    };
     let mut bytes = Vec::new();
     let payload = serde_json::to_vec(hello).expect("a hello serializes");
     Frame::new(Kind::Hello, 0, payload).encode(&mut bytes);
@@ -190,7 +225,7 @@ async fn connect(relay: &str, hello: &Hello) -> Result<Connected, String> {
 
 /// Carries each connection the relay opens to the service's front port,
 /// until the link ends.
-async fn serve(
+pub(crate) async fn serve(
     link: &Link,
     mut opened: mpsc::UnboundedReceiver<(super::link::Stream, String)>,
     services: &BTreeMap<String, Expose>,
@@ -206,6 +241,7 @@ async fn serve(
         let link = link.clone();
         tokio::spawn(async move {
             if let Ok(socket) = connect_front(front).await {
+                let _ = socket.set_nodelay(true);
                 link.pipe(stream, socket, Vec::new()).await;
             }
         });
@@ -244,6 +280,7 @@ pub async fn reach(
         async move {
             match link {
                 Some(link) => {
+                    let _ = socket.set_nodelay(true);
                     let stream = link.open(&format!("dial {target}")).await;
                     link.pipe(stream, socket, Vec::new()).await;
                 }

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +22,10 @@ pub const WINDOW: u32 = 256 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// How long a link may be silent before it is taken for dead.
 const SILENT_FOR: Duration = Duration::from_secs(30);
+
+/// What a link or a stream runs over: TCP, or TLS over TCP.
+pub trait Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for T {}
 
 /// Which end of a link this is: the ids of the streams it opens start
 /// there, and go up by two.
@@ -71,9 +73,13 @@ impl Link {
     /// payload of its `OPEN` (the service it is for, or what to dial).
     /// Both ends open streams: the relay's are odd, the supervisor's
     /// even (`Side`).
-    pub fn run(socket: TcpStream, read: Vec<u8>, opened: mpsc::UnboundedSender<(Stream, String)>, side: Side) -> Link {
-        let _ = socket.set_nodelay(true);
-        let (reader, writer) = socket.into_split();
+    pub fn run<S: Socket>(
+        socket: S,
+        read: Vec<u8>,
+        opened: mpsc::UnboundedSender<(Stream, String)>,
+        side: Side,
+    ) -> Link {
+        let (reader, writer) = tokio::io::split(socket);
         let (out, frames) = mpsc::channel(256);
         let link = Link {
             shared: Arc::new(Shared {
@@ -124,10 +130,9 @@ impl Link {
     /// Pipes `socket` over `stream` until both sides are done, or the link
     /// is; `first` goes first, as if read from `socket` (a request head
     /// the relay read to check it).
-    pub async fn pipe(&self, stream: Stream, socket: TcpStream, first: Vec<u8>) {
-        let _ = socket.set_nodelay(true);
+    pub async fn pipe<S: Socket>(&self, stream: Stream, socket: S, first: Vec<u8>) {
         let Stream { id, mut data, credit } = stream;
-        let (mut reader, mut writer) = socket.into_split();
+        let (mut reader, mut writer) = tokio::io::split(socket);
         let up = async {
             for piece in first.chunks(16 * 1024) {
                 match credit.acquire_many(piece.len() as u32).await {
@@ -206,9 +211,9 @@ impl Link {
 
     /// Reads frames until the link ends, a peer breaks the protocol, or it
     /// is silent for [`SILENT_FOR`].
-    async fn read(
+    async fn read<S: Socket>(
         self,
-        mut reader: OwnedReadHalf,
+        mut reader: ReadHalf<S>,
         mut pending: Vec<u8>,
         opened: mpsc::UnboundedSender<(Stream, String)>,
     ) {
@@ -281,7 +286,7 @@ impl Link {
 }
 
 /// Writes frames as they come, several to a write when several wait.
-async fn write(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>, alive: CancellationToken) {
+async fn write<S: Socket>(mut writer: WriteHalf<S>, mut frames: mpsc::Receiver<Frame>, alive: CancellationToken) {
     let mut bytes = Vec::with_capacity(64 * 1024);
     loop {
         let frame = tokio::select! {
@@ -305,7 +310,7 @@ async fn write(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>, al
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// Two links over loopback: a stream opened by one is piped by the
     /// other to an echo server; a megabyte passes whole, in order, under

@@ -45,6 +45,7 @@
 //! relay = "relay.sandbox.example.com:7000"   # `cargo devmesh relay`, run once by the team
 //! token_file = "~/.config/devmesh/token"     # or DEVMESH_TUNNEL_TOKEN; never on a command line
 //! namespace = "alice"       # the same URL every run
+//! tls = true                # when the relay has `[tls]`; `ca` = its CA's PEM file if it is the team's own
 //!
 //! [logs]
 //! max_size = "10MiB"        # a service's log file is rotated at this size
@@ -120,6 +121,13 @@ pub struct TunnelConfig {
     /// addresses only it reaches), if its `[dial]` lets this token.
     #[serde(default)]
     pub reach: Vec<String>,
+    /// Speak TLS to the relay (one with `[tls]` in its config).
+    #[serde(default)]
+    pub tls: bool,
+    /// The relay's CA, a PEM file, when its certificate is not signed by
+    /// a public one (implies `tls`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `[logs]`: each service's log file is rotated at `max_size`, and `keep`

@@ -1,0 +1,220 @@
+//! The relay's config file.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7000"        # where supervisors connect
+//! public_host = "relay.sandbox.example.com"   # the host in public URLs
+//! ports = "31000-31999"          # public ports, one a tunnel (unless [domain])
+//! tokens = "/etc/devmesh/tokens" # lines `name: token` (0600); never on a command line
+//! data = "/var/lib/devmesh-relay"  # reservations
+//!
+//! [domain]                       # host-based routing instead of a port a tunnel:
+//! name = "tunnels.example.com"   # `<svc>--<namespace>.tunnels.example.com`; *.tunnels… points here
+//! listen = "0.0.0.0:443"
+//!
+//! [tls]                          # TLS on every side: supervisors', and callers'
+//! cert = "/etc/devmesh/relay.pem"
+//! key = "/etc/devmesh/relay.key"
+//!
+//! [limits]                       # per token
+//! tunnels = 64
+//! connections = 1024             # public and dialed connections open at once
+//! handshake = "10s"              # for a supervisor to say who it is
+//!
+//! [dial]                         # what each token's supervisor may reach inside the sandbox
+//! alice = ["payments.svc.cluster.local:8080", "10.1.0.0/16", "127.0.0.1:9000"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The relay's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    pub public_host: String,
+    /// Public ports, one a tunnel; not needed with `[domain]`.
+    #[serde(default, deserialize_with = "ports")]
+    pub ports: Option<(u16, u16)>,
+    pub tokens: PathBuf,
+    pub data: PathBuf,
+    #[serde(default)]
+    pub domain: Option<DomainConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// What each token's supervisor may dial, by token name.
+    #[serde(default)]
+    pub dial: BTreeMap<String, Vec<String>>,
+}
+
+/// `[domain]`: every tunnel on one listener, told apart by the Host a
+/// caller asks for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[limits]`, per token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub tunnels: usize,
+    pub connections: usize,
+    #[serde(deserialize_with = "seconds")]
+    pub handshake: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tunnels: 64,
+            connections: 1024,
+            handshake: Duration::from_secs(10),
+        }
+    }
+}
+
+fn ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::Error> {
+    let text = String::deserialize(d)?;
+    let parsed = text
+        .split_once('-')
+        .and_then(|(low, high)| Some((low.trim().parse().ok()?, high.trim().parse().ok()?)));
+    match parsed {
+        Some((low, high)) if low > 0 && low <= high => Ok(Some((low, high))),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is no port range (hint: `31000-31999`)"
+        ))),
+    }
+}
+
+/// `"10s"`, `"500ms"`.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let parsed = match text.trim() {
+        t if t.ends_with("ms") => t.trim_end_matches("ms").trim().parse().ok().map(Duration::from_millis),
+        t => t.trim_end_matches('s').trim().parse().ok().map(Duration::from_secs),
+    };
+    parsed
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is no duration (hint: `10s` or `500ms`)")))
+}
+
+impl RelayConfig {
+    /// Reads the config file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<RelayConfig> {
+        use figment::providers::Format;
+        let config: RelayConfig = figment::Figment::from(figment::providers::Toml::file_exact(path))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("the relay's config `{}`: {e}", path.display()))?;
+        if config.ports.is_none() && config.domain.is_none() {
+            anyhow::bail!(
+                "the relay's config `{}` gives tunnels no address (hint: `ports = \"31000-31999\"`, or a `[domain]`)",
+                path.display()
+            );
+        }
+        if let Some(domain) = &config.domain
+            && domain
+                .name
+                .split('.')
+                .any(|label| devmesh::name::validate(label).is_err())
+        {
+            anyhow::bail!(
+                "the relay's config `{}`: `[domain] name` = `{}` is no domain name",
+                path.display(),
+                domain.name
+            );
+        }
+        Ok(config)
+    }
+
+    /// `https` with `[tls]`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The public URL of a tunnel on port `port`, or, with `[domain]`, of
+    /// the one at host label `label`.
+    pub fn url(&self, port: Option<u16>, label: &str) -> String {
+        let scheme = self.scheme();
+        match (&self.domain, port) {
+            (Some(domain), _) => {
+                let default = if self.tls.is_some() { 443 } else { 80 };
+                match domain.listen.port() {
+                    port if port == default => format!("{scheme}://{label}.{}", domain.name),
+                    port => format!("{scheme}://{label}.{}:{port}", domain.name),
+                }
+            }
+            (None, Some(port)) => format!("{scheme}://{}:{port}", self.public_host),
+            (None, None) => format!("{scheme}://{}", self.public_host),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<RelayConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        RelayConfig::load(&path)
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:7000\"\npublic_host = \"relay\"\ntokens = \"t\"\ndata = \"d\"\n";
+
+    #[test]
+    fn a_tunnel_needs_ports_or_a_domain() {
+        let error = load(BASE).unwrap_err().to_string();
+        assert!(error.contains("gives tunnels no address"), "{error}");
+        let ports = load(&format!("{BASE}ports = \"31000-31009\"\n")).unwrap();
+        assert_eq!(ports.url(Some(31003), "beta--alice"), "http://relay:31003");
+        let domain = load(&format!(
+            "{BASE}[domain]\nname = \"t.example.com\"\nlisten = \"0.0.0.0:8080\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            domain.url(None, "beta--alice"),
+            "https://beta--alice.t.example.com:8080"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = load(&format!("{BASE}ports = \"9-1\"\n")).unwrap_err().to_string();
+        assert!(error.contains("`9-1` is no port range"), "{error}");
+        let error = load(&format!("{BASE}ports = \"1-2\"\n[limits]\nhandshake = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`soon` is no duration"), "{error}");
+        let error = load(&format!(
+            "{BASE}[domain]\nname = \"not a domain\"\nlisten = \"0.0.0.0:80\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("is no domain name"), "{error}");
+        let limits = load(&format!("{BASE}ports = \"1-2\"\n[limits]\nhandshake = \"250ms\"\n"))
+            .unwrap()
+            .limits;
+        assert_eq!(
+            (limits.handshake, limits.connections),
+            (Duration::from_millis(250), 1024)
+        );
+    }
+}
