@@ -272,7 +272,7 @@ pub fn start_nginx(dir: &Path, http: &str) -> Child {
         &config,
         format!(
             "worker_processes auto;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
+             events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n{http}\n}}\n",
             dir = dir.display()
         ),

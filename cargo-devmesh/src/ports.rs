@@ -121,7 +121,7 @@ impl PortBook {
         configured: Option<u16>,
         range: (u16, u16),
     ) -> Result<TcpListener, StartError> {
-        self.take(service, configured, range, TcpListener::bind)
+        self.take(service, configured, range, crate::platform::listen)
     }
 
     /// [`PortBook::bind`] with `bind` making the socket (TCP or UDP).
@@ -174,7 +174,7 @@ impl PortBook {
     /// A port taken meanwhile is replaced rather than an error: nothing
     /// else depends on it.
     pub fn bind_inspector(&mut self, range: (u16, u16)) -> Result<TcpListener, StartError> {
-        self.take_or_replace(INSPECTOR, range, TcpListener::bind)
+        self.take_or_replace(INSPECTOR, range, crate::platform::listen)
     }
 
     /// Binds the DNS server's UDP port, kept and replaced as the

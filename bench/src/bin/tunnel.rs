@@ -51,6 +51,7 @@ fn main() {
 
     let targets = [
         ("nginx directly", direct),
+        ("devmesh front port alone", devmesh.front.expect("devmesh's front port")),
         ("devmesh tunnel (capture on)", devmesh.addr),
         ("bore", bore_addr.addr),
         ("rathole", rathole_addr.addr),
@@ -76,6 +77,26 @@ fn main() {
             figures.p99
         );
     }
+    println!("\n1,000 connections at once (wrk -t1 -c1000 -d{DURATION}; devmesh's all on its one relay link):");
+    for (name, addr) in targets {
+        let text = wrk_text(addr, &devmesh.token, "1000");
+        let figures = devmesh_bench::wrk_figures(&text, addr);
+        let failed: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+            .collect();
+        println!(
+            "  {name:<30} {:>9.0} req/s  p99 {:>9.2?}  {}",
+            figures.rps,
+            figures.p99,
+            if failed.is_empty() {
+                "none failed".to_owned()
+            } else {
+                failed.join("; ")
+            }
+        );
+    }
     println!("\none 200 MB download each:");
     for (name, addr) in targets {
         let rate = bulk(addr, &devmesh.token);
@@ -98,6 +119,8 @@ impl Drop for Guard {
 struct Tunnel {
     addr: SocketAddr,
     token: String,
+    /// devmesh's: the service's front port, where the tunnel ends.
+    front: Option<SocketAddr>,
     _processes: Vec<Guard>,
 }
 
@@ -109,6 +132,7 @@ impl Tunnel {
         Tunnel {
             addr,
             token: String::new(),
+            front: None,
             _processes: processes,
         }
     }
@@ -183,21 +207,24 @@ fn devmesh_tunnel(work: &Path, nginx_port: u16) -> Tunnel {
             .expect("the supervisor starts"),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let url = loop {
+    let (url, front) = loop {
         let registry = std::fs::read(state.join("registry.json")).ok();
-        let url = registry
+        let web = registry
             .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r).ok())
-            .and_then(|r| r["services"]["web"]["callback_url"].as_str().map(str::to_owned));
-        if let Some(url) = url {
-            break url;
+            .map(|r| r["services"]["web"].clone())
+            .unwrap_or_default();
+        if let (Some(url), Some(front)) = (web["callback_url"].as_str(), web["url"].as_str()) {
+            break (url.to_owned(), front.to_owned());
         }
         assert!(Instant::now() < deadline, "the devmesh tunnel never came up");
         std::thread::sleep(Duration::from_millis(50));
     };
     let addr = url.trim_start_matches("http://").parse().expect("an address");
+    let front = front.trim_start_matches("http://").trim_end_matches('/').parse().ok();
     Tunnel {
         addr,
         token,
+        front,
         _processes: vec![relay, supervisor],
     }
 }
@@ -288,15 +315,20 @@ fn get_ok(addr: SocketAddr, token: &str) -> bool {
 
 /// wrk with the team token a private tunnel wants.
 fn wrk_with_token(addr: SocketAddr, token: &str) -> Figures {
+    devmesh_bench::wrk_figures(&wrk_text(addr, token, CONNECTIONS), addr)
+}
+
+/// What wrk printed, run with `connections` and the team token.
+fn wrk_text(addr: SocketAddr, token: &str, connections: &str) -> String {
     let script = std::env::temp_dir().join(format!("devmesh-bench-{}.lua", std::process::id()));
     std::fs::write(&script, format!("wrk.headers[\"x-devmesh-access\"] = \"{token}\"\n")).expect("a script");
     let output = Command::new("wrk")
-        .args(["-t", "1", "-c", CONNECTIONS, "-d", DURATION, "--latency", "-s"])
+        .args(["-t", "1", "-c", connections, "-d", DURATION, "--latency", "-s"])
         .arg(&script)
         .arg(format!("http://{addr}/small"))
         .output()
         .expect("wrk runs");
-    devmesh_bench::wrk_figures(&String::from_utf8_lossy(&output.stdout), addr)
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// One download of the big file: bytes a second.

@@ -8,6 +8,7 @@
 //! | [`is_stopped`] | `/proc/<pid>/stat` | `proc_pidinfo(PROC_PIDTBSDINFO)`'s `pbi_status == SSTOP`; until then `false` |
 //! | [`leave_out_of_forks`] | `madvise(MADV_DONTFORK)` | `minherit(VM_INHERIT_NONE)` on macOS and the BSDs; nothing is lost without it but a restart's speed under load |
 //! | [`lock`], [`signal_group`], [`process_exists`] | `flock`, `kill` | the same calls: POSIX (flock is BSD's own) |
+//! | [`listen`] | `listen` again, with a deeper backlog | the same call: POSIX lets a listening socket's backlog be set again |
 //!
 //! Outside this module: the watchdog is a POSIX shell script; the
 //! registry's file watch goes through the `notify` crate (inotify here,
@@ -17,6 +18,22 @@ pub mod sockets;
 
 use std::io;
 use std::os::fd::AsRawFd;
+
+/// Connections a listener keeps waiting to be accepted (the kernel caps
+/// it at `somaxconn`). std's 128 overflows when a client pool opens a
+/// thousand connections at once: the kernel drops the SYNs past it, and
+/// each of those connections waits a second for its retry.
+pub const BACKLOG: libc::c_int = 4096;
+
+/// A TCP listener on `addr` with a backlog of [`BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    // SAFETY: `listen` on a socket this function owns; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
+}
 
 /// Whether process `pid` exists.
 pub fn process_exists(pid: u32) -> bool {
@@ -80,5 +97,29 @@ pub fn leave_out_of_forks(buffer: &[u8]) {
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTFORK);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A burst of connections that nothing accepts yet all connect: with
+    /// std's backlog of 128, the kernel drops the SYNs past it and those
+    /// connections wait a second for their retry.
+    #[test]
+    fn a_listener_takes_a_burst_of_a_thousand_connections() {
+        let listener = super::listen(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = 1000.min(somaxconn);
+        let connected: Vec<_> = (0..burst)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} of a burst of {burst}: {e}"))
+            })
+            .collect();
+        assert_eq!(connected.len(), burst);
     }
 }

@@ -7,7 +7,7 @@
 //! the old one is stopped once nothing is in flight to it. The front port
 //! never changes, and no request fails.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -476,7 +476,7 @@ impl Task {
     /// Spawns an instance and waits until it is ready.
     async fn launch(&mut self) -> Result<Instance, Refused> {
         let no_socket = |e: std::io::Error| Refused::NoSocket(e.to_string());
-        let socket = TcpListener::bind("127.0.0.1:0").map_err(no_socket)?;
+        let socket = crate::platform::listen(([127, 0, 0, 1], 0).into()).map_err(no_socket)?;
         let addr = socket.local_addr().map_err(no_socket)?;
         let inherit = matches!(
             self.spec.launch,

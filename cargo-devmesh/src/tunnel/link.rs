@@ -156,12 +156,19 @@ impl Link {
             self.send(Frame::new(Kind::Close, id, Vec::new())).await;
         };
         let down = async {
+            // Credit is given back a quarter window at a time, not per
+            // piece: a small request and its answer cost no WINDOW frame.
+            let mut owed = 0u32;
             while let Some(bytes) = data.recv().await {
                 if writer.write_all(&bytes).await.is_err() {
                     break;
                 }
-                let credit = (bytes.len() as u32).to_be_bytes().to_vec();
-                self.send(Frame::new(Kind::Window, id, credit)).await;
+                owed += bytes.len() as u32;
+                if owed >= WINDOW / 4 {
+                    self.send(Frame::new(Kind::Window, id, owed.to_be_bytes().to_vec()))
+                        .await;
+                    owed = 0;
+                }
             }
             let _ = writer.shutdown().await;
         };

@@ -512,7 +512,7 @@ impl Relay {
             return Err("the relay has no public ports".to_owned());
         };
         let reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        let bind = |port: u16| std::net::TcpListener::bind((self.config.listen.ip(), port));
+        let bind = |port: u16| crate::platform::listen((self.config.listen.ip(), port).into());
         let (port, listener) = match reservations.get(key).map(|&port| (port, bind(port))) {
             Some((port, Ok(listener))) => (port, listener),
             Some((port, Err(e))) => return Err(format!("its reserved port {port} is taken: {e}")),
