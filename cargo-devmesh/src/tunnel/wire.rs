@@ -10,9 +10,9 @@
 //! | `HELLO` | client | 0 | JSON [`Hello`]: protocol version, token, namespace, services |
 //! | `WELCOME` | relay | 0 | JSON [`Welcome`]: each service's public URL |
 //! | `REFUSED` | relay | 0 | why, in words; the relay closes |
-//! | `OPEN` | relay | new stream | the service a public connection is for |
+//! | `OPEN` | both | new stream (relay's odd, supervisor's even) | from the relay: the service a public connection is for; from the supervisor: `dial host:port` inside the sandbox |
 //! | `DATA` | both | stream | bytes |
-//! | `WINDOW` | both | stream | u32: bytes the sender may send more |
+//! | `WINDOW` | both | stream | u32: bytes the sender may send more (given back a quarter window at a time) |
 //! | `CLOSE` | both | stream | nothing: the sender sends no more |
 //! | `PING`, `PONG` | both | 0 | nothing: the link is alive |
 //!
