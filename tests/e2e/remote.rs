@@ -34,9 +34,13 @@ impl Sandbox {
     /// On a host of its own: namespace `dm<pid>`, 10.N.M.2 behind a veth
     /// pair whose other end, here, is 10.N.M.1 (root only).
     pub fn on_a_host_of_its_own(dir: &std::path::Path, name: &str) -> Sandbox {
+        // Each sandbox of this process gets names and a network of its own:
+        // tests run in parallel.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let (ns, here, there) = (format!("dm{pid}"), format!("dm{pid}a"), format!("dm{pid}b"));
-        let (n, m) = (100 + (pid >> 8) % 100, pid % 256);
+        let (ns, here, there) = (format!("dm{pid}n{k}"), format!("dm{pid}n{k}a"), format!("dm{pid}n{k}b"));
+        let (n, m) = (100 + (pid >> 8) % 100, (pid + 37 * k) % 256);
         let run = |args: &[&str]| {
             let status = Command::new("ip").args(args).status().expect("`ip` runs");
             assert!(status.success(), "ip {args:?} (the test needs root)");
@@ -161,7 +165,7 @@ impl Drop for Sandbox {
 }
 
 /// Adds `section` to the fixture's `devmesh.toml`.
-fn add_config(dir: &std::path::Path, section: &str) {
+pub fn add_config(dir: &std::path::Path, section: &str) {
     let mut config = std::fs::OpenOptions::new()
         .append(true)
         .open(dir.join("devmesh.toml"))
@@ -512,64 +516,7 @@ fn a_shared_service_is_in_etcd_while_its_supervisor_lives() {
 fn an_https_service_in_the_sandbox_is_reached_over_tls_with_its_ca() {
     let dir = fixture("mesh");
     let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&certs)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=devmesh test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(certs.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    certificates(&certs, "DNS:localhost");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -617,4 +564,29 @@ fn an_https_service_in_the_sandbox_is_reached_over_tls_with_its_ca() {
     assert_eq!(status, 502, "{body}");
     let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap();
     assert!(said.contains("bare: TLS to `127.0.0.1`"), "{said}");
+}
+
+/// A CA (`ca.pem`) and a certificate it signed for `names` (an OpenSSL
+/// subjectAltName: `DNS:localhost,IP:10.0.0.2`), `server.pem` and its
+/// `server.key`, in `dir`.
+pub fn certificates(dir: &std::path::Path, names: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &str| {
+        let output = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=devmesh-test-CA");
+    openssl("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=devmesh-test");
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={names}\n")).unwrap();
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf",
+    );
 }

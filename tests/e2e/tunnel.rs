@@ -29,24 +29,7 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
         ),
     )
     .unwrap();
-    let start_relay = || {
-        let relay = Member(
-            sandbox
-                .command(env!("CARGO_BIN_EXE_devmesh-relay"))
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("the relay starts"),
-        );
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect((ip, 7000)).is_err() {
-            assert!(Instant::now() < deadline, "the relay never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        relay
-    };
+    let start_relay = || start_relay(&sandbox, &config, (ip, 7000).into());
     let relay = start_relay();
     // The team's registry, on the sandbox host too.
     let (_etcd, etcd) = sandbox.etcd(relay_dir.path());
@@ -183,6 +166,103 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
         assert!(Instant::now() < deadline, "the refusal was never said: {said}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The relay binary on the sandbox's host, with config `config`, once
+/// it listens at `control`.
+fn start_relay(sandbox: &Sandbox, config: &std::path::Path, control: std::net::SocketAddr) -> Member {
+    let relay = Member(
+        sandbox
+            .command(env!("CARGO_BIN_EXE_devmesh-relay"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the relay starts"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(control).is_err() {
+        assert!(Instant::now() < deadline, "the relay never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    relay
+}
+
+/// The relay with `[tls]` and `[domain]`: the supervisor speaks TLS to
+/// it (with the team's CA, `[tunnel] ca`), beta is at
+/// `https://beta--alice.t.test:8443`, and a caller in the sandbox gets in
+/// with the team's token or after logging in, with a cookie jar as a
+/// browser would.
+#[test]
+fn a_tunnel_by_host_over_tls_lets_a_caller_in_after_a_login() {
+    let dir = fixture("mesh");
+    let sandbox = Sandbox::on_a_host_of_its_own(dir.path(), "relay host");
+    let ip = sandbox.addr.ip();
+    crate::remote::certificates(&dir.path().join("certs"), &format!("DNS:*.t.test,IP:{ip}"));
+    let relay_dir = tempfile::tempdir().unwrap();
+    std::fs::write(relay_dir.path().join("tokens"), format!("alice: {TOKEN}\n")).unwrap();
+    let config = relay_dir.path().join("relay.toml");
+    let certs = dir.path().join("certs");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\ntokens = \"{}\"\ndata = \"{}\"\n\n[domain]\nname = \"t.test\"\nlisten = \"{ip}:8443\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            relay_dir.path().join("tokens").display(),
+            relay_dir.path().join("data").display(),
+            certs.join("server.pem").display(),
+            certs.join("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let _relay = start_relay(&sandbox, &config, (ip, 7000).into());
+    crate::remote::add_config(
+        dir.path(),
+        &format!(
+            "\n[services.beta]\nexpose = true\n\n[tunnel]\nrelay = \"{ip}:7000\"\nnamespace = \"alice\"\nca = \"certs/ca.pem\"\n"
+        ),
+    );
+    let mesh = Mesh::start_with_env(dir, &["beta"], &[("DEVMESH_TUNNEL_TOKEN", TOKEN)], &["beta"]);
+    let callback = callback_url(&mesh);
+    assert_eq!(callback, "https://beta--alice.t.test:8443");
+
+    let jar = relay_dir.path().join("cookies");
+    let curl = |args: &[&str]| {
+        let output = sandbox
+            .command("curl")
+            .args(["-s", "-m", "5", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .args(["--resolve", &format!("beta--alice.t.test:8443:{ip}"), "-b"])
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let whoami = format!("{callback}/whoami");
+    let pid = mesh.pid("beta");
+    assert!(curl(&[&whoami]).contains("this tunnel is private"));
+    let with_token = curl(&["-H", &format!("x-devmesh-access: {TOKEN}"), &whoami]);
+    assert!(with_token.starts_with(&format!("beta {pid}")), "{with_token}");
+    // A browser's way: sent to the login page, logs in, comes back.
+    let page = curl(&["-L", "-H", "accept: text/html", &whoami]);
+    assert!(
+        page.contains("This tunnel is private") && page.contains("<form"),
+        "{page}"
+    );
+    let logged_in = curl(&[
+        "-L",
+        "-d",
+        &format!("token={TOKEN}&next=/whoami"),
+        &format!("{callback}/.devmesh/login"),
+    ]);
+    assert!(logged_in.starts_with(&format!("beta {pid}")), "{logged_in}");
+    assert!(
+        curl(&[&whoami]).starts_with(&format!("beta {pid}")),
+        "the cookie lets the caller in again"
+    );
 }
 
 /// beta's callback URL in the registry, once it has one.
