@@ -43,7 +43,7 @@
 //! the tunnel, a DNS server) is a part of its own, started in
 //! [`Mesh::start`] beside the others and given the handles it needs.
 
-mod build;
+pub mod build;
 pub mod control;
 mod dns;
 mod dotenv;
@@ -64,5 +64,5 @@ mod watch;
 pub mod workspace;
 
 pub use mesh::{Mesh, Plan};
-pub use proxy::Traffic;
 pub use proxy::switch::ModeRefused;
+pub use proxy::{Faults, Traffic};

@@ -84,6 +84,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 cargo,
                 watch: args.watch,
                 echo: Echo::Terminal,
+                isolated: false,
+                prebuilt: None,
             };
             run(plan).await
         }

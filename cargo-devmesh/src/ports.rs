@@ -22,6 +22,9 @@ pub struct PortBook {
     ports: BTreeMap<String, u16>,
     /// The user's book, while this workspace takes its ports.
     user: Option<UserBook>,
+    /// Every port new, from the kernel, kept nowhere but this run's
+    /// `ports.json`: a mesh of a test's own, many at once.
+    ephemeral: bool,
 }
 
 /// Every workspace's ports, for one user; locked while a supervisor takes
@@ -110,7 +113,20 @@ impl PortBook {
             path,
             ports,
             user: user_dir.and_then(|dir| UserBook::open(dir, workspace)),
+            ephemeral: false,
         })
+    }
+
+    /// A book whose every port is a new one the kernel picks (configured
+    /// ports too), not in the user's book: for a mesh of a test's own,
+    /// which runs beside others of the same workspace.
+    pub fn ephemeral(state_dir: &Path) -> PortBook {
+        PortBook {
+            path: state_dir.join("ports.json"),
+            ports: BTreeMap::new(),
+            user: None,
+            ephemeral: true,
+        }
     }
 
     /// Binds the front port of `service`: the configured one, else the one
@@ -131,7 +147,24 @@ impl PortBook {
         configured: Option<u16>,
         range: (u16, u16),
         bind: impl Fn(SocketAddr) -> std::io::Result<S>,
-    ) -> Result<S, StartError> {
+    ) -> Result<S, StartError>
+    where
+        S: LocalPort,
+    {
+        if self.ephemeral {
+            let socket = bind(local(0))
+                .and_then(|socket| Ok((socket.port()?, socket)))
+                .map(|(port, socket)| {
+                    self.ports.insert(service.to_owned(), port);
+                    socket
+                });
+            return socket.map_err(|source| StartError::PortInUse {
+                service: service.to_owned(),
+                port: 0,
+                holder: String::new(),
+                source,
+            });
+        }
         let fixed = configured.or_else(|| self.ports.get(service).copied());
         let (socket, port) = match fixed {
             Some(port) => {
@@ -183,7 +216,7 @@ impl PortBook {
         self.take_or_replace(DNS, range, UdpSocket::bind)
     }
 
-    fn take_or_replace<S>(
+    fn take_or_replace<S: LocalPort>(
         &mut self,
         name: &str,
         range: (u16, u16),
@@ -216,6 +249,23 @@ impl PortBook {
     /// The book as its file holds it (the supervisor's state keeper writes it).
     pub fn json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(&self.ports).expect("ports serialize")
+    }
+}
+
+/// A bound socket's port.
+trait LocalPort {
+    fn port(&self) -> std::io::Result<u16>;
+}
+
+impl LocalPort for TcpListener {
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
+    }
+}
+
+impl LocalPort for UdpSocket {
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.local_addr()?.port())
     }
 }
 

@@ -34,6 +34,25 @@
 //! - `listener`: the socket a service serves on;
 //! - [`trace`]: passing a request's trace on to the calls it makes;
 //! - `errors`: every error, each naming its subject and the fix.
+//!
+//! # Tests across services
+//!
+//! `devmesh-testing` (a dev-dependency) starts a mesh of the workspace's
+//! services inside `cargo test`; with it, `#[devmesh::test]` (the
+//! `macros` feature, which `devmesh-testing` turns on) gives an async
+//! test the mesh it names:
+//!
+//! ```ignore
+//! use devmesh_testing::Mesh;
+//!
+//! #[devmesh::test(services("gateway"))]
+//! async fn checkout_charges_the_order(mesh: Mesh) {
+//!     let answer = reqwest::get(mesh.url("gateway") + "/checkout/tea?quantity=2").await.unwrap();
+//!     assert_eq!(answer.status(), 200);
+//!     mesh.traffic().await.to("payments").request("POST", "/charge")
+//!         .with_json("amount_cents", 700).assert_once();
+//! }
+//! ```
 
 pub mod config;
 pub mod dns;
@@ -47,6 +66,12 @@ mod resolve;
 pub mod trace;
 
 use std::sync::OnceLock;
+
+/// `#[devmesh::test(services("a", "b"))] async fn t(mesh: Mesh) { … }`:
+/// an async test given a mesh of the services it names, started and
+/// ready before the body runs, stopped after it (see `devmesh-testing`).
+#[cfg(feature = "macros")]
+pub use devmesh_macros::test;
 
 pub use endpoint::{Endpoint, Source, UrlError};
 pub use errors::{Error, Place, RegistryProblem, Searched};

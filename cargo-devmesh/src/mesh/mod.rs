@@ -62,6 +62,12 @@ pub struct Plan {
     pub watch: bool,
     /// Where service output and the mesh's notes go besides the log files.
     pub echo: Echo,
+    /// A mesh of its own beside others of the same workspace (a test's):
+    /// every port a new one from the kernel, kept in no book, and no lock
+    /// on the workspace. Its `state_dir` must be its own too.
+    pub isolated: bool,
+    /// The services' binaries, built already: no `cargo build` at start.
+    pub prebuilt: Option<Arc<Built>>,
 }
 
 impl Plan {
@@ -78,6 +84,8 @@ impl Plan {
             packages: Vec::new(),
             watch: false,
             echo: Echo::Off,
+            isolated: false,
+            prebuilt: None,
         }
     }
 }
@@ -103,8 +111,11 @@ pub struct Mesh {
     proxy_workers: Vec<std::thread::JoinHandle<()>>,
     /// The services shared in etcd, while they are.
     sharing: Option<crate::share::Sharing>,
-    /// Held while the mesh runs: a second one for the workspace is refused.
-    _workspace_lock: std::fs::File,
+    /// What each front port does to requests besides forwarding them.
+    faults: BTreeMap<String, tokio::sync::watch::Sender<proxy::Faults>>,
+    /// Held while the mesh runs: a second one for the workspace is refused
+    /// (unless it is isolated).
+    _workspace_lock: Option<std::fs::File>,
     stopped: bool,
 }
 
@@ -124,10 +135,15 @@ impl Mesh {
             cargo,
             watch,
             echo,
+            isolated,
+            prebuilt,
         } = plan;
         let state_dir = workspace.state_dir.clone();
         control::ensure_not_running(&state_dir)?;
-        let workspace_lock = lock_workspace(&workspace.root)?;
+        let workspace_lock = match isolated {
+            true => None,
+            false => Some(lock_workspace(&workspace.root)?),
+        };
         // The token, logs and registry: the user's alone.
         crate::secret::private_dir(&state_dir).map_err(|source| StartError::File {
             action: "create",
@@ -147,7 +163,10 @@ impl Mesh {
         // Services used from the sandbox only get a front port too.
         let remote_only: Vec<String> = remotes.keys().filter(|n| !selected.contains(n)).cloned().collect();
 
-        let mut ports = PortBook::open(&state_dir, &workspace.root)?;
+        let mut ports = match isolated {
+            true => PortBook::ephemeral(&state_dir),
+            false => PortBook::open(&state_dir, &workspace.root)?,
+        };
         let mut listeners = BTreeMap::new();
         for name in selected.iter().chain(&remote_only) {
             let configured = workspace.services.get(name).and_then(|spec| spec.port);
@@ -216,7 +235,13 @@ impl Mesh {
             workspace.config.run.ready_timeout,
             workspace.config.run.response_timeout,
         );
+        let mut fault_setters = BTreeMap::new();
         let mut front = |service: &str, route, protocol| Front {
+            faults: {
+                let (set, faults) = proxy::FaultState::new();
+                fault_setters.insert(service.to_owned(), set);
+                faults
+            },
             service: service.to_owned(),
             listener: listeners
                 .remove(service)
@@ -304,10 +329,15 @@ impl Mesh {
             shutdown.clone(),
         )));
         // Commands and the front ports are up while the services build.
-        let building = Arc::clone(&supervisor);
-        tasks.push(tokio::spawn(async move {
-            first_build.send_replace(Some(Arc::new(build_all(&building).await)));
-        }));
+        match prebuilt {
+            Some(built) => drop(first_build.send_replace(Some(built))),
+            None => {
+                let building = Arc::clone(&supervisor);
+                tasks.push(tokio::spawn(async move {
+                    first_build.send_replace(Some(Arc::new(build_all(&building).await)));
+                }));
+            }
+        }
         let shared: Vec<(String, String)> = selected
             .iter()
             .filter(|name| workspace.config.services.get(*name).is_some_and(|s| s.share))
@@ -382,6 +412,7 @@ impl Mesh {
             tasks,
             proxy_workers,
             sharing,
+            faults: fault_setters,
             _workspace_lock: workspace_lock,
             stopped: false,
         })
@@ -399,7 +430,7 @@ impl Mesh {
     }
 
     /// The captured traffic.
-    pub fn inspector(&self) -> &Inspector {
+    pub fn inspector(&self) -> &Arc<Inspector> {
         &self.inspector
     }
 
@@ -453,6 +484,21 @@ impl Mesh {
     /// flight finish where they are. Where its traffic goes then.
     pub async fn set_mode(&self, name: &str, mode: Mode) -> Result<Traffic, ModeRefused> {
         self.services.set_mode(&self.switches, name, mode).await
+    }
+
+    /// Sets the faults on service `name`'s front port (none: `Faults::default()`).
+    pub fn set_faults(&self, name: &str, faults: proxy::Faults) -> anyhow::Result<()> {
+        match self.faults.get(name) {
+            Some(set) => {
+                set.send_replace(faults);
+                Ok(())
+            }
+            None => Err(crate::errors::PlanError::UnknownService {
+                name: name.to_owned(),
+                known: self.faults.keys().cloned().collect(),
+            }
+            .into()),
+        }
     }
 
     fn handle(&self, name: &str) -> anyhow::Result<&ServiceHandle> {

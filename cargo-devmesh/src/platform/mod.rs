@@ -8,7 +8,7 @@
 //! | [`is_stopped`] | `/proc/<pid>/stat` | `proc_pidinfo(PROC_PIDTBSDINFO)`'s `pbi_status == SSTOP`; until then `false` |
 //! | [`leave_out_of_forks`] | `madvise(MADV_DONTFORK)` | `minherit(VM_INHERIT_NONE)` on macOS and the BSDs; nothing is lost without it but a restart's speed under load |
 //! | [`lock`], [`signal_group`], [`process_exists`] | `flock`, `kill` | the same calls: POSIX (flock is BSD's own) |
-//! | [`listen`] | `listen` again, with a deeper backlog | the same call: POSIX lets a listening socket's backlog be set again |
+//! | [`listen`], [`reset_on_close`] | `listen` again, with a deeper backlog; `SO_LINGER` 0 | the same calls: POSIX |
 //!
 //! Outside this module: the watchdog is a POSIX shell script; the
 //! registry's file watch goes through the `notify` crate (inotify here,
@@ -33,6 +33,31 @@ pub fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
         return Err(io::Error::last_os_error());
     }
     Ok(listener)
+}
+
+/// Makes `socket` close with a reset (RST), not a FIN, when it is
+/// dropped: to its peer, the connection was refused or broken, not ended.
+pub fn reset_on_close(socket: &impl AsRawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket, with a linger struct of the
+    // size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Closes `stream` with a reset.
+pub fn reset(stream: tokio::net::TcpStream) {
+    reset_on_close(&stream);
 }
 
 /// Whether process `pid` exists.

@@ -2,7 +2,6 @@
 //! stream by stream through hyper, to an HTTP/2 connection pool per front
 //! port.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
+use super::fault::Act;
 use super::{ClientConnection, Context, Target, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
@@ -21,6 +21,18 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The request body as forwarded: captured on its way.
 pub type Captured = Tee<Incoming>;
+
+/// A stream a fault drops: hyper resets it.
+#[derive(Debug)]
+pub struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped by a fault set on the front port")
+    }
+}
+
+impl std::error::Error for Dropped {}
 
 /// Serves one client connection that opened with the HTTP/2 preface.
 pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
@@ -35,7 +47,7 @@ async fn forward(
     mut request: Request<Incoming>,
     context: Arc<Context>,
     connection: Arc<ClientConnection>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, Dropped> {
     let arrived = Instant::now();
     let grpc = is_grpc(&request);
     let ready = context.ready_backend().await;
@@ -67,6 +79,24 @@ async fn forward(
             headers: Headers::new(request.headers()),
         },
     );
+    let (latency, act) = context.faults.next();
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
+    match act {
+        Act::Forward => {}
+        Act::Answer(status) => return Ok(answer(capture, status, context.faults.message(&context.service), grpc)),
+        Act::Drop | Act::Reset => {
+            if let Some(capture) = capture {
+                capture.end(
+                    None,
+                    None,
+                    Some("reset with no answer by a fault set on the front port".to_owned()),
+                );
+            }
+            return Err(Dropped);
+        }
+    }
     let Target { addr, host, lease } = match ready {
         Ok(target) => target,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),

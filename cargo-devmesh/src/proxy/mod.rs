@@ -14,6 +14,7 @@
 mod capture;
 #[cfg(test)]
 mod capture_tests;
+pub mod fault;
 mod h2;
 mod http1;
 mod message;
@@ -21,6 +22,7 @@ mod route;
 pub mod switch;
 pub mod tls;
 
+pub use fault::{FaultState, Faults};
 pub use route::{Backend, Lease, Route};
 pub use switch::{LocalRoute, Remote, Switch, Switches, Traffic};
 
@@ -75,6 +77,9 @@ pub struct Front {
     pub max_connections: usize,
     /// Where traffic is captured.
     pub inspector: Arc<Inspector>,
+    /// What it does to requests besides forwarding them (none, but in a
+    /// test that sets some).
+    pub faults: FaultState,
 }
 
 /// How long a request waits.
@@ -114,6 +119,7 @@ struct Context {
     inspector: Arc<Inspector>,
     /// Connections served at once, across the proxy threads; shared.
     connections: Arc<tokio::sync::Semaphore>,
+    faults: FaultState,
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
@@ -256,6 +262,7 @@ impl Context {
             timeouts: front.timeouts,
             connections,
             inspector: Arc::clone(&front.inspector),
+            faults: front.faults.clone(),
             pool: http1::Pool::default(),
             http2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
@@ -330,6 +337,9 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
 }
 
 async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
+    if context.faults.unreachable() {
+        return crate::platform::reset(stream);
+    }
     if context.protocol == Protocol::Tcp {
         return pipe(stream, &context, &connection).await;
     }
@@ -485,6 +495,15 @@ const CUT: &str = "cut: its instance was stopped while it was open (after run.dr
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
 async fn pipe(mut stream: TcpStream, context: &Context, connection: &ClientConnection) {
+    let (latency, act) = context.faults.next();
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
+    match act {
+        fault::Act::Forward | fault::Act::Answer(_) => {}
+        fault::Act::Drop => return,
+        fault::Act::Reset => return crate::platform::reset(stream),
+    }
     let Ok(Target { addr, lease, .. }) = context.ready_backend().await else {
         return;
     };

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
+use super::fault::Act;
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
 use super::{CUT, ClientConnection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
@@ -149,6 +150,33 @@ async fn exchange(
         )
     };
     link.inbound.consume(request.len);
+
+    let (latency, act) = context.faults.next();
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
+    match act {
+        Act::Forward => {}
+        Act::Answer(status) => {
+            let message = context.faults.message(&context.service);
+            answer(client, status, &message, begin(&link.scratch)).await;
+            return Next::Close;
+        }
+        Act::Drop | Act::Reset => {
+            if let Some(capture) = begin(&link.scratch) {
+                let how = if act == Act::Drop { "closed" } else { "reset" };
+                capture.end(
+                    None,
+                    None,
+                    Some(format!("{how} with no answer by a fault set on the front port")),
+                );
+            }
+            if act == Act::Reset {
+                crate::platform::reset_on_close(client);
+            }
+            return Next::Close;
+        }
+    }
 
     let (addr, lease) = match ready {
         Ok(target) => (target.addr, target.lease),

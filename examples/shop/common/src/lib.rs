@@ -52,8 +52,15 @@ impl axum::response::IntoResponse for CallError {
     }
 }
 
-/// POSTs `body` as JSON to `path` of `service`, found by name.
-pub async fn post_json<T: DeserializeOwned>(service: &str, path: &str, body: &impl Serialize) -> Result<T, CallError> {
+/// POSTs `body` as JSON to `path` of `service`, found by name; a 504 if it
+/// has not answered within `timeout` (the shop's tests slow payments down
+/// past orders' timeout).
+pub async fn post_json<T: DeserializeOwned>(
+    service: &str,
+    path: &str,
+    body: &impl Serialize,
+    timeout: std::time::Duration,
+) -> Result<T, CallError> {
     let bad_gateway = |e: &dyn std::fmt::Display| CallError(StatusCode::BAD_GATEWAY, format!("{service}: {e}"));
     let endpoint = devmesh::discover_async(service).await.map_err(|e| bad_gateway(&e))?;
     let mut request = hyper::Request::post(endpoint.join(path))
@@ -63,7 +70,15 @@ pub async fn post_json<T: DeserializeOwned>(service: &str, path: &str, body: &im
         )))
         .expect("a valid request");
     devmesh::trace::inject(request.headers_mut());
-    let response = CLIENT.request(request).await.map_err(|e| bad_gateway(&e))?;
+    let response = tokio::time::timeout(timeout, CLIENT.request(request))
+        .await
+        .map_err(|_| {
+            CallError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{service} did not answer within {} s", timeout.as_secs()),
+            )
+        })?
+        .map_err(|e| bad_gateway(&e))?;
     let status = response.status();
     let bytes = response
         .into_body()

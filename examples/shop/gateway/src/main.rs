@@ -1,12 +1,17 @@
 //! gateway: the shop's front door. `GET /checkout/{item}?quantity=N` places
 //! an order through orders (which charges it through payments).
 
+use std::time::Duration;
+
 use axum::extract::{Path, Query};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shop_common::{CallError, post_json};
+
+/// How long an order may take (orders waits 2 s for payments).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 struct Checkout {
@@ -23,6 +28,7 @@ async fn checkout(Path(item): Path<String>, Query(query): Query<Checkout>) -> Re
         "orders",
         "/orders",
         &json!({ "item": item, "quantity": query.quantity }),
+        ORDER_TIMEOUT,
     )
     .await?;
     Ok(Json(json!({ "thanks": "your order is placed", "order": order })))

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,6 +11,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shop_common::{CallError, post_json};
+
+/// How long payments may take before an order fails with a 504.
+const PAYMENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Cents per unit, by item.
 const PRICES: [(&str, u64); 3] = [("tea", 350), ("coffee", 420), ("cake", 600)];
@@ -42,7 +46,8 @@ async fn create(
             format!("no item `{}`; we sell {}", new.item, items.join(", ")),
         ));
     };
-    let payment: Value = post_json("payments", "/charge", &json!({ "amount_cents": price * new.quantity })).await?;
+    let charge = json!({ "amount_cents": price * new.quantity });
+    let payment: Value = post_json("payments", "/charge", &charge, PAYMENT_TIMEOUT).await?;
     let mut orders = orders.lock().expect("orders lock");
     let order = Order {
         id: orders.len() as u64 + 1,

@@ -1,0 +1,98 @@
+//! Integration tests across services: a real mesh of the workspace's
+//! services inside `cargo test` (or `cargo nextest run`), on the same code
+//! `cargo devmesh run` runs, and assertions on what went between them.
+//!
+//! ```ignore
+//! use std::time::Duration;
+//! use devmesh_testing::{Fault, Mesh};
+//!
+//! #[devmesh::test(services("gateway"))]
+//! async fn a_slow_payment_times_out(mesh: Mesh) {
+//!     mesh.fault("payments", Fault::Latency(Duration::from_secs(5)));
+//!     let answer = reqwest::get(mesh.url("gateway") + "/checkout/tea").await.unwrap();
+//!     assert_eq!(answer.status(), 504);
+//!     mesh.traffic().await.to("payments").request("POST", "/charge").assert_once();
+//! }
+//! ```
+//!
+//! Each mesh is a test's own: front ports from the kernel, bound before
+//! any service starts (tests in parallel never collide), a registry in a
+//! temporary folder, the workspace's `[remote]`, `[tunnel]` and sharing
+//! left out (a test says what is remote: [`MeshBuilder::remote`],
+//! [`MeshBuilder::handler`]). The services' binaries are built once per
+//! test process and reused by every mesh in it; under nextest (a process
+//! a test), each process's `cargo build` finds them built.
+//!
+//! Every process of a mesh ends when it is dropped, also when the test
+//! panics; when the test process itself is killed (SIGKILL), the mesh's
+//! watchdog ends them.
+//!
+//! # Layout
+//!
+//! - `mesh`: [`Mesh`] and [`MeshBuilder`], on `cargo_devmesh::Mesh`;
+//! - `handler`: services written in the test ([`MeshBuilder::handler`]);
+//! - `traffic`: [`Traffic`], what went between the services;
+//! - `fault`: [`Fault`]s set on a service's front port.
+
+mod fault;
+mod handler;
+mod mesh;
+mod traffic;
+
+pub use devmesh_macros::test;
+pub use fault::Fault;
+pub use handler::Reply;
+pub use mesh::{Error, Mesh, MeshBuilder};
+pub use traffic::{Call, Traffic};
+
+/// What `#[devmesh::test]` expands to calls; not an API.
+#[doc(hidden)]
+pub mod __private {
+    use std::future::Future;
+
+    use crate::{Mesh, MeshBuilder};
+
+    /// A builder for the workspace of the package at `manifest_dir`.
+    pub fn builder(manifest_dir: &str) -> MeshBuilder {
+        MeshBuilder::in_package(manifest_dir)
+    }
+
+    /// Runs `body` with the mesh `builder` starts, on a runtime of its own;
+    /// when the body panics, says what each service logged last and what
+    /// went between them, then lets the panic go on (the mesh ends with
+    /// it).
+    pub fn run<F, Fut, T>(builder: MeshBuilder, body: F) -> T
+    where
+        F: FnOnce(Mesh) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the test");
+        runtime.block_on(async move {
+            let mesh = match builder.start().await {
+                Ok(mesh) => mesh,
+                Err(e) => panic!("the test's mesh did not start: {e}"),
+            };
+            let mut report = PanicReport(Some(mesh.reporter()));
+            let output = body(mesh).await;
+            report.0 = None;
+            output
+        })
+    }
+
+    /// Prints the mesh's logs and traffic if dropped while panicking.
+    struct PanicReport(Option<crate::mesh::Reporter>);
+
+    impl Drop for PanicReport {
+        fn drop(&mut self) {
+            if std::thread::panicking()
+                && let Some(report) = self.0.take()
+            {
+                eprintln!("{}", report.report());
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! What went between the services during a test, and assertions on it
+//! that read as the test means them:
+//!
+//! ```ignore
+//! mesh.traffic().await
+//!     .to("payments")
+//!     .request("POST", "/charge")
+//!     .with_json("amount_cents", 700)
+//!     .assert_once();
+//! ```
+//!
+//! A failed assertion says what was expected and shows every call of the
+//! test as a table: what was actually sent.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use cargo_devmesh::inspector::Exchange;
+
+/// One request through a front port, and its answer.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Call {
+    /// The order the inspector saw them in.
+    pub id: u64,
+    /// Who called: a service, `external` (the test itself, or a program
+    /// outside the mesh).
+    pub caller: String,
+    pub service: String,
+    pub method: String,
+    /// With its query.
+    pub path: String,
+    /// None when no answer came (a dropped connection, a reset).
+    pub status: Option<u16>,
+    pub request_headers: Vec<(String, String)>,
+    /// As text, when it was UTF-8 (up to the inspector's `max_body`).
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+    /// What went wrong on the way, in words.
+    pub error: Option<String>,
+    /// From the request's arrival to its answer's end.
+    pub total_ms: Option<f64>,
+}
+
+impl From<&Exchange> for Call {
+    fn from(e: &Exchange) -> Call {
+        Call {
+            id: e.id,
+            caller: e.caller.to_string(),
+            service: e.service.to_string(),
+            method: e.method.clone(),
+            path: e.path.clone(),
+            status: e.status,
+            request_headers: e.request_headers.pairs(),
+            request_body: e.request_body.text.clone().filter(|t| !t.is_empty()),
+            response_body: e.response_body.text.clone().filter(|t| !t.is_empty()),
+            error: e.error.clone(),
+            total_ms: e.total_ms,
+        }
+    }
+}
+
+impl Call {
+    /// The request body as JSON, when it is.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(self.request_body.as_deref()?).ok()
+    }
+
+    /// The response body as JSON, when it is.
+    pub fn response_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(self.response_body.as_deref()?).ok()
+    }
+
+    /// A request header's value (secret ones masked, as the inspector
+    /// shows them).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path without its query.
+    fn route(&self) -> &str {
+        self.path.split('?').next().unwrap_or_default()
+    }
+}
+
+/// Calls chosen from a test's traffic; each narrowing says what it kept,
+/// so a failed assertion can say what it looked for.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    all: Arc<Vec<Call>>,
+    chosen: Vec<usize>,
+    wanted: Vec<String>,
+}
+
+impl Traffic {
+    pub(crate) fn new(calls: Vec<Call>) -> Traffic {
+        Traffic {
+            chosen: (0..calls.len()).collect(),
+            all: Arc::new(calls),
+            wanted: Vec::new(),
+        }
+    }
+
+    /// The calls chosen, oldest first.
+    pub fn calls(&self) -> Vec<&Call> {
+        self.chosen.iter().map(|&i| &self.all[i]).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.chosen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chosen.is_empty()
+    }
+
+    /// Calls to service `name`.
+    pub fn to(&self, name: &str) -> Traffic {
+        self.keep(format!("to `{name}`"), |c| c.service == name)
+    }
+
+    /// Calls made by service `name` (`external` for the test's own).
+    pub fn from(&self, name: &str) -> Traffic {
+        self.keep(format!("from `{name}`"), |c| c.caller == name)
+    }
+
+    /// Calls of `method` to `path` (without the query; a path that ends in
+    /// `*` matches what starts with the rest).
+    pub fn request(&self, method: &str, path: &str) -> Traffic {
+        let prefix = path.strip_suffix('*');
+        self.keep(format!("`{method} {path}`"), |c| {
+            c.method.eq_ignore_ascii_case(method)
+                && match prefix {
+                    Some(prefix) => c.route().starts_with(prefix),
+                    None => c.route() == path,
+                }
+        })
+    }
+
+    /// Calls answered with `status`.
+    pub fn status(&self, status: u16) -> Traffic {
+        self.keep(format!("answered {status}"), |c| c.status == Some(status))
+    }
+
+    /// Calls whose JSON request body has `value` at `field` (a name, or a
+    /// JSON pointer such as `/order/item`).
+    pub fn with_json(&self, field: &str, value: impl Into<serde_json::Value>) -> Traffic {
+        let value = value.into();
+        let pointer = if field.starts_with('/') {
+            field.to_owned()
+        } else {
+            format!("/{field}")
+        };
+        self.keep(format!("with {field} = {value}"), |c| {
+            c.json().is_some_and(|json| json.pointer(&pointer) == Some(&value))
+        })
+    }
+
+    /// Calls for which `test` holds, described as `what`.
+    pub fn filter(&self, what: &str, test: impl Fn(&Call) -> bool) -> Traffic {
+        self.keep(what.to_owned(), test)
+    }
+
+    /// Asserts that exactly `count` calls were chosen.
+    #[track_caller]
+    pub fn assert_count(&self, count: usize) -> &Traffic {
+        if self.len() != count {
+            panic!("{}", self.failure(&format!("{count} call(s)")));
+        }
+        self
+    }
+
+    /// Asserts that exactly one call was chosen; that call.
+    #[track_caller]
+    pub fn assert_once(&self) -> &Call {
+        self.assert_count(1);
+        &self.all[self.chosen[0]]
+    }
+
+    /// Asserts that no call was chosen.
+    #[track_caller]
+    pub fn assert_none(&self) {
+        self.assert_count(0);
+    }
+
+    /// Asserts that at least one call was chosen; the calls.
+    #[track_caller]
+    pub fn assert_some(&self) -> Vec<&Call> {
+        if self.is_empty() {
+            panic!("{}", self.failure("at least one call"));
+        }
+        self.calls()
+    }
+
+    fn keep(&self, wanted: String, test: impl Fn(&Call) -> bool) -> Traffic {
+        let mut narrowed = self.clone();
+        narrowed.chosen.retain(|&i| test(&self.all[i]));
+        narrowed.wanted.push(wanted);
+        narrowed
+    }
+
+    fn failure(&self, expected: &str) -> String {
+        let wanted = if self.wanted.is_empty() {
+            "in the traffic".to_owned()
+        } else {
+            self.wanted.join(", ")
+        };
+        format!(
+            "devmesh: expected {expected} {wanted}; found {}.\nEvery call of the test:\n{}",
+            self.len(),
+            table(&self.all)
+        )
+    }
+}
+
+/// `calls` as a table, a row each, with the JSON or text each sent.
+pub(crate) fn table(calls: &[Call]) -> String {
+    if calls.is_empty() {
+        return "  (no call went through a front port)\n".to_owned();
+    }
+    let rows: Vec<[String; 6]> = calls
+        .iter()
+        .map(|c| {
+            let outcome = match (&c.status, &c.error) {
+                (Some(status), _) => status.to_string(),
+                (None, Some(_)) => "failed".to_owned(),
+                (None, None) => "…".to_owned(),
+            };
+            let sent = c.request_body.as_deref().map(shorten).unwrap_or_default();
+            let answered = c
+                .response_body
+                .as_deref()
+                .or(c.error.as_deref())
+                .map(shorten)
+                .unwrap_or_default();
+            [
+                c.caller.clone(),
+                c.service.clone(),
+                format!("{} {}", c.method, c.path),
+                outcome,
+                sent,
+                answered,
+            ]
+        })
+        .collect();
+    let header = ["from", "to", "request", "status", "sent", "answered"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        out.push(' ');
+        for (cell, width) in cells.iter().zip(widths) {
+            let _ = write!(out, " {cell:<width$} |");
+        }
+        out.pop();
+        out.push('\n');
+    };
+    line(header);
+    let rule = widths.map(|w| "-".repeat(w));
+    line([&rule[0], &rule[1], &rule[2], &rule[3], &rule[4], &rule[5]]);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+    out
+}
+
+/// One line of at most 60 characters.
+fn shorten(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= 60 {
+        line
+    } else {
+        format!("{}…", line.chars().take(59).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: u64, caller: &str, service: &str, method: &str, path: &str, status: u16, body: &str) -> Call {
+        Call {
+            id,
+            caller: caller.to_owned(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status: Some(status),
+            request_headers: Vec::new(),
+            request_body: (!body.is_empty()).then(|| body.to_owned()),
+            response_body: None,
+            error: None,
+            total_ms: Some(1.0),
+        }
+    }
+
+    fn traffic() -> Traffic {
+        Traffic::new(vec![
+            call(1, "external", "gateway", "GET", "/checkout/tea?quantity=2", 200, ""),
+            call(
+                2,
+                "gateway",
+                "orders",
+                "POST",
+                "/orders",
+                200,
+                r#"{"item":"tea","quantity":2}"#,
+            ),
+            call(
+                3,
+                "orders",
+                "payments",
+                "POST",
+                "/charge",
+                200,
+                r#"{"amount_cents":700}"#,
+            ),
+        ])
+    }
+
+    #[test]
+    fn narrowing_reads_as_the_test_means_it() {
+        let charged = traffic()
+            .to("payments")
+            .request("POST", "/charge")
+            .with_json("amount_cents", 700)
+            .assert_once()
+            .clone();
+        assert_eq!(charged.caller, "orders");
+        traffic().request("GET", "/checkout/*").status(200).assert_once();
+        traffic().from("orders").assert_count(1);
+        traffic().with_json("/item", "tea").assert_once();
+        traffic().to("payments").with_json("amount_cents", 1).assert_none();
+    }
+
+    #[test]
+    fn a_failed_assertion_shows_every_call_as_a_table() {
+        let failed = std::panic::catch_unwind(|| {
+            traffic().to("payments").with_json("amount_cents", 1400).assert_once();
+        })
+        .unwrap_err();
+        let message = failed.downcast_ref::<String>().unwrap();
+        assert!(
+            message.starts_with("devmesh: expected 1 call(s) to `payments`, with amount_cents = 1400; found 0."),
+            "{message}"
+        );
+        assert!(message.contains("| orders   | payments | POST /charge"), "{message}");
+        assert!(message.contains(r#"{"amount_cents":700}"#), "{message}");
+    }
+}
