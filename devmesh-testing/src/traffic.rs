@@ -260,6 +260,7 @@ pub(crate) fn table(calls: &[Call]) -> String {
             let _ = write!(out, " {cell:<width$} |");
         }
         out.pop();
+        out.truncate(out.trim_end().len());
         out.push('\n');
     };
     line(header);
@@ -351,7 +352,7 @@ mod tests {
             message.starts_with("devmesh: expected 1 call(s) to `payments`, with amount_cents = 1400; found 0."),
             "{message}"
         );
-        assert!(message.contains("| orders   | payments | POST /charge"), "{message}");
+        assert!(message.contains("\n  orders   | payments | POST /charge"), "{message}");
         assert!(message.contains(r#"{"amount_cents":700}"#), "{message}");
     }
 }

@@ -165,6 +165,7 @@ async fn front_on(
         },
         max_connections: CONNECTIONS,
         inspector: Arc::clone(&inspector),
+        faults: super::FaultState::new().1,
     };
     super::start(vec![front], THREADS, shutdown.clone()).unwrap();
     (addr, inspector, shutdown)
