@@ -103,9 +103,46 @@ impl Mesh {
             .unwrap_or_else(|| panic!("{}", self.unknown(name)))
     }
 
+    /// The process id of service `name`'s running instance (to stop it
+    /// with SIGSTOP and see how its callers cope, say).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let handle = self.inner.services().get(name).ok()?;
+        handle.state.borrow().pid
+    }
+
     /// Everything service `name` printed, stdout and stderr, a line each.
     pub fn logs(&self, name: &str) -> String {
         std::fs::read_to_string(Logs::path(self.inner.state_dir(), name)).unwrap_or_default()
+    }
+
+    /// Waits until service `name` prints a line that contains `text` (or
+    /// has printed one); an error with what it printed after 10 s.
+    pub async fn wait_log(&self, name: &str, text: &str) -> Result<(), Error> {
+        let mut lines = self.inner.logs().subscribe();
+        if self.logs(name).contains(text) {
+            return Ok(());
+        }
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match lines.recv().await {
+                    Ok(line) if line.service == name && line.text.contains(text) => return true,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(true) => Ok(()),
+            _ if self.logs(name).contains(text) => Ok(()),
+            _ => Err(Error::Service {
+                name: name.to_owned(),
+                detail: format!(
+                    "printed no line with `{text}` within 10 s; its last lines:\n{}",
+                    tail(&self.logs(name), 20)
+                ),
+            }),
+        }
     }
 
     /// Restarts service `name` (blue/green: its front port keeps taking

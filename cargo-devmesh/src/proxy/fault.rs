@@ -98,19 +98,18 @@ impl FaultState {
     }
 }
 
-/// Spreads a share evenly over requests: each adds the share to a sum, and
-/// one fails each time the sum passes a whole.
+/// Spreads a share evenly over requests: the n-th fails when n × share
+/// passes a whole number (a quarter: the 4th, 8th, …).
 #[derive(Debug, Default)]
 struct Spread(AtomicU64);
 
 impl Spread {
-    /// In millionths.
-    const WHOLE: u64 = 1_000_000;
-
     fn next(&self, share: f64) -> bool {
-        let step = (share.clamp(0.0, 1.0) * Self::WHOLE as f64).round() as u64;
-        let before = self.0.fetch_add(step, Ordering::Relaxed);
-        (before % Self::WHOLE) + step >= Self::WHOLE
+        // A hair over, so that 3 × (1/3) is a whole.
+        const HAIR: f64 = 1e-9;
+        let share = share.clamp(0.0, 1.0);
+        let n = self.0.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * share + HAIR).floor() > (n * share + HAIR).floor()
     }
 }
 

@@ -173,9 +173,15 @@ async fn orders_restarted_mid_test_fails_no_request(mesh: Mesh) {
     orders
         .filter("not answered 200", |call| call.status != Some(200))
         .assert_none();
-    assert_eq!(
-        mesh.logs("orders").matches("orders serving").count(),
-        2,
-        "two instances served"
-    );
+}
+
+#[devmesh::test(services("gateway"))]
+async fn payments_says_why_it_declines(mesh: Mesh) {
+    // Thirty teas: 10 500 cents, over payments' limit.
+    let (status, body) = checkout(&mesh, "tea", 30).await;
+    assert_eq!(status, 402, "{body}");
+    mesh.wait_log("payments", "declined a charge of 10500 cents")
+        .await
+        .unwrap();
+    assert!(!mesh.logs("orders").contains("order 1 placed"), "no order was placed");
 }
