@@ -1,0 +1,4 @@
+#[devmesh_macros::test]
+async fn generic<T>(mesh: T) {}
+
+fn main() {}

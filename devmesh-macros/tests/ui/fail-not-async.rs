@@ -1,0 +1,4 @@
+#[devmesh_macros::test(services("gateway"))]
+fn plain(mesh: Mesh) {}
+
+fn main() {}
