@@ -86,6 +86,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 echo: Echo::Terminal,
                 isolated: false,
                 prebuilt: None,
+                start_together: false,
             };
             run(plan).await
         }

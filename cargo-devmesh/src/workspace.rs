@@ -10,7 +10,7 @@ use devmesh::config::{Config, Mode, Protocol, Readiness, ServiceConfig};
 use crate::errors::PlanError;
 
 /// A workspace ready to run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Workspace {
     /// The workspace root, where `devmesh.toml` lives.
     pub root: PathBuf,

@@ -389,18 +389,7 @@ impl MeshBuilder {
             release,
             ..CargoOptions::default()
         };
-        let mut workspace = {
-            let cargo = cargo.clone();
-            tokio::task::spawn_blocking(move || Workspace::load(&cargo))
-                .await
-                .map_err(|e| Error::Start(e.to_string()))?
-                .map_err(|e| Error::Workspace {
-                    path: manifest.clone(),
-                    detail: e.to_string(),
-                })?
-        };
-        let built = build_once(&workspace, &cargo).await?;
-
+        let (mut workspace, built) = prepare_once(&cargo).await?;
         let state = Arc::new(tempfile::tempdir().map_err(|e| Error::Start(e.to_string()))?);
         workspace.state_dir = state.path().to_path_buf();
         // What is remote is the test's to say: not the team's sandbox.
@@ -457,6 +446,7 @@ impl MeshBuilder {
             cargo,
             isolated: true,
             prebuilt: Some(built),
+            start_together: true,
             ..Plan::new(workspace)
         };
         let inner = cargo_devmesh::Mesh::start(plan)
@@ -487,26 +477,38 @@ impl Drop for Handlers {
     }
 }
 
-/// The workspace's service binaries, built once per test process for each
-/// workspace and build flags, and shared by every mesh of it.
-async fn build_once(workspace: &Workspace, cargo: &CargoOptions) -> Result<Arc<Built>, Error> {
-    type Key = (PathBuf, Vec<String>);
-    static BUILT: LazyLock<tokio::sync::Mutex<HashMap<Key, Arc<Built>>>> = LazyLock::new(Default::default);
-    let key = (workspace.manifest_path.clone(), cargo.build_flags());
-    // Held while building: the other tests of the process wait for it.
-    let mut built = BUILT.lock().await;
-    if let Some(done) = built.get(&key) {
-        return Ok(Arc::clone(done));
+/// The workspace (read with `cargo metadata`) and its service binaries
+/// (built), once per test process for each workspace and build flags,
+/// shared by every mesh of it.
+async fn prepare_once(cargo: &CargoOptions) -> Result<(Workspace, Arc<Built>), Error> {
+    type Key = (Option<PathBuf>, Vec<String>);
+    static PREPARED: LazyLock<tokio::sync::Mutex<HashMap<Key, (Workspace, Arc<Built>)>>> =
+        LazyLock::new(Default::default);
+    let key = (cargo.manifest_path.clone(), cargo.build_flags());
+    // Held while preparing: the other tests of the process wait for it.
+    let mut prepared = PREPARED.lock().await;
+    if let Some((workspace, built)) = prepared.get(&key) {
+        return Ok((workspace.clone(), Arc::clone(built)));
     }
+    let workspace = {
+        let cargo = cargo.clone();
+        tokio::task::spawn_blocking(move || Workspace::load(&cargo))
+            .await
+            .map_err(|e| Error::Start(e.to_string()))?
+            .map_err(|e| Error::Workspace {
+                path: key.0.clone().unwrap_or_default(),
+                detail: e.to_string(),
+            })?
+    };
     let targets: Vec<_> = workspace.services.values().filter_map(|s| s.bin_target()).collect();
     let builder = Builder::new(workspace.manifest_path.clone(), key.1.clone(), targets.clone());
-    let done = builder
+    let built = builder
         .build()
         .await
         .map_err(|e| Error::Build(format!("`cargo build`: {e}")))?;
     let failed: Vec<String> = targets
         .iter()
-        .filter(|t| !done.binaries.contains_key(t))
+        .filter(|t| !built.binaries.contains_key(t))
         .map(|t| format!("`{}` of `{}`", t.bin, t.package))
         .collect();
     if !failed.is_empty() {
@@ -515,9 +517,9 @@ async fn build_once(workspace: &Workspace, cargo: &CargoOptions) -> Result<Arc<B
             failed.join(", ")
         )));
     }
-    let done = Arc::new(done);
-    built.insert(key, Arc::clone(&done));
-    Ok(done)
+    let built = Arc::new(built);
+    prepared.insert(key, (workspace.clone(), Arc::clone(&built)));
+    Ok((workspace, built))
 }
 
 /// The last `n` lines of `text`.

@@ -68,6 +68,11 @@ pub struct Plan {
     pub isolated: bool,
     /// The services' binaries, built already: no `cargo build` at start.
     pub prebuilt: Option<Arc<Built>>,
+    /// Start every service at once rather than each after those it
+    /// `depends_on` are ready. Callers see the same order either way (a
+    /// front port holds a request until its service is ready); a test's
+    /// mesh is up sooner.
+    pub start_together: bool,
 }
 
 impl Plan {
@@ -86,6 +91,7 @@ impl Plan {
             echo: Echo::Off,
             isolated: false,
             prebuilt: None,
+            start_together: false,
         }
     }
 }
@@ -137,6 +143,7 @@ impl Mesh {
             echo,
             isolated,
             prebuilt,
+            start_together,
         } = plan;
         let state_dir = workspace.state_dir.clone();
         control::ensure_not_running(&state_dir)?;
@@ -266,6 +273,7 @@ impl Mesh {
             let dependencies = spec
                 .depends_on
                 .iter()
+                .filter(|_| !start_together)
                 .map(|d| Ok(handles.get(d)?.state.clone()))
                 .collect::<Result<_, crate::errors::PlanError>>()?;
             let (switch, route, local) = Switch::start(true, remote, mode);
@@ -292,6 +300,10 @@ impl Mesh {
         }
         let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, shutdown.clone())
             .context("could not start the front ports")?;
+        // Built already: the services start now, while the rest comes up.
+        if let Some(built) = prebuilt.clone() {
+            first_build.send_replace(Some(built));
+        }
         let services = Arc::new(handles);
         let switches = Arc::new(switches);
         let followed = remotes
@@ -329,14 +341,11 @@ impl Mesh {
             shutdown.clone(),
         )));
         // Commands and the front ports are up while the services build.
-        match prebuilt {
-            Some(built) => drop(first_build.send_replace(Some(built))),
-            None => {
-                let building = Arc::clone(&supervisor);
-                tasks.push(tokio::spawn(async move {
-                    first_build.send_replace(Some(Arc::new(build_all(&building).await)));
-                }));
-            }
+        if prebuilt.is_none() {
+            let building = Arc::clone(&supervisor);
+            tasks.push(tokio::spawn(async move {
+                first_build.send_replace(Some(Arc::new(build_all(&building).await)));
+            }));
         }
         let shared: Vec<(String, String)> = selected
             .iter()
