@@ -482,8 +482,8 @@ impl Drop for Handlers {
 /// shared by every mesh of it.
 async fn prepare_once(cargo: &CargoOptions) -> Result<(Workspace, Arc<Built>), Error> {
     type Key = (Option<PathBuf>, Vec<String>);
-    static PREPARED: LazyLock<tokio::sync::Mutex<HashMap<Key, (Workspace, Arc<Built>)>>> =
-        LazyLock::new(Default::default);
+    type Prepared = (Workspace, Arc<Built>);
+    static PREPARED: LazyLock<tokio::sync::Mutex<HashMap<Key, Prepared>>> = LazyLock::new(Default::default);
     let key = (cargo.manifest_path.clone(), cargo.build_flags());
     // Held while preparing: the other tests of the process wait for it.
     let mut prepared = PREPARED.lock().await;
