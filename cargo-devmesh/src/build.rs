@@ -33,6 +33,8 @@ pub struct Builder {
     targets: Vec<BinTarget>,
     /// Cargo locks the target dir anyway; this keeps our output in order.
     one_at_a_time: Mutex<()>,
+    /// Cargo's own output kept in [`Built::output`], not shown (a test's).
+    quiet: bool,
 }
 
 /// What a build produced.
@@ -43,6 +45,8 @@ pub struct Built {
     /// Whether cargo succeeded; when not, the targets missing from
     /// `binaries` failed.
     pub success: bool,
+    /// What cargo printed (its errors), when the builder is quiet.
+    pub output: String,
 }
 
 impl Builder {
@@ -51,6 +55,7 @@ impl Builder {
             manifest_path,
             flags,
             targets,
+            quiet: false,
             one_at_a_time: Mutex::new(()),
         }
     }
@@ -58,6 +63,13 @@ impl Builder {
     /// The run's binaries.
     pub fn targets(&self) -> &[BinTarget] {
         &self.targets
+    }
+
+    /// A builder that keeps cargo's output in [`Built::output`] rather
+    /// than showing it: a test's, whose output is the test's own.
+    pub fn quiet(mut self) -> Builder {
+        self.quiet = true;
+        self
     }
 
     /// Builds the run's binaries. Cargo renders diagnostics on stderr
@@ -84,11 +96,16 @@ impl Builder {
         for target in targets {
             command.args(["--bin", &target.bin]);
         }
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .stdin(Stdio::null());
+        let stderr = if self.quiet { Stdio::piped() } else { Stdio::inherit() };
+        command.stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         let mut child = crate::supervisor::process::spawn_other(&mut command)?;
+        let output = child.stderr.take().map(|mut stderr| {
+            tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+                text
+            })
+        });
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let mut built = Built::default();
         while let Some(line) = lines.next_line().await? {
@@ -104,6 +121,9 @@ impl Builder {
             }
         }
         built.success &= child.wait().await?.success();
+        if let Some(output) = output {
+            built.output = output.await.unwrap_or_default();
+        }
         Ok(built)
     }
 }

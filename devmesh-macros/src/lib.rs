@@ -84,6 +84,10 @@ fn expand(args: Tokens, item: Tokens) -> syn::Result<Tokens> {
         }
     };
     let (pattern, ty) = (&mesh.pat, &mesh.ty);
+    // A mesh argument of another type is said at its type.
+    let check = quote_spanned! {ty.span()=>
+        let _: fn(::devmesh_testing::Mesh) -> #ty = |mesh| mesh;
+    };
     let (attributes, visibility, name, output, body) = (
         &function.attrs,
         &function.vis,
@@ -95,10 +99,11 @@ fn expand(args: Tokens, item: Tokens) -> syn::Result<Tokens> {
         #(#attributes)*
         #[::core::prelude::v1::test]
         #visibility fn #name() #output {
+            #check
             ::devmesh_testing::__private::run(
                 ::devmesh_testing::__private::builder(::core::env!("CARGO_MANIFEST_DIR"))
                     #(#settings)*,
-                |#pattern: #ty| async move #body,
+                |#pattern: ::devmesh_testing::Mesh| async move #body,
             )
         }
     })
@@ -121,6 +126,12 @@ fn setting(expr: Expr) -> syn::Result<Tokens> {
                 "`setup` takes the name of a `fn(MeshBuilder) -> MeshBuilder`: `setup(with_handlers)`",
             )),
         };
+    }
+    if !matches!(name.as_deref(), Some("services" | "remote" | "workspace")) {
+        return Err(syn::Error::new(
+            func.span(),
+            format!("unknown argument; expected {ARGUMENTS}: {USAGE}"),
+        ));
     }
     let strings = args.iter().map(string).collect::<syn::Result<Vec<LitStr>>>()?;
     match (name.as_deref(), strings.as_slice()) {

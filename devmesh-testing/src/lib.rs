@@ -42,6 +42,10 @@ mod traffic;
 pub use devmesh_macros::test;
 pub use fault::Fault;
 pub use handler::Reply;
+/// What a handler written in the test sees and answers.
+pub use http_body_util::Full;
+pub use hyper::body::Bytes;
+pub use hyper::{Request, Response};
 pub use mesh::{Error, Mesh, MeshBuilder};
 pub use traffic::{Call, Traffic};
 
@@ -61,6 +65,7 @@ pub mod __private {
     /// when the body panics, says what each service logged last and what
     /// went between them, then lets the panic go on (the mesh ends with
     /// it).
+    #[track_caller]
     pub fn run<F, Fut, T>(builder: MeshBuilder, body: F) -> T
     where
         F: FnOnce(Mesh) -> Fut,
@@ -71,10 +76,11 @@ pub mod __private {
             .enable_all()
             .build()
             .expect("a tokio runtime for the test");
+        let test = std::panic::Location::caller();
         runtime.block_on(async move {
             let mesh = match builder.start().await {
                 Ok(mesh) => mesh,
-                Err(e) => panic!("the test's mesh did not start: {e}"),
+                Err(e) => panic!("devmesh: the mesh of the test at {test}: {e}"),
             };
             let mut report = PanicReport(Some(mesh.reporter()));
             let output = body(mesh).await;

@@ -92,15 +92,18 @@ impl Mesh {
     /// # Panics
     /// When the mesh has no service `name`: a test's own mistake, said with
     /// the services it has.
+    #[track_caller]
     pub fn url(&self, name: &str) -> String {
         format!("http://{}", self.addr(name))
     }
 
     /// The address of service `name`'s front port (see [`Mesh::url`]).
+    #[track_caller]
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.inner
-            .front(name)
-            .unwrap_or_else(|| panic!("{}", self.unknown(name)))
+        match self.inner.front(name) {
+            Some(addr) => addr,
+            None => panic!("{}", self.unknown(name)),
+        }
     }
 
     /// The process id of service `name`'s running instance (to stop it
@@ -110,16 +113,31 @@ impl Mesh {
         handle.state.borrow().pid
     }
 
-    /// Everything service `name` printed, stdout and stderr, a line each.
+    /// Everything service `name` printed, stdout and stderr, a line each
+    /// (`devmesh`: what the mesh itself said).
+    ///
+    /// # Panics
+    /// When the mesh runs no service `name`.
+    #[track_caller]
     pub fn logs(&self, name: &str) -> String {
+        if name != "devmesh" && !self.run.iter().any(|n| n == name) {
+            panic!("{}", self.unknown(name));
+        }
+        self.log_text(name)
+    }
+
+    fn log_text(&self, name: &str) -> String {
         std::fs::read_to_string(Logs::path(self.inner.state_dir(), name)).unwrap_or_default()
     }
 
     /// Waits until service `name` prints a line that contains `text` (or
     /// has printed one); an error with what it printed after 10 s.
     pub async fn wait_log(&self, name: &str, text: &str) -> Result<(), Error> {
+        if name != "devmesh" && !self.run.iter().any(|n| n == name) {
+            return Err(self.unknown(name));
+        }
         let mut lines = self.inner.logs().subscribe();
-        if self.logs(name).contains(text) {
+        if self.log_text(name).contains(text) {
             return Ok(());
         }
         let found = tokio::time::timeout(Duration::from_secs(10), async {
@@ -134,12 +152,12 @@ impl Mesh {
         .await;
         match found {
             Ok(true) => Ok(()),
-            _ if self.logs(name).contains(text) => Ok(()),
+            _ if self.log_text(name).contains(text) => Ok(()),
             _ => Err(Error::Service {
                 name: name.to_owned(),
                 detail: format!(
                     "printed no line with `{text}` within 10 s; its last lines:\n{}",
-                    tail(&self.logs(name), 20)
+                    tail(&self.log_text(name), 20)
                 ),
             }),
         }
@@ -173,7 +191,8 @@ impl Mesh {
         loop {
             let exchanges = store.list(&Filter::default());
             if exchanges.iter().all(|e| e.complete) || tokio::time::Instant::now() >= deadline {
-                return Traffic::new(exchanges.iter().map(Call::from).collect());
+                let calls = exchanges.iter().map(Call::from).collect();
+                return Traffic::new(calls, self.run.iter().chain(&self.replaced).cloned().collect());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -184,11 +203,13 @@ impl Mesh {
     ///
     /// # Panics
     /// When the mesh has no service `name`.
+    #[track_caller]
     pub fn fault(&self, name: &str, fault: Fault) {
         self.set_faults(name, |faults| fault.apply(faults));
     }
 
     /// Takes every fault off service `name`'s front port.
+    #[track_caller]
     pub fn clear_faults(&self, name: &str) {
         self.set_faults(name, |faults| *faults = Faults::default());
     }
@@ -200,13 +221,15 @@ impl Mesh {
         self.inner.shutdown().await.map_err(|e| Error::Start(e.to_string()))
     }
 
+    #[track_caller]
     fn set_faults(&self, name: &str, change: impl FnOnce(&mut Faults)) {
+        if self.inner.front(name).is_none() {
+            panic!("{}", self.unknown(name));
+        }
         let mut all = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let faults = all.entry(name.to_owned()).or_default();
         change(faults);
-        if self.inner.set_faults(name, faults.clone()).is_err() {
-            panic!("{}", self.unknown(name));
-        }
+        let _known = self.inner.set_faults(name, faults.clone());
     }
 
     async fn act(
@@ -241,7 +264,7 @@ impl Mesh {
         Err(Error::NotReady {
             name: name.to_owned(),
             status: format!("{:?}", state.status).to_lowercase(),
-            logs: tail(&self.logs(name), 20),
+            logs: tail(&self.log_text(name), 20),
         })
     }
 
@@ -513,8 +536,9 @@ async fn prepare_once(cargo: &CargoOptions) -> Result<(Workspace, Arc<Built>), E
         .collect();
     if !failed.is_empty() {
         return Err(Error::Build(format!(
-            "{} did not build (cargo's errors are above)",
-            failed.join(", ")
+            "{} did not build; cargo said:\n{}",
+            failed.join(", "),
+            built.output.trim_end()
         )));
     }
     let built = Arc::new(built);

@@ -91,16 +91,36 @@ impl Call {
 #[derive(Debug, Clone)]
 pub struct Traffic {
     all: Arc<Vec<Call>>,
+    /// The mesh's services: a name not among them is a typo, said at once
+    /// rather than matching nothing.
+    services: Arc<Vec<String>>,
     chosen: Vec<usize>,
     wanted: Vec<String>,
 }
 
 impl Traffic {
-    pub(crate) fn new(calls: Vec<Call>) -> Traffic {
+    pub(crate) fn new(calls: Vec<Call>, services: Vec<String>) -> Traffic {
         Traffic {
             chosen: (0..calls.len()).collect(),
             all: Arc::new(calls),
+            services: Arc::new(services),
             wanted: Vec::new(),
+        }
+    }
+
+    #[track_caller]
+    fn known(&self, name: &str, callers_too: bool) {
+        let caller = callers_too && (name == cargo_devmesh::inspector::EXTERNAL || name == "tunnel");
+        if !caller && !self.services.iter().any(|s| s == name) {
+            panic!(
+                "devmesh: `{name}` is no service of the mesh (hint: it has {}{})",
+                self.services.join(", "),
+                if callers_too {
+                    "; callers from outside are `external`"
+                } else {
+                    ""
+                }
+            );
         }
     }
 
@@ -118,12 +138,22 @@ impl Traffic {
     }
 
     /// Calls to service `name`.
+    ///
+    /// # Panics
+    /// When the mesh has no service `name`: a typo would match nothing.
+    #[track_caller]
     pub fn to(&self, name: &str) -> Traffic {
+        self.known(name, false);
         self.keep(format!("to `{name}`"), |c| c.service == name)
     }
 
     /// Calls made by service `name` (`external` for the test's own).
+    ///
+    /// # Panics
+    /// When `name` is neither a service of the mesh nor `external`.
+    #[track_caller]
     pub fn from(&self, name: &str) -> Traffic {
+        self.known(name, true);
         self.keep(format!("from `{name}`"), |c| c.caller == name)
     }
 
@@ -303,7 +333,8 @@ mod tests {
     }
 
     fn traffic() -> Traffic {
-        Traffic::new(vec![
+        let services = ["gateway", "orders", "payments"].map(String::from).to_vec();
+        let calls = vec![
             call(1, "external", "gateway", "GET", "/checkout/tea?quantity=2", 200, ""),
             call(
                 2,
@@ -323,7 +354,14 @@ mod tests {
                 200,
                 r#"{"amount_cents":700}"#,
             ),
-        ])
+        ];
+        Traffic::new(calls, services)
+    }
+
+    #[test]
+    #[should_panic(expected = "`paymnets` is no service of the mesh (hint: it has gateway, orders, payments)")]
+    fn a_misspelt_service_is_said_not_matched_by_nothing() {
+        traffic().to("paymnets").assert_none();
     }
 
     #[test]

@@ -24,7 +24,14 @@ pub const TUNNEL_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0,
 #[derive(Debug, Default)]
 pub struct Callers {
     pids: Mutex<HashMap<u32, String>>,
+    /// Every process's group, as last read from `/proc`, and when.
+    groups: Mutex<Option<(std::time::Instant, HashMap<u32, u32>)>>,
 }
+
+/// How old the process groups may be before a caller not found in them
+/// has them read again: a burst of a thousand connections from outside
+/// reads every process's `/proc/<pid>/stat` a few times, not a thousand.
+const GROUPS_FRESH: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Callers {
     pub fn insert(&self, pid: u32, service: &str) {
@@ -54,13 +61,29 @@ impl Callers {
             return service.clone();
         }
         // A process the service forked: in the service's group.
-        sockets::processes()
-            .filter(|pid| !pids.contains_key(pid))
-            .find_map(|pid| {
-                let service = pids.get(&sockets::group_of(pid)?)?;
-                sockets::holds(pid, socket).then(|| service.clone())
-            })
-            .unwrap_or_else(|| EXTERNAL.to_owned())
+        let forked = |groups: &HashMap<u32, u32>| {
+            groups
+                .iter()
+                .filter(|(pid, _)| !pids.contains_key(pid))
+                .find_map(|(&pid, group)| {
+                    let service = pids.get(group)?;
+                    sockets::holds(pid, socket).then(|| service.clone())
+                })
+        };
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, known)) = groups.as_ref()
+            && let Some(service) = forked(known)
+        {
+            return service;
+        } else if groups.as_ref().is_some_and(|(read, _)| read.elapsed() < GROUPS_FRESH) {
+            return EXTERNAL.to_owned();
+        }
+        let known: HashMap<u32, u32> = sockets::processes()
+            .filter_map(|pid| Some((pid, sockets::group_of(pid)?)))
+            .collect();
+        let found = forked(&known);
+        *groups = Some((std::time::Instant::now(), known));
+        found.unwrap_or_else(|| EXTERNAL.to_owned())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {

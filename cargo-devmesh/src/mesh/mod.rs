@@ -118,7 +118,7 @@ pub struct Mesh {
     /// The services shared in etcd, while they are.
     sharing: Option<crate::share::Sharing>,
     /// What each front port does to requests besides forwarding them.
-    faults: BTreeMap<String, tokio::sync::watch::Sender<proxy::Faults>>,
+    faults: BTreeMap<String, proxy::FaultSetter>,
     /// Held while the mesh runs: a second one for the workspace is refused
     /// (unless it is isolated).
     _workspace_lock: Option<std::fs::File>,
@@ -498,8 +498,8 @@ impl Mesh {
     /// Sets the faults on service `name`'s front port (none: `Faults::default()`).
     pub fn set_faults(&self, name: &str, faults: proxy::Faults) -> anyhow::Result<()> {
         match self.faults.get(name) {
-            Some(set) => {
-                set.send_replace(faults);
+            Some(setter) => {
+                setter.set(faults);
                 Ok(())
             }
             None => Err(crate::errors::PlanError::UnknownService {

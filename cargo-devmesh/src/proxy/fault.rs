@@ -55,16 +55,35 @@ pub struct FaultState {
     drops: Arc<Spread>,
 }
 
+/// Sets a front port's faults.
+#[derive(Debug)]
+pub struct FaultSetter {
+    faults: watch::Sender<Faults>,
+    errors: Arc<Spread>,
+    drops: Arc<Spread>,
+}
+
+impl FaultSetter {
+    /// Sets `faults`; shares count from the next request on (a quarter:
+    /// the 4th, 8th, … after this).
+    pub fn set(&self, faults: Faults) {
+        self.errors.0.store(0, Ordering::Relaxed);
+        self.drops.0.store(0, Ordering::Relaxed);
+        self.faults.send_replace(faults);
+    }
+}
+
 impl FaultState {
     /// The faults of a front port, and the handle that sets them.
-    pub fn new() -> (watch::Sender<Faults>, FaultState) {
+    pub fn new() -> (FaultSetter, FaultState) {
         let (set, faults) = watch::channel(Faults::default());
-        let state = FaultState {
-            faults,
-            errors: Arc::default(),
-            drops: Arc::default(),
+        let (errors, drops) = (Arc::<Spread>::default(), Arc::<Spread>::default());
+        let setter = FaultSetter {
+            faults: set,
+            errors: Arc::clone(&errors),
+            drops: Arc::clone(&drops),
         };
-        (set, state)
+        (setter, FaultState { faults, errors, drops })
     }
 
     /// Whether connections are reset as they come.
@@ -134,7 +153,7 @@ mod tests {
     fn faults_decide_what_happens_to_a_request() {
         let (set, state) = FaultState::new();
         assert_eq!(state.next(), (None, Act::Forward));
-        set.send_replace(Faults {
+        set.set(Faults {
             latency: Some(Duration::from_millis(5)),
             errors: Some((0.5, StatusCode::SERVICE_UNAVAILABLE)),
             ..Faults::default()
@@ -150,12 +169,19 @@ mod tests {
             ]
         );
         assert_eq!(state.next().0, Some(Duration::from_millis(5)));
-        set.send_replace(Faults {
+        // Set again, a share counts from the next request.
+        set.set(Faults {
+            errors: Some((0.5, StatusCode::SERVICE_UNAVAILABLE)),
+            ..Faults::default()
+        });
+        assert_eq!(state.next().1, Act::Forward);
+        assert_eq!(state.next().1, Act::Answer(StatusCode::SERVICE_UNAVAILABLE));
+        set.set(Faults {
             drops: Some(1.0),
             ..Faults::default()
         });
         assert_eq!(state.next(), (None, Act::Drop));
-        set.send_replace(Faults {
+        set.set(Faults {
             unreachable: true,
             ..Faults::default()
         });

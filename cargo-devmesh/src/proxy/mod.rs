@@ -22,7 +22,7 @@ mod route;
 pub mod switch;
 pub mod tls;
 
-pub use fault::{FaultState, Faults};
+pub use fault::{FaultSetter, FaultState, Faults};
 pub use route::{Backend, Lease, Route};
 pub use switch::{LocalRoute, Remote, Switch, Switches, Traffic};
 

@@ -16,4 +16,7 @@ async fn remote_without_url(mesh: Mesh) {}
 #[devmesh_macros::test(setup("with_handlers"))]
 async fn setup_a_string(mesh: Mesh) {}
 
+#[devmesh_macros::test(services("gateway"), timeout(5))]
+async fn unknown_with_a_number(mesh: Mesh) {}
+
 fn main() {}
