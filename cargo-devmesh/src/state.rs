@@ -125,6 +125,11 @@ impl RegistryCopy {
             .get(name)
             .cloned();
         entry.callback_url = callback.or(entry.callback_url);
+        // Nothing new (a service task's first word, which the first write
+        // said already): no write.
+        if self.file.lock().unwrap_or_else(|e| e.into_inner()).services.get(name) == Some(&entry) {
+            return Ok(());
+        }
         self.change(|file| {
             file.supervisor_pid = Some(std::process::id());
             file.services.insert(name.to_owned(), entry);
