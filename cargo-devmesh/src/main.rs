@@ -30,6 +30,12 @@ fn main() -> ExitCode {
         args.remove(1);
     }
     let cli = Cli::parse_from(args);
+    // A command whose output is piped to `head` ends quietly when the pipe
+    // closes, as other tools do; `run` and `relay` keep running.
+    if !matches!(cli.command, Some(Command::Run(_) | Command::Relay { .. })) {
+        // SAFETY: the default action for SIGPIPE, set before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // One thread: the supervisor mostly waits, and its proxy forwards
     // faster without handing work between threads (measured in bench/proxy).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -40,7 +46,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", in_words(&e));
-            let usage = e.downcast_ref::<errors::PlanError>().is_some();
+            let usage = e.downcast_ref::<errors::PlanError>().is_some()
+                || e.downcast_ref::<cargo_devmesh::tunnel::relay::ConfigError>().is_some();
             ExitCode::from(if usage { cli::EXIT_USAGE } else { cli::EXIT_FAILURE } as u8)
         }
     }

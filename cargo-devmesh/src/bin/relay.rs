@@ -20,7 +20,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            let config = e.downcast_ref::<cargo_devmesh::tunnel::relay::ConfigError>().is_some();
+            ExitCode::from(if config { 2 } else { 1 })
         }
     }
 }

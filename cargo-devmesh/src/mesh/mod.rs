@@ -389,7 +389,13 @@ impl Mesh {
                     },
                     shutdown.clone(),
                 ))),
-                Err(why) => logs.note(format!("tunnel: {why}; no service is exposed this run")),
+                Err(why) => {
+                    logs.note(format!("tunnel: {why}; no service is exposed this run"));
+                    tunnel_state.send_modify(|s| {
+                        s.relay = tunnel.relay.clone();
+                        s.problem = Some(format!("not started: {why}"));
+                    });
+                }
             },
             (None, false) => {
                 logs.note("services are marked `expose = true`, but there is no `[tunnel]` relay to expose them on")

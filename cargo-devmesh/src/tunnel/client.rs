@@ -207,7 +207,12 @@ pub(crate) async fn connect(
     let mut read = Vec::new();
     let answer = tokio::time::timeout(Duration::from_secs(10), first_frame(&mut socket, &mut read))
         .await
-        .map_err(|_| "it did not answer within 10 s".to_owned())??;
+        .map_err(|_| "it did not answer within 10 s".to_owned())?
+        .map_err(|why| match tls {
+            // A relay with `[tls]` closes on a plain HELLO.
+            None => format!("{why} (hint: if the relay has `[tls]`, set `tls = true` in `[tunnel]`)"),
+            Some(_) => why,
+        })?;
     match answer.kind {
         Kind::Welcome => {
             let welcome: Welcome = answer.json().map_err(|e| e.to_string())?;

@@ -554,8 +554,10 @@ impl Config {
 }
 
 /// One figment error as a line naming the key, what was wrong, and where the
-/// value came from when it was not the file.
-fn describe(error: &figment::Error, path: &Path) -> String {
+/// value came from when it was not the file (`path`). Also for the relay's
+/// config, read the same way.
+#[doc(hidden)]
+pub fn describe(error: &figment::Error, path: &Path) -> String {
     let key = error.path.join(".");
     let kind = match &error.kind {
         figment::error::Kind::UnknownField(_, expected) => {

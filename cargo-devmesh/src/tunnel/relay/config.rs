@@ -31,6 +31,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// What is wrong with the relay's config file, a line a problem.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay's config `{path}`:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub path: std::path::PathBuf,
+    pub problems: Vec<String>,
+}
+
 /// The relay's config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,16 +125,25 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
 
 impl RelayConfig {
     /// Reads the config file at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<RelayConfig> {
+    pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
         use figment::providers::Format;
+        let problem = |problems: Vec<String>| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
         let config: RelayConfig = figment::Figment::from(figment::providers::Toml::file_exact(path))
             .extract()
-            .map_err(|e| anyhow::anyhow!("the relay's config `{}`: {e}", path.display()))?;
+            .map_err(|errors| {
+                problem(
+                    errors
+                        .into_iter()
+                        .map(|e| devmesh::config::describe(&e, path))
+                        .collect(),
+                )
+            })?;
+        let mut problems = Vec::new();
         if config.ports.is_none() && config.domain.is_none() {
-            anyhow::bail!(
-                "the relay's config `{}` gives tunnels no address (hint: `ports = \"31000-31999\"`, or a `[domain]`)",
-                path.display()
-            );
+            problems.push("it gives tunnels no address (hint: `ports = \"31000-31999\"`, or a `[domain]`)".to_owned());
         }
         if let Some(domain) = &config.domain
             && domain
@@ -134,13 +151,12 @@ impl RelayConfig {
                 .split('.')
                 .any(|label| devmesh::name::validate(label).is_err())
         {
-            anyhow::bail!(
-                "the relay's config `{}`: `[domain] name` = `{}` is no domain name",
-                path.display(),
-                domain.name
-            );
+            problems.push(format!("key `domain.name`: `{}` is no domain name", domain.name));
         }
-        Ok(config)
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(problem(problems)),
+        }
     }
 
     /// `https` with `[tls]`, else `http`.
@@ -170,7 +186,7 @@ impl RelayConfig {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> anyhow::Result<RelayConfig> {
+    fn load(text: &str) -> Result<RelayConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, text).unwrap();
@@ -199,6 +215,13 @@ mod tests {
     fn bad_values_are_named() {
         let error = load(&format!("{BASE}ports = \"9-1\"\n")).unwrap_err().to_string();
         assert!(error.contains("`9-1` is no port range"), "{error}");
+        let error = load(&format!("{BASE}port = \"1-2\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("key `port`: unknown key; expected one of listen, public_host, ports"),
+            "{error}"
+        );
         let error = load(&format!("{BASE}ports = \"1-2\"\n[limits]\nhandshake = \"soon\"\n"))
             .unwrap_err()
             .to_string();

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::callers::{ACCESS_COOKIE, ACCESS_HEADER};
 use self::callers::{Head, LOGIN_PATH, NoHead, Sessions};
-pub use self::config::{DomainConfig, Limits, RelayConfig, TlsConfig};
+pub use self::config::{ConfigError, DomainConfig, Limits, RelayConfig, TlsConfig};
 use super::link::{Link, Side, Socket, Stream};
 use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
 
@@ -62,9 +62,8 @@ struct Relay {
     /// `name: token`, read at start.
     tokens: Vec<(String, String)>,
     tls: Option<TlsAcceptor>,
-    /// Public port by `name/namespace/service` (0 with `[domain]`), kept
-    /// in `data/reservations.json`.
-    reservations: Mutex<BTreeMap<String, u16>>,
+    /// Public ports and hosts, kept in `data/reservations.json`.
+    reservations: Mutex<Reservations>,
     /// Tunnels by `name/namespace/service`.
     tunnels: Mutex<HashMap<String, Arc<Tunnel>>>,
     /// Tunnels by host label, `<svc>--<namespace>`, with `[domain]`.
@@ -138,10 +137,7 @@ pub async fn bind(mut config: RelayConfig, shutdown: CancellationToken) -> anyho
     };
     crate::secret::private_dir(&config.data)
         .map_err(|e| anyhow::anyhow!("the relay's data folder `{}`: {e}", config.data.display()))?;
-    let reservations = std::fs::read(config.data.join("reservations.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let reservations = Reservations::read(&config.data.join("reservations.json"));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("the relay cannot listen on {}: {e}", config.listen))?;
@@ -242,6 +238,56 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
         );
     }
     Ok(tokens)
+}
+
+/// What the relay keeps across its restarts: each tunnel's public port,
+/// and with `[domain]` which tunnel each host is, both by
+/// `name/namespace/service`. A relay moved from ports to `[domain]` and
+/// back keeps both.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Reservations {
+    #[serde(default)]
+    ports: BTreeMap<String, u16>,
+    /// The tunnel each host label (`<svc>--<namespace>`) is.
+    #[serde(default)]
+    hosts: BTreeMap<String, String>,
+}
+
+impl Reservations {
+    /// The reservations in `path`: none when there is no file; a file of
+    /// devmesh 0.1's first relays (ports alone) is read as such.
+    fn read(path: &Path) -> Reservations {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Reservations::default();
+        };
+        serde_json::from_slice(&bytes)
+            .or_else(|_| {
+                serde_json::from_slice::<BTreeMap<String, u16>>(&bytes).map(|mut ports| {
+                    ports.retain(|_, port| *port != 0);
+                    Reservations {
+                        ports,
+                        hosts: BTreeMap::new(),
+                    }
+                })
+            })
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "devmesh relay: `{}` is not the relay's reservations ({e}); tunnels get new addresses",
+                    path.display()
+                );
+                Reservations::default()
+            })
+    }
+
+    fn write(&self, path: &Path) {
+        let json = serde_json::to_vec_pretty(self).expect("reservations serialize");
+        if let Err(e) = crate::secret::write_private(path, &json) {
+            eprintln!(
+                "devmesh relay: could not keep the reservations in `{}`: {e}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// A connection a limit lets through; it frees its room when dropped.
@@ -443,8 +489,7 @@ impl Relay {
             .cloned();
         if let Some(tunnel) = known {
             tunnel.public.store(public, Ordering::Relaxed);
-            let port = self.reservations.lock().unwrap_or_else(|e| e.into_inner())[&key];
-            return Ok((self.config.url(Some(port), &label), tunnel));
+            return Ok((self.url_of(&key, &label), tunnel));
         }
         let tunnel = Arc::new(Tunnel {
             link: watch::channel(None).0,
@@ -452,35 +497,44 @@ impl Relay {
             holder: holder.to_owned(),
             service: service.to_owned(),
         });
-        let port = match self.config.domain {
+        match self.config.domain {
             Some(_) => {
                 self.claim_host(&key, &label)?;
                 self.hosts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(label.clone(), Arc::clone(&tunnel));
-                0
             }
             None => {
-                let (port, listener) = self.claim_port(&key)?;
+                let listener = self.claim_port(&key)?;
                 let door = Arc::clone(&tunnel);
                 tokio::spawn(Arc::clone(self).accept(listener, move || Door::Port(Arc::clone(&door))));
-                port
-            }
-        };
-        {
-            let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-            reservations.insert(key.clone(), port);
-            let json = serde_json::to_vec_pretty(&*reservations).expect("reservations serialize");
-            if let Err(e) = crate::secret::write_private(&self.config.data.join("reservations.json"), &json) {
-                eprintln!("devmesh relay: could not keep the reservations: {e}");
             }
         }
         self.tunnels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Arc::clone(&tunnel));
-        Ok((self.config.url(Some(port), &label), tunnel))
+            .insert(key.clone(), Arc::clone(&tunnel));
+        Ok((self.url_of(&key, &label), tunnel))
+    }
+
+    /// The public URL of tunnel `key`, at host label `label`.
+    fn url_of(&self, key: &str, label: &str) -> String {
+        let port = match self.config.domain {
+            Some(_) => None,
+            None => self
+                .reservations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ports
+                .get(key)
+                .copied(),
+        };
+        self.config.url(port, label)
+    }
+
+    fn keep(&self, reservations: &Reservations) {
+        reservations.write(&self.config.data.join("reservations.json"));
     }
 
     /// Host label `label` for tunnel `key`, unless another token's tunnel
@@ -491,39 +545,47 @@ impl Relay {
                 "`{label}` is longer than a DNS label may be (hint: a shorter namespace)"
             ));
         }
-        let reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = reservations.keys().find(|other| {
-            let mut parts = other.splitn(3, '/').skip(1);
-            let (namespace, service) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            *other != key && format!("{service}--{namespace}") == label
-        });
-        match taken {
-            Some(other) => Err(format!(
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        match reservations.hosts.get(label) {
+            Some(other) if other != key => Err(format!(
                 "`{label}` is the tunnel of `{}`'s token already (hint: a namespace of your own)",
                 other.split('/').next().unwrap_or("")
             )),
-            None => Ok(()),
+            Some(_) => Ok(()),
+            None => {
+                reservations.hosts.insert(label.to_owned(), key.to_owned());
+                self.keep(&reservations);
+                Ok(())
+            }
         }
     }
 
-    /// A public port for tunnel `key`: its reserved one, or a free one.
-    fn claim_port(&self, key: &str) -> Result<(u16, TcpListener), String> {
+    /// A public port for tunnel `key`: its reserved one (while it is in
+    /// the relay's range), or a free one, then kept.
+    fn claim_port(&self, key: &str) -> Result<TcpListener, String> {
         let Some((low, high)) = self.config.ports else {
             return Err("the relay has no public ports".to_owned());
         };
-        let reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         let bind = |port: u16| crate::platform::listen((self.config.listen.ip(), port).into());
-        let (port, listener) = match reservations.get(key).map(|&port| (port, bind(port))) {
+        let reserved = reservations
+            .ports
+            .get(key)
+            .copied()
+            .filter(|port| (low..=high).contains(port));
+        let (port, listener) = match reserved.map(|port| (port, bind(port))) {
             Some((port, Ok(listener))) => (port, listener),
             Some((port, Err(e))) => return Err(format!("its reserved port {port} is taken: {e}")),
             None => (low..=high)
-                .filter(|port| !reservations.values().any(|taken| taken == port))
+                .filter(|port| !reservations.ports.values().any(|taken| taken == port))
                 .find_map(|port| bind(port).ok().map(|l| (port, l)))
                 .ok_or_else(|| "no free public port in the relay's range".to_owned())?,
         };
+        if reservations.ports.insert(key.to_owned(), port) != Some(port) {
+            self.keep(&reservations);
+        }
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        Ok((port, listener))
+        TcpListener::from_std(listener).map_err(|e| e.to_string())
     }
 
     /// A supervisor's `dial host:port`: piped to the target when `[dial]`
@@ -607,17 +669,23 @@ impl Relay {
         if head.path == LOGIN_PATH || head.path.starts_with(&format!("{LOGIN_PATH}?")) {
             return Err(self.login(socket, &mut head).await);
         }
-        let tunnel = match door {
-            Door::Port(tunnel) => tunnel,
-            Door::Domain => self.by_host(head.host.as_deref())?,
-        };
-        let admitted = tunnel.public.load(Ordering::Relaxed)
-            || head.token.as_deref().is_some_and(|token| self.holder(token).is_some())
+        let member = head.token.as_deref().is_some_and(|token| self.holder(token).is_some())
             || head
                 .session
                 .as_deref()
                 .is_some_and(|session| self.sessions.valid(session));
-        if !admitted {
+        let tunnel = match door {
+            Door::Port(tunnel) => Some(tunnel),
+            // Which tunnels exist is the team's to know: a stranger at an
+            // unknown host is refused as at a private one.
+            Door::Domain => match self.by_host(head.host.as_deref()) {
+                Ok(tunnel) => Some(tunnel),
+                Err(unknown) if member => return Err(unknown),
+                Err(_) => None,
+            },
+        };
+        let tunnel = tunnel.filter(|t| member || t.public.load(Ordering::Relaxed));
+        let Some(tunnel) = tunnel else {
             if head.wants_html {
                 return Err(callers::to_login(&head.path));
             }
@@ -627,7 +695,7 @@ impl Relay {
                     "devmesh relay: this tunnel is private (hint: send a team token in `{ACCESS_HEADER}`, or log in at {LOGIN_PATH})\n"
                 ),
             ));
-        }
+        };
         Ok((tunnel, head.forwarded()))
     }
 

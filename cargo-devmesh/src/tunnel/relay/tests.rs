@@ -117,7 +117,7 @@ fn certs() -> Certs {
 
 /// A relay in process, from a config file ending in `extra`.
 struct TestRelay {
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
     listen: std::net::SocketAddr,
     domain: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
@@ -130,7 +130,11 @@ impl Drop for TestRelay {
 }
 
 async fn relay(extra: &str) -> TestRelay {
-    let dir = tempfile::tempdir().unwrap();
+    relay_in(Arc::new(tempfile::tempdir().unwrap()), extra).await
+}
+
+/// [`relay`] with its tokens, config and data in `dir`.
+async fn relay_in(dir: Arc<tempfile::TempDir>, extra: &str) -> TestRelay {
     std::fs::write(dir.path().join("tokens"), format!("alice: {TOKEN}\n")).unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(
@@ -342,16 +346,23 @@ async fn tunnels_by_host_over_tls_are_private_until_a_token_or_a_login() {
     let forged = call(domain, over_tls, &get("/orders", "Cookie: devmesh-access=0000\r\n")).await;
     assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
 
-    // A host the relay has no tunnel at.
+    // A host the relay has no tunnel at: said to the team; a stranger is
+    // refused as at a private tunnel, and learns nothing of which exist.
+    let nobody = |headers: &str| format!("GET / HTTP/1.1\r\nHost: nobody--alice.t.test\r\n{headers}\r\n");
     let elsewhere = call(
         domain,
         Some((&tls, "nobody--alice.t.test")),
-        "GET / HTTP/1.1\r\nHost: nobody--alice.t.test\r\n\r\n",
+        &nobody(&format!("x-devmesh-access: {TOKEN}\r\n")),
     )
     .await;
     assert!(
         elsewhere.starts_with("HTTP/1.1 404") && elsewhere.contains("no tunnel at `nobody--alice.t.test`"),
         "{elsewhere}"
+    );
+    let stranger = call(domain, Some((&tls, "nobody--alice.t.test")), &nobody("")).await;
+    assert!(
+        stranger.starts_with("HTTP/1.1 401") && !stranger.contains("no tunnel"),
+        "{stranger}"
     );
 
     // A supervisor that does not speak TLS to it is not let in.
@@ -436,4 +447,31 @@ async fn bad_clients_and_floods_are_refused_and_the_relay_serves_on() {
             .await
             .contains("GET /still")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let service = mirror().await;
+    let ports = relay_in(Arc::clone(&dir), "").await;
+    let before = supervisor(&ports, None, &[("beta", false)], service).await;
+    drop(ports);
+    let domain = relay_in(
+        Arc::clone(&dir),
+        "[domain]\nname = \"t.test\"\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let hosted = supervisor(&domain, None, &[("beta", false)], service).await;
+    assert!(hosted[0].1.starts_with("http://beta--alice.t.test:"), "{hosted:?}");
+    drop(domain);
+    // The first relay's port, free again once it has stopped.
+    let port: u16 = before[0].1.rsplit(':').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the first relay never let its port go");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = relay_in(Arc::clone(&dir), "").await;
+    let after = supervisor(&again, None, &[("beta", false)], service).await;
+    assert_eq!(after, before, "the same port as before the domain");
 }
