@@ -215,9 +215,7 @@ mod tests {
     fn bad_values_are_named() {
         let error = load(&format!("{BASE}ports = \"9-1\"\n")).unwrap_err().to_string();
         assert!(error.contains("`9-1` is no port range"), "{error}");
-        let error = load(&format!("{BASE}port = \"1-2\"\n"))
-            .unwrap_err()
-            .to_string();
+        let error = load(&format!("{BASE}port = \"1-2\"\n")).unwrap_err().to_string();
         assert!(
             error.contains("key `port`: unknown key; expected one of listen, public_host, ports"),
             "{error}"
