@@ -152,11 +152,25 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The relay down, the supervisor restarts: beta has its URL at once,
+    // the one the relay keeps for it, before the link is up.
+    drop(_relay);
+    mesh.signal_and_wait(libc::SIGINT);
+    mesh.run(&["beta"]);
+    mesh.wait_ready("beta", 3);
+    assert_eq!(callback_url(&mesh), callback, "remembered from the last run");
+    let _relay = start_relay();
+    let deadline = Instant::now() + DEADLINE;
+    while !call(Some(TOKEN)).starts_with("beta ") {
+        assert!(Instant::now() < deadline, "the tunnel never came up with the relay");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A wrong token: the supervisor is refused, and says so.
     mesh.signal_and_wait(libc::SIGINT);
     std::fs::write(&token_file, "a-wrong-token-of-some-length").unwrap();
     mesh.run(&["beta"]);
-    mesh.wait_ready("beta", 3);
+    mesh.wait_ready("beta", 4);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let said = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap_or_default();

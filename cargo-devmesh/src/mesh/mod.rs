@@ -383,6 +383,7 @@ impl Mesh {
                     exposed,
                     crate::tunnel::client::Told {
                         registry: Arc::clone(state.registry()),
+                        remembered: state_dir.join("tunnel.json"),
                         logs: logs.clone(),
                         state: tunnel_state.clone(),
                         live: live_link,

@@ -47,10 +47,12 @@ pub struct Expose {
 }
 
 /// Who hears what the tunnel does: the registry (callback URLs), the
-/// logs, `ps` and the page, and the bridges to the sandbox (the live link).
+/// logs, `ps` and the page, and the bridges to the sandbox (the live link);
+/// and the file the URLs are remembered in from run to run.
 #[derive(Debug)]
 pub struct Told {
     pub registry: Arc<RegistryCopy>,
+    pub remembered: std::path::PathBuf,
     pub logs: Logs,
     pub state: tokio::sync::watch::Sender<TunnelState>,
     pub live: tokio::sync::watch::Sender<Option<Link>>,
@@ -83,11 +85,24 @@ pub async fn run(
 ) {
     let Told {
         registry,
+        remembered,
         logs,
         state,
         live,
     } = told;
     state.send_modify(|s| s.relay = config.relay.clone());
+    // The URLs the relay gave last run are the ones it keeps: services
+    // have them at once, before the link is up (a webhook registered at
+    // start, the relay down for a moment).
+    let known = Remembered::read(&remembered, &config).urls;
+    let known: Vec<(String, String)> = known
+        .into_iter()
+        .filter(|(name, _)| services.contains_key(name))
+        .collect();
+    for (name, url) in &known {
+        let _ = registry.set_callback(name, url);
+    }
+    state.send_modify(|s| s.urls = known);
     let hello = Hello {
         version: VERSION,
         token: credentials.token.clone(),
@@ -110,6 +125,12 @@ pub async fn run(
         match outcome {
             Ok(Connected { link, opened, urls }) => {
                 failures = 0;
+                Remembered {
+                    relay: config.relay.clone(),
+                    namespace: config.namespace.clone(),
+                    urls: urls.clone(),
+                }
+                .write(&remembered);
                 for (name, url) in &urls {
                     if let Err(e) = registry.set_callback(name, url) {
                         logs.note(format!("could not write the registry: {e}"));
@@ -163,6 +184,31 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
+    }
+}
+
+/// The public URLs the relay gave, kept in the state folder
+/// (`tunnel.json`) for the next run.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    relay: String,
+    namespace: String,
+    urls: Vec<(String, String)>,
+}
+
+impl Remembered {
+    /// What `path` remembers of the same relay and namespace.
+    fn read(path: &std::path::Path, config: &TunnelConfig) -> Remembered {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok())
+            .filter(|r| r.relay == config.relay && r.namespace == config.namespace)
+            .unwrap_or_default()
+    }
+
+    fn write(&self, path: &std::path::Path) {
+        let json = serde_json::to_vec_pretty(self).expect("URLs serialize");
+        let _ = crate::secret::write_private(path, &json);
     }
 }
 
