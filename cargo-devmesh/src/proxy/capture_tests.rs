@@ -146,6 +146,16 @@ async fn front_on(
     ready: Duration,
     response: Duration,
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    front_faulty(route, max_body, (ready, response), super::FaultState::new().1).await
+}
+
+/// [`front_on`] with the faults `faults` sets.
+async fn front_faulty(
+    route: Route,
+    max_body: usize,
+    (ready, response): (Duration, Duration),
+    faults: super::FaultState,
+) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
     let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
@@ -165,7 +175,7 @@ async fn front_on(
         },
         max_connections: CONNECTIONS,
         inspector: Arc::clone(&inspector),
-        faults: super::FaultState::new().1,
+        faults,
     };
     super::start(vec![front], THREADS, shutdown.clone()).unwrap();
     (addr, inspector, shutdown)
@@ -852,4 +862,70 @@ async fn grpc_call(front: SocketAddr, path: &str) -> Response<Incoming> {
         .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
         .unwrap();
     h2_client().request(request).await.unwrap()
+}
+
+/// Faults on an HTTP/2 front port: an error answered by the port (a gRPC
+/// status for a gRPC call), a latency, a stream reset with no answer, and
+/// a port that resets every connection; each captured.
+#[tokio::test]
+async fn faults_reach_http2_and_grpc_callers() {
+    use super::Faults;
+    let (set, faults) = super::FaultState::new();
+    let route = Route::Ready(Backend::new(backend().await));
+    let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+    let (front, inspector, _shutdown) = front_faulty(route, 1024, timeouts, faults).await;
+    let client = h2_client();
+    let get = |path: &str| {
+        let request = Request::post(format!("http://{front}{path}"))
+            .body(Full::new(Bytes::from("h2 body")))
+            .unwrap();
+        client.request(request)
+    };
+
+    set.set(Faults {
+        errors: Some((1.0, StatusCode::SERVICE_UNAVAILABLE)),
+        ..Faults::default()
+    });
+    let answered = get("/echo").await.unwrap();
+    assert_eq!(answered.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = answered.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("a fault set on `svc`'s front port"));
+    let grpc = grpc_call(front, "/greeter.Greeter/SayHello").await;
+    assert_eq!(grpc.headers()["grpc-status"], "14");
+
+    set.set(Faults {
+        latency: Some(Duration::from_millis(200)),
+        ..Faults::default()
+    });
+    let began = std::time::Instant::now();
+    assert_eq!(get("/echo").await.unwrap().status(), StatusCode::OK);
+    assert!(began.elapsed() >= Duration::from_millis(200));
+
+    set.set(Faults {
+        drops: Some(1.0),
+        ..Faults::default()
+    });
+    assert!(get("/echo").await.is_err(), "the stream is reset");
+    let all = complete(&inspector, 4).await;
+    assert!(
+        all.iter()
+            .any(|e| e.error.as_deref().is_some_and(|e| e.contains("by a fault"))),
+        "{:?}",
+        all.iter().map(|e| &e.error).collect::<Vec<_>>()
+    );
+
+    set.set(Faults {
+        unreachable: true,
+        ..Faults::default()
+    });
+    assert!(
+        h2_client()
+            .request(
+                Request::get(format!("http://{front}/echo"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap()
+            )
+            .await
+            .is_err()
+    );
 }

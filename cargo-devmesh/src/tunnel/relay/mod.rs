@@ -42,6 +42,8 @@ use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
 
 /// How long a caller may take to send its request head.
 const HEAD: Duration = Duration::from_secs(10);
+/// How long a caller waits for a tunnel's supervisor to be connected.
+const RECONNECT_WAIT: Duration = Duration::from_secs(3);
 /// Connections that have not said who they are yet, at most: past it, a
 /// flood of silent connections is closed at once.
 const MAX_PENDING: usize = 256;
@@ -641,11 +643,19 @@ impl Relay {
                 }
             },
         };
-        let link = tunnel.link.borrow().clone().filter(Link::is_alive);
+        // A caller that comes while the supervisor connects (or connects
+        // again) waits for it a moment rather than failing.
+        let mut links = tunnel.link.subscribe();
+        let live = tokio::time::timeout(RECONNECT_WAIT, async {
+            let live = links.wait_for(|l| l.as_ref().is_some_and(Link::is_alive)).await;
+            live.ok().and_then(|link| link.clone())
+        });
+        let link = live.await.ok().flatten();
         let Some(link) = link else {
             let message = format!(
-                "devmesh relay: `{}` is not connected (its supervisor is not running)\n",
-                tunnel.service
+                "devmesh relay: `{}` is not connected (its supervisor is not running; waited {} s)\n",
+                tunnel.service,
+                RECONNECT_WAIT.as_secs()
             );
             let _ = socket.write_all(&answer(503, &message)).await;
             return;

@@ -130,17 +130,18 @@ impl Drop for TestRelay {
 }
 
 async fn relay(extra: &str) -> TestRelay {
-    relay_in(Arc::new(tempfile::tempdir().unwrap()), extra).await
+    relay_in(Arc::new(tempfile::tempdir().unwrap()), "31000-31999", extra).await
 }
 
-/// [`relay`] with its tokens, config and data in `dir`.
-async fn relay_in(dir: Arc<tempfile::TempDir>, extra: &str) -> TestRelay {
+/// [`relay`] with its tokens, config and data in `dir`, and public ports
+/// `ports`.
+async fn relay_in(dir: Arc<tempfile::TempDir>, ports: &str, extra: &str) -> TestRelay {
     std::fs::write(dir.path().join("tokens"), format!("alice: {TOKEN}\n")).unwrap();
     let path = dir.path().join("relay.toml");
     std::fs::write(
         &path,
         format!(
-            "listen = \"127.0.0.1:0\"\npublic_host = \"127.0.0.1\"\nports = \"31000-31999\"\ntokens = \"{}\"\ndata = \"{}\"\n{extra}",
+            "listen = \"127.0.0.1:0\"\npublic_host = \"127.0.0.1\"\nports = \"{ports}\"\ntokens = \"{}\"\ndata = \"{}\"\n{extra}",
             dir.path().join("tokens").display(),
             dir.path().join("data").display()
         ),
@@ -453,11 +454,20 @@ async fn bad_clients_and_floods_are_refused_and_the_relay_serves_on() {
 async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let service = mirror().await;
-    let ports = relay_in(Arc::clone(&dir), "").await;
+    // A range of its own (one port the kernel had free): the other tests
+    // of the process take theirs from 31000 on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let range = format!("{free}-{free}");
+    let ports = relay_in(Arc::clone(&dir), &range, "").await;
     let before = supervisor(&ports, None, &[("beta", false)], service).await;
     drop(ports);
     let domain = relay_in(
         Arc::clone(&dir),
+        &range,
         "[domain]\nname = \"t.test\"\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
@@ -471,7 +481,7 @@ async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
         assert!(Instant::now() < deadline, "the first relay never let its port go");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let again = relay_in(Arc::clone(&dir), "").await;
+    let again = relay_in(Arc::clone(&dir), &range, "").await;
     let after = supervisor(&again, None, &[("beta", false)], service).await;
     assert_eq!(after, before, "the same port as before the domain");
 }
