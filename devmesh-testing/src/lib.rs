@@ -49,6 +49,22 @@ pub use hyper::{Request, Response};
 pub use mesh::{Error, Mesh, MeshBuilder};
 pub use traffic::{Call, Traffic};
 
+/// Descriptor 3 held for the services' sockets from before `main` (as
+/// `cargo devmesh` holds it from its first instruction), in every test
+/// binary that links the harness: a mesh then spawns its services with
+/// `posix_spawn` rather than a fork of the whole test process, a
+/// millisecond less a mesh (bench/harness: 1.5× starting the services by
+/// hand without it, 1.2× with it). By `main`, a runtime may hold it.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HOLD_LISTEN_FD: extern "C" fn() = {
+    extern "C" fn hold() {
+        cargo_devmesh::supervisor::process::reserve_listen_fd();
+    }
+    hold
+};
+
 /// What `#[devmesh::test]` expands to calls; not an API.
 #[doc(hidden)]
 pub mod __private {

@@ -33,6 +33,16 @@ fn wait_gone(pids: &[u32]) {
     }
 }
 
+/// The harness holds descriptor 3 from before `main`, so that services
+/// are spawned without a fork of the test process.
+#[test]
+fn descriptor_3_is_held_for_the_services_sockets() {
+    assert_eq!(
+        std::fs::read_link("/proc/self/fd/3").unwrap(),
+        std::path::Path::new("/dev/null")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meshes_side_by_side_have_ports_of_their_own() {
     let (one, two) = tokio::join!(shop().start(), shop().start());
