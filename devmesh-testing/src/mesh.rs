@@ -52,7 +52,7 @@ pub struct Mesh {
     /// Stops the handlers' servers.
     handlers: Handlers,
     /// The state folder (registry, ports, logs); removed last.
-    _state: Arc<tempfile::TempDir>,
+    _state: tempfile::TempDir,
 }
 
 /// How a mesh is started: [`Mesh::builder`], or `#[devmesh::test(…)]`.
@@ -413,7 +413,7 @@ impl MeshBuilder {
             ..CargoOptions::default()
         };
         let (mut workspace, built) = prepare_once(&cargo).await?;
-        let state = Arc::new(tempfile::tempdir().map_err(|e| Error::Start(e.to_string()))?);
+        let state = tempfile::tempdir().map_err(|e| Error::Start(e.to_string()))?;
         workspace.state_dir = state.path().to_path_buf();
         // What is remote is the test's to say: not the team's sandbox.
         let config = &mut workspace.config;
