@@ -296,6 +296,24 @@ pub struct Figures {
     pub p99: Duration,
 }
 
+/// The middle of some durations.
+pub fn median_time(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A process stopped (SIGTERM) and waited for when dropped.
+#[derive(Debug)]
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 /// The median rate and the median p99 of some runs (each on its own).
 pub fn median(mut runs: Vec<Figures>) -> Figures {
     let middle = runs.len() / 2;

@@ -34,6 +34,7 @@
 //! - `tunnel/`: the relay, and the link that exposes services through it;
 //! - `share`: services shared in the team's etcd, on a lease;
 //! - `secret`: random tokens and owner-only files; `time`: timestamps;
+//!   `form`: query strings and form bodies;
 //! - `errors`: errors that end a command.
 //!
 //! Arrows go one way: `mesh` → every part; `control`, `watch` →
@@ -48,6 +49,7 @@ pub mod control;
 mod dns;
 mod dotenv;
 pub mod errors;
+mod form;
 pub mod inspector;
 pub mod logs;
 pub mod mesh;

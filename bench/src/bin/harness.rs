@@ -10,10 +10,10 @@
 //! Run: `cargo run --release -p devmesh-bench --bin harness`.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{free_port, repo, run};
+use devmesh_bench::{Guard, free_port, median_time, repo, run};
 use devmesh_testing::Mesh;
 
 const ROUNDS: usize = 15;
@@ -51,7 +51,7 @@ fn main() {
         by_hand.push(start_by_hand(&shop));
         in_a_test.push(harness());
     }
-    let (hand, test) = (median(by_hand), median(in_a_test));
+    let (hand, test) = (median_time(by_hand), median_time(in_a_test));
     println!("three services (gateway, orders, payments), from nothing to all answering, {ROUNDS} rounds, medians:");
     println!("  by hand (spawn, poll /health each ms)  {hand:>9.1?}");
     println!(
@@ -101,19 +101,4 @@ fn start_by_hand(shop: &std::path::Path) -> Duration {
 fn healthy(addr: SocketAddr) -> bool {
     devmesh_bench::exchange(addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
-/// A process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

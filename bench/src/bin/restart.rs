@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devmesh_bench::{
-    Api, Built, Load, LoadReport, build, exchange, free_port, front_port, rss_kib, run, wait_until_answers,
+    Api, Built, Load, LoadReport, build, exchange, free_port, front_port, median_time, rss_kib, run, wait_until_answers,
 };
 
 const RESTARTS: usize = 20;
@@ -50,7 +50,7 @@ async fn main() {
             report.sent, report.failed, report.longest, report.longest_gap
         );
     }
-    let (quiet, bare) = (median(quiet), median(bare));
+    let (quiet, bare) = (median_time(quiet), median_time(bare));
     println!(
         "\nrestart (already built) to answering, no load, median of {RESTARTS}: {quiet:.1?} ({:.2}× the bare start)",
         quiet.as_secs_f64() / bare.as_secs_f64()
@@ -58,7 +58,7 @@ async fn main() {
     println!("bare binary start to answering, no load, median of {RESTARTS}:          {bare:.1?}");
     println!(
         "restart (already built) to answering, under the load above:     {:.1?}",
-        median(under_load)
+        median_time(under_load)
     );
     println!("supervisor RSS with 10 services running:               {} KiB", rss);
 }
@@ -255,11 +255,6 @@ fn descendants(pid: u32) -> Vec<u32> {
         at += 1;
     }
     found.split_off(1)
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 fn ensure_honcho() {

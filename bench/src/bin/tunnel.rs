@@ -9,10 +9,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{Figures, free_port, repo, rotate, run, start_nginx, wrk};
+use devmesh_bench::{Figures, Guard, free_port, repo, rotate, run, start_nginx, wrk};
 
 const ROUNDS: usize = 3;
 const DURATION: &str = "4s";
@@ -101,17 +101,6 @@ fn main() {
     for (name, addr) in targets {
         let rate = bulk(addr, &devmesh.token);
         println!("  {name:<30} {:>7.2} GB/s", rate / 1e9);
-    }
-}
-
-/// A process stopped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
     }
 }
 

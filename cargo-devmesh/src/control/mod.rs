@@ -37,7 +37,6 @@ mod auth;
 use auth::LOGIN_NEEDED;
 mod client;
 mod file;
-mod query;
 mod replay;
 mod stream;
 
@@ -207,7 +206,7 @@ impl Api {
         }
         let path = request.uri().path().trim_matches('/').to_owned();
         let segments: Vec<&str> = path.split('/').collect();
-        let query = query::parse(request.uri().query());
+        let query = crate::form::parse(request.uri().query());
         if request.method() == Method::GET && segments == ["login"] {
             return self.login(query.get("once").map(String::as_str));
         }

@@ -244,7 +244,7 @@ pub fn logged_in(session: &str, next: &str, domain: Option<&str>, secure: bool) 
 pub fn to_login(path: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 303 See Other\r\nlocation: {LOGIN_PATH}?next={}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        encode(path)
+        crate::form::encode(path)
     )
     .into_bytes()
 }
@@ -254,49 +254,6 @@ pub fn to_login(path: &str) -> Vec<u8> {
 fn safe_next(next: &str) -> &str {
     let local = next.starts_with('/') && !next.starts_with("//") && !next.contains(['\r', '\n', '\\']);
     if local { next } else { "/" }
-}
-
-/// The value of `name` in an `application/x-www-form-urlencoded` text
-/// (a body, or a query).
-pub fn form_value(form: &str, name: &str) -> Option<String> {
-    form.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (decode(key) == name).then(|| decode(value))
-    })
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
-                (Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(digit: &u8) -> Option<u8> {
-    (*digit as char).to_digit(16).map(|d| d as u8)
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn html_escape(text: &str) -> String {
@@ -357,16 +314,6 @@ mod tests {
             let answer = String::from_utf8(logged_in("s", elsewhere, None, false)).unwrap();
             assert!(answer.contains("location: /\r\n"), "{elsewhere}: {answer}");
         }
-    }
-
-    #[test]
-    fn forms_are_decoded() {
-        let form = "next=%2Forders%3Fid%3D1&token=a+b%21";
-        assert_eq!(form_value(form, "token").as_deref(), Some("a b!"));
-        assert_eq!(form_value(form, "next").as_deref(), Some("/orders?id=1"));
-        assert_eq!(form_value(form, "other"), None);
-        assert_eq!(form_value("token=%zz%4", "token").as_deref(), Some("%zz%4"));
-        assert_eq!(decode(&encode("/a b?c=d&e")), "/a b?c=d&e");
     }
 
     #[test]

@@ -727,17 +727,17 @@ impl Relay {
 
     /// The login page, or a login: a session cookie for a team token.
     async fn login(&self, socket: &mut Box<dyn Socket>, head: &mut Head) -> Vec<u8> {
-        let query = head.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let next = callers::form_value(query, "next").unwrap_or_else(|| "/".to_owned());
+        let query = crate::form::parse(head.path.split_once('?').map(|(_, q)| q));
+        let next = query.get("next").cloned().unwrap_or_else(|| "/".to_owned());
         if head.method != "POST" {
             return callers::login_page(&next, None);
         }
         let Ok(Some(body)) = tokio::time::timeout(HEAD, head.body(socket, 4096)).await else {
             return answer(400, "devmesh relay: a login is a form of at most 4 KiB\n");
         };
-        let form = String::from_utf8_lossy(&body);
-        let next = callers::form_value(&form, "next").unwrap_or(next);
-        let token = callers::form_value(&form, "token").unwrap_or_default();
+        let mut form = crate::form::parse(Some(&String::from_utf8_lossy(&body)));
+        let next = form.remove("next").unwrap_or(next);
+        let token = form.remove("token").unwrap_or_default();
         let Some(holder) = self.holder(&token) else {
             return callers::login_page(&next, Some("That is not a team token."));
         };

@@ -1,4 +1,5 @@
-//! Query strings: `?service=orders&q=tea%20cake`.
+//! `application/x-www-form-urlencoded`: query strings (`?service=orders&q=tea%20cake`)
+//! and form bodies (the relay's login).
 
 use std::collections::HashMap;
 
@@ -11,6 +12,16 @@ pub fn parse(query: Option<&str>) -> HashMap<String, String> {
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             (decode(name), decode(value))
+        })
+        .collect()
+}
+
+/// `text` percent-encoded for a query, `/` kept.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
         })
         .collect()
 }
@@ -53,5 +64,15 @@ mod tests {
         assert_eq!(q["empty"], "");
         assert_eq!(q["bad"], "%zz");
         assert_eq!(q["end"], "%4");
+    }
+
+    #[test]
+    fn forms_are_decoded_and_paths_encoded() {
+        let form = parse(Some("next=%2Forders%3Fid%3D1&token=a+b%21"));
+        assert_eq!(form["token"], "a b!");
+        assert_eq!(form["next"], "/orders?id=1");
+        assert_eq!(form.get("other"), None);
+        assert_eq!(parse(Some("token=%zz%4"))["token"], "%zz%4");
+        assert_eq!(decode(&encode("/a b?c=d&e")), "/a b?c=d&e");
     }
 }
