@@ -21,14 +21,31 @@ pub const ZONE: &str = "devmesh";
 const TTL: u32 = 5;
 
 /// Answers queries on `socket` from `fronts` until `shutdown`.
-pub async fn serve(socket: UdpSocket, fronts: Arc<BTreeMap<String, SocketAddr>>, shutdown: CancellationToken) {
+/// A receive that fails pauses through a [`Backoff`] said with `say`.
+pub async fn serve(
+    socket: UdpSocket,
+    fronts: Arc<BTreeMap<String, SocketAddr>>,
+    say: crate::accept::Say,
+    shutdown: CancellationToken,
+) {
+    let what = socket.local_addr().map_or_else(
+        |_| "the DNS server".to_owned(),
+        |addr| format!("the DNS server at {addr}"),
+    );
+    let mut backoff = crate::accept::Backoff::new(what, say);
     let mut buf = [0u8; 512];
     loop {
         let (len, from) = tokio::select! {
             () = shutdown.cancelled() => return,
             received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(_) => continue,
+                Ok(received) => {
+                    backoff.succeeded();
+                    received
+                }
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
             },
         };
         if let Some(reply) = reply(&buf[..len], &fronts) {

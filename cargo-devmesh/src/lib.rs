@@ -44,6 +44,7 @@
 //! the tunnel, a DNS server) is a part of its own, started in
 //! [`Mesh::start`] beside the others and given the handles it needs.
 
+mod accept;
 pub mod build;
 pub mod control;
 mod dns;

@@ -307,21 +307,27 @@ fn traffic_words(traffic: Traffic) -> &'static str {
     }
 }
 
-/// A token cancelled by the first Ctrl-C or SIGTERM; a second one exits at
-/// once (services die with the supervisor: the watchdog ends them).
+/// A token cancelled by the first Ctrl-C, SIGTERM or SIGHUP (the terminal
+/// was closed: a clean stop, so that the registry and `control.json` do not
+/// outlive the run); a second one exits at once (services die with the
+/// supervisor: the watchdog ends them).
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
+        let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
             return;
         };
         for _ in 0..2 {
             tokio::select! {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
+                _ = hangup.recv() => {}
             }
             if cancel.is_cancelled() {
                 std::process::exit(130);

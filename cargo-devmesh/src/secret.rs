@@ -43,8 +43,10 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Makes `dir` (created if needed) readable by its owner only: it holds
 /// the control token, captured logs and the registry.
+/// Every folder it makes on the way is the owner's alone too: the logs
+/// folder made again after the state folder was deleted makes that too.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    devmesh::registry::create_private_dir(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -57,9 +59,16 @@ mod tests {
     fn private_files_and_folders_are_the_owners_alone() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("devmesh");
-        private_dir(&state).unwrap();
+        private_dir(&state.join("logs")).unwrap();
         write_private(&state.join("control.json"), b"{}").unwrap();
-        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        for made in [&state, &state.join("logs")] {
+            assert_eq!(
+                std::fs::metadata(made).unwrap().mode() & 0o777,
+                0o700,
+                "{}",
+                made.display()
+            );
+        }
         assert_eq!(
             std::fs::metadata(state.join("control.json")).unwrap().mode() & 0o777,
             0o600

@@ -210,6 +210,7 @@ impl StateFiles {
     pub async fn guard(self, logs: Logs, shutdown: CancellationToken) {
         let logs_dir = logs.dir().to_path_buf();
         let mut logs_dir_was = Identity::of(&logs_dir).map(|i| (i.dev, i.ino));
+        let mut failing = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -225,11 +226,22 @@ impl StateFiles {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for file in kept.iter().filter(|k| k.changed()) {
                 let name = file.path.file_name().unwrap_or_default().to_string_lossy();
-                match file.write() {
-                    Ok(()) => logs.note(format!("`{name}` was deleted or changed; it is written again")),
-                    Err(e) => logs.note(format!(
-                        "`{name}` was deleted or changed, and could not be written again: {e}"
-                    )),
+                // A failure is said once, and again when it clears: a folder
+                // made read-only would otherwise be said four times a second.
+                match (file.write(), failing.contains(&file.path)) {
+                    (Ok(()), false) => logs.note(format!("`{name}` was deleted or changed; it is written again")),
+                    (Ok(()), true) => {
+                        failing.remove(&file.path);
+                        logs.note(format!("`{name}` could be written again"));
+                    }
+                    (Err(e), false) => {
+                        failing.insert(file.path.clone());
+                        logs.note(format!(
+                            "`{name}` was deleted or changed, and could not be written again: {e} \
+                             (trying again; said again when it is written)"
+                        ));
+                    }
+                    (Err(_), true) => {}
                 }
             }
         }

@@ -140,7 +140,7 @@ impl Resolver {
                 .map_err(|(var, source)| Error::BadOverride { var, source });
         }
         if let Some(registry) = &self.registry
-            && let Some(endpoint) = registry.snapshot().endpoints.get(name)
+            && let Some(endpoint) = registry.snapshot().endpoint(name)
         {
             return Ok(endpoint.clone());
         }
@@ -153,7 +153,7 @@ impl Resolver {
 
     /// The registry's entry for `name`, for fields beyond its URL.
     pub(crate) fn registry_entry(&self, name: &str) -> Option<crate::registry::Entry> {
-        self.registry.as_ref()?.snapshot().entries.get(name).cloned()
+        self.registry.as_ref()?.snapshot().entry(name).cloned()
     }
 
     /// A receiver notified whenever the registry changes; `None` without one.
@@ -183,6 +183,12 @@ impl Resolver {
                     place: format!("registry `{}`", registry.path().display()),
                     found: if !snapshot.exists {
                         "does not exist yet (hint: is `cargo devmesh run` running?)".into()
+                    } else if snapshot.writer.gone() {
+                        format!(
+                            "was written by supervisor {}, which is no longer running: its entries are gone \
+                             (hint: start `cargo devmesh run` again)",
+                            snapshot.writer.pid().unwrap_or_default()
+                        )
                     } else {
                         has(&names)
                     },

@@ -79,6 +79,11 @@ impl Lines {
     }
 
     /// Waits until `count` lines match `matches`; returns the last of them.
+    /// How many lines so far match.
+    pub fn count(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| matches(l)).count()
+    }
+
     pub fn wait_for(&self, count: usize, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + DEADLINE;
         let mut lines = self.lines.lock().unwrap();

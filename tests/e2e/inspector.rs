@@ -276,6 +276,37 @@ fn the_api_refuses_foreign_hosts_and_missing_tokens() {
         traffic.starts_with("HTTP/1.1 200") && traffic.contains("/whoami"),
         "{traffic}"
     );
+    // Each login is a session of its own: one leaked cookie is one session.
+    let link = page(&mesh);
+    let path = &link[link.find("/login").unwrap()..];
+    let second = raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+    );
+    let second = second
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie");
+    assert_ne!(second, session, "two logins, two sessions");
+    for cookie in [session, second, "devmesh_session=0123456789abcdef0123456789abcdef"] {
+        let services = raw(
+            addr,
+            &format!("GET /api/services HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"),
+        );
+        let forged = cookie.ends_with("cdef");
+        assert_eq!(services.starts_with("HTTP/1.1 200"), !forged, "{cookie}: {services}");
+    }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let services = raw(
+            addr,
+            &format!(
+                "GET /api/services HTTP/1.1\r\nhost: {addr}\r\nauthorization: {scheme} {token}\r\nconnection: close\r\n\r\n"
+            ),
+        );
+        assert!(services.starts_with("HTTP/1.1 200"), "{scheme}: {services}");
+    }
 
     // The token and the state are the user's alone.
     use std::os::unix::fs::MetadataExt;

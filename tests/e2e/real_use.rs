@@ -86,6 +86,54 @@ fn idle_services_and_the_supervisor_use_no_cpu() {
     }
 }
 
+/// Out of descriptors (`ulimit -n 256`, 300 idle clients on a front
+/// port), a connection waiting at the inspector's port makes every accept
+/// fail at once: the supervisor pauses between tries instead of burning a
+/// core, says so once in its log, and serves again when clients leave.
+#[test]
+fn out_of_descriptors_the_supervisor_waits_instead_of_spinning() {
+    let mesh = mesh();
+    let supervisor = mesh.supervisor_pid();
+    let limited = std::process::Command::new("prlimit")
+        .args([format!("--pid={supervisor}"), "--nofile=256:256".to_owned()])
+        .status()
+        .expect("prlimit runs");
+    assert!(limited.success());
+    let front = mesh.front("alpha");
+    let clients: Vec<_> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", front)).expect("the backlog takes it"))
+        .collect();
+    mesh.output.wait_for(1, "the front port out of descriptors", |l| {
+        l.contains("the front port of `alpha`") && l.contains("ulimit -n")
+    });
+    let api = read_json(&mesh.state().join("control.json"))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = std::net::TcpStream::connect(&api).expect("the backlog takes it");
+    mesh.output.wait_for(1, "the API out of descriptors", |l| {
+        l.contains("the inspector and API") && l.contains("ulimit -n")
+    });
+    let before = cpu_ticks(supervisor);
+    let began = Instant::now();
+    // The scenario is the wait: two seconds with a connection that cannot be taken.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let share = (cpu_ticks(supervisor) - before) as f64 / ticks_per_second / began.elapsed().as_secs_f64();
+    assert!(share <= 0.1, "the supervisor used {:.0}% of a core", share * 100.0);
+    let log = std::fs::read_to_string(mesh.state().join("logs/devmesh.log")).unwrap();
+    assert_eq!(log.matches("the inspector and API").count(), 1, "said once: {log}");
+    drop(clients);
+    drop(waiting);
+    mesh.output.wait_for(1, "the API back", |l| {
+        l.contains("the inspector and API") && l.contains("works again")
+    });
+    let ps = mesh.cli(&["ps"]);
+    assert!(ps.status.success(), "{}", text(&ps));
+    assert_eq!(get(front, "/peer").0, 200);
+}
+
 /// CPU time a process has used, in clock ticks, from `/proc/<pid>/stat`.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");

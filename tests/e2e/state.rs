@@ -65,6 +65,31 @@ fn a_damaged_or_deleted_state_folder_comes_back_and_calls_go_on() {
         std::fs::read_to_string(state.join("logs/devmesh.log")).is_ok_and(|log| log.contains("written again"))
     });
 
+    // Made again, the folder is the user's alone, as at a fresh start.
+    use std::os::unix::fs::MetadataExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state folder made again");
+    assert_eq!(mode(&state.join("logs")), 0o700, "the logs folder made again");
+
+    // A file where the folder was: nothing can be written (root included),
+    // said once for each file however long it lasts, and again when it clears.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, "not a folder").unwrap();
+    let cannot = |l: &str| l.contains("could not be written again");
+    mesh.output.wait_for(1, "the state files failing", cannot);
+    // Four looks a second: a few looks more, to see that they say nothing.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::remove_file(&state).unwrap();
+    mesh.output.wait_for(1, "the state files written again", |l| {
+        l.contains("could be written again")
+    });
+    let said = mesh.output.count(cannot);
+    assert!(said <= 3, "said {said} times for three files");
+    within(Duration::from_secs(2), "the folder's files back", || {
+        both() && state.join("control.json").is_file()
+    });
+    assert_eq!(mode(&state), 0o700);
+
     // With `control.json` gone, a second run is still refused.
     std::fs::remove_file(state.join("control.json")).unwrap();
     let refused = mesh.fails(&["run"], 1);

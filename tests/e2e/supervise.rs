@@ -122,6 +122,44 @@ fn a_request_to_a_stopped_service_waits_for_its_start() {
     });
 }
 
+/// A closed terminal sends SIGHUP: a clean stop, under load, that leaves
+/// no registry entry under a dead pid, no `control.json`, no process.
+#[test]
+fn sighup_stops_the_mesh_cleanly() {
+    let mut mesh = mesh();
+    let beta = mesh.front("beta");
+    let pids = [mesh.pid("alpha"), mesh.pid("beta")];
+    let done = AtomicBool::new(false);
+    let status = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Calls that fail once the front port closes are expected.
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", beta)) {
+                    use std::io::{Read, Write};
+                    let _ = stream.write_all(b"GET /whoami HTTP/1.1\r\nhost: beta\r\nconnection: close\r\n\r\n");
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            }
+        });
+        let status = mesh.signal_and_wait(libc::SIGHUP);
+        done.store(true, Ordering::SeqCst);
+        status
+    });
+    assert!(status.success(), "{status}");
+    mesh.output
+        .wait_for(1, "the stop", |l| l.ends_with("devmesh | stopped"));
+    let registry = read_json(&mesh.state().join("registry.json"));
+    assert_eq!(registry["services"], serde_json::json!({}), "{registry}");
+    assert!(registry["supervisor_pid"].is_null(), "{registry}");
+    assert!(!mesh.state().join("control.json").exists());
+    for pid in pids {
+        assert!(
+            wait_exit(pid, DEADLINE),
+            "service process {pid} outlived the supervisor"
+        );
+    }
+}
+
 #[test]
 fn sigkill_of_the_supervisor_leaves_no_service_running() {
     let mut mesh = mesh();

@@ -30,8 +30,20 @@ impl Api {
                 LOGIN_USED.as_bytes().to_vec(),
             );
         }
+        let session = match crate::secret::random_hex(16) {
+            Ok(session) => session,
+            Err(e) => {
+                let message = format!("devmesh: no session could be made (/dev/urandom: {e})\n");
+                return respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    message.into_bytes(),
+                );
+            }
+        };
+        let cookie = format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/");
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(session);
         let mut response = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Vec::new());
-        let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.session);
         let headers = response.headers_mut();
         headers.insert(header::LOCATION, header::HeaderValue::from_static("/"));
         headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
@@ -59,12 +71,16 @@ impl Api {
 
     /// The token (the CLI) or the session cookie (a logged-in browser).
     pub(super) fn authorized(&self, request: &Request<Incoming>) -> bool {
-        let expected = format!("Bearer {}", self.control.token);
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
-            .is_some_and(|v| crate::secret::same(v.as_bytes(), expected.as_bytes()));
-        let session = request
+            .and_then(|v| bearer_token(v.as_bytes()))
+            .is_some_and(|token| crate::secret::same(token, self.control.token.as_bytes()));
+        if bearer {
+            return true;
+        }
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        request
             .headers()
             .get_all(header::COOKIE)
             .iter()
@@ -72,10 +88,19 @@ impl Api {
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().split_once('='))
             .any(|(name, value)| {
-                name == SESSION_COOKIE && crate::secret::same(value.as_bytes(), self.session.as_bytes())
-            });
-        bearer || session
+                name == SESSION_COOKIE
+                    && sessions.iter().fold(false, |found, session| {
+                        found | crate::secret::same(value.as_bytes(), session.as_bytes())
+                    })
+            })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` pass too.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(b"bearer ".len())?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
 }
 
 /// What `GET /` shows a browser that is not logged in.
@@ -88,3 +113,16 @@ for a new one.</p>";
 const LOGIN_USED: &str = "<!doctype html><title>devmesh</title><body style=\"font:15px system-ui;margin:3em\">\
 <h1>This login link was used already, or is not this inspector's</h1><p>Each link works once. Run \
 <code>cargo devmesh inspector</code> for a new one.</p>";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc "] {
+            assert_eq!(super::bearer_token(value.as_bytes()), Some(&b"abc"[..]), "{value}");
+        }
+        for value in ["Basic abc", "Bearerabc", "Bear"] {
+            assert_eq!(super::bearer_token(value.as_bytes()), None, "{value}");
+        }
+    }
+}

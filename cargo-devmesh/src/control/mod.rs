@@ -128,7 +128,7 @@ pub async fn serve(
     let api = Arc::new(Api {
         mesh,
         control,
-        session: secret("/dev/urandom")?,
+        sessions: std::sync::Mutex::default(),
         logins: std::sync::Mutex::default(),
         shutdown: shutdown.clone(),
     });
@@ -137,14 +137,16 @@ pub async fn serve(
         path: PathBuf::from("/dev/urandom"),
         source,
     })?;
+    let say: crate::accept::Say = {
+        let logs = api.mesh.logs.clone();
+        Arc::new(move |text| logs.note(text))
+    };
+    let mut backoff = crate::accept::Backoff::new(format!("the inspector and API at {addr}"), say);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
                 () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => continue,
-                },
+                (stream, _) = crate::accept::next(&listener, &mut backoff) => stream,
             };
             let api = Arc::clone(&api);
             tokio::spawn(async move {
@@ -172,8 +174,9 @@ pub struct Serving {
 struct Api {
     mesh: Parts,
     control: ControlFile,
-    /// The session cookie's value: random for each run, never in a file.
-    session: String,
+    /// The session cookies' values, one per login: random, in memory
+    /// only, so a leaked cookie is one session, not every browser's.
+    sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One-time login tokens not used yet.
     logins: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Ends live streams when the supervisor stops.

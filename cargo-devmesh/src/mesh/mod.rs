@@ -298,7 +298,11 @@ impl Mesh {
             fronts_to_serve.push(front(name, route, protocol));
             switches.insert(name.clone(), switch);
         }
-        let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, shutdown.clone())
+        let say: crate::accept::Say = {
+            let logs = logs.clone();
+            Arc::new(move |text| logs.note(text))
+        };
+        let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, Arc::clone(&say), shutdown.clone())
             .context("could not start the front ports")?;
         // Built already: the services start now, while the rest comes up.
         if let Some(built) = prebuilt.clone() {
@@ -338,6 +342,7 @@ impl Mesh {
         tasks.push(tokio::spawn(crate::dns::serve(
             dns_socket,
             Arc::new(fronts.clone()),
+            say,
             shutdown.clone(),
         )));
         // Commands and the front ports are up while the services build.

@@ -177,7 +177,13 @@ async fn front_faulty(
         inspector: Arc::clone(&inspector),
         faults,
     };
-    super::start(vec![front], THREADS, shutdown.clone()).unwrap();
+    super::start(
+        vec![front],
+        THREADS,
+        crate::accept::on_stderr("devmesh"),
+        shutdown.clone(),
+    )
+    .unwrap();
     (addr, inspector, shutdown)
 }
 
@@ -275,6 +281,45 @@ async fn http2_requests_are_captured() {
     let all = complete(&inspector, 1).await;
     assert_eq!(all[0].version, "HTTP/2.0");
     assert_eq!(all[0].request_body.text.as_deref(), Some("h2 body"));
+}
+
+/// A backend that speaks HTTP/1 only (axum without its `http2` feature):
+/// the HTTP/2 preface gets it nowhere.
+async fn http1_only_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `curl --http2-prior-knowledge` to an HTTP/1 service: each stream is
+/// translated into an HTTP/1.1 request, never a 502 that blames the service.
+#[tokio::test]
+async fn http2_clients_of_an_http1_service_are_translated() {
+    let backend = http1_only_backend().await;
+    assert_eq!(super::h2::speaks_http2(backend).await, Some(false));
+    assert_eq!(super::h2::speaks_http2(counted_backend().await.0).await, Some(true));
+    let (front, inspector, _shutdown) = front(backend, 1024).await;
+    let client = h2_client();
+    for body in ["first", "second"] {
+        let request = Request::post(format!("http://{front}/echo"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), body);
+    }
+    let all = complete(&inspector, 2).await;
+    assert!(all.iter().all(|e| e.version == "HTTP/2.0" && e.status == Some(200)));
 }
 
 #[tokio::test]
@@ -690,6 +735,106 @@ async fn a_bare_lf_in_chunked_framing_is_a_400() {
     .expect("an answer, not a hang");
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("bare LF"), "{response}");
+}
+
+/// A service that frames bodies by `Content-Length` alone, as a small
+/// Python server does: every request line it reads, in order.
+async fn length_framing_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => head.push_str(&line),
+                        }
+                    }
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|l| l.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap_or_default().to_owned());
+                    if stream.get_mut().write_all(OK.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Request smuggling (RFC 9112 §6.3): `Content-Length` beside a chunked
+/// body hides a second request from the front port, or leaves the service
+/// waiting for bytes that never come. Such a request is refused with a 400
+/// and captured so; the service sees only the requests the inspector shows.
+#[tokio::test]
+async fn a_request_framed_two_ways_is_refused_and_never_reaches_the_service() {
+    let (addr, seen) = length_framing_backend().await;
+    let (front, inspector, _shutdown) = front(addr, 1024).await;
+    let hidden = "GET /smuggled-admin HTTP/1.1\r\nhost: svc\r\n\r\n";
+    let smuggling = [
+        // The length covers only the chunk's size line: the rest is a request.
+        format!(
+            "POST /first HTTP/1.1\r\nhost: svc\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+            hidden.len()
+        ),
+        // The mirror case: the length asks for more than the chunked body has.
+        "POST /mirror HTTP/1.1\r\nhost: svc\r\ncontent-length: 119\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+            .to_owned(),
+        "POST /old HTTP/1.0\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_owned(),
+    ];
+    for request in &smuggling {
+        let response = tokio::time::timeout(Duration::from_secs(10), exchange_raw(front, request))
+            .await
+            .expect("an answer, not a hang");
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(response.contains("Transfer-Encoding"), "{response}");
+    }
+    let fine = exchange_raw(
+        front,
+        "POST /fine HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["POST /fine HTTP/1.1"],
+        "one request in, one out"
+    );
+    let captured = complete(&inspector, 4).await;
+    let mut shown: Vec<_> = captured.iter().map(|e| (e.path.as_str(), e.status)).collect();
+    shown.sort();
+    assert_eq!(
+        shown,
+        [
+            ("/fine", Some(200)),
+            ("/first", Some(400)),
+            ("/mirror", Some(400)),
+            ("/old", Some(400))
+        ]
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! stream by stream through hyper, to an HTTP/2 connection pool per front
 //! port.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
@@ -125,10 +127,22 @@ async fn forward(
     *request.uri_mut() = format!("http://{authority}{path}")
         .parse()
         .expect("an address and a path make a URI");
+    // An instance that speaks HTTP/1 only gets each stream as an HTTP/1.1
+    // request (as nginx and Envoy translate); its answer goes back as a
+    // stream of this connection.
+    let http2 = context.speaks_http2(addr).await;
+    let client = if http2 {
+        &context.http2
+    } else {
+        *request.version_mut() = hyper::Version::HTTP_11;
+        &context.http1
+    };
     let forwarded = Instant::now();
-    let mut response = match awaited(context.http2.request(request), &lease, context.timeouts.response).await {
+    let mut response = match awaited(client.request(request), &lease, context.timeouts.response).await {
         Some(Ok(response)) => response,
         Some(Err(e)) => {
+            // Asked again next time: a restart may have changed what it speaks.
+            context.forget_protocol(addr);
             let message = context.did_not_answer(addr, &e.to_string());
             return Ok(answer(capture, StatusCode::BAD_GATEWAY, message, grpc));
         }
@@ -160,6 +174,65 @@ async fn forward(
         }))
     }))
 }
+
+impl Context {
+    /// Whether the instance at `addr` speaks HTTP/2, asked once and
+    /// remembered; an instance that cannot be asked is taken to (the
+    /// request then fails as it would, and says why).
+    async fn speaks_http2(&self, addr: SocketAddr) -> bool {
+        let known = self
+            .speaks_http2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .copied();
+        if let Some(known) = known {
+            return known;
+        }
+        let Some(found) = speaks_http2(addr).await else {
+            return true;
+        };
+        self.speaks_http2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, found);
+        found
+    }
+
+    fn forget_protocol(&self, addr: SocketAddr) {
+        self.speaks_http2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+    }
+}
+
+/// Asks the instance at `addr` whether it speaks HTTP/2 with prior
+/// knowledge: it is sent the connection preface and an empty SETTINGS
+/// frame, and an HTTP/2 server answers with a SETTINGS frame of its own
+/// first. An HTTP/1 server answers with a status line (a 400, a 505) or
+/// closes. `None`: it could not be told (no connection, no word in time).
+pub async fn speaks_http2(addr: SocketAddr) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    const SETTINGS: u8 = 0x04;
+    let asked = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(PREFACE).await.ok()?;
+        let mut first = [0u8; 9];
+        let mut read = 0;
+        while read < 4 {
+            match stream.read(&mut first[read..]).await {
+                Ok(0) | Err(_) => return Some(false),
+                Ok(n) => read += n,
+            }
+        }
+        Some(first[3] == SETTINGS && !first.starts_with(b"HTTP"))
+    };
+    tokio::time::timeout(PROTOCOL_ASKED_WITHIN, asked).await.ok().flatten()
+}
+
+/// How long an instance has to answer [`speaks_http2`].
+const PROTOCOL_ASKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether `request` is a gRPC call (`application/grpc`, `+proto`, …).
 fn is_grpc<B>(request: &Request<B>) -> bool {

@@ -124,6 +124,9 @@ pub struct RequestHead {
     pub replay: Option<(Range<usize>, Range<usize>)>,
     /// The `Host` line: a remote instance is asked with its own.
     pub host: Option<Range<usize>>,
+    /// Why its body's framing cannot be trusted: such a request is answered
+    /// 400 by the front port (and captured so), never forwarded.
+    pub ambiguous: Option<&'static str>,
 }
 
 /// What the proxy needs of a response head.
@@ -192,10 +195,8 @@ impl RequestHead {
             is_head: method == "HEAD",
             idempotent: known.idempotent,
             minor,
-            // Both `Transfer-Encoding` and `Content-Length` is how requests
-            // are smuggled: such a connection carries no second request.
-            keep_alive: connection.keep_alive
-                && !(body == Framing::Chunked && value(request.headers, "content-length").is_some()),
+            keep_alive: connection.keep_alive,
+            ambiguous: ambiguous(request.headers, minor),
             body,
             upgrade,
             traceparent,
@@ -296,6 +297,26 @@ fn message_length(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>, H
         length = Some(parsed);
     }
     Ok(length.map(Framing::Length))
+}
+
+/// Why a request's framing is ambiguous, if it is (RFC 9112 §6.1, §6.3).
+/// With both `Transfer-Encoding` and `Content-Length`, a service that
+/// frames by the length reads the chunked body's bytes as a second,
+/// hidden request (or waits for bytes that never come): a proxy must
+/// not pass such a request on as it came. HTTP/1.0 has no transfer
+/// codings, so a 1.0 request with one is framed differently by each
+/// reader. Such requests are refused, as nginx, HAProxy and Envoy do.
+fn ambiguous(headers: &[httparse::Header<'_>], minor: u8) -> Option<&'static str> {
+    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if !has("transfer-encoding") {
+        None
+    } else if has("content-length") {
+        Some("the request has both `Transfer-Encoding` and `Content-Length`, which frame its body differently")
+    } else if minor == 0 {
+        Some("an HTTP/1.0 request has `Transfer-Encoding`, which HTTP/1.0 does not have")
+    } else {
+        None
+    }
 }
 
 /// The comma-separated tokens of every header named `name`.
@@ -523,8 +544,17 @@ mod tests {
             parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
-        let smuggled = request("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!((smuggled.body, smuggled.keep_alive), (Framing::Chunked, false));
+        for smuggled in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 119\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(request(smuggled).ambiguous.is_some(), "{smuggled}");
+        }
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").ambiguous,
+            None
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use devmesh::config::Protocol;
 use devmesh::registry::Status;
 
+use crate::accept::Backoff;
 use crate::inspector::{self, Inspector, Kind};
 
 /// How long an HTTP connection may wait for its next request. Longer than
@@ -55,10 +56,6 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// backlog. Each holds two buffers of 16 KiB while it lasts, so a flood of
 /// connections cannot take the supervisor's memory.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// An accept that fails (EMFILE: out of descriptors) is tried again after
-/// this, doubling up to [`MAX_ACCEPT_PAUSE`], instead of spinning.
-const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
-const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// A request that has waited this long for its response makes the
 /// supervisor check whether the service still answers.
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -123,6 +120,10 @@ struct Context {
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
+    /// HTTP/2 streams to an instance that speaks HTTP/1 only, translated.
+    http1: Client<HttpConnector, h2::Captured>,
+    /// Which instances speak HTTP/2, by address, as [`h2::speaks_http2`] found.
+    speaks_http2: std::sync::Mutex<std::collections::HashMap<SocketAddr, bool>>,
 }
 
 /// Where a request goes: the instance the route named when it was read,
@@ -177,6 +178,7 @@ fn connector() -> HttpConnector {
 pub fn start(
     fronts: Vec<Front>,
     count: usize,
+    say: crate::accept::Say,
     shutdown: CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let count = count.clamp(1, MAX_THREADS);
@@ -203,12 +205,9 @@ pub fn start(
     for (index, front) in fronts.into_iter().enumerate() {
         front.listener.set_nonblocking(true)?;
         let (workers, shutdown) = (Arc::clone(&workers), shutdown.clone());
-        first.spawn(async move {
-            match TcpListener::from_std(front.listener) {
-                Ok(listener) => accept(listener, index, workers, shutdown).await,
-                Err(e) => eprintln!("devmesh: front port of `{}`: {e}", front.service),
-            }
-        });
+        let backoff = Backoff::new(format!("the front port of `{}`", front.service), Arc::clone(&say));
+        let listener = TcpListener::from_std(front.listener)?;
+        first.spawn(accept(listener, index, workers, backoff, shutdown));
     }
     Ok(threads)
 }
@@ -267,19 +266,24 @@ impl Context {
             http2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build(connector()),
+            http1: Client::builder(TokioExecutor::new()).build(connector()),
+            speaks_http2: std::sync::Mutex::default(),
         })
     }
 }
 
 /// Accepts on front port `front` and deals the connections out to the workers in turn.
-async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shutdown: CancellationToken) {
+async fn accept(
+    listener: TcpListener,
+    front: usize,
+    workers: Arc<[Worker]>,
+    mut backoff: Backoff,
+    shutdown: CancellationToken,
+) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let limit = Arc::clone(&workers[0].contexts[front].connections);
-    let service = Arc::clone(&workers[0].contexts[front].service);
-    let mut pause = FIRST_ACCEPT_PAUSE;
-    let mut reported = false;
     for turn in (0..workers.len()).cycle() {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -290,26 +294,7 @@ async fn accept(listener: TcpListener, front: usize, workers: Arc<[Worker]>, shu
         };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    pause = FIRST_ACCEPT_PAUSE;
-                    accepted
-                }
-                // EMFILE and the like: said once, then tried again after a
-                // pause that grows, rather than at once for ever.
-                Err(e) => {
-                    if !reported {
-                        eprintln!(
-                            "devmesh: front port of `{service}` could not accept a connection: {e} \
-                             (hint: `ulimit -n` may be too low); trying again"
-                        );
-                        reported = true;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
-                    continue;
-                }
-            },
+            accepted = crate::accept::next(&listener, &mut backoff) => accepted,
         };
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(ClientConnection {
@@ -476,13 +461,14 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let mut backoff = Backoff::new(format!("the bridge at {addr}"), crate::accept::on_stderr("devmesh"));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                accepted = listener.accept() => if let Ok((socket, _)) = accepted {
+                (socket, _) = crate::accept::next(&listener, &mut backoff) => {
                     tokio::spawn(serve(socket));
-                },
+                }
             }
         }
     });

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
@@ -27,6 +29,79 @@ pub(crate) struct Snapshot {
     pub entries: HashMap<String, Entry>,
     /// Whether the file existed at the last reload.
     pub exists: bool,
+    /// The supervisor that wrote it: its entries are gone with it.
+    pub writer: Writer,
+}
+
+/// The process that wrote a registry file. A supervisor killed without
+/// its cleanup (SIGKILL, a crash) leaves its entries `ready`; a reader
+/// that trusted them would dial ports nobody serves.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    pid: Option<u32>,
+    /// When it was last seen alive, in milliseconds after [`epoch`] (0:
+    /// never); it is looked for at most once a second, so a lookup stays
+    /// a clock read, not a syscall.
+    seen_at: AtomicU64,
+    gone: AtomicBool,
+}
+
+impl Writer {
+    fn new(pid: Option<u32>) -> Writer {
+        Writer {
+            pid,
+            ..Writer::default()
+        }
+    }
+
+    /// Whether the writer has exited (a file with no writer named never is).
+    pub fn gone(&self) -> bool {
+        let Some(pid) = self.pid else { return false };
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let seen_at = self.seen_at.load(Ordering::Relaxed);
+        if seen_at != 0 && now.saturating_sub(seen_at) < 1000 {
+            return false;
+        }
+        if process_exists(pid) {
+            self.seen_at.store(now, Ordering::Relaxed);
+            return false;
+        }
+        self.gone.store(true, Ordering::Relaxed);
+        true
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Whether process `pid` exists (another user's counts: it answers EPERM).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+impl Snapshot {
+    /// The endpoint of `name`, unless its supervisor is gone.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.get(name).filter(|_| !self.writer.gone())
+    }
+
+    /// The entry of `name`, unless its supervisor is gone.
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name).filter(|_| !self.writer.gone())
+    }
 }
 
 /// A registry file kept in memory and reloaded when it changes.
@@ -117,7 +192,7 @@ fn watch_folder(path: &Path, shared: Arc<Shared>) -> notify::Result<Arc<Mutex<no
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&folder)?;
+    super::create_private_dir(&folder)?;
     let file_name = path.file_name().map(|n| n.to_os_string());
     let (rewatch, rewatch_asked) = std::sync::mpsc::channel::<()>();
     let watched = folder.clone();
@@ -216,7 +291,9 @@ impl Shared {
             },
             None => RegistryFile::default(),
         };
-        let snapshot = self.snapshot_of(file, bytes.is_some(), &mut state);
+        let writer = Writer::new(file.supervisor_pid);
+        let mut snapshot = self.snapshot_of(file, bytes.is_some(), &mut state);
+        snapshot.writer = writer;
         state.bytes = bytes;
         state.warning = None;
         self.snapshot.store(Arc::new(snapshot));
@@ -245,6 +322,7 @@ impl Shared {
             endpoints,
             entries,
             exists,
+            writer: Writer::default(),
         }
     }
 
@@ -316,6 +394,26 @@ mod tests {
                 .get("orders")
                 .is_some_and(|e| e.url() == "http://127.0.0.1:5001")
         });
+    }
+
+    #[test]
+    fn the_entries_of_a_supervisor_that_is_gone_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("registry.json"));
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        exited.wait().unwrap();
+        for (writer, found) in [(std::process::id(), true), (exited.id(), false)] {
+            registry
+                .update(|f| {
+                    f.supervisor_pid = Some(writer);
+                    f.services.insert("orders".into(), entry("http://127.0.0.1:5000"));
+                })
+                .unwrap();
+            let live = LiveRegistry::open(registry.path().to_path_buf());
+            let snapshot = live.snapshot();
+            assert_eq!(snapshot.endpoint("orders").is_some(), found, "written by {writer}");
+            assert_eq!(snapshot.entry("orders").is_some(), found, "written by {writer}");
+        }
     }
 
     #[test]

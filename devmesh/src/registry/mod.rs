@@ -228,7 +228,7 @@ impl Registry {
     fn create_dir(&self) -> Result<(), Error> {
         match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => {
-                fs::create_dir_all(dir).map_err(|source| self.io_error("create its folder", source))
+                create_private_dir(dir).map_err(|source| self.io_error("create its folder", source))
             }
             _ => Ok(()),
         }
@@ -250,6 +250,15 @@ impl Registry {
     }
 }
 
+/// Makes `dir` and the folders above it that are missing, each readable by
+/// its owner only: the state folder holds the control token and captured
+/// logs, and whoever makes it again after it was deleted (a service's
+/// watch, the supervisor) must not leave it open to other users.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Writes `bytes` to `path` as every devmesh state file is written (the
 /// registry, `ports.json`, `control.json`): to a temporary file beside it,
 /// then renamed over it, so a reader sees the old file or the new one,
@@ -257,7 +266,7 @@ impl Registry {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
     }
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp = path.with_file_name(format!(

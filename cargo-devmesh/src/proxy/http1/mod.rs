@@ -150,6 +150,16 @@ async fn exchange(
         )
     };
     link.inbound.consume(request.len);
+    if let Some(why) = request.ambiguous {
+        let message = format!(
+            "devmesh: {why}; refused so that the service never reads a second request out of its body \
+             (front port of `{}`)\n",
+            context.service
+        );
+        answer(client, StatusCode::BAD_REQUEST, &message, begin(&link.scratch)).await;
+        linger(client).await;
+        return Next::Close;
+    }
 
     let (latency, act) = context.faults.next();
     if let Some(latency) = latency {

@@ -39,6 +39,7 @@ use self::callers::{Head, LOGIN_PATH, NoHead, Sessions};
 pub use self::config::{ConfigError, DomainConfig, Limits, RelayConfig, TlsConfig};
 use super::link::{Link, Side, Socket, Stream};
 use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
+use crate::accept::Backoff;
 
 /// How long a caller may take to send its request head.
 const HEAD: Duration = Duration::from_secs(10);
@@ -194,13 +195,11 @@ impl Bound {
             );
             tokio::spawn(Arc::clone(&relay).accept(hosts, || Door::Domain));
         }
+        let mut backoff = Backoff::new("the relay's control port", crate::accept::on_stderr("devmesh relay"));
         loop {
             let (socket, from) = tokio::select! {
                 () = relay.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                },
+                accepted = crate::accept::next(&listener, &mut backoff) => accepted,
             };
             let Ok(permit) = Arc::clone(&relay.pending).try_acquire_owned() else {
                 relay.hit("handshakes", true, || {
@@ -362,13 +361,14 @@ impl Relay {
 
     /// Takes callers at `listener` until shutdown, each through `door`.
     async fn accept(self: Arc<Self>, listener: TcpListener, door: impl Fn() -> Door) {
+        let what = listener
+            .local_addr()
+            .map_or_else(|_| "a public port".to_owned(), |addr| format!("the public port {addr}"));
+        let mut backoff = Backoff::new(what, crate::accept::on_stderr("devmesh relay"));
         loop {
             let socket = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => socket,
-                    Err(_) => continue,
-                },
+                (socket, _) = crate::accept::next(&listener, &mut backoff) => socket,
             };
             let (relay, door) = (Arc::clone(&self), door());
             tokio::spawn(async move { relay.caller(socket, door).await });
