@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::harness::{Mesh, fixture, read_json};
 
-fn dig(port: u16, args: &[&str]) -> String {
+pub fn dig(port: u16, args: &[&str]) -> String {
     let output = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+time=5", "+tries=1"])
         .args(args)

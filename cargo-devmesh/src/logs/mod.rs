@@ -12,9 +12,11 @@
 //! This module owns the log files; it never touches processes.
 
 mod follow;
+mod output;
 
 pub use crate::time::timestamp;
 pub use follow::{LogsOptions, show};
+pub use output::follow as follow_output;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -65,11 +67,11 @@ struct LogFile {
 }
 
 impl Files {
-    /// Appends a line to `service`'s file, rotating it past the size
-    /// limit; what to tell the terminal when the file fails the first time.
-    fn write(&mut self, dir: &Path, service: &str, time: &str, text: &str, limits: &LogsConfig) -> Option<String> {
+    /// Appends lines to `service`'s file in one write, rotating it past the
+    /// size limit; what to tell the terminal when the file fails the first time.
+    fn write(&mut self, dir: &Path, service: &str, time: &str, texts: &[&str], limits: &LogsConfig) -> Option<String> {
         let path = dir.join(format!("{service}.log"));
-        let written = self.append(&path, service, time, text, limits);
+        let written = self.append(&path, service, time, texts, limits);
         match written {
             Ok(()) => {
                 self.failed.remove(service);
@@ -92,7 +94,7 @@ impl Files {
         path: &Path,
         service: &str,
         time: &str,
-        text: &str,
+        texts: &[&str],
         limits: &LogsConfig,
     ) -> std::io::Result<()> {
         if !self.open.contains_key(service) {
@@ -101,9 +103,15 @@ impl Files {
             self.open.insert(service.to_owned(), LogFile { file, size });
         }
         let log = self.open.get_mut(service).expect("opened above");
-        let line = format!("{time} {text}\n");
-        log.file.write_all(line.as_bytes())?;
-        log.size += line.len() as u64;
+        let mut batch = String::with_capacity(texts.iter().map(|t| time.len() + t.len() + 2).sum());
+        for text in texts {
+            batch.push_str(time);
+            batch.push(' ');
+            batch.push_str(text);
+            batch.push('\n');
+        }
+        log.file.write_all(batch.as_bytes())?;
+        log.size += batch.len() as u64;
         if log.size >= limits.max_size {
             self.open.remove(service);
             rotate(path, limits.keep)?;
@@ -239,21 +247,34 @@ impl Logs {
 
     /// One line of a service's output (or the supervisor's, as [`SUPERVISOR`]).
     pub fn line(&self, service: &str, text: &str) {
+        self.lines(service, &[text]);
+    }
+
+    /// Lines of one service's output, as one batch: one write to the
+    /// terminal and one to the file, however many lines.
+    pub fn lines(&self, service: &str, texts: &[&str]) {
+        if texts.is_empty() {
+            return;
+        }
         let inner = &self.inner;
         if inner.echo == Echo::Terminal {
+            let (w, colour) = (inner.width, inner.colours.get(service).copied().unwrap_or(90));
+            use std::fmt::Write as _;
+            let mut out = String::with_capacity(texts.iter().map(|t| t.len() + w + 16).sum());
+            for text in texts {
+                let _ = if inner.colour {
+                    writeln!(out, "\x1b[{colour}m{service:>w$} |\x1b[0m {text}")
+                } else {
+                    writeln!(out, "{service:>w$} | {text}")
+                };
+            }
             let _one_at_a_time = inner.terminal.lock().unwrap_or_else(|e| e.into_inner());
-            let mut out = std::io::stdout().lock();
-            let _ = if inner.colour {
-                let colour = inner.colours.get(service).copied().unwrap_or(90);
-                writeln!(out, "\x1b[{colour}m{service:>w$} |\x1b[0m {text}", w = inner.width)
-            } else {
-                writeln!(out, "{service:>w$} | {text}", w = inner.width)
-            };
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
         }
         let time = timestamp(std::time::SystemTime::now());
         let trouble = {
             let mut files = inner.files.lock().unwrap_or_else(|e| e.into_inner());
-            files.write(&inner.dir, service, &time, text, &inner.limits)
+            files.write(&inner.dir, service, &time, texts, &inner.limits)
         };
         if let Some(trouble) = trouble
             && inner.echo == Echo::Terminal
@@ -266,18 +287,20 @@ impl Logs {
             );
         }
         let mut recent = inner.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let line = LogLine {
-            seq: recent.back().map_or(1, |l| l.seq + 1),
-            service: service.to_owned(),
-            time,
-            text: text.to_owned(),
-            trace_id: crate::inspector::trace::find_trace_id(text).map(str::to_lowercase),
-        };
-        if recent.len() == RECENT_LINES {
-            recent.pop_front();
+        for text in texts {
+            let line = LogLine {
+                seq: recent.back().map_or(1, |l| l.seq + 1),
+                service: service.to_owned(),
+                time: time.clone(),
+                text: (*text).to_owned(),
+                trace_id: crate::inspector::trace::find_trace_id(text).map(str::to_lowercase),
+            };
+            if recent.len() == RECENT_LINES {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
+            let _ = inner.events.send(line);
         }
-        recent.push_back(line.clone());
-        let _ = inner.events.send(line);
     }
 
     /// Recent lines of `services` (all when empty), after `after`, that
@@ -325,7 +348,7 @@ mod tests {
         // 52 bytes a line: a rotation every 20 lines; 90 leave 10 in the file.
         for i in 0..90 {
             let text = format!("line {i:03} {}", "x".repeat(40));
-            assert_eq!(files.write(dir.path(), "svc", "T", &text, &limits(1000, 2)), None);
+            assert_eq!(files.write(dir.path(), "svc", "T", &[&text], &limits(1000, 2)), None);
         }
         let size = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.len());
         for name in ["svc.log", "svc.log.1", "svc.log.2"] {
@@ -347,11 +370,14 @@ mod tests {
         let mut files = Files::default();
         // A folder where the file should be: no one, root included, can open it.
         std::fs::create_dir(dir.path().join("svc.log")).unwrap();
-        let first = files.write(dir.path(), "svc", "T", "one", &limits(1 << 20, 1));
+        let first = files.write(dir.path(), "svc", "T", &["one"], &limits(1 << 20, 1));
         assert!(first.is_some_and(|m| m.contains("svc.log") && m.contains("show here only")));
-        assert_eq!(files.write(dir.path(), "svc", "T", "two", &limits(1 << 20, 1)), None);
+        assert_eq!(files.write(dir.path(), "svc", "T", &["two"], &limits(1 << 20, 1)), None);
         std::fs::remove_dir(dir.path().join("svc.log")).unwrap();
-        assert_eq!(files.write(dir.path(), "svc", "T", "three", &limits(1 << 20, 1)), None);
+        assert_eq!(
+            files.write(dir.path(), "svc", "T", &["three"], &limits(1 << 20, 1)),
+            None
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("svc.log")).unwrap(),
             "T three\n"

@@ -8,6 +8,7 @@
 //! | [`is_stopped`] | `/proc/<pid>/stat` | `proc_pidinfo(PROC_PIDTBSDINFO)`'s `pbi_status == SSTOP`; until then `false` |
 //! | [`leave_out_of_forks`] | `madvise(MADV_DONTFORK)` | `minherit(VM_INHERIT_NONE)` on macOS and the BSDs; nothing is lost without it but a restart's speed under load |
 //! | [`lock`], [`signal_group`], [`process_exists`] | `flock`, `kill` | the same calls: POSIX (flock is BSD's own) |
+//! | [`lower_this_threads_priority`] | `setpriority` on the thread's id | `pthread_set_qos_class_self_np` on macOS; until then nothing |
 //! | [`listen`], [`reset_on_close`] | `listen` again, with a deeper backlog; `SO_LINGER` 0 | the same calls: POSIX |
 //!
 //! Outside this module: the watchdog is a POSIX shell script; the
@@ -92,6 +93,20 @@ pub fn lock(file: &std::fs::File, wait: bool) -> io::Result<bool> {
     match error.kind() {
         io::ErrorKind::WouldBlock => Ok(false),
         _ => Err(error),
+    }
+}
+
+/// Lowers the priority of the calling thread (nice 10), so that a thread
+/// that may be kept busy (reading a service that prints without end)
+/// yields to the supervisor's other threads whenever they have work. On
+/// Linux a thread is a task of its own, which `setpriority` takes by id;
+/// elsewhere (macOS) the whole process would change, so it does nothing.
+pub fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10);
     }
 }
 

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
 use super::watchdog::Watchdog;
@@ -104,22 +103,22 @@ impl Spawner {
         service: &str,
         logs: &Logs,
     ) -> io::Result<Process> {
+        // One pipe for both, as a terminal is: lines keep the order the
+        // service wrote them in, and one thread reads them (see
+        // `logs::follow_output`). The parent's ends of the write side close
+        // with `command`, when the spawn is done.
+        let (output, output_writer) = io::pipe()?;
         command
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(output_writer.try_clone()?)
+            .stderr(output_writer)
             .process_group(0);
         let mut child = spawn_with_socket(command, socket.map(AsRawFd::as_raw_fd))?;
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("the process exited at once"))?;
         self.watchdog.guard(pid);
-        for output in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)]
-            .into_iter()
-            .flatten()
-        {
-            tokio::spawn(forward_lines(output, service.to_owned(), logs.clone()));
-        }
+        crate::logs::follow_output(output, service, logs)?;
         let (exited_tx, exited) = watch::channel(None);
         let watchdog = Arc::clone(&self.watchdog);
         tokio::spawn(async move {
@@ -174,23 +173,6 @@ fn spawn_with_socket(mut command: std::process::Command, socket: Option<RawFd>) 
         libc::dup3(reserve, LISTEN_FD, libc::O_CLOEXEC);
     }
     spawned
-}
-
-fn boxed(output: impl AsyncRead + Send + Unpin + 'static) -> Box<dyn AsyncRead + Send + Unpin> {
-    Box::new(output)
-}
-
-async fn forward_lines(output: Box<dyn AsyncRead + Send + Unpin>, service: String, logs: Logs) {
-    let mut reader = BufReader::new(output);
-    let mut line = Vec::new();
-    while let Ok(n) = reader.read_until(b'\n', &mut line).await {
-        if n == 0 {
-            break;
-        }
-        let text = String::from_utf8_lossy(&line);
-        logs.line(&service, text.trim_end_matches(['\n', '\r']));
-        line.clear();
-    }
 }
 
 /// How a process ended, as its waiter saw it.

@@ -50,6 +50,7 @@
 //! [logs]
 //! max_size = "10MiB"        # a service's log file is rotated at this size
 //! keep = 3                  # rotated files kept (<svc>.log.1, .2, .3)
+//! rate = 10000              # lines a second kept of a service's output; more are dropped and counted
 //!
 //! [inspector]
 //! max_body = 262144         # bytes kept per body
@@ -132,7 +133,9 @@ pub struct TunnelConfig {
 
 /// `[logs]`: each service's log file is rotated at `max_size`, and `keep`
 /// rotated files are kept (`<svc>.log.1` the newest): a service printing
-/// 30 MB/s never fills the disk.
+/// 30 MB/s never fills the disk. Past `rate` lines a second (with a burst
+/// of as many), a service's lines are dropped and counted in a note: a
+/// service at `yes` speed neither falls behind nor slows anything.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
@@ -140,6 +143,8 @@ pub struct LogsConfig {
     #[serde(with = "size")]
     pub max_size: u64,
     pub keep: usize,
+    /// Lines a second kept of each service's output.
+    pub rate: u32,
 }
 
 impl Default for LogsConfig {
@@ -147,6 +152,7 @@ impl Default for LogsConfig {
         LogsConfig {
             max_size: 10 << 20,
             keep: 3,
+            rate: 10_000,
         }
     }
 }
