@@ -55,6 +55,7 @@ pub enum Command {
         services: Vec<String>,
     },
     /// Run the tunnel relay a team keeps in its sandbox
+    #[command(after_long_help = cargo_devmesh::tunnel::relay::KEYS_HELP)]
     Relay {
         /// The relay's config file (see `devmesh-relay`).
         #[arg(long, value_name = "FILE")]

@@ -270,8 +270,8 @@ async fn act(cargo: &CargoOptions, services: &[String], action: &str, query: &st
 
 fn print_ps(services: &[ServiceView]) {
     println!(
-        "{:<20} {:<12} {:<22} {:>8} {:>8}  {:<6} {:<8} NOTE",
-        "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS", "MODE", "TRAFFIC"
+        "{:<20} {:<12} {:<22} {:>8} {:>8} {:>7}  {:<6} {:<8} NOTE",
+        "SERVICE", "STATUS", "FRONT", "PID", "RESTARTS", "CRASHES", "MODE", "TRAFFIC"
     );
     for view in services {
         let s = &view.state;
@@ -282,16 +282,18 @@ fn print_ps(services: &[ServiceView]) {
             open => format!("draining ({open} open) "),
         };
         let traffic = match (view.traffic, &view.remote) {
+            (Traffic::Remote, Some(url)) if view.via_relay => format!("remote via relay → {url} "),
             (Traffic::Remote, Some(url)) => format!("remote → {url} "),
             (traffic, _) => format!("{:<8} ", traffic_words(traffic)),
         };
         println!(
-            "{:<20} {:<12} {:<22} {:>8} {:>8}  {:<6} {traffic}{draining}{}",
+            "{:<20} {:<12} {:<22} {:>8} {:>8} {:>7}  {:<6} {traffic}{draining}{}",
             s.name,
             s.status.to_string(),
             s.front.to_string(),
             pid,
             s.restarts,
+            s.crashes,
             view.mode.to_string(),
             s.note.as_deref().unwrap_or("")
         );

@@ -100,7 +100,11 @@ fn line(e: &Value) -> String {
     let time = cargo_devmesh::time::timestamp(
         std::time::UNIX_EPOCH + Duration::from_millis(e["started_ms"].as_u64().unwrap_or(0)),
     );
-    let status = e["status"].as_u64().map_or_else(|| "-".to_owned(), |s| s.to_string());
+    // A gRPC call's outcome is its `grpc-status`: HTTP says 200 either way.
+    let status = match e["grpc_status"].as_u64().and_then(|c| u8::try_from(c).ok()) {
+        Some(code) => cargo_devmesh::inspector::grpc_outcome(code, grpc_message(e).as_deref()),
+        None => e["status"].as_u64().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+    };
     let total = e["total_ms"]
         .as_f64()
         .map_or_else(String::new, |t| format!("{t:.1} ms"));
@@ -125,7 +129,45 @@ fn line(e: &Value) -> String {
     if let Some(error) = e["error"].as_str() {
         line.push_str(&format!("  error: {error}"));
     }
+    if let Some(note) = e["note"].as_str() {
+        line.push_str(&format!("  ({note})"));
+    }
     line
+}
+
+/// The `grpc-message` of a call, percent-decoded, when its headers are at
+/// hand (a whole exchange: `replay`, `--jsonl`; a list has none).
+fn grpc_message(e: &Value) -> Option<String> {
+    let pairs = |key: &str| e[key].as_array().cloned().unwrap_or_default();
+    let message = pairs("response_trailers")
+        .into_iter()
+        .chain(pairs("response_headers"))
+        .find(|pair| pair[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case("grpc-message")))?;
+    Some(percent_decode(message[1].as_str()?))
+}
+
+/// `%XX` escapes back to bytes (gRPC's `grpc-message` encoding).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| text.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                at += 3;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What to change in a replayed request.

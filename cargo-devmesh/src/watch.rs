@@ -78,23 +78,33 @@ impl Watched {
     /// files changed.
     pub fn affected(&self, changed: &[PathBuf]) -> Affected {
         let changed: Vec<&PathBuf> = changed.iter().filter(|path| !self.ignore(path)).collect();
+        // The innermost package folder holding a file owns it.
+        let owner = |path: &Path| {
+            self.packages
+                .iter()
+                .filter(|p| path.starts_with(&p.dir))
+                .max_by_key(|p| p.dir.components().count())
+        };
+        // A command that watches the whole workspace (its cwd, by default)
+        // is not restarted for files that belong to a Rust package below the
+        // root or to another command's folder.
+        let elsewhere = |path: &Path| {
+            owner(path).is_some_and(|p| p.dir != self.root)
+                || self
+                    .commands
+                    .values()
+                    .flatten()
+                    .any(|w| *w != self.root && path.starts_with(w))
+        };
+        let restarts =
+            |path: &Path, watched: &PathBuf| path.starts_with(watched) && (*watched != self.root || !elsewhere(path));
         let restart = self
             .commands
             .iter()
-            .filter(|(_, watched)| changed.iter().any(|path| watched.iter().any(|w| path.starts_with(w))))
+            .filter(|(_, watched)| changed.iter().any(|path| watched.iter().any(|w| restarts(path, w))))
             .map(|(name, _)| name.clone())
             .collect();
-        let packages: BTreeSet<_> = changed
-            .iter()
-            .filter_map(|path| {
-                // The innermost package folder holding the file owns it.
-                self.packages
-                    .iter()
-                    .filter(|p| path.starts_with(&p.dir))
-                    .max_by_key(|p| p.dir.components().count())
-            })
-            .map(|p| &p.id)
-            .collect();
+        let packages: BTreeSet<_> = changed.iter().filter_map(|path| owner(path)).map(|p| &p.id).collect();
         let rebuild = self
             .services
             .iter()
@@ -108,11 +118,13 @@ impl Watched {
     }
 
     fn ignore(&self, path: &Path) -> bool {
-        let hidden_or_backup = path
+        // Hidden, backup and bytecode files (Python writes `__pycache__`
+        // as it runs: a restart for those would restart again).
+        let generated = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.') || n.ends_with('~'));
-        hidden_or_backup || self.ignored.iter().any(|dir| path.starts_with(dir))
+            .is_some_and(|n| n.starts_with('.') || n.ends_with('~') || n.ends_with(".pyc"));
+        generated || self.ignored.iter().any(|dir| path.starts_with(dir))
     }
 }
 
@@ -191,5 +203,62 @@ pub async fn run(
         for ticket in tickets.into_iter().flatten() {
             let _ = ticket.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(name: &str, dir: &str) -> PackageInfo {
+        PackageInfo {
+            id: cargo_metadata::PackageId { repr: name.to_owned() },
+            dir: PathBuf::from(dir),
+            depends_on: BTreeSet::new(),
+        }
+    }
+
+    /// A command with a `cwd` is restarted by its folder; one without is
+    /// restarted by the workspace's files that neither a Rust package below
+    /// the root nor another command holds (a script beside `Cargo.toml`),
+    /// and a Rust service by its package's.
+    #[test]
+    fn a_command_is_restarted_by_its_folder_or_the_root_outside_packages() {
+        let watched = Watched {
+            root: PathBuf::from("/ws"),
+            ignored: vec![PathBuf::from("/ws/target")],
+            packages: vec![package("root", "/ws"), package("api", "/ws/api")],
+            services: BTreeMap::from([(
+                "api".to_owned(),
+                (
+                    BinTarget {
+                        package: "api".into(),
+                        bin: "api".into(),
+                    },
+                    cargo_metadata::PackageId { repr: "api".into() },
+                ),
+            )]),
+            commands: BTreeMap::from([
+                ("site".to_owned(), vec![PathBuf::from("/ws/site")]),
+                ("script".to_owned(), vec![PathBuf::from("/ws")]),
+            ]),
+        };
+        let affected = |path: &str| {
+            let Affected { rebuild, restart } = watched.affected(&[PathBuf::from(path)]);
+            (
+                rebuild.into_iter().collect::<Vec<_>>(),
+                restart.into_iter().collect::<Vec<_>>(),
+            )
+        };
+        let none: Vec<String> = Vec::new();
+        assert_eq!(affected("/ws/site/index.html"), (none.clone(), vec!["site".into()]));
+        assert_eq!(affected("/ws/tools/app.py"), (none.clone(), vec!["script".into()]));
+        assert_eq!(affected("/ws/api/src/main.rs"), (vec!["api".into()], none.clone()));
+        assert_eq!(affected("/ws/target/debug/api"), (none.clone(), none.clone()));
+        assert_eq!(affected("/ws/.app.py.swp"), (none.clone(), none.clone()));
+        assert_eq!(
+            affected("/ws/tools/__pycache__/app.cpython-311.pyc"),
+            (none.clone(), none)
+        );
     }
 }

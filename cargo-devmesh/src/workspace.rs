@@ -299,7 +299,9 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
     spec.watch = match (&entry.watch, &entry.cwd) {
         (Some(paths), _) => paths.iter().map(|p| root.join(p)).collect(),
         (None, Some(cwd)) => vec![root.join(cwd)],
-        (None, None) => Vec::new(),
+        // Its cwd is the root: what no workspace package below it holds
+        // (see `watch::Watched::affected`).
+        (None, None) => vec![root.to_path_buf()],
     };
     spec.port = entry.port;
     spec.depends_on = entry.depends_on.clone();

@@ -102,7 +102,7 @@ impl Mesh {
     pub fn addr(&self, name: &str) -> SocketAddr {
         match self.inner.front(name) {
             Some(addr) => addr,
-            None => panic!("{}", self.unknown(name)),
+            None => panic!("devmesh: {}", self.unknown(name)),
         }
     }
 
@@ -121,7 +121,7 @@ impl Mesh {
     #[track_caller]
     pub fn logs(&self, name: &str) -> String {
         if name != "devmesh" && !self.run.iter().any(|n| n == name) {
-            panic!("{}", self.unknown(name));
+            panic!("devmesh: {}", self.unknown(name));
         }
         self.log_text(name)
     }
@@ -224,7 +224,7 @@ impl Mesh {
     #[track_caller]
     fn set_faults(&self, name: &str, change: impl FnOnce(&mut Faults)) {
         if self.inner.front(name).is_none() {
-            panic!("{}", self.unknown(name));
+            panic!("devmesh: {}", self.unknown(name));
         }
         let mut all = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let faults = all.entry(name.to_owned()).or_default();
@@ -306,8 +306,12 @@ impl Reporter {
             .iter()
             .map(Call::from)
             .collect();
-        report.push_str("--- devmesh: the traffic ---\n");
-        report.push_str(&crate::traffic::table(&calls));
+        if crate::traffic::table_shown() {
+            report.push_str("--- devmesh: the traffic: in the assertion's message above ---\n");
+        } else {
+            report.push_str("--- devmesh: the traffic ---\n");
+            report.push_str(&crate::traffic::table(&calls));
+        }
         report
     }
 }
@@ -524,7 +528,8 @@ async fn prepare_once(cargo: &CargoOptions) -> Result<(Workspace, Arc<Built>), E
             })?
     };
     let targets: Vec<_> = workspace.services.values().filter_map(|s| s.bin_target()).collect();
-    let builder = Builder::new(workspace.manifest_path.clone(), key.1.clone(), targets.clone());
+    // Quiet: the output of a test is the test's; cargo's shows only when a build fails.
+    let builder = Builder::new(workspace.manifest_path.clone(), key.1.clone(), targets.clone()).quiet();
     let built = builder
         .build()
         .await

@@ -38,6 +38,9 @@ pub struct Call {
     pub response_body: Option<String>,
     /// What went wrong on the way, in words.
     pub error: Option<String>,
+    /// What was unusual but no failure: the client closed once it had the
+    /// answer's head, before reading all of its body.
+    pub note: Option<String>,
     /// From the request's arrival to its answer's end.
     pub total_ms: Option<f64>,
 }
@@ -55,6 +58,7 @@ impl From<&Exchange> for Call {
             request_body: e.request_body.text.clone().filter(|t| !t.is_empty()),
             response_body: e.response_body.text.clone().filter(|t| !t.is_empty()),
             error: e.error.clone(),
+            note: e.note.clone(),
             total_ms: e.total_ms,
         }
     }
@@ -233,6 +237,7 @@ impl Traffic {
     }
 
     fn failure(&self, expected: &str) -> String {
+        TABLE_SHOWN.set(true);
         let wanted = if self.wanted.is_empty() {
             "in the traffic".to_owned()
         } else {
@@ -244,6 +249,19 @@ impl Traffic {
             table(&self.all)
         )
     }
+}
+
+thread_local! {
+    /// Set when a failed assertion's message holds the table of every
+    /// call, so that the failed test's report does not print it again. A
+    /// test's body and its report run on the thread of its `block_on`.
+    static TABLE_SHOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a failed assertion on this thread showed the table of calls
+/// (and forgets it, for the next test on the thread).
+pub(crate) fn table_shown() -> bool {
+    TABLE_SHOWN.replace(false)
 }
 
 /// `calls` as a table, a row each, with the JSON or text each sent.
@@ -328,6 +346,7 @@ mod tests {
             request_body: (!body.is_empty()).then(|| body.to_owned()),
             response_body: None,
             error: None,
+            note: None,
             total_ms: Some(1.0),
         }
     }

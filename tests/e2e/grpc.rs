@@ -33,6 +33,25 @@ fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
         said.contains("grpc-message") && said.contains("no%20such%20person"),
         "{said}"
     );
+    // The terminal shows the gRPC outcome where the status goes.
+    let listed = text(&mesh.cli(&["traffic", "greeter"]));
+    let said = |id: &serde_json::Value| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("#{id} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        said(&calls[0]["id"]).contains("/greet.Greeter/SayHello  OK  "),
+        "{listed}"
+    );
+    assert!(
+        said(&calls[1]["id"]).contains("/greet.Greeter/SayHello  NOT_FOUND (5)  "),
+        "{listed}"
+    );
+    let replayed = text(&mesh.cli(&["replay", &calls[1]["id"].to_string()]));
+    assert!(replayed.contains("NOT_FOUND (5): no such person"), "{replayed}");
     // An OK answer carries them in trailers, after the message.
     assert!(
         calls[0]["response_trailers"].to_string().contains("grpc-status"),
@@ -78,6 +97,9 @@ fn a_tonic_service_runs_is_inspected_replayed_and_says_when_it_is_not_there() {
         "{refused}"
     );
     assert!(refused.contains("cargo devmesh start greeter"), "{refused}");
+    let listed = text(&mesh.cli(&["traffic", "greeter"]));
+    let last = listed.lines().last().unwrap_or_default();
+    assert!(last.contains("UNAVAILABLE (14)"), "{listed}");
 }
 
 /// A bidirectional stream open across a restart of its service stays on

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use crate::browser::Browser;
-use crate::harness::{Mesh, fixture, get, read_json, text};
+use crate::harness::{Mesh, exchanges, fixture, get, read_json, text};
 
 fn mesh() -> Mesh {
     Mesh::start(fixture("mesh"), &[], &["beta", "alpha"])
@@ -40,6 +40,30 @@ fn a_request_between_services_appears_live() {
         "alpha's call to beta to appear without a reload",
     );
     assert!(rows.as_str().unwrap().contains("GET"), "{rows}");
+}
+
+/// Traffic captured before the page opens is listed as it loads, in a
+/// fresh browser logged in through the one-time link, and the page goes
+/// live; a client that drops an answer unread shows its status, no failure.
+#[test]
+fn a_page_opened_after_the_traffic_lists_it_at_once() {
+    let mesh = mesh();
+    for _ in 0..9 {
+        get(mesh.front("alpha"), "/peer");
+    }
+    exchanges(&mesh, 18, |_| true);
+    let mut browser = Browser::open(&page(&mesh));
+    let shown = browser.wait_until(
+        &format!("{ROWS}.filter(r => r.includes('alpha → beta')).length === 9 && {ROWS}.length"),
+        "the traffic captured before the page opened",
+    );
+    assert_eq!(shown, 18, "nine calls to alpha, each with its call to beta");
+    browser.wait_until(
+        "document.getElementById('live').className === 'on'",
+        "the page to go live",
+    );
+    let shot = browser.screenshot("existing-traffic");
+    eprintln!("screenshot: {}", shot.display());
 }
 
 #[test]

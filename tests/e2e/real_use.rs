@@ -233,6 +233,63 @@ fn a_python_http_server_starts_without_a_traceback() {
     );
 }
 
+/// Four keep-alive clients on a Python `http.server` for a few seconds,
+/// half of whose answers are dropped after their head (as a pooled client
+/// that drops a `Response` unread does): the service never sees a reset
+/// (no `ConnectionResetError` in its log), and the inspector counts every
+/// call as answered, none as failed.
+#[test]
+fn clients_that_drop_answers_cause_no_reset_and_no_failure() {
+    let dir = fixture("mesh");
+    std::fs::write(dir.path().join("greeting/big.bin"), vec![b'x'; 256 << 10]).unwrap();
+    // Bodies kept short, so that every call stays in the inspector's memory.
+    let mesh = Mesh::start_with_env(dir, &[], &[("DEVMESH_INSPECTOR__MAX_BODY", "1024")], &["files"]);
+    let files = mesh.front("files");
+    let until = Instant::now() + Duration::from_secs(3);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for client in 0..4 {
+            let calls = &calls;
+            s.spawn(move || {
+                use std::io::{BufRead, BufReader, Read, Write};
+                let mut n = 0;
+                while Instant::now() < until {
+                    n += 1;
+                    let stream = std::net::TcpStream::connect(("127.0.0.1", files)).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    write!(&stream, "GET /big.bin HTTP/1.1\r\nhost: files\r\n\r\n").unwrap();
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if (n + client) % 2 == 0 {
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let captured = exchanges(&mesh, calls, |e| e["service"] == "files" && e["path"] == "/big.bin");
+    for e in &captured {
+        assert!(e["status"] == 200 && e["error"].is_null(), "{e}");
+    }
+    let logs = text(&mesh.cli(&["logs", "files"]));
+    assert!(
+        !logs.contains("Traceback") && !logs.contains("ConnectionResetError") && !logs.contains("BrokenPipe"),
+        "{logs}"
+    );
+}
+
 /// A service stopped with SIGSTOP: requests get a 504 naming it, and it
 /// shows as not answering until it goes on.
 #[test]
@@ -261,6 +318,16 @@ fn a_stopped_service_gets_504s_and_shows_as_not_answering() {
         ps.lines().any(|l| l.starts_with("beta") && l.contains("unresponsive")),
         "{ps}"
     );
+    // alpha waits on beta: alpha's 504 names beta. (Both wait 1 s; in the
+    // rare turn where beta's front port gives up first, alpha answers its
+    // own way, so a few tries.)
+    let named = (0..5).any(|_| {
+        let (status, body) = get(mesh.front("alpha"), "/peer");
+        status == 504
+            && body.contains("service `alpha`")
+            && body.contains("it is waiting on `beta`, which has not answered its GET /whoami")
+    });
+    assert!(named, "{:?}", get(mesh.front("alpha"), "/peer"));
     let registry = read_json(&mesh.state().join("registry.json"));
     assert_eq!(registry["services"]["beta"]["status"], "unresponsive");
     signal(pid, libc::SIGCONT);

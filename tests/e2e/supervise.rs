@@ -70,40 +70,67 @@ fn a_crashed_service_comes_back_while_its_neighbour_serves() {
     let ps = text(&mesh.cli(&["ps"]));
     let alpha_row = ps.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
     assert!(alpha_row.contains("ready"), "{ps}");
-    assert!(alpha_row.split_whitespace().nth(4) == Some("1"), "one restart: {ps}");
+    let counts: Vec<_> = alpha_row.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(counts, ["0", "1"], "no restart asked for, one crash: {ps}");
 }
 
 #[test]
 fn a_restart_fails_no_request() {
     let mesh = mesh();
-    let beta = mesh.front("beta");
     let first_pid = mesh.pid("beta");
-    let (done, sent, failed) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                let (status, body) = get(beta, "/whoami");
-                sent.fetch_add(1, Ordering::SeqCst);
-                if status != 200 {
-                    eprintln!("failed: {status} {body}");
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
+    gets_fail_none(mesh.front("beta"), 1, || {
         for _ in 0..3 {
             let output = mesh.cli(&["restart", "--no-build", "beta"]);
             assert!(output.status.success(), "{}", text(&output));
         }
-        done.store(true, Ordering::SeqCst);
     });
     assert_ne!(mesh.pid("beta"), first_pid);
-    assert!(sent.load(Ordering::SeqCst) > 0);
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "of {} requests",
-        sent.load(Ordering::SeqCst)
-    );
+}
+
+/// `GET /whoami` on `port` from `clients` threads for as long as `during`
+/// runs, and a few after; asserts that some were sent and none failed.
+fn gets_fail_none(port: u16, clients: usize, during: impl FnOnce()) {
+    let (done, sent, failed) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    let (status, body) = get(port, "/whoami");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if status != 200 {
+                        eprintln!("failed: {status} {body}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        during();
+        let after = sent.load(Ordering::SeqCst);
+        while sent.load(Ordering::SeqCst) < after + 10 {
+            std::thread::yield_now();
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent > 0);
+    assert_eq!(failed, 0, "of {sent} requests");
+}
+
+/// A crash is waited through as a restart is: GETs sent while the
+/// instance is dead, and while the supervisor starts the next, wait for it.
+#[test]
+fn a_crash_fails_no_get() {
+    let mesh = mesh();
+    let crashed = mesh.pid("beta");
+    gets_fail_none(mesh.front("beta"), 2, || {
+        // SAFETY: a signal to a service process of this test's mesh.
+        unsafe { libc::kill(crashed as i32, libc::SIGKILL) };
+        mesh.output.wait_for(1, "the crash report", |l| {
+            l.contains("beta: exited") && l.contains("restarting in")
+        });
+        mesh.wait_ready("beta", 2);
+    });
+    assert_ne!(mesh.pid("beta"), crashed);
 }
 
 #[test]
@@ -331,13 +358,40 @@ fn a_command_gets_its_env_files_and_is_restarted_by_watch() {
     let mesh = Mesh::start(dir, &["site", "--watch"], &["site"]);
     mesh.output
         .wait_for(1, "the environment", |l| l.contains("env: root-value, from env_file"));
+    edited_and_restarted(&mesh, "site", ("site/index.html", "/index.html"), "second");
+}
+
+/// Under `--watch`, writes `text` to `file` (in the workspace) and waits
+/// for `service` to be restarted for it; the new instance serves the file
+/// at `served_at`.
+fn edited_and_restarted(mesh: &Mesh, service: &str, (file, served_at): (&str, &str), text: &str) {
     mesh.output
         .wait_for(1, "the watch to start", |l| l.contains("watching for changes"));
-    std::fs::write(mesh.root.join("site/index.html"), "second").unwrap();
-    mesh.output
-        .wait_for(1, "the restart note", |l| l.ends_with("changed: restarting site"));
-    mesh.wait_ready("site", 2);
-    assert_eq!(get(mesh.front("site"), "/index.html").1, "second");
+    let first = mesh.pid(service);
+    std::fs::write(mesh.root.join(file), text).unwrap();
+    mesh.output.wait_for(1, "the restart note", |l| {
+        l.ends_with(&format!("changed: restarting {service}"))
+    });
+    mesh.wait_ready(service, 2);
+    assert_ne!(mesh.pid(service), first);
+    assert_eq!(get(mesh.front(service), served_at).1, text);
+}
+
+/// A command with no `cwd`, as Procfiles are written (`exec python3 …`,
+/// run from the root): `--watch` restarts it for a file beside it, not for
+/// a Rust package's.
+#[test]
+fn watch_restarts_a_command_without_a_cwd_for_its_files() {
+    let dir = fixture("mesh");
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(dir.path().join("tools/app.py"), "print('first')\n").unwrap();
+    std::fs::write(
+        dir.path().join("devmesh.toml"),
+        "[services.script]\ncommand = \"exec python3 -m http.server $PORT --bind 127.0.0.1\"\n",
+    )
+    .unwrap();
+    let mesh = Mesh::start(dir, &["script", "--watch"], &["script"]);
+    edited_and_restarted(&mesh, "script", ("tools/app.py", "/tools/app.py"), "print('second')\n");
 }
 
 /// Two workspaces in one port range: the second is never handed a port

@@ -7,7 +7,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::harness::{DEADLINE, Mesh, exchanges, fixture, read_json};
+use crate::harness::{DEADLINE, Mesh, exchanges, fixture, read_json, text};
 use crate::remote::{Member, Sandbox};
 
 const TOKEN: &str = "alice-0123456789abcdef";
@@ -99,6 +99,12 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     }
     let (status, body) = crate::harness::get(crate::remote::remote_front(&mesh, "gamma"), "/whoami");
     assert!(status == 403 && body.contains("may not be dialed"), "{status} {body}");
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("vault") && l.contains("remote via relay → http://127.0.0.1:9000")),
+        "{ps}"
+    );
 
     // Shared in etcd at its public URL, which the sandbox can call.
     let cluster = devmesh::remote::etcd::Cluster::new(std::slice::from_ref(&etcd));

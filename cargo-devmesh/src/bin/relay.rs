@@ -5,10 +5,18 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: devmesh-relay --config relay.toml";
     let config = match args.as_slice() {
         [flag, path] if flag == "--config" => path.clone(),
+        [help] if help == "--help" || help == "-h" => {
+            println!(
+                "The tunnel relay a team keeps in its sandbox (the same as `cargo devmesh relay`).\n\n{USAGE}\n\n{}",
+                cargo_devmesh::tunnel::relay::KEYS_HELP
+            );
+            return ExitCode::SUCCESS;
+        }
         _ => {
-            eprintln!("usage: devmesh-relay --config relay.toml");
+            eprintln!("{USAGE} (`devmesh-relay --help` lists the config's keys)");
             return ExitCode::from(2);
         }
     };

@@ -21,6 +21,10 @@ pub struct ServiceView {
     /// Its copy in the sandbox, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// Whether that copy is reached through the relay (its URL is then
+    /// the sandbox's own view of it, not an address here).
+    #[serde(default)]
+    pub via_relay: bool,
 }
 
 /// `POST /api/services/{name}/mode?to=…`: where its traffic goes now.

@@ -322,6 +322,7 @@ impl Api {
                     front: self.mesh.fronts.get(name).copied().unwrap_or(self.control.addr),
                     pid: None,
                     restarts: 0,
+                    crashes: 0,
                     draining: 0,
                     note: None,
                 });
@@ -330,6 +331,7 @@ impl Api {
                     mode: switch.mode(),
                     traffic: switch.traffic(),
                     remote,
+                    via_relay: self.mesh.tunnel.borrow().reached.iter().any(|r| r == name),
                 }
             })
             .collect()

@@ -91,6 +91,7 @@ impl Exchange {
                 trace_id: None,
                 replay_of: None,
                 error: None,
+                note: None,
                 bytes_up: 0,
                 bytes_down: 0,
                 complete: false,
@@ -190,6 +191,9 @@ pub struct Summary {
     /// The exchange this one replays.
     pub replay_of: Option<u64>,
     pub error: Option<String>,
+    /// Something unusual that is no failure: a client that closed once it
+    /// had the answer's head, before reading all of its body.
+    pub note: Option<String>,
     /// Bytes from client to service and back (bodies, or the stream).
     pub bytes_up: u64,
     pub bytes_down: u64,

@@ -66,3 +66,35 @@ impl Inspector {
 pub const REPLAY_HEADER: &str = "x-devmesh-replay";
 /// The id a replayed request was captured as.
 pub const EXCHANGE_HEADER: &str = "x-devmesh-exchange";
+
+/// gRPC's status codes by number, as the gRPC spec names them.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A gRPC outcome as the terminal shows it where an HTTP status goes:
+/// `OK`, `NOT_FOUND (5)`, `UNAVAILABLE (14): what it said`.
+pub fn grpc_outcome(code: u8, message: Option<&str>) -> String {
+    let name = GRPC_CODES.get(usize::from(code)).copied().unwrap_or("UNKNOWN_CODE");
+    match (code, message.filter(|m| !m.is_empty())) {
+        (0, _) => name.to_owned(),
+        (_, None) => format!("{name} ({code})"),
+        (_, Some(message)) => format!("{name} ({code}): {message}"),
+    }
+}

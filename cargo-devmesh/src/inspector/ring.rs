@@ -235,6 +235,7 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     w.u64(s.bytes_up);
     w.u64(s.bytes_down);
     w.u8(u8::from(s.complete));
+    w.option(s.note.as_deref(), Writer::str);
     w.u8(VERSIONS.iter().position(|v| *v == exchange.version).unwrap_or(0) as u8);
     w.str(exchange.request_headers.text());
     w.body(&exchange.request_body);
@@ -380,6 +381,7 @@ impl<'a> Reader<'a> {
             bytes_up: self.u64(),
             bytes_down: self.u64(),
             complete: self.u8() == 1,
+            note: self.option(|r| r.str().to_owned()),
         }
     }
 
@@ -419,6 +421,7 @@ mod tests {
         e.trace_id = Some(TraceId(u128::MAX - 7));
         e.span_id = Some(SpanId(9));
         e.error = Some("cut".into());
+        e.note = Some("a note".into());
         e.complete = true;
         e
     }

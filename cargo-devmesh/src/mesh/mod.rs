@@ -323,7 +323,14 @@ impl Mesh {
             shutdown.clone(),
         )));
         // What the tunnel is doing, for `ps` and the page.
-        let tunnel_state = tokio::sync::watch::Sender::new(crate::tunnel::client::TunnelState::default());
+        let tunnel_state = tokio::sync::watch::Sender::new(crate::tunnel::client::TunnelState {
+            reached: remotes
+                .iter()
+                .filter(|(_, r)| r.through.is_some())
+                .map(|(name, _)| name.clone())
+                .collect(),
+            ..Default::default()
+        });
         let parts = control::Parts {
             tunnel: tunnel_state.subscribe(),
             services: Arc::clone(&services),

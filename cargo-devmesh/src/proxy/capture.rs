@@ -180,7 +180,17 @@ impl Capture {
     /// Records the end of the exchange: its bodies (`None`: recorded
     /// elsewhere), and what went wrong.
     pub fn end(mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
-        self.finish(request, response, error);
+        self.finish(request, response, error, None);
+    }
+
+    /// Records the end of an exchange whose client closed once it had the
+    /// answer's head, before the rest of it: the call was answered (the
+    /// client's choice, as a client that reads a status and drops the
+    /// body makes), so it is no failure; `note` says what happened.
+    pub fn end_client_closed(mut self, request: Option<Seen>, mut response: Seen, note: String) {
+        // Not "cut short": the service's answer was whole or still coming.
+        response.finished = true;
+        self.finish(request, Some(response), None, Some(note));
     }
 
     /// Records the end of an exchange the proxy answered itself (the
@@ -189,15 +199,15 @@ impl Capture {
         self.respond(status, headers, None);
         let mut seen = Seen::passed(0);
         seen.record(message.as_bytes(), message.len());
-        self.finish(None, Some(seen), None);
+        self.finish(None, Some(seen), None, None);
     }
 
     /// Records the end of an upgraded connection that carried these bytes.
     pub fn end_stream(mut self, up: u64, down: u64, error: Option<String>) {
-        self.finish(Some(Seen::passed(up)), Some(Seen::passed(down)), error);
+        self.finish(Some(Seen::passed(up)), Some(Seen::passed(down)), error, None);
     }
 
-    fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
+    fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>, note: Option<String>) {
         self.ended = true;
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
@@ -239,6 +249,7 @@ impl Capture {
                 // trailers-only answer.
                 let grpc = |headers: &Headers| headers.get("grpc-status").and_then(|s| s.parse::<u8>().ok());
                 e.grpc_status = grpc(&e.response_trailers).or_else(|| grpc(&e.response_headers));
+                e.note = note;
                 e.total_ms = Some(total_ms);
                 e.complete = true;
             });
@@ -248,7 +259,7 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         if !self.ended {
-            self.finish(None, None, Some("the connection closed mid-exchange".to_owned()));
+            self.finish(None, None, Some("the connection closed mid-exchange".to_owned()), None);
         }
     }
 }

@@ -837,6 +837,21 @@ async fn a_request_framed_two_ways_is_refused_and_never_reaches_the_service() {
     );
 }
 
+/// An answer framed two ways goes on in the one framing the proxy followed
+/// (chunked), without the `Content-Length` a client could frame it by.
+#[tokio::test]
+async fn an_answer_framed_two_ways_loses_its_content_length() {
+    let backend =
+        raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            .await;
+    let (front, _inspector, _shutdown) = front(backend, 1024).await;
+    let response = exchange_raw(front, "GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(
+        response,
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    );
+}
+
 #[tokio::test]
 async fn a_lowercase_or_unknown_method_is_a_400_not_a_pipe() {
     let (front, inspector, _shutdown) = front(backend().await, 1024).await;
@@ -899,6 +914,56 @@ async fn a_hung_service_gets_a_504_and_a_client_that_leaves_frees_the_connection
         .await
         .expect("the client left, so the proxy lets go of the instance")
         .unwrap();
+}
+
+/// A client that reads an answer's head and closes without its body (as
+/// reqwest does when a `Response` is dropped unread) was answered: the
+/// inspector shows the status with a note, not an error, so the call map
+/// and the `failures` filter count no failure. One that closes before any
+/// answer is still a failure.
+#[tokio::test]
+async fn a_client_that_drops_an_answer_unread_was_answered() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    for path in ["/", "/big"] {
+        let mut client = TcpStream::connect(front).await.unwrap();
+        client
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: svc\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 512];
+            let n = client.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        drop(client);
+    }
+    let all = complete(&inspector, 2).await;
+    for e in &all {
+        assert_eq!(
+            (e.status, e.error.as_deref()),
+            (Some(200), None),
+            "{} {:?}",
+            e.path,
+            e.note
+        );
+    }
+    let big = all.iter().find(|e| e.path == "/big").unwrap();
+    assert!(
+        big.note
+            .as_deref()
+            .is_some_and(|n| n.contains("closed before reading the whole answer")),
+        "{:?}",
+        big.note
+    );
+    assert!(big.bytes_down < 1 << 20, "{} bytes went down", big.bytes_down);
+    let failed = Filter {
+        status: Some("failed".to_owned()),
+        ..Filter::default()
+    };
+    assert!(inspector.store.list(&failed).is_empty());
 }
 
 /// Slowloris: 200 connections that trickle a request head are closed (with

@@ -139,6 +139,10 @@ pub struct ResponseHead {
     pub body: Framing,
     /// Whether the service lets the connection carry another request.
     pub keep_alive: bool,
+    /// `Content-Length` lines beside a chunked body: the body is relayed as
+    /// it is framed (chunked), so they are taken off (RFC 9112 §6.3), lest
+    /// a client that frames by the length read the rest as a second answer.
+    pub stale_length: Vec<Range<usize>>,
 }
 
 impl RequestHead {
@@ -238,6 +242,15 @@ impl ResponseHead {
         } else {
             message_length(response.headers)?.unwrap_or(Framing::UntilClose)
         };
+        let stale_length = match body {
+            Framing::Chunked => response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| line_of(buf, h.name.as_bytes(), h.value))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Some(ResponseHead {
             len,
             fields_at: fields_start(buf),
@@ -245,6 +258,7 @@ impl ResponseHead {
             status,
             keep_alive: connection.keep_alive && body != Framing::UntilClose,
             body,
+            stale_length,
         }))
     }
 
@@ -584,6 +598,17 @@ mod tests {
         assert_eq!((until_close.body, until_close.keep_alive), (Framing::UntilClose, false));
         let chunked = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &get);
         assert_eq!(chunked.body, Framing::Chunked);
+        let both = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let two_ways = response(both, &get);
+        assert_eq!(two_ways.body, Framing::Chunked);
+        assert_eq!(
+            two_ways
+                .stale_length
+                .iter()
+                .map(|l| &both[l.clone()])
+                .collect::<Vec<_>>(),
+            ["Content-Length: 3\r\n"]
+        );
         assert!(response("HTTP/1.1 100 Continue\r\n\r\n", &get).is_interim());
         assert!(!response("HTTP/1.1 101 Switching Protocols\r\n\r\n", &get).is_interim());
     }

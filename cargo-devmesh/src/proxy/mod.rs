@@ -56,6 +56,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// backlog. Each holds two buffers of 16 KiB while it lasts, so a flood of
 /// connections cannot take the supervisor's memory.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a request to an instance that refused it waits for the route
+/// to leave that instance: a crashed process is seen by the supervisor in
+/// milliseconds; one that lives but does not listen never leaves.
+const CRASH_NOTICED: Duration = Duration::from_secs(1);
 /// A request that has waited this long for its response makes the
 /// supervisor check whether the service still answers.
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -394,6 +398,26 @@ impl Context {
         ))
     }
 
+    /// After the instance held by `failed` refused a connection or dropped
+    /// one with no answer: waits for the route to leave it (a crash,
+    /// which the supervisor is restarting from), then for the next ready
+    /// instance, as a request during a restart waits. `None` when the route
+    /// stays on it for [`CRASH_NOTICED`] (the process lives but does not
+    /// listen: the caller is answered as it is) or nothing is ready in time.
+    /// With `had_it`, the instance had the request when it died: only an
+    /// instance killed from outside lets it go on (see [`Lease::was_killed`]).
+    async fn next_instance(&self, failed: &Lease, had_it: bool) -> Option<Target> {
+        let mut route = self.route.clone();
+        let left = route.wait_for(|r| !matches!(r, Route::Ready(b) if failed.holds(b)));
+        if !matches!(tokio::time::timeout(CRASH_NOTICED, left).await, Ok(Ok(_))) {
+            return None;
+        }
+        if had_it && !failed.was_killed() {
+            return None;
+        }
+        self.ready_backend().await.ok()
+    }
+
     fn capturing(&self) -> bool {
         self.inspector.store.config.capture
     }
@@ -409,12 +433,38 @@ impl Context {
 
     /// What a client is told when the instance at `addr` sent no response
     /// within `run.response_timeout`.
+    /// When the service is itself waiting on a call through another front
+    /// port, that is said: the one that does not answer is named, not only
+    /// the one that waits for it.
     fn no_response_in_time(&self, addr: SocketAddr) -> String {
-        format!(
-            "devmesh: service `{}` at {addr} sent no response within {:?} (run.response_timeout) \
-             (hint: is it stuck? `cargo devmesh ps`, `cargo devmesh logs {}`)\n",
-            self.service, self.timeouts.response, self.service
-        )
+        let service = &self.service;
+        let timeout = self.timeouts.response;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let waiting_on = self
+            .inspector
+            .store
+            .in_flight(|e| *e.caller == **service && e.status.is_none())
+            .into_iter()
+            .min_by_key(|e| e.started_ms);
+        match waiting_on {
+            Some(call) => format!(
+                "devmesh: service `{service}` at {addr} sent no response within {timeout:?} (run.response_timeout): \
+                 it is waiting on `{}`, which has not answered its {} {} for {:.1} s \
+                 (hint: is `{}` stuck? `cargo devmesh ps`, `cargo devmesh logs {}`)\n",
+                call.service,
+                call.method,
+                call.path,
+                now_ms.saturating_sub(call.started_ms) as f64 / 1000.0,
+                call.service,
+                call.service
+            ),
+            None => format!(
+                "devmesh: service `{service}` at {addr} sent no response within {timeout:?} (run.response_timeout) \
+                 (hint: is it stuck? `cargo devmesh ps`, `cargo devmesh logs {service}`)\n"
+            ),
+        }
     }
 
     /// What a client is told when the instance at `addr` failed it.

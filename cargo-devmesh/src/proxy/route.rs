@@ -35,11 +35,18 @@ pub struct Backend {
     /// Set when the instance is stopped while connections were still open
     /// to it, so that their captures say they were cut.
     cut: Arc<AtomicBool>,
+    /// Set when the instance was killed from outside (SIGKILL, SIGTERM: the
+    /// OOM killer, a user): the requests it had then were not its undoing.
+    killed: Arc<AtomicBool>,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
-        let (stalled, cut) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+        let (stalled, cut, killed) = (
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         Backend {
             addr,
             host: None,
@@ -48,12 +55,14 @@ impl Backend {
                     Arc::new(Drain {
                         stalled: Arc::clone(&stalled),
                         cut: Arc::clone(&cut),
+                        killed: Arc::clone(&killed),
                         ..Drain::default()
                     })
                 })
                 .collect(),
             stalled,
             cut,
+            killed,
         }
     }
 
@@ -78,6 +87,11 @@ impl Backend {
     /// Marks what is still open to the instance as cut: it is being stopped.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the instance as killed from outside (see [`Lease::was_killed`]).
+    pub fn killed(&self) {
+        self.killed.store(true, Ordering::SeqCst);
     }
 
     /// Waits until a request to the instance has waited long for its answer.
@@ -111,6 +125,8 @@ pub struct Drain {
     stalled: Arc<Notify>,
     /// The instance's [`Backend::cut`].
     cut: Arc<AtomicBool>,
+    /// The instance's [`Backend::killed`].
+    killed: Arc<AtomicBool>,
 }
 
 /// Held while a request or connection is in flight; released on drop.
@@ -121,6 +137,17 @@ impl Lease {
     /// Says that the request holding this lease has waited long for an answer.
     pub fn suspect(&self) {
         self.0.stalled.notify_one();
+    }
+
+    /// Whether this holds `backend` (and not another instance).
+    pub fn holds(&self, backend: &Backend) -> bool {
+        Arc::ptr_eq(&self.0.stalled, &backend.stalled)
+    }
+
+    /// Whether the instance was killed from outside: a request it had then
+    /// may go to the next instance (one that killed it would kill that too).
+    pub fn was_killed(&self) -> bool {
+        self.0.killed.load(Ordering::SeqCst)
     }
 
     /// Whether the instance was stopped while this was open.

@@ -213,6 +213,16 @@ impl Process {
     }
 }
 
+/// Whether a process was ended by another (SIGKILL from the OOM killer or
+/// a user, SIGTERM, SIGINT, SIGHUP), not by its own fault (SIGSEGV,
+/// SIGABRT, an exit code).
+pub fn killed_from_outside(exit: &Exit) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let outside = [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    exit.as_ref()
+        .is_ok_and(|status| status.signal().is_some_and(|signal| outside.contains(&signal)))
+}
+
 /// `exit status 1`, `killed by SIGSEGV`: how a process ended, in words.
 pub fn describe(exit: &Exit) -> String {
     use std::os::unix::process::ExitStatusExt;

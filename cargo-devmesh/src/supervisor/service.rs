@@ -44,8 +44,13 @@ pub struct ServiceState {
     pub status: Status,
     pub front: SocketAddr,
     pub pid: Option<u32>,
-    /// Restarts since the supervisor started, asked for or after a crash.
+    /// Restarts since the supervisor started that were asked for
+    /// (`restart`, `--watch`).
     pub restarts: u32,
+    /// Times it exited on its own since the supervisor started (each
+    /// followed by a restart with backoff).
+    #[serde(default)]
+    pub crashes: u32,
     /// Connections still open to instances a restart replaced (WebSockets,
     /// streams): they end on the old instance, which stays until they do.
     pub draining: usize,
@@ -166,6 +171,7 @@ pub fn spawn(
         front,
         pid: None,
         restarts: 0,
+        crashes: 0,
         draining: 0,
         note: None,
     };
@@ -237,6 +243,8 @@ impl Task {
                 () = stalled, if self.check_at.is_none() => self.check_at = Some(tokio::time::Instant::now()),
                 // Only while old instances drain: nothing ticks at idle.
                 () = tokio::time::sleep(DRAIN_COUNT_EVERY), if !self.draining.is_empty() => self.count_draining(),
+                // An old instance stopped: `ps` no longer says it drains.
+                Some(_) = self.retiring.join_next(), if !self.retiring.is_empty() => self.count_draining(),
                 () = at(self.check_at) => self.check_health().await,
                 Some(message) = messages.recv() => self.handle(message).await,
             }
@@ -386,7 +394,13 @@ impl Task {
             }
             Message::Exited { instance, exit } => {
                 if self.current.as_ref().is_some_and(|i| i.id == instance) {
-                    let ran = self.current.take().map(|i| i.started.elapsed()).unwrap_or_default();
+                    let current = self.current.take();
+                    if process::killed_from_outside(&exit)
+                        && let Some(current) = &current
+                    {
+                        current.backend.killed();
+                    }
+                    let ran = current.map(|i| i.started.elapsed()).unwrap_or_default();
                     self.crashed(format!("exited ({})", process::describe(&exit)), ran);
                 }
             }
@@ -534,13 +548,8 @@ impl Task {
             (Launch::Binary { .. }, Some(binary)) => std::process::Command::new(binary),
             (Launch::Binary { .. }, None) => return Err(Refused::NoBinary),
             (Launch::Command(line), _) => {
-                // A simple command replaces the shell, so its pid is the
-                // service's; a line of several (`a && b`, `a; b`, `a & b`)
-                // runs under the shell, in the same process group.
-                let several = line.contains([';', '&', '|', '\n']);
-                let script = if several { line.clone() } else { format!("exec {line}") };
                 let mut command = std::process::Command::new("sh");
-                command.arg("-c").arg(script);
+                command.arg("-c").arg(shell_script(line));
                 command
             }
         };
@@ -583,7 +592,7 @@ impl Task {
             .min(MAX_BACKOFF);
         self.crashes_in_a_row += 1;
         self.restart_at = Some(tokio::time::Instant::now() + delay);
-        self.state.send_modify(|s| s.restarts += 1);
+        self.state.send_modify(|s| s.crashes += 1);
         self.set_status(Status::Crashed, Some(why.clone()));
         self.note(format!("{why}; restarting in {delay:.1?}"));
     }
@@ -644,4 +653,61 @@ async fn retire(old: Instance, drain: Duration, grace: Duration, shutdown: Cance
         old.backend.cut();
     }
     let _ = old.process.stop(grace).await;
+}
+
+/// The script `sh -c` runs for a command line: a simple command replaces
+/// the shell (`exec`), so its pid is the service's and one shell is all
+/// there is, even for `sh -c '…'` or a Procfile's `exec python3 …`; a line
+/// of several (`a && b`, `a; b`, `a & b`, a pipe) runs under the shell, in
+/// the same process group. Separators inside quotes, and `2>&1`, are none.
+fn shell_script(line: &str) -> String {
+    let trimmed = line.trim();
+    if trimmed.starts_with("exec ") || several_commands(trimmed) {
+        trimmed.to_owned()
+    } else {
+        format!("exec {trimmed}")
+    }
+}
+
+/// Whether `line` holds a command separator outside quotes.
+fn several_commands(line: &str) -> bool {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let bytes = line.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if !single => escaped = true,
+            b'\'' if !double => single = !single,
+            b'"' if !single => double = !double,
+            _ if single || double => {}
+            b';' | b'|' | b'\n' => return true,
+            // `2>&1`, `&>file`: a redirection, not a separator.
+            b'&' if at > 0 && bytes[at - 1] == b'>' => {}
+            b'&' if bytes.get(at + 1) == Some(&b'>') => {}
+            b'&' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_script;
+
+    #[test]
+    fn a_simple_command_replaces_the_shell_and_several_run_under_it() {
+        for (line, script) in [
+            ("python3 app.py", "exec python3 app.py"),
+            ("exec python3 app.py", "exec python3 app.py"),
+            ("sh -c 'worker; server'", "exec sh -c 'worker; server'"),
+            ("server 2>&1", "exec server 2>&1"),
+            ("echo \"a & b\"", "exec echo \"a & b\""),
+            ("sleep 3600 & exec server", "sleep 3600 & exec server"),
+            ("a && b", "a && b"),
+            ("a | b", "a | b"),
+        ] {
+            assert_eq!(shell_script(line), script, "{line}");
+        }
+    }
 }

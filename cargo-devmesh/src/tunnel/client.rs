@@ -37,6 +37,9 @@ pub struct TunnelState {
     /// Why it is not connected, while it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Services in the sandbox reached through the relay (`[tunnel] reach`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reached: Vec<String>,
 }
 
 /// A service to expose: its front port, and whether anyone may call it.
@@ -136,11 +139,14 @@ pub async fn run(
                         logs.note(format!("could not write the registry: {e}"));
                     }
                 }
-                let told = urls
-                    .iter()
-                    .map(|(n, u)| format!("{n} at {u}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let told = match urls.is_empty() {
+                    true => format!("connected to the relay at {}; no service is exposed", config.relay),
+                    false => urls
+                        .iter()
+                        .map(|(n, u)| format!("{n} at {u}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
                 logs.note(format!("tunnel: {told}"));
                 said = None;
                 state.send_modify(|s| {

@@ -104,18 +104,21 @@ pub struct Config {
     pub tunnel: Option<TunnelConfig>,
 }
 
-/// `[tunnel]`: the team's relay (`cargo devmesh relay`).
+/// `[tunnel]`: the team's relay (`cargo devmesh relay`). Its keys are
+/// checked with the rest of the file, every problem at once: a missing
+/// key and an unknown one are problems, not the first error serde meets.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TunnelConfig {
-    /// The relay's control address, `host:port`.
+    /// The relay's control address, `host:port` (required).
+    #[serde(default)]
     pub relay: String,
     /// A file holding this developer's token (or `DEVMESH_TUNNEL_TOKEN`):
     /// never on a command line.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Whose tunnels: a developer's name, so that URLs stay theirs.
+    /// Whose tunnels: a developer's name, so that URLs stay theirs (required).
+    #[serde(default)]
     pub namespace: String,
     /// Services in the sandbox reached through the relay, which dials
     /// them inside the sandbox's network (names only it resolves,
@@ -129,6 +132,69 @@ pub struct TunnelConfig {
     /// a public one (implies `tls`).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Keys this version does not know: each is a problem of its own.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, figment::value::Value>,
+}
+
+impl TunnelConfig {
+    /// The keys `[tunnel]` takes, for the hint of an unknown one.
+    const KEYS: [&str; 6] = ["relay", "token_file", "namespace", "reach", "tls", "ca"];
+
+    /// What serde cannot check, each problem on its own.
+    fn problems(&self, config: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        for key in self.unknown.keys() {
+            problems.push(format!(
+                "key `tunnel.{key}`: unknown key; expected one of {}",
+                TunnelConfig::KEYS.join(", ")
+            ));
+        }
+        let port = self
+            .relay
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        if self.relay.is_empty() {
+            problems.push(
+                "key `tunnel.relay`: missing (hint: the relay's `HOST:PORT`, e.g. `sandbox.internal:7000`)".to_owned(),
+            );
+        } else if port.is_none() {
+            problems.push(format!(
+                "key `tunnel.relay`: `{}` is not `HOST:PORT` (hint: the relay's control port, 7000 by default: `{}:7000`)",
+                self.relay,
+                self.relay.trim_end_matches(':')
+            ));
+        }
+        if self.namespace.is_empty() || !self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            problems.push(format!(
+                "key `tunnel.namespace`: `{}` must be letters, digits and `-` (hint: your name)",
+                self.namespace
+            ));
+        }
+        // etcd's names are known only as it answers: with it, any name may be one.
+        let remote = |name: &String| {
+            config.remote.static_map.contains_key(name)
+                || config
+                    .remote
+                    .dns
+                    .as_ref()
+                    .is_some_and(|dns| dns.services.contains(name))
+                || config.remote.etcd.is_some()
+        };
+        for name in &self.reach {
+            if let Err(e) = crate::name::validate(name) {
+                problems.push(format!("key `tunnel.reach`: {e}"));
+            } else if !remote(name) {
+                problems.push(format!(
+                    "key `tunnel.reach`: `{name}` is no remote service (hint: give it an address in the sandbox, \
+                     e.g. `[remote.static] {name} = \"http://{name}:8080\"`)"
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// `[logs]`: each service's log file is rotated at `max_size`, and `keep`
@@ -255,7 +321,8 @@ pub struct ServiceConfig {
     /// the workspace root), over the root's `.env` and under `env`.
     pub env_file: Option<PathBuf>,
     /// For a command, what `run --watch` watches to restart it (relative
-    /// to the workspace root); default: its `cwd`, when it has one.
+    /// to the workspace root); default: its `cwd`, and without one the
+    /// workspace less its Rust packages and other commands' folders.
     pub watch: Option<Vec<PathBuf>>,
     /// A fixed front port (default: assigned once and kept).
     pub port: Option<u16>,
@@ -522,13 +589,8 @@ impl Config {
                 }
             }
         }
-        if let Some(tunnel) = &self.tunnel
-            && (tunnel.namespace.is_empty() || !tunnel.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        {
-            problems.push(format!(
-                "key `tunnel.namespace`: `{}` must be letters, digits and `-` (hint: your name)",
-                tunnel.namespace
-            ));
+        if let Some(tunnel) = &self.tunnel {
+            problems.extend(tunnel.problems(self));
         }
         if let Some(etcd) = &self.remote.etcd {
             if etcd.endpoints.is_empty() {
@@ -683,6 +745,31 @@ mod tests {
         assert!(err.contains("`Orders` is not a valid service name"), "{err}");
         assert!(err.contains("key `remote.static.pay`"), "{err}");
         assert!(err.contains("key `run.ports`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_of_the_tunnel_section_is_said_at_once() {
+        let err =
+            problems("[tunnel]\nrelay = \"10.0.0.2\"\nnamespace = \"alice\"\nreach = [\"nosuch\"]\nexpsoe = true\n");
+        assert!(
+            err.contains("key `tunnel.relay`: `10.0.0.2` is not `HOST:PORT`"),
+            "{err}"
+        );
+        assert!(err.contains("`10.0.0.2:7000`"), "{err}");
+        assert!(
+            err.contains("key `tunnel.reach`: `nosuch` is no remote service"),
+            "{err}"
+        );
+        assert!(
+            err.contains("key `tunnel.expsoe`: unknown key; expected one of relay"),
+            "{err}"
+        );
+        let err = problems("[tunnel]\ntls = true\n");
+        assert!(err.contains("key `tunnel.relay`: missing"), "{err}");
+        assert!(err.contains("key `tunnel.namespace`"), "{err}");
+        let fine = "[tunnel]\nrelay = \"sandbox:7000\"\nnamespace = \"alice\"\nreach = [\"vault\"]\n\
+                    [remote.static]\nvault = \"http://127.0.0.1:9000\"\n";
+        assert_eq!(load(fine).unwrap().tunnel.unwrap().reach, ["vault"]);
     }
 
     #[test]

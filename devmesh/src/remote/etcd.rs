@@ -426,13 +426,18 @@ impl Shared {
 
 /// The backend's thread: read, then watch, over the members in turn,
 /// until the backend is dropped.
+/// An outage is said once, and again when etcd answers: not at each try.
 fn follow(shared: Weak<Shared>) {
     let mut failures = 0u32;
+    let mut said = false;
     loop {
         let Some(strong) = shared.upgrade() else { return };
         let error = match strong.read_all() {
             Ok(revision) => {
                 failures = 0;
+                if std::mem::take(&mut said) {
+                    crate::warn(&format!("{}: answers again", strong.description));
+                }
                 // Watch on the first member that answers; the next on a break.
                 let members = strong.cluster.members.clone();
                 let mut last = None;
@@ -453,7 +458,13 @@ fn follow(shared: Weak<Shared>) {
         };
         failures += 1;
         strong.mark(Some(error.to_string()));
-        crate::warn(&format!("{}: {error}", strong.description));
+        if !said {
+            crate::warn(&format!(
+                "{}: {error}; its last answers are kept, marked stale, until it answers again",
+                strong.description
+            ));
+            said = true;
+        }
         drop(strong);
         let backoff = Duration::from_millis(250)
             .saturating_mul(1 << failures.min(6))

@@ -188,7 +188,7 @@ async fn exchange(
         }
     }
 
-    let (addr, lease) = match ready {
+    let (mut addr, mut lease) = match ready {
         Ok(target) => (target.addr, target.lease),
         Err(message) => {
             let capture = begin(&link.scratch);
@@ -210,6 +210,13 @@ async fn exchange(
     let mut request_seen = Seen::default();
     let mut response_seen = Seen::default();
     let mut capture = None;
+    // A crashed instance is waited through as a restart is, up to
+    // `run.ready_timeout` from the request's arrival.
+    let hold_until = arrived + context.timeouts.ready;
+    let next_instance = async |failed: &Lease, had_it: bool| match Instant::now() < hold_until {
+        true => context.next_instance(failed, had_it).await,
+        false => None,
+    };
     loop {
         let reused = kept.is_some();
         let mut upstream = match kept.take() {
@@ -217,6 +224,15 @@ async fn exchange(
             None => match Upstream::connect(addr).await {
                 Ok(upstream) => upstream,
                 Err(e) => {
+                    // Refused: the instance is gone (killed, crashed) and
+                    // nothing was sent, so any request waits for the next
+                    // one, as during a restart. (A kept connection that was
+                    // closed under a request comes here too, for the
+                    // requests that may be sent again: see `retryable`.)
+                    if let Some(next) = next_instance(&lease, false).await {
+                        (addr, lease) = (next.addr, next.lease);
+                        continue;
+                    }
                     let message = context.did_not_answer(addr, &e.to_string());
                     let capture = capture.or_else(|| begin(&link.scratch));
                     answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
@@ -248,20 +264,37 @@ async fn exchange(
         let response = match outcome {
             Ok(response) => response,
             // The head is still in `link.scratch` (see `Relay::body`).
-            Err(Failure::NoResponse(_)) if reused && retryable => continue,
+            Err(Failure::NoResponse(_)) if reused && retryable => {
+                upstream.retire();
+                continue;
+            }
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
+                upstream.retire();
+                // The instance died with the request: one that may be sent
+                // twice goes to the next instance if this one was killed
+                // from outside; else it is answered as it is (it may be
+                // what crashed the service, and would crash the next).
+                if retryable
+                    && !reused
+                    && let Some(next) = next_instance(&lease, true).await
+                {
+                    (addr, lease) = (next.addr, next.lease);
+                    continue;
+                }
                 let message = context.did_not_answer(addr, &e);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_GATEWAY, &message, capture).await;
                 return Next::Close;
             }
             Err(Failure::TimedOut) => {
+                upstream.retire();
                 let message = context.no_response_in_time(addr);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::GATEWAY_TIMEOUT, &message, capture).await;
                 return Next::Close;
             }
             Err(Failure::BadRequest(e)) => {
+                upstream.retire();
                 let message = format!("devmesh: {e} (front port of `{}`)\n", context.service);
                 let capture = capture.or_else(|| begin(&link.scratch));
                 answer(client, StatusCode::BAD_REQUEST, &message, capture).await;
@@ -271,6 +304,14 @@ async fn exchange(
                 if let Some(capture) = capture.or_else(|| begin(&link.scratch)) {
                     capture.end(Some(request_seen), Some(response_seen), Some(e));
                 }
+                upstream.retire();
+                return Next::Close;
+            }
+            Err(Failure::ClientClosed(note)) => {
+                if let Some(capture) = capture.or_else(|| begin(&link.scratch)) {
+                    capture.end_client_closed(Some(request_seen), response_seen, note);
+                }
+                upstream.retire();
                 return Next::Close;
             }
         };
@@ -300,6 +341,7 @@ async fn exchange(
             // The service answered without reading the whole body (a 413,
             // say): the rest of it is still coming from the client, so
             // neither connection can carry another request.
+            upstream.retire();
             linger(client).await;
             return Next::Close;
         }
@@ -307,15 +349,17 @@ async fn exchange(
             link.upstream = Some(upstream);
             return Next::Another;
         }
+        upstream.retire();
         return Next::Close;
     }
 }
 
-/// Closes a client connection whose request body was not read to its end
-/// after the answer went out: stop sending, then read what the client still
-/// sends for a moment. Closing with unread bytes would reset the
-/// connection, and the client could lose the answer (nginx's
-/// `lingering_close` does the same).
+/// Closes a connection without a reset: stop sending, then read what the
+/// other end still sends for a moment. Closing with unread bytes resets the
+/// connection: a client could lose the answer to a request whose body was
+/// not read to its end (nginx's `lingering_close` does the same), and a
+/// service would log a `ConnectionResetError` for the rest of an answer
+/// that a client left before.
 async fn linger(client: &mut TcpStream) {
     const LINGER: Duration = Duration::from_secs(2);
     const MAX_DRAINED: usize = 4 * 1024 * 1024;
@@ -384,6 +428,10 @@ enum Failure {
     /// Either side broke off once the response had started, or the client
     /// left: the connection ends.
     Broken(String),
+    /// The client closed once it had the response's head, before the rest
+    /// (a client that reads a status and drops the body): answered, not
+    /// failed.
+    ClientClosed(String),
 }
 
 /// What shapes the forwarding of one request.
@@ -492,11 +540,15 @@ async fn forward(
     ));
     // Set when the service stopped reading the body: its answer may still come.
     let mut unsent = None;
+    // Set when the client closed after the answer's head went to it: the
+    // answer is relayed as far as the client takes it.
+    let mut closed_after_head = false;
     loop {
         tokio::select! {
-            interrupted = &mut send, if unsent.is_none() => match interrupted {
+            interrupted = &mut send, if unsent.is_none() && !closed_after_head => match interrupted {
+                Interrupted::ClientLeft if responding.load(Ordering::Relaxed) => closed_after_head = true,
                 Interrupted::ClientLeft => return Err(Failure::Broken("the client left before the answer".to_owned())),
-                Interrupted::Body(Broken::Sink(e)) => unsent = Some(e),
+                Interrupted::Body(Broken::Sink(e) | Broken::HeadSink(e)) => unsent = Some(e),
                 Interrupted::Body(Broken::Framing(e)) if !responding.load(Ordering::Relaxed) => {
                     return Err(Failure::BadRequest(e.to_string()));
                 }
@@ -574,15 +626,16 @@ where
     let head = awaited(heads, lease, timeout).await.unwrap_or(Err(Failure::TimedOut))?;
     let filled = relay.buffer.filled();
     scratch.clear();
-    let replay_id = capture.as_ref().and_then(|(c, _)| c.replay_id());
-    match replay_id {
-        Some(id) => {
-            scratch.extend_from_slice(&filled[..head.blank_at]);
-            scratch.extend_from_slice(format!("{EXCHANGE_HEADER}: {id}\r\n").as_bytes());
-            scratch.extend_from_slice(&filled[head.blank_at..head.len]);
-        }
-        None => scratch.extend_from_slice(&filled[..head.len]),
+    let mut at = 0;
+    for stale in &head.stale_length {
+        scratch.extend_from_slice(&filled[at..stale.start]);
+        at = stale.end;
     }
+    scratch.extend_from_slice(&filled[at..head.blank_at]);
+    if let Some(id) = capture.as_ref().and_then(|(c, _)| c.replay_id()) {
+        scratch.extend_from_slice(format!("{EXCHANGE_HEADER}: {id}\r\n").as_bytes());
+    }
+    scratch.extend_from_slice(&filled[head.blank_at..head.len]);
     if let Some((capture, forwarded)) = &mut capture {
         let lines = Headers::from_lines(&scratch[head.fields_at..scratch.len() - (head.len - head.blank_at)]);
         capture.respond(head.status, lines, Some(forwarded.elapsed()));
@@ -593,7 +646,13 @@ where
     }
     relay.buffer.consume(head.len);
     relay.body(scratch, head.body, seen).await.map_err(|e| match e {
-        Broken::Sink(e) => Failure::Broken(format!("the client: {e}")),
+        Broken::HeadSink(e) => Failure::Broken(format!("the client left before the answer: {e}")),
+        // The head went out with the first of the body: the client had its
+        // answer's status, and chose not to read on.
+        Broken::Sink(_) => Failure::ClientClosed(format!(
+            "the client closed before reading the whole answer ({} of its body's bytes went to it)",
+            seen.size
+        )),
         e => Failure::Broken(format!("the response body: {e}")),
     })?;
     Ok(head)

@@ -30,6 +30,11 @@ pub enum Broken {
     Source(io::Error),
     #[error("it ended early")]
     Ended,
+    /// The head, and the first of the body with it, could not be written:
+    /// the other side has none of the message.
+    #[error("writing its head failed: {0}")]
+    HeadSink(io::Error),
+    /// The head went out; writing the body failed.
     #[error("writing it failed: {0}")]
     Sink(io::Error),
     #[error(transparent)]
@@ -52,7 +57,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
                     let sent = self.to.write_all(head).await;
                     // The head stays for a second try on a new connection.
                     head.truncate(written);
-                    sent.map_err(Broken::Sink)?;
+                    sent.map_err(Broken::HeadSink)?;
                 }
                 None if taken > 0 => self.to.write_all(bytes).await.map_err(Broken::Sink)?,
                 None => {}

@@ -59,6 +59,13 @@ impl Upstream {
         })
     }
 
+    /// Lets the connection go without a reset, in the background (see
+    /// [`super::linger`]): the instance reads the end of the connection as
+    /// it would a client's close, never an RST.
+    pub fn retire(mut self) {
+        tokio::spawn(async move { super::linger(&mut self.stream).await });
+    }
+
     /// Whether the kept connection can carry a request: the instance has
     /// not closed it and sent nothing unasked. Readiness is known from the
     /// last poll, so this costs no system call.

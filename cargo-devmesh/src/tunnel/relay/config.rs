@@ -31,6 +31,28 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Every key of the relay's config file, one line each, for `--help`.
+pub const KEYS_HELP: &str = "\
+The config file (TOML); every key, its type and default:
+  listen = \"0.0.0.0:7000\"         address (required): where supervisors connect
+  public_host = \"relay.example\"   host name (required): what tunnel URLs are made of
+  ports = \"31000-31999\"           port range: a public port a tunnel (not needed with [domain])
+  tokens = \"/etc/devmesh/tokens\"  file (required): `name: token` lines, tokens of 16+ characters, 0600
+  data = \"/var/lib/devmesh-relay\" folder (required): reservations kept across restarts
+  [domain]                          optional: every tunnel at <svc>--<namespace>.<name>
+    name = \"tunnels.example.com\"  domain (required in the section)
+    listen = \"0.0.0.0:443\"        address (required in the section)
+  [tls]                             optional: TLS for supervisors and callers
+    cert = \"relay.pem\"            PEM file (required in the section)
+    key = \"relay.key\"             PEM file (required in the section)
+  [limits]                          per token
+    tunnels = 64                    tunnels open at once
+    connections = 1024              connections open at once; more get a 503
+    handshake = \"10s\"             time for a supervisor to say who it is
+  [dial]                            what each token's supervisor may reach in the sandbox
+    alice = [\"host:port\", \"host\", \"10.1.0.0/16\"]   by token name; default: nothing
+";
+
 /// What is wrong with the relay's config file, a line a problem.
 #[derive(Debug, thiserror::Error)]
 #[error("the relay's config `{path}`:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]

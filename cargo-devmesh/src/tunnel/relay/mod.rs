@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::callers::{ACCESS_COOKIE, ACCESS_HEADER};
 use self::callers::{Head, LOGIN_PATH, NoHead, Sessions};
-pub use self::config::{ConfigError, DomainConfig, Limits, RelayConfig, TlsConfig};
+pub use self::config::{ConfigError, DomainConfig, KEYS_HELP, Limits, RelayConfig, TlsConfig};
 use super::link::{Link, Side, Socket, Stream};
 use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
 use crate::accept::Backoff;
