@@ -210,6 +210,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// CPU time process `pid` has used, in clock ticks, from `/proc`.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split(' ').collect();
+    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name).
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
 /// Resident memory of process `pid`, in KiB, from `/proc`.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
