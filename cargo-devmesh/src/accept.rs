@@ -21,6 +21,12 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Where a listener's trouble is said.
 pub type Say = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Says in the supervisor's log: the terminal and `devmesh.log`.
+pub fn in_log(logs: &crate::logs::Logs) -> Say {
+    let logs = logs.clone();
+    Arc::new(move |text| logs.note(text))
+}
+
 /// Says on stderr, for the relay and for listeners with no log of their own.
 pub fn on_stderr(prefix: &'static str) -> Say {
     Arc::new(move |text| eprintln!("{prefix}: {text}"))

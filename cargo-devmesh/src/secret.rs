@@ -42,9 +42,9 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Makes `dir` (created if needed) readable by its owner only: it holds
-/// the control token, captured logs and the registry.
-/// Every folder it makes on the way is the owner's alone too: the logs
-/// folder made again after the state folder was deleted makes that too.
+/// the control token, captured logs and the registry. The folders it makes
+/// on the way are the owner's alone too (the logs folder, made again after
+/// the state folder was deleted, makes the state folder).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     devmesh::registry::create_private_dir(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

@@ -19,7 +19,9 @@ fn main() {
     let registry = Registry::new(dir.path().join("registry.json"));
     registry
         .update(|file| {
-            // A realistic mesh: the service looked up among twenty.
+            // A realistic mesh: the service looked up among twenty, written
+            // by a supervisor that runs (its liveness is checked on lookups).
+            file.supervisor_pid = Some(std::process::id());
             for i in 0..20 {
                 let url = format!("http://127.0.0.1:{}", 41000 + i);
                 file.services.insert(format!("service-{i}"), Entry::new(url));

@@ -378,8 +378,8 @@ fn edited_and_restarted(mesh: &Mesh, service: &str, (file, served_at): (&str, &s
 }
 
 /// A command with no `cwd`, as Procfiles are written (`exec python3 …`,
-/// run from the root): `--watch` restarts it for a file beside it, not for
-/// a Rust package's.
+/// run from the root): `--watch` restarts it for a file beside it. (That a
+/// Rust package's files do not is `watch`'s unit test.)
 #[test]
 fn watch_restarts_a_command_without_a_cwd_for_its_files() {
     let dir = fixture("mesh");

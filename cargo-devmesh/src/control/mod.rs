@@ -137,10 +137,7 @@ pub async fn serve(
         path: PathBuf::from("/dev/urandom"),
         source,
     })?;
-    let say: crate::accept::Say = {
-        let logs = api.mesh.logs.clone();
-        Arc::new(move |text| logs.note(text))
-    };
+    let say = crate::accept::in_log(&api.mesh.logs);
     let mut backoff = crate::accept::Backoff::new(format!("the inspector and API at {addr}"), say);
     tokio::spawn(async move {
         loop {

@@ -78,9 +78,7 @@ impl Exchange {
                 service,
                 caller,
                 kind,
-                started_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                started_ms: crate::time::now_ms(),
                 method: String::new(),
                 path: String::new(),
                 status: None,

@@ -20,6 +20,9 @@ pub struct Seen {
     pub truncated: bool,
     /// Whether the body reached its end (not dropped or failed midway).
     pub finished: bool,
+    /// Whether its reader let it go before its end (the client closed,
+    /// once it had the head), rather than its sender failing midway.
+    pub abandoned: bool,
     /// Its trailers, when it had some (HTTP/2: gRPC's status).
     pub trailers: Option<hyper::HeaderMap>,
     /// When the first kept piece arrived, and how far the kept bytes then
@@ -162,8 +165,10 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Tee<B> {
 
 impl<B> Drop for Tee<B> {
     fn drop(&mut self) {
-        // An empty body may never be polled: that is a finished one.
+        // An empty body may never be polled: that is a finished one; any
+        // other that is dropped unfinished was let go by its reader.
         let finished = self.seen.size == 0;
+        self.seen.abandoned = !finished;
         self.end(finished);
     }
 }

@@ -226,7 +226,7 @@ impl Mesh {
         let (live_link, live) = tokio::sync::watch::channel(None);
         for (name, remote) in remotes.iter_mut() {
             let Some(target) = remote.through.clone() else { continue };
-            match crate::tunnel::client::reach(target, live.clone(), shutdown.clone()).await {
+            match crate::tunnel::client::reach(target, live.clone(), &logs, shutdown.clone()).await {
                 Ok(addr) => {
                     let host = remote.copy.backend.host.as_deref().unwrap_or_default().to_owned();
                     remote.copy.backend = Backend::remote(addr, &host);
@@ -298,10 +298,7 @@ impl Mesh {
             fronts_to_serve.push(front(name, route, protocol));
             switches.insert(name.clone(), switch);
         }
-        let say: crate::accept::Say = {
-            let logs = logs.clone();
-            Arc::new(move |text| logs.note(text))
-        };
+        let say = crate::accept::in_log(&logs);
         let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, Arc::clone(&say), shutdown.clone())
             .context("could not start the front ports")?;
         // Built already: the services start now, while the rest comes up.

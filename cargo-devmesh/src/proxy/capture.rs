@@ -180,17 +180,7 @@ impl Capture {
     /// Records the end of the exchange: its bodies (`None`: recorded
     /// elsewhere), and what went wrong.
     pub fn end(mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
-        self.finish(request, response, error, None);
-    }
-
-    /// Records the end of an exchange whose client closed once it had the
-    /// answer's head, before the rest of it: the call was answered (the
-    /// client's choice, as a client that reads a status and drops the
-    /// body makes), so it is no failure; `note` says what happened.
-    pub fn end_client_closed(mut self, request: Option<Seen>, mut response: Seen, note: String) {
-        // Not "cut short": the service's answer was whole or still coming.
-        response.finished = true;
-        self.finish(request, Some(response), None, Some(note));
+        self.finish(request, response, error);
     }
 
     /// Records the end of an exchange the proxy answered itself (the
@@ -199,15 +189,15 @@ impl Capture {
         self.respond(status, headers, None);
         let mut seen = Seen::passed(0);
         seen.record(message.as_bytes(), message.len());
-        self.finish(None, Some(seen), None, None);
+        self.finish(None, Some(seen), None);
     }
 
     /// Records the end of an upgraded connection that carried these bytes.
     pub fn end_stream(mut self, up: u64, down: u64, error: Option<String>) {
-        self.finish(Some(Seen::passed(up)), Some(Seen::passed(down)), error, None);
+        self.finish(Some(Seen::passed(up)), Some(Seen::passed(down)), error);
     }
 
-    fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>, note: Option<String>) {
+    fn finish(&mut self, request: Option<Seen>, response: Option<Seen>, error: Option<String>) {
         self.ended = true;
         let total_ms = millis(self.arrived.elapsed());
         let pending = self.response.take();
@@ -238,8 +228,19 @@ impl Capture {
                     if let Some(trailers) = &seen.trailers {
                         e.response_trailers = Headers::new(trailers);
                     }
-                    if !seen.finished && error.is_none() {
-                        e.error = Some("the response was cut short".to_owned());
+                    // An answer the client stopped reading once it had its
+                    // head was answered (as a client that reads a status and
+                    // drops the body chooses): a note, no failure. One the
+                    // service broke off is a failure.
+                    match (seen.finished, seen.abandoned) {
+                        (false, true) => {
+                            e.note = Some(format!(
+                                "the client closed before reading the whole answer ({} of its body's bytes went to it)",
+                                seen.size
+                            ));
+                        }
+                        (false, false) if error.is_none() => e.error = Some("the response was cut short".to_owned()),
+                        _ => {}
                     }
                 }
                 if error.is_some() {
@@ -249,7 +250,6 @@ impl Capture {
                 // trailers-only answer.
                 let grpc = |headers: &Headers| headers.get("grpc-status").and_then(|s| s.parse::<u8>().ok());
                 e.grpc_status = grpc(&e.response_trailers).or_else(|| grpc(&e.response_headers));
-                e.note = note;
                 e.total_ms = Some(total_ms);
                 e.complete = true;
             });
@@ -259,7 +259,7 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         if !self.ended {
-            self.finish(None, None, Some("the connection closed mid-exchange".to_owned()), None);
+            self.finish(None, None, Some("the connection closed mid-exchange".to_owned()));
         }
     }
 }

@@ -966,6 +966,40 @@ async fn a_client_that_drops_an_answer_unread_was_answered() {
     assert!(inspector.store.list(&failed).is_empty());
 }
 
+/// The same verdict over HTTP/2: a client that takes an answer's head and
+/// cancels the stream was answered; a note says it left early.
+#[tokio::test]
+async fn an_http2_client_that_cancels_after_the_head_was_answered() {
+    let (front, inspector, _shutdown) = front(backend().await, 1024).await;
+    // A window of 64 KiB: the 1 MiB answer cannot all be sent unread.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(65_535)
+        .build_http::<Full<Bytes>>();
+    let request = Request::get(format!("http://{front}/big"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let all = complete(&inspector, 1).await;
+    assert_eq!(
+        (all[0].status, all[0].error.as_deref()),
+        (Some(200), None),
+        "{:?}",
+        all[0].note
+    );
+    assert!(
+        all[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("closed before reading the whole answer")),
+        "{:?}",
+        all[0].note
+    );
+}
+
 /// Slowloris: 200 connections that trickle a request head are closed (with
 /// a 408) once the head timeout passes, while normal requests are served.
 #[tokio::test]

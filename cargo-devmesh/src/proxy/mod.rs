@@ -433,15 +433,14 @@ impl Context {
 
     /// What a client is told when the instance at `addr` sent no response
     /// within `run.response_timeout`.
+    ///
     /// When the service is itself waiting on a call through another front
     /// port, that is said: the one that does not answer is named, not only
     /// the one that waits for it.
     fn no_response_in_time(&self, addr: SocketAddr) -> String {
         let service = &self.service;
         let timeout = self.timeouts.response;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::time::now_ms();
         let waiting_on = self
             .inspector
             .store
@@ -504,14 +503,19 @@ pub fn local_response(status: StatusCode, message: &str) -> Vec<u8> {
 /// Listens on a loopback port of its own until `shutdown`, and hands each
 /// connection to `serve` on a task of its own: a bridge that front ports
 /// send to (TLS to the sandbox, a dial through the relay). Its address.
-pub async fn loopback<F, Fut>(shutdown: CancellationToken, serve: F) -> std::io::Result<SocketAddr>
+/// Trouble accepting is said through `say`.
+pub async fn loopback<F, Fut>(
+    say: crate::accept::Say,
+    shutdown: CancellationToken,
+    serve: F,
+) -> std::io::Result<SocketAddr>
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let mut backoff = Backoff::new(format!("the bridge at {addr}"), crate::accept::on_stderr("devmesh"));
+    let mut backoff = Backoff::new(format!("the bridge at {addr}"), say);
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -92,7 +92,7 @@ pub async fn bridge(
 ) -> std::io::Result<SocketAddr> {
     let name = ServerName::try_from(host.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let failing = Arc::new(AtomicBool::new(false));
-    super::loopback(shutdown, move |mut plain| {
+    super::loopback(crate::accept::in_log(&logs), shutdown, move |mut plain| {
         let (connector, name, logs, failing) = (connector.clone(), name.clone(), logs.clone(), Arc::clone(&failing));
         let (service, host) = (service.clone(), host.clone());
         async move {

@@ -329,9 +329,10 @@ async fn connect_front(front: SocketAddr) -> std::io::Result<TcpStream> {
 pub async fn reach(
     target: String,
     live: tokio::sync::watch::Receiver<Option<Link>>,
+    logs: &Logs,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    crate::proxy::loopback(shutdown, move |mut socket| {
+    crate::proxy::loopback(crate::accept::in_log(logs), shutdown, move |mut socket| {
         let link = live.borrow().clone().filter(Link::is_alive);
         let target = target.clone();
         async move {

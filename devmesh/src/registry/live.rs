@@ -291,9 +291,7 @@ impl Shared {
             },
             None => RegistryFile::default(),
         };
-        let writer = Writer::new(file.supervisor_pid);
-        let mut snapshot = self.snapshot_of(file, bytes.is_some(), &mut state);
-        snapshot.writer = writer;
+        let snapshot = self.snapshot_of(file, bytes.is_some(), &mut state);
         state.bytes = bytes;
         state.warning = None;
         self.snapshot.store(Arc::new(snapshot));
@@ -301,6 +299,7 @@ impl Shared {
     }
 
     fn snapshot_of(&self, file: RegistryFile, exists: bool, state: &mut ReloadState) -> Snapshot {
+        let writer = Writer::new(file.supervisor_pid);
         let mut endpoints = HashMap::with_capacity(file.services.len());
         let mut entries = HashMap::with_capacity(file.services.len());
         for (name, entry) in file.services {
@@ -322,7 +321,7 @@ impl Shared {
             endpoints,
             entries,
             exists,
-            writer: Writer::default(),
+            writer,
         }
     }
 

@@ -426,6 +426,7 @@ impl Shared {
 
 /// The backend's thread: read, then watch, over the members in turn,
 /// until the backend is dropped.
+///
 /// An outage is said once, and again when etcd answers: not at each try.
 fn follow(shared: Weak<Shared>) {
     let mut failures = 0u32;

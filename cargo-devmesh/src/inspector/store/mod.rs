@@ -333,15 +333,19 @@ impl Store {
         }
     }
 
-    /// Copies of the stages and of the open exchanges that match, taken
-    /// under each shard's lock in turn: a long search then holds only the
-    /// ring's lock, which no request waits for.
     /// The exchanges in flight that match (unmasked: for devmesh's own
     /// words, never shown as they are).
     pub fn in_flight(&self, matches: impl Fn(&Exchange) -> bool) -> Vec<Exchange> {
-        self.snapshot(matches).1
+        let mut open = Vec::new();
+        for shard in &self.core.shards {
+            open.extend(lock(&shard.0).open.iter().filter(|e| matches(e)).cloned());
+        }
+        open
     }
 
+    /// Copies of the stages and of the open exchanges that match, taken
+    /// under each shard's lock in turn: a long search then holds only the
+    /// ring's lock, which no request waits for.
     fn snapshot(&self, matches: impl Fn(&Exchange) -> bool) -> (Vec<Stage>, Vec<Exchange>) {
         let mut stages = Vec::with_capacity(self.core.shards.len());
         let mut open = Vec::new();

@@ -307,9 +307,10 @@ async fn exchange(
                 upstream.retire();
                 return Next::Close;
             }
-            Err(Failure::ClientClosed(note)) => {
+            Err(Failure::ClientClosed) => {
+                response_seen.abandoned = true;
                 if let Some(capture) = capture.or_else(|| begin(&link.scratch)) {
-                    capture.end_client_closed(Some(request_seen), response_seen, note);
+                    capture.end(Some(request_seen), Some(response_seen), None);
                 }
                 upstream.retire();
                 return Next::Close;
@@ -430,8 +431,8 @@ enum Failure {
     Broken(String),
     /// The client closed once it had the response's head, before the rest
     /// (a client that reads a status and drops the body): answered, not
-    /// failed.
-    ClientClosed(String),
+    /// failed (see [`Seen::abandoned`]).
+    ClientClosed,
 }
 
 /// What shapes the forwarding of one request.
@@ -649,10 +650,7 @@ where
         Broken::HeadSink(e) => Failure::Broken(format!("the client left before the answer: {e}")),
         // The head went out with the first of the body: the client had its
         // answer's status, and chose not to read on.
-        Broken::Sink(_) => Failure::ClientClosed(format!(
-            "the client closed before reading the whole answer ({} of its body's bytes went to it)",
-            seen.size
-        )),
+        Broken::Sink(_) => Failure::ClientClosed,
         e => Failure::Broken(format!("the response body: {e}")),
     })?;
     Ok(head)
