@@ -6,7 +6,6 @@
 //! no resolver), on UDP; a malformed query is answered FORMERR when it has
 //! an id, else dropped, and never stops it.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -14,20 +13,17 @@ use devmesh::dns::{self, Data, Question, Record};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::Switches;
+
 /// The zone it answers for.
 pub const ZONE: &str = "devmesh";
 /// Seconds an answer may be kept: front ports never change while the
 /// supervisor runs, but a client should notice a new service soon.
 const TTL: u32 = 5;
 
-/// Answers queries on `socket` from `fronts` until `shutdown`.
+/// Answers queries on `socket` for the front ports in `fronts` until `shutdown`.
 /// A receive that fails pauses through a [`Backoff`] said with `say`.
-pub async fn serve(
-    socket: UdpSocket,
-    fronts: Arc<BTreeMap<String, SocketAddr>>,
-    say: crate::accept::Say,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(socket: UdpSocket, fronts: Arc<Switches>, say: crate::accept::Say, shutdown: CancellationToken) {
     let what = socket.local_addr().map_or_else(
         |_| "the DNS server".to_owned(),
         |addr| format!("the DNS server at {addr}"),
@@ -48,16 +44,17 @@ pub async fn serve(
                 }
             },
         };
-        if let Some(reply) = reply(&buf[..len], &fronts) {
+        if let Some(reply) = reply(&buf[..len], |service| fronts.front(service)) {
             let _ = socket.send_to(&reply, from).await;
         }
     }
 }
 
-/// The reply to `query`: `None` when it is too broken to answer.
-pub fn reply(query: &[u8], fronts: &BTreeMap<String, SocketAddr>) -> Option<Vec<u8>> {
+/// The reply to `query`, with `front` telling each service's front port:
+/// `None` when it is too broken to answer.
+pub fn reply(query: &[u8], front: impl Fn(&str) -> Option<SocketAddr>) -> Option<Vec<u8>> {
     match Question::parse(query) {
-        Ok(question) => Some(answer(&question, fronts)),
+        Ok(question) => Some(answer(&question, front)),
         // With an id and a query bit, it can be told it was malformed.
         Err(_) if query.len() >= 12 && query[2] & 0x80 == 0 => {
             let mut reply = query[..12].to_vec();
@@ -70,7 +67,7 @@ pub fn reply(query: &[u8], fronts: &BTreeMap<String, SocketAddr>) -> Option<Vec<
     }
 }
 
-fn answer(question: &Question, fronts: &BTreeMap<String, SocketAddr>) -> Vec<u8> {
+fn answer(question: &Question, front: impl Fn(&str) -> Option<SocketAddr>) -> Vec<u8> {
     let Some(inside) = question.name.strip_suffix(ZONE).map(|n| n.trim_end_matches('.')) else {
         return question.answer(dns::REFUSED, &[], &[]);
     };
@@ -79,7 +76,7 @@ fn answer(question: &Question, fronts: &BTreeMap<String, SocketAddr>) -> Vec<u8>
         .strip_prefix('_')
         .and_then(|n| n.strip_suffix("._tcp"))
         .unwrap_or(inside);
-    let Some(front) = fronts.get(service) else {
+    let Some(front) = front(service) else {
         return question.answer(dns::NXDOMAIN, &[], &[]);
     };
     let host = format!("{service}.{ZONE}");
@@ -115,12 +112,12 @@ mod tests {
     use super::*;
     use devmesh::dns::Response;
 
-    fn fronts() -> BTreeMap<String, SocketAddr> {
-        BTreeMap::from([("orders".to_owned(), "127.0.0.1:24001".parse().unwrap())])
+    fn fronts(service: &str) -> Option<SocketAddr> {
+        (service == "orders").then(|| "127.0.0.1:24001".parse().unwrap())
     }
 
     fn ask(name: &str, kind: u16) -> Response {
-        let reply = reply(&Question::new(9, name, kind).to_bytes(), &fronts()).unwrap();
+        let reply = reply(&Question::new(9, name, kind).to_bytes(), fronts).unwrap();
         Response::parse(&reply).unwrap()
     }
 
@@ -144,8 +141,8 @@ mod tests {
     fn garbage_gets_formerr_or_nothing() {
         let mut broken = Question::new(3, "orders.devmesh", dns::A).to_bytes();
         broken.truncate(14);
-        let reply = Response::parse(&reply(&broken, &fronts()).unwrap()).unwrap();
+        let reply = Response::parse(&reply(&broken, fronts).unwrap()).unwrap();
         assert_eq!((reply.id, reply.code), (3, dns::FORMERR));
-        assert_eq!(super::reply(b"junk", &fronts()), None);
+        assert_eq!(super::reply(b"junk", fronts), None);
     }
 }

@@ -22,6 +22,10 @@ pub struct PortBook {
     ports: BTreeMap<String, u16>,
     /// The user's book, while this workspace takes its ports.
     user: Option<UserBook>,
+    /// Where the user's book is, to take it again for a late port.
+    user_dir: Option<PathBuf>,
+    /// This workspace's root.
+    workspace: PathBuf,
     /// Every port new, from the kernel, kept nowhere but this run's
     /// `ports.json`: a mesh of a test's own, many at once.
     ephemeral: bool,
@@ -113,6 +117,8 @@ impl PortBook {
             path,
             ports,
             user: user_dir.and_then(|dir| UserBook::open(dir, workspace)),
+            user_dir: user_dir.map(Path::to_path_buf),
+            workspace: workspace.to_path_buf(),
             ephemeral: false,
         })
     }
@@ -125,6 +131,8 @@ impl PortBook {
             path: state_dir.join("ports.json"),
             ports: BTreeMap::new(),
             user: None,
+            user_dir: None,
+            workspace: PathBuf::new(),
             ephemeral: true,
         }
     }
@@ -138,6 +146,21 @@ impl PortBook {
         range: (u16, u16),
     ) -> Result<TcpListener, StartError> {
         self.take(service, configured, range, crate::platform::listen)
+    }
+
+    /// Binds the front port of a service that appeared after the run
+    /// started, as [`PortBook::bind`] does: the user's book is taken again
+    /// for it, and written.
+    pub fn bind_late(&mut self, service: &str, range: (u16, u16)) -> Result<TcpListener, StartError> {
+        if !self.ephemeral {
+            self.user = self
+                .user_dir
+                .as_deref()
+                .and_then(|dir| UserBook::open(dir, &self.workspace));
+        }
+        let bound = self.bind(service, None, range);
+        self.commit();
+        bound
     }
 
     /// [`PortBook::bind`] with `bind` making the socket (TCP or UDP).

@@ -191,6 +191,14 @@ impl StateFiles {
         self.add(path, contents).write()
     }
 
+    /// Writes `path`, kept already, as its contents are now.
+    pub fn rewrite(&self, path: &Path) -> std::io::Result<()> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let file = kept.iter().find(|k| k.path == path).cloned();
+        drop(kept);
+        file.map_or(Ok(()), |file| file.write())
+    }
+
     fn add(&self, path: PathBuf, contents: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Arc<Kept> {
         let kept = Arc::new(Kept {
             path,

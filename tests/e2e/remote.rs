@@ -320,6 +320,54 @@ fn a_service_moves_between_here_and_the_sandbox_with_no_failed_request() {
     let output = mesh.cli(&["stop", "beta"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(whoami(), "sandbox beta", "auto: the sandbox's while it is stopped here");
+
+    // A service put in etcd while the run is up gets a front port (for
+    // services that do not link devmesh with etcd), and loses it when its
+    // key goes; back, it has the same port.
+    let mut epsilon = devmesh::remote::etcd::Registration::new(&registry);
+    epsilon.register(&[("epsilon".into(), sandbox.url())]).unwrap();
+    let appeared = mesh.output.wait_for(1, "epsilon's front port", |l| {
+        l.contains("epsilon: appeared in the sandbox")
+    });
+    let epsilon_port = remote_front(&mesh, "epsilon");
+    assert!(appeared.contains(&format!("127.0.0.1:{epsilon_port}")), "{appeared}");
+    assert_eq!(get(epsilon_port, "/whoami"), (200, "sandbox beta".to_owned()));
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("epsilon") && l.contains(&sandbox.url())),
+        "{ps}"
+    );
+    let dns_port = read_json(&mesh.state().join("ports.json"))["@dns"].as_u64().unwrap() as u16;
+    let dns = crate::dns::dig(dns_port, &["_epsilon._tcp.devmesh", "SRV"]);
+    assert!(dns.contains(&format!(" {epsilon_port} ")), "{dns}");
+    epsilon.revoke().unwrap();
+    // gamma's front port too: it was in etcd when the run started.
+    gamma.revoke().unwrap();
+    for name in ["epsilon", "gamma"] {
+        mesh.output.wait_for(1, "the front port closed", |l| {
+            l.contains(&format!("{name}: gone from the sandbox; its front port is closed"))
+        });
+    }
+    let registry_now = read_json(&mesh.state().join("registry.json"));
+    assert!(registry_now["services"].get("epsilon").is_none(), "{registry_now}");
+    assert!(registry_now["services"].get("gamma").is_none(), "{registry_now}");
+    for port in [epsilon_port, gamma_port] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{port} is closed"
+        );
+    }
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(
+        !ps.lines().any(|l| l.starts_with("epsilon") || l.starts_with("gamma")),
+        "{ps}"
+    );
+    epsilon.register(&[("epsilon".into(), sandbox.url())]).unwrap();
+    mesh.output
+        .wait_for(2, "epsilon back", |l| l.contains("epsilon: appeared in the sandbox"));
+    assert_eq!(remote_front(&mesh, "epsilon"), epsilon_port, "the port it had");
+    assert_eq!(get(epsilon_port, "/whoami"), (200, "sandbox beta".to_owned()));
 }
 
 /// A service the workspace uses from a DNS SRV server (Debian's dnsmasq

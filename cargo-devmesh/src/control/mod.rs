@@ -66,8 +66,8 @@ use crate::errors::StartError;
 use crate::inspector::trace::TraceId;
 use crate::inspector::{CallMap, Exchange, Filter, Inspector, Summary};
 use crate::logs::Logs;
-use crate::proxy::Switches;
 use crate::proxy::switch::ModeRefused;
+use crate::proxy::{FrontPort, Switches};
 use crate::state::StateFiles;
 use crate::supervisor::{ServiceState, Services};
 use devmesh::config::Mode;
@@ -79,10 +79,9 @@ pub struct Parts {
     /// What the tunnel is doing (its default while there is none).
     pub tunnel: tokio::sync::watch::Receiver<crate::tunnel::client::TunnelState>,
     pub services: Arc<Services>,
+    /// Every front port, by service.
     pub switches: Arc<Switches>,
     pub backends: crate::mesh::Backends,
-    /// Every front port, by service.
-    pub fronts: std::collections::BTreeMap<String, SocketAddr>,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
 }
@@ -310,25 +309,31 @@ impl Api {
             .collect();
         self.mesh
             .switches
-            .iter()
-            .map(|(name, switch)| {
+            .all()
+            .into_iter()
+            .map(|(name, FrontPort { addr, switch })| {
                 let remote = switch.remote().map(|r| r.url.clone());
-                let state = states.get(name).cloned().unwrap_or_else(|| ServiceState {
-                    name: name.to_owned(),
-                    status: Status::Remote,
-                    front: self.mesh.fronts.get(name).copied().unwrap_or(self.control.addr),
-                    pid: None,
-                    restarts: 0,
-                    crashes: 0,
-                    draining: 0,
-                    note: None,
-                });
+                let via_relay = self.mesh.tunnel.borrow().reached.contains(&name);
+                let state = match states.get(&name) {
+                    Some(state) => state.clone(),
+                    // Used from the sandbox only.
+                    None => ServiceState {
+                        name,
+                        status: Status::Remote,
+                        front: addr,
+                        pid: None,
+                        restarts: 0,
+                        crashes: 0,
+                        draining: 0,
+                        note: None,
+                    },
+                };
                 ServiceView {
                     state,
                     mode: switch.mode(),
                     traffic: switch.traffic(),
                     remote,
-                    via_relay: self.mesh.tunnel.borrow().reached.iter().any(|r| r == name),
+                    via_relay,
                 }
             })
             .collect()

@@ -102,11 +102,9 @@ impl Plan {
 #[derive(Debug)]
 pub struct Mesh {
     state_dir: PathBuf,
-    /// Every service with a front port: run here, or used from the sandbox.
-    selected: Vec<String>,
     services: Arc<Services>,
+    /// Every front port: of a service run here, or used from the sandbox.
     switches: Arc<Switches>,
-    fronts: BTreeMap<String, SocketAddr>,
     inspector: Arc<Inspector>,
     logs: Logs,
     state: StateFiles,
@@ -166,7 +164,12 @@ impl Mesh {
             );
         }
 
-        let (remotes, backends, remote_problems) = remote_copies(&workspace).await;
+        let remotes::Found {
+            copies: remotes,
+            backends,
+            etcd,
+            problems: remote_problems,
+        } = remote_copies(&workspace).await;
         // Services used from the sandbox only get a front port too.
         let remote_only: Vec<String> = remotes.keys().filter(|n| !selected.contains(n)).cloned().collect();
 
@@ -193,7 +196,7 @@ impl Mesh {
         for problem in remote_problems {
             logs.note(problem);
         }
-        let state = state_files(&state_dir, &fronts, &remote_only, ports)?;
+        let (state, ports) = state_files(&state_dir, &fronts, &remote_only, ports)?;
 
         let targets: Vec<BinTarget> = selected
             .iter()
@@ -235,7 +238,7 @@ impl Mesh {
             }
         }
         let mut handles = Services::default();
-        let mut switches = Switches::default();
+        let switches = Arc::new(Switches::default());
         let mut tasks = Vec::new();
         let mut fronts_to_serve = Vec::new();
         let timeouts = proxy::Timeouts::new(
@@ -286,39 +289,60 @@ impl Mesh {
                 Arc::clone(&supervisor),
                 shutdown.clone(),
             );
-            fronts_to_serve.push(front(&name, route, protocol));
-            switches.insert(name.clone(), switch);
+            fronts_to_serve.push((front(&name, route, protocol), shutdown.clone()));
+            switches.insert(name.clone(), fronts[&name], switch);
             handles.insert(name, handle);
             tasks.push(task);
         }
+        // Those an etcd key places go when the key does.
+        let mut keyed = BTreeMap::new();
         for name in &remote_only {
             let remote = remotes[name].clone();
             let protocol = remote.protocol;
             let (switch, route, _) = Switch::start(false, Some(remote.copy), Mode::Remote);
-            fronts_to_serve.push(front(name, route, protocol));
-            switches.insert(name.clone(), switch);
+            let stop = match remote.followed.is_some() && remote.followed == etcd {
+                true => keyed
+                    .entry(name.clone())
+                    .or_insert_with(|| shutdown.child_token())
+                    .clone(),
+                false => shutdown.clone(),
+            };
+            fronts_to_serve.push((front(name, route, protocol), stop));
+            switches.insert(name.clone(), fronts[name], switch);
         }
         let say = crate::accept::in_log(&logs);
-        let proxy_workers = proxy::start(fronts_to_serve, proxy_threads, Arc::clone(&say), shutdown.clone())
-            .context("could not start the front ports")?;
+        let (proxy, proxy_workers) = proxy::start(proxy_threads, Arc::clone(&say), shutdown.clone())
+            .context("could not start the proxy's threads")?;
+        for (front, stop) in fronts_to_serve {
+            proxy.serve(front, stop).context("could not serve a front port")?;
+        }
         // Built already: the services start now, while the rest comes up.
         if let Some(built) = prebuilt.clone() {
             first_build.send_replace(Some(built));
         }
         let services = Arc::new(handles);
-        let switches = Arc::new(switches);
-        let followed = remotes
-            .iter()
-            .filter(|(_, r)| r.tls.is_none())
-            .filter_map(|(name, r)| Some((name.clone(), r.followed?)))
-            .collect();
-        tasks.push(tokio::spawn(follow_remotes(
-            followed,
-            Arc::clone(&backends),
-            Arc::clone(&switches),
-            logs.clone(),
-            shutdown.clone(),
-        )));
+        let following = remotes::Following {
+            moving: remotes
+                .iter()
+                .filter(|(_, r)| r.tls.is_none())
+                .filter_map(|(name, r)| Some((name.clone(), r.followed?)))
+                .collect(),
+            keyed,
+            backends: Arc::clone(&backends),
+            etcd,
+            switches: Arc::clone(&switches),
+            new_fronts: remotes::NewFronts {
+                proxy,
+                ports,
+                range: workspace.config.run.ports,
+                state: state.clone(),
+                timeouts,
+                inspector: Arc::clone(&inspector),
+                reach: workspace.config.tunnel.iter().flat_map(|t| t.reach.clone()).collect(),
+            },
+            logs: logs.clone(),
+        };
+        tasks.push(tokio::spawn(follow_remotes(following, shutdown.clone())));
         // What the tunnel is doing, for `ps` and the page.
         let tunnel_state = tokio::sync::watch::Sender::new(crate::tunnel::client::TunnelState {
             reached: remotes
@@ -333,7 +357,6 @@ impl Mesh {
             services: Arc::clone(&services),
             switches: Arc::clone(&switches),
             backends,
-            fronts: fronts.clone(),
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
         };
@@ -345,7 +368,7 @@ impl Mesh {
             .context("could not serve DNS")?;
         tasks.push(tokio::spawn(crate::dns::serve(
             dns_socket,
-            Arc::new(fronts.clone()),
+            Arc::clone(&switches),
             say,
             shutdown.clone(),
         )));
@@ -424,10 +447,8 @@ impl Mesh {
         }
         Ok(Mesh {
             state_dir,
-            selected: selected.into_iter().chain(remote_only).collect(),
             services,
             switches,
-            fronts,
             inspector,
             logs,
             state,
@@ -451,7 +472,7 @@ impl Mesh {
     /// The front address of service `name`: where its callers reach it,
     /// the same across restarts and runs.
     pub fn front(&self, name: &str) -> Option<SocketAddr> {
-        self.fronts.get(name).copied()
+        self.switches.front(name)
     }
 
     /// The captured traffic.
@@ -554,9 +575,9 @@ impl Mesh {
     /// `control.json`.
     fn clear(&mut self) -> std::io::Result<()> {
         self.stopped = true;
-        let selected = &self.selected;
+        let fronts = self.switches.all();
         self.state.registry().change(|file| {
-            for name in selected {
+            for name in fronts.keys() {
                 file.services.remove(name);
             }
             if file.services.is_empty() {
@@ -586,13 +607,14 @@ impl Drop for Mesh {
 }
 
 /// The registry, `ports.json` and `control.json`'s keeper, the registry
-/// listing every front as building.
+/// listing every front as building; and the port book, shared with its
+/// keeper.
 fn state_files(
     state_dir: &Path,
     fronts: &BTreeMap<String, SocketAddr>,
     remote_only: &[String],
     ports: PortBook,
-) -> Result<StateFiles, StartError> {
+) -> Result<(StateFiles, Arc<std::sync::Mutex<PortBook>>), StartError> {
     // The files are copies of what the supervisor holds: written whole, and
     // put back when damaged (see `state`).
     let entries = fronts
@@ -619,12 +641,15 @@ fn state_files(
         .registry()
         .change(|_| ())
         .map_err(written(state.registry().path()))?;
-    let ports = Arc::new(ports);
     let ports_path = ports.path().to_path_buf();
+    let ports = Arc::new(std::sync::Mutex::new(ports));
+    let book = Arc::clone(&ports);
     state
-        .keep(ports_path.clone(), move || ports.json())
+        .keep(ports_path.clone(), move || {
+            book.lock().unwrap_or_else(|e| e.into_inner()).json()
+        })
         .map_err(written(&ports_path))?;
-    Ok(state)
+    Ok((state, ports))
 }
 
 /// How this developer connects to the relay: the token from

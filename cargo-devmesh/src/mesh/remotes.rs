@@ -1,18 +1,24 @@
 //! The services' copies in the sandbox, as front ports reach them: found
 //! from the remote backends when a run starts, bridged when they speak
 //! TLS or sit behind the relay, and followed when their backend moves them.
+//! A copy that an etcd key places gets its front port when the key
+//! appears, mid-run too, and loses it when the key goes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use devmesh::config::Protocol;
+use devmesh::config::{Mode, Protocol};
+use devmesh::registry::{Entry, Status};
 use devmesh::remote::Backend as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::inspector::Inspector;
 use crate::logs::Logs;
-use crate::proxy::{Backend, Remote, Switches};
+use crate::ports::PortBook;
+use crate::proxy::{Backend, FaultState, Front, Proxy, Remote, Switch, Switches, Timeouts};
+use crate::state::StateFiles;
 use crate::workspace::Workspace;
 
 /// A service's copy in the sandbox, as a front port reaches it.
@@ -28,13 +34,24 @@ pub(super) struct RemoteCopy {
     pub(super) through: Option<String>,
 }
 
-/// The copies in the sandbox a front port can send to, by service, from
-/// the remote backends: every one `[remote.static]` names, those
-/// `[remote.dns]` lists, and those `[remote.etcd]` holds when the run
-/// starts; the backends, for `ps` and to follow; and, in words, what
-/// could not be used.
-pub(super) async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, RemoteCopy>, Backends, Vec<String>) {
+/// What the remote backends know when a run starts.
+pub(super) struct Found {
+    /// The copies in the sandbox a front port can send to, by service:
+    /// every one `[remote.static]` names, those `[remote.dns]` lists, and
+    /// those `[remote.etcd]` holds.
+    pub copies: BTreeMap<String, RemoteCopy>,
+    /// The backends, for `ps` and to follow.
+    pub backends: Backends,
+    /// Which of them is etcd, whose keys come and go.
+    pub etcd: Option<usize>,
+    /// In words, what could not be used.
+    pub problems: Vec<String>,
+}
+
+/// Asks the remote backends of `workspace` what they know.
+pub(super) async fn remote_copies(workspace: &Workspace) -> Found {
     let mut problems = Vec::new();
+    let mut etcd_index = None;
     let mut backends: Vec<Box<dyn devmesh::remote::Backend>> = Vec::new();
     // (name, URL, where it came from, the backend that follows it)
     let mut urls: Vec<(String, String, String, Option<usize>)> = Vec::new();
@@ -101,6 +118,7 @@ pub(super) async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, Re
         match read {
             Ok(Ok((etcd, found))) => {
                 let (from, index) = (etcd.describe(), backends.len());
+                etcd_index = Some(index);
                 backends.push(Box::new(etcd));
                 for (name, url) in found {
                     if !urls.iter().any(|(known, ..)| *known == name) {
@@ -127,7 +145,12 @@ pub(super) async fn remote_copies(workspace: &Workspace) -> (BTreeMap<String, Re
             Err(problem) => problems.push(problem),
         }
     }
-    (copies, Arc::new(backends), problems)
+    Found {
+        copies,
+        backends: Arc::new(backends),
+        etcd: etcd_index,
+        problems,
+    }
 }
 
 /// The copy of service `name` at `url` (from `from`), as a front port
@@ -197,45 +220,183 @@ async fn copy_of(name: &str, url: &str, from: &str, through_relay: bool) -> Resu
     })
 }
 
-/// Follows the copies in the sandbox that a DNS record or an etcd key
-/// places, until `shutdown`: when one moves, its front port sends new
-/// requests to where it is now. (An `https://` one keeps its bridge: a
-/// move to another host is said, and waits for the next run.)
-pub(super) async fn follow_remotes(
-    followed: Vec<(String, usize)>,
-    backends: Backends,
-    switches: Arc<Switches>,
-    logs: Logs,
-    shutdown: CancellationToken,
-) {
-    if followed.is_empty() {
+/// The copies in the sandbox that a DNS record or an etcd key places, as
+/// the run follows them.
+pub(super) struct Following {
+    /// Copies that can move, by service: the backend that places each.
+    pub moving: BTreeMap<String, usize>,
+    /// Front ports that go with their etcd key: the token that closes each.
+    pub keyed: BTreeMap<String, CancellationToken>,
+    pub backends: Backends,
+    /// The backend whose keys give front ports while the run is up.
+    pub etcd: Option<usize>,
+    pub switches: Arc<Switches>,
+    /// What a new front port needs.
+    pub new_fronts: NewFronts,
+    pub logs: Logs,
+}
+
+/// What a front port that opens mid-run needs.
+pub(super) struct NewFronts {
+    pub proxy: Proxy,
+    pub ports: Arc<Mutex<PortBook>>,
+    /// `[run] ports`.
+    pub range: (u16, u16),
+    pub state: StateFiles,
+    pub timeouts: Timeouts,
+    pub inspector: Arc<Inspector>,
+    /// `[tunnel] reach`: those copies are reached through the relay.
+    pub reach: Vec<String>,
+}
+
+/// Follows the copies in the sandbox until `shutdown`: when one moves, its
+/// front port sends new requests to where it is now. (An `https://` one
+/// keeps its bridge: a move to another host is said, and waits for the
+/// next run.) A service that appears in etcd gets a front port, and one
+/// whose key goes loses it; its port is kept for it in `ports.json`.
+pub(super) async fn follow_remotes(mut following: Following, shutdown: CancellationToken) {
+    if following.moving.is_empty() && following.etcd.is_none() {
         return;
     }
+    // Said once each, until it changes.
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        for (name, index) in &followed {
-            let (Some(switch), Some(now)) = (switches.get(name), backends[*index].lookup(name)) else {
+        following.follow_moves().await;
+        let Some(etcd) = following.etcd else { continue };
+        let backend = Arc::clone(&following.backends);
+        let backend = &backend[etcd];
+        let listed = backend.names();
+        let gone: Vec<String> = following
+            .keyed
+            .keys()
+            .filter(|name| !listed.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            following.close(&name);
+        }
+        refused.retain(|name, _| listed.contains(name));
+        for name in listed {
+            if following.switches.front(&name).is_some() {
+                continue;
+            }
+            let Some(endpoint) = backend.lookup(&name) else {
+                continue;
+            };
+            match following.open(&name, endpoint.url(), etcd, &shutdown).await {
+                Ok(stop) => {
+                    refused.remove(&name);
+                    following.moving.insert(name.clone(), etcd);
+                    following.keyed.insert(name, stop);
+                }
+                Err(why) => {
+                    if refused.get(&name) != Some(&why) {
+                        following.logs.note(format!("{name}: {why}"));
+                        refused.insert(name, why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Following {
+    /// Sends each moved copy's new requests to where it is now.
+    async fn follow_moves(&self) {
+        for (name, index) in &self.moving {
+            let (Some(switch), Some(now)) = (self.switches.get(name), self.backends[*index].lookup(name)) else {
                 continue;
             };
             let was = switch.remote().map(|r| r.url);
             if was.as_deref() == Some(now.url()) {
                 continue;
             }
-            match copy_of(name, now.url(), &backends[*index].describe(), false).await {
+            match copy_of(name, now.url(), &self.backends[*index].describe(), false).await {
                 Ok(copy) if copy.tls.is_none() => {
-                    logs.note(format!("{name}: moved in the sandbox, to {}", now.url()));
+                    self.logs
+                        .note(format!("{name}: moved in the sandbox, to {}", now.url()));
                     switch.move_remote(copy.copy);
                 }
-                Ok(_) => logs.note(format!(
+                Ok(_) => self.logs.note(format!(
                     "{name}: moved in the sandbox, to {}; an https:// copy is followed from the next run",
                     now.url()
                 )),
-                Err(problem) => logs.note(problem),
+                Err(problem) => self.logs.note(problem),
             }
         }
+    }
+
+    /// Opens a front port for service `name`, which appeared at `url` in
+    /// backend `index`; the token closes it. Why it cannot, in words.
+    async fn open(
+        &self,
+        name: &str,
+        url: &str,
+        index: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<CancellationToken, String> {
+        let from = self.backends[index].describe();
+        let copy = copy_of(name, url, &from, false).await?;
+        let next_run = |what: &str| {
+            format!("appeared in the sandbox ({from}: {url}); {what} gets its front port from the next run")
+        };
+        if copy.tls.is_some() {
+            return Err(next_run("an https:// copy"));
+        }
+        if self.new_fronts.reach.iter().any(|r| r == name) {
+            return Err(next_run("a copy reached through the relay"));
+        }
+        let new = &self.new_fronts;
+        let (listener, book) = {
+            let mut ports = new.ports.lock().unwrap_or_else(|e| e.into_inner());
+            let listener = ports.bind_late(name, new.range).map_err(|e| e.to_string())?;
+            (listener, ports.path().to_path_buf())
+        };
+        // Its keeper reads the book: not while it is held here.
+        let _ = new.state.rewrite(&book);
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (switch, route, _) = Switch::start(false, Some(copy.copy), Mode::Remote);
+        let front = Front {
+            service: name.to_owned(),
+            listener,
+            route,
+            protocol: copy.protocol,
+            timeouts: new.timeouts,
+            max_connections: crate::proxy::MAX_CONNECTIONS,
+            inspector: Arc::clone(&new.inspector),
+            faults: FaultState::new().1,
+        };
+        let stop = shutdown.child_token();
+        new.proxy.serve(front, stop.clone()).map_err(|e| e.to_string())?;
+        self.switches.insert(name.to_owned(), addr, switch);
+        let mut entry = Entry::new(format!("http://{addr}"));
+        entry.status = Status::Remote;
+        let _ = new.state.registry().set(name, entry);
+        self.logs.note(format!(
+            "{name}: appeared in the sandbox ({from}: {url}); its front port is {addr}"
+        ));
+        Ok(stop)
+    }
+
+    /// Closes the front port of service `name`, whose key went: requests
+    /// open on it finish, and new ones are refused.
+    fn close(&mut self, name: &str) {
+        if let Some(stop) = self.keyed.remove(name) {
+            stop.cancel();
+        }
+        self.moving.remove(name);
+        let front = self.switches.remove(name).map(|port| port.addr);
+        let _ = self.new_fronts.state.registry().change(|file| {
+            file.services.remove(name);
+        });
+        let closed = front.map_or_else(String::new, |addr| format!(" (it gets {addr} again if it comes back)"));
+        self.logs.note(format!(
+            "{name}: gone from the sandbox; its front port is closed{closed}"
+        ));
     }
 }
 

@@ -177,13 +177,8 @@ async fn front_faulty(
         inspector: Arc::clone(&inspector),
         faults,
     };
-    super::start(
-        vec![front],
-        THREADS,
-        crate::accept::on_stderr("devmesh"),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (proxy, _) = super::start(THREADS, crate::accept::on_stderr("devmesh"), shutdown.clone()).unwrap();
+    proxy.serve(front, shutdown.clone()).unwrap();
     (addr, inspector, shutdown)
 }
 

@@ -24,7 +24,7 @@ pub mod tls;
 
 pub use fault::{FaultSetter, FaultState, Faults};
 pub use route::{Backend, Lease, Route};
-pub use switch::{LocalRoute, Remote, Switch, Switches, Traffic};
+pub use switch::{FrontPort, LocalRoute, Remote, Switch, Switches, Traffic};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,8 +118,6 @@ struct Context {
     protocol: Protocol,
     timeouts: Timeouts,
     inspector: Arc<Inspector>,
-    /// Connections served at once, across the proxy threads; shared.
-    connections: Arc<tokio::sync::Semaphore>,
     faults: FaultState,
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
@@ -173,47 +171,62 @@ fn connector() -> HttpConnector {
     connector
 }
 
-/// Serves every front port until `shutdown` on `count` threads (at most
-/// [`MAX_THREADS`]) of their own, each with a single-threaded runtime and
-/// its own shard of the inspector's store: a connection lives on one
-/// thread from accept to close, so forwarding never hands work between
-/// threads. The first thread accepts and deals connections out in turn.
-/// The threads end after `shutdown`.
+/// Starts `count` proxy threads (at most [`MAX_THREADS`]), each with a
+/// single-threaded runtime and its own shard of the inspector's store: a
+/// connection lives on one thread from accept to close, so forwarding
+/// never hands work between threads. The threads end after `shutdown`;
+/// [`Proxy::serve`] gives them front ports.
 pub fn start(
-    fronts: Vec<Front>,
     count: usize,
     say: crate::accept::Say,
     shutdown: CancellationToken,
-) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> std::io::Result<(Proxy, Vec<std::thread::JoinHandle<()>>)> {
     let count = count.clamp(1, MAX_THREADS);
     let mut threads = Vec::with_capacity(count);
-    let mut workers = Vec::with_capacity(count);
-    let limits: Vec<_> = fronts
-        .iter()
-        .map(|front| Arc::new(tokio::sync::Semaphore::new(front.max_connections)))
-        .collect();
+    let mut runtimes = Vec::with_capacity(count);
     for index in 0..count {
         let (runtime, thread) = worker(index, shutdown.clone())?;
         threads.push(thread);
-        workers.push(Worker {
-            runtime,
-            contexts: fronts
-                .iter()
-                .zip(&limits)
-                .map(|(front, limit)| Context::new(front, index, Arc::clone(limit)))
-                .collect(),
-        });
+        runtimes.push(runtime);
     }
-    let workers: Arc<[Worker]> = workers.into();
-    let first = workers[0].runtime.clone();
-    for (index, front) in fronts.into_iter().enumerate() {
+    let proxy = Proxy {
+        runtimes: runtimes.into(),
+        say,
+    };
+    Ok((proxy, threads))
+}
+
+/// The proxy threads, to give front ports to.
+#[derive(Clone)]
+pub struct Proxy {
+    runtimes: Arc<[tokio::runtime::Handle]>,
+    say: crate::accept::Say,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("threads", &self.runtimes.len()).finish()
+    }
+}
+
+impl Proxy {
+    /// Serves `front` until `stop` (or the threads' shutdown): the first
+    /// thread accepts and deals its connections out in turn. Once stopped,
+    /// the port is closed; connections open on it finish.
+    pub fn serve(&self, front: Front, stop: CancellationToken) -> std::io::Result<()> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(front.max_connections));
+        let contexts = (0..self.runtimes.len())
+            .map(|thread| Context::new(&front, thread))
+            .collect();
+        let backoff = Backoff::new(format!("the front port of `{}`", front.service), Arc::clone(&self.say));
         front.listener.set_nonblocking(true)?;
-        let (workers, shutdown) = (Arc::clone(&workers), shutdown.clone());
-        let backoff = Backoff::new(format!("the front port of `{}`", front.service), Arc::clone(&say));
+        // A socket is registered with the runtime that polls it.
+        let _entered = self.runtimes[0].enter();
         let listener = TcpListener::from_std(front.listener)?;
-        first.spawn(accept(listener, index, workers, backoff, shutdown));
+        let runtimes = Arc::clone(&self.runtimes);
+        self.runtimes[0].spawn(accept(listener, contexts, runtimes, limit, backoff, stop));
+        Ok(())
     }
-    Ok(threads)
 }
 
 /// How many proxy threads this machine gets: half its cores, for the
@@ -228,12 +241,6 @@ pub fn threads() -> usize {
 
 /// Proxy threads at most.
 pub const MAX_THREADS: usize = 4;
-
-/// A proxy thread, and its state for each front port.
-struct Worker {
-    runtime: tokio::runtime::Handle,
-    contexts: Vec<Arc<Context>>,
-}
 
 /// Starts a proxy thread; returns its runtime's handle.
 fn worker(
@@ -256,14 +263,13 @@ impl Context {
     /// Each thread's context has its own copies of what it hands out per
     /// request (the service's name): counting references to one shared
     /// copy would pass its cache line between the threads.
-    fn new(front: &Front, thread: usize, connections: Arc<tokio::sync::Semaphore>) -> Arc<Context> {
+    fn new(front: &Front, thread: usize) -> Arc<Context> {
         Arc::new(Context {
             service: front.service.as_str().into(),
             thread,
             route: front.route.clone(),
             protocol: front.protocol,
             timeouts: front.timeouts,
-            connections,
             inspector: Arc::clone(&front.inspector),
             faults: front.faults.clone(),
             pool: http1::Pool::default(),
@@ -276,28 +282,29 @@ impl Context {
     }
 }
 
-/// Accepts on front port `front` and deals the connections out to the workers in turn.
+/// Accepts on a front port and deals the connections out to the proxy
+/// threads in turn, each served with that thread's context of the port.
 async fn accept(
     listener: TcpListener,
-    front: usize,
-    workers: Arc<[Worker]>,
+    contexts: Vec<Arc<Context>>,
+    runtimes: Arc<[tokio::runtime::Handle]>,
+    limit: Arc<tokio::sync::Semaphore>,
     mut backoff: Backoff,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let limit = Arc::clone(&workers[0].contexts[front].connections);
-    for turn in (0..workers.len()).cycle() {
+    for turn in (0..runtimes.len()).cycle() {
         let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             permit = Arc::clone(&limit).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
         };
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = crate::accept::next(&listener, &mut backoff) => accepted,
         };
         let _ = stream.set_nodelay(true);
@@ -306,7 +313,7 @@ async fn accept(
             local,
             caller: tokio::sync::OnceCell::new(),
         });
-        let context = Arc::clone(&workers[turn].contexts[front]);
+        let context = Arc::clone(&contexts[turn]);
         if turn == 0 {
             tokio::spawn(async move {
                 serve_connection(stream, context, connection).await;
@@ -316,7 +323,7 @@ async fn accept(
         }
         // A socket is registered with the runtime that polls it.
         let Ok(stream) = stream.into_std() else { continue };
-        workers[turn].runtime.spawn(async move {
+        runtimes[turn].spawn(async move {
             if let Ok(stream) = TcpStream::from_std(stream) {
                 serve_connection(stream, context, connection).await;
             }

@@ -6,7 +6,8 @@
 //! waiting for a route takes the new one. Callers keep the front address.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use devmesh::config::Mode;
 use serde::{Deserialize, Serialize};
@@ -196,21 +197,52 @@ fn effective(mode: Mode, local: Option<Route>, remote: Option<&Backend>) -> (Rou
     }
 }
 
-/// Every front port's switch, by service.
+/// Every front port, by service: its address and its switch. Fixed when
+/// the run starts, but for the sandbox's copies that appear and go while
+/// it runs (see `mesh::remotes`).
 #[derive(Debug, Default)]
-pub struct Switches(BTreeMap<String, Arc<Switch>>);
+pub struct Switches(RwLock<BTreeMap<String, FrontPort>>);
+
+/// A front port: where callers reach a service, and where it sends them.
+#[derive(Debug, Clone)]
+pub struct FrontPort {
+    pub addr: SocketAddr,
+    pub switch: Arc<Switch>,
+}
 
 impl Switches {
-    pub fn insert(&mut self, service: String, switch: Switch) {
-        self.0.insert(service, Arc::new(switch));
+    pub fn insert(&self, service: String, addr: SocketAddr, switch: Switch) {
+        let port = FrontPort {
+            addr,
+            switch: Arc::new(switch),
+        };
+        self.write().insert(service, port);
     }
 
-    pub fn get(&self, service: &str) -> Option<&Arc<Switch>> {
-        self.0.get(service)
+    pub fn remove(&self, service: &str) -> Option<FrontPort> {
+        self.write().remove(service)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Switch>)> {
-        self.0.iter().map(|(name, switch)| (name.as_str(), switch))
+    pub fn get(&self, service: &str) -> Option<Arc<Switch>> {
+        self.read().get(service).map(|port| Arc::clone(&port.switch))
+    }
+
+    /// The front address of `service`.
+    pub fn front(&self, service: &str) -> Option<SocketAddr> {
+        self.read().get(service).map(|port| port.addr)
+    }
+
+    /// Every front port, as they are now, by service.
+    pub fn all(&self) -> BTreeMap<String, FrontPort> {
+        self.read().clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, FrontPort>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, FrontPort>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
