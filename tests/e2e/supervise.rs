@@ -90,12 +90,57 @@ fn a_restart_fails_no_request() {
 /// `GET /whoami` on `port` from `clients` threads for as long as `during`
 /// runs, and a few after; asserts that some were sent and none failed.
 fn gets_fail_none(port: u16, clients: usize, during: impl FnOnce()) {
+    requests_fail_none(clients, || move || get(port, "/whoami"), during);
+}
+
+/// [`gets_fail_none`] over HTTP/2, as a gRPC client sends: each client has
+/// one connection, kept, its requests streams of it.
+fn http2_gets_fail_none(port: u16, clients: usize, during: impl FnOnce()) {
+    let client = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        move || {
+            runtime.block_on(async {
+                let request = hyper::Request::get(format!("http://127.0.0.1:{port}/whoami"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                match client.request(request).await {
+                    Ok(response) => {
+                        use http_body_util::BodyExt;
+                        let status = response.status().as_u16();
+                        let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                        (
+                            status,
+                            body.map_or_else(|e| e.to_string(), |b| String::from_utf8_lossy(&b).into_owned()),
+                        )
+                    }
+                    Err(e) => (0, e.to_string()),
+                }
+            })
+        }
+    };
+    requests_fail_none(clients, client, during);
+}
+
+/// Requests from `clients` threads, each sending with what `client` makes,
+/// for as long as `during` runs, and a few after; asserts that some were
+/// sent and none failed.
+fn requests_fail_none<S>(clients: usize, client: impl Fn() -> S + Sync, during: impl FnOnce())
+where
+    S: FnMut() -> (u16, String),
+{
     let (done, sent, failed) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|s| {
         for _ in 0..clients {
             s.spawn(|| {
+                let mut send = client();
                 while !done.load(Ordering::SeqCst) {
-                    let (status, body) = get(port, "/whoami");
+                    let (status, body) = send();
                     sent.fetch_add(1, Ordering::SeqCst);
                     if status != 200 {
                         eprintln!("failed: {status} {body}");
@@ -116,21 +161,31 @@ fn gets_fail_none(port: u16, clients: usize, during: impl FnOnce()) {
     assert_eq!(failed, 0, "of {sent} requests");
 }
 
+/// GETs to a front port from some clients while something happens.
+type Load = fn(u16, usize, &mut dyn FnMut());
+
 /// A crash is waited through as a restart is: GETs sent while the
-/// instance is dead, and while the supervisor starts the next, wait for it.
+/// instance is dead, and while the supervisor starts the next, wait for
+/// it; over HTTP/1, then over HTTP/2.
 #[test]
 fn a_crash_fails_no_get() {
     let mesh = mesh();
-    let crashed = mesh.pid("beta");
-    gets_fail_none(mesh.front("beta"), 2, || {
-        // SAFETY: a signal to a service process of this test's mesh.
-        unsafe { libc::kill(crashed as i32, libc::SIGKILL) };
-        mesh.output.wait_for(1, "the crash report", |l| {
-            l.contains("beta: exited") && l.contains("restarting in")
+    let loads: [Load; 2] = [
+        |port, clients, during| gets_fail_none(port, clients, during),
+        |port, clients, during| http2_gets_fail_none(port, clients, during),
+    ];
+    for (crash, load) in loads.into_iter().enumerate() {
+        let crashed = mesh.pid("beta");
+        load(mesh.front("beta"), 2, &mut || {
+            // SAFETY: a signal to a service process of this test's mesh.
+            unsafe { libc::kill(crashed as i32, libc::SIGKILL) };
+            mesh.output.wait_for(crash + 1, "the crash report", |l| {
+                l.contains("beta: exited") && l.contains("restarting in")
+            });
+            mesh.wait_ready("beta", crash + 2);
         });
-        mesh.wait_ready("beta", 2);
-    });
-    assert_ne!(mesh.pid("beta"), crashed);
+        assert_ne!(mesh.pid("beta"), crashed);
+    }
 }
 
 #[test]

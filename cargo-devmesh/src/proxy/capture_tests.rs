@@ -156,13 +156,23 @@ async fn front_faulty(
     (ready, response): (Duration, Duration),
     faults: super::FaultState,
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
+    // The route never changes here: its sender may go.
+    let (_, route) = watch::channel(route);
+    front_routed(route, max_body, (ready, response), faults).await
+}
+
+/// [`front_faulty`] with a route the test changes.
+async fn front_routed(
+    route: watch::Receiver<Route>,
+    max_body: usize,
+    (ready, response): (Duration, Duration),
+    faults: super::FaultState,
+) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
     let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    // The route never changes here: its sender may go.
-    let (_, route) = watch::channel(route);
     let shutdown = CancellationToken::new();
     let front = Front {
         service: "svc".into(),
@@ -1091,6 +1101,39 @@ fn h2_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy:
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
+}
+
+/// A request sent over HTTP/2 while its instance is gone (refused, the
+/// route not yet moved) waits for the next instance and is sent there
+/// whole, body and all, as over HTTP/1: nothing of it had been sent.
+#[tokio::test]
+async fn an_http2_request_to_a_dead_instance_goes_to_the_next() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (routes, route) = watch::channel(Route::Ready(Backend::new(dead)));
+    let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+    let (front, inspector, _shutdown) = front_routed(route, 1024, timeouts, super::FaultState::new().1).await;
+    let next = backend().await;
+    let mut events = inspector.store.subscribe();
+    let request = Request::post(format!("http://{front}/echo"))
+        .body(Full::new(Bytes::from("sent once, whole")))
+        .unwrap();
+    let sent = tokio::spawn(h2_client().request(request));
+    // Once the proxy has the request, the supervisor notices the crash and
+    // its next instance is ready.
+    events.recv().await.unwrap();
+    routes.send_replace(Route::Ready(Backend::new(next)));
+    let response = sent.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "sent once, whole"
+    );
+    let all = complete(&inspector, 1).await;
+    assert_eq!(all[0].status, Some(200));
+    assert_eq!(all[0].request_body.text.as_deref(), Some("sent once, whole"));
 }
 
 /// A unary gRPC call to `path` of `front`, with an empty message.

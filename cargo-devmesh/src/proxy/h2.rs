@@ -21,8 +21,9 @@ use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// The request body as forwarded: captured on its way.
-pub type Captured = Tee<Incoming>;
+/// The request body as forwarded: captured on its way, and given back
+/// when the request is dropped before any of it was read.
+pub type Captured = Returnable<Tee<Incoming>>;
 
 /// A stream a fault drops: hyper resets it.
 #[derive(Debug)]
@@ -99,57 +100,89 @@ async fn forward(
             return Err(Dropped);
         }
     }
-    let Target { addr, host, lease } = match ready {
+    let Target {
+        mut addr,
+        mut host,
+        mut lease,
+    } = match ready {
         Ok(target) => target,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
     let limit = context.inspector.store.config.max_body;
     let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open(), c.arrived()));
-    let mut request = request.map(|body| {
-        Tee::new(
-            body,
-            if request_capture.is_some() { limit } else { 0 },
-            move |mut seen| {
-                if let Some((context, open, arrived)) = request_capture {
-                    let (size, body) = (seen.size, seen.take_body(arrived));
-                    context.inspector.store.update(open, |e| {
-                        e.bytes_up = size;
-                        e.request_body = body;
-                    });
-                }
-            },
-        )
-    });
-    // The pool wants the absolute form, and sends the origin form; a
-    // remote instance is asked for by its own name.
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let authority = host.map_or_else(|| addr.to_string(), |host| host.to_string());
-    *request.uri_mut() = format!("http://{authority}{path}")
-        .parse()
-        .expect("an address and a path make a URI");
-    // An instance that speaks HTTP/1 only gets each stream as an HTTP/1.1
-    // request (as nginx and Envoy translate); its answer goes back as a
-    // stream of this connection.
-    let http2 = context.speaks_http2(addr).await;
-    let client = if http2 {
-        &context.http2
-    } else {
-        *request.version_mut() = hyper::Version::HTTP_11;
-        &context.http1
-    };
-    let forwarded = Instant::now();
-    let mut response = match awaited(client.request(request), &lease, context.timeouts.response).await {
-        Some(Ok(response)) => response,
-        Some(Err(e)) => {
-            // Asked again next time: a restart may have changed what it speaks.
-            context.forget_protocol(addr);
-            let message = context.did_not_answer(addr, &e.to_string());
-            return Ok(answer(capture, StatusCode::BAD_GATEWAY, message, grpc));
+    let (head, body) = request.into_parts();
+    // One that may be sent twice (RFC 9110 §9.2.2) and has no body is sent
+    // again after its instance died with it, as over HTTP/1.
+    let retryable = head.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
+    let mut body = Some(Tee::new(
+        body,
+        if request_capture.is_some() { limit } else { 0 },
+        move |mut seen| {
+            if let Some((context, open, arrived)) = request_capture {
+                let (size, body) = (seen.size, seen.take_body(arrived));
+                context.inspector.store.update(open, |e| {
+                    e.bytes_up = size;
+                    e.request_body = body;
+                });
+            }
+        },
+    ));
+    // A crashed instance is waited through as a restart is, up to
+    // `run.ready_timeout` from the request's arrival.
+    let hold_until = arrived + context.timeouts.ready;
+    let (forwarded, mut response) = loop {
+        let (given_back, mut returned) = tokio::sync::oneshot::channel();
+        let mut request = Request::new(Returnable {
+            body: body.take(),
+            given_back: Some(given_back),
+        });
+        *request.method_mut() = head.method.clone();
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers.clone();
+        // The pool wants the absolute form, and sends the origin form; a
+        // remote instance is asked for by its own name.
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = host.as_ref().map_or_else(|| addr.to_string(), |host| host.to_string());
+        *request.uri_mut() = format!("http://{authority}{path}")
+            .parse()
+            .expect("an address and a path make a URI");
+        // An instance that speaks HTTP/1 only gets each stream as an
+        // HTTP/1.1 request (as nginx and Envoy translate); its answer goes
+        // back as a stream of this connection.
+        let client = match context.speaks_http2(addr).await {
+            true => &context.http2,
+            false => {
+                *request.version_mut() = hyper::Version::HTTP_11;
+                &context.http1
+            }
+        };
+        let forwarded = Instant::now();
+        let error = match awaited(client.request(request), &lease, context.timeouts.response).await {
+            Some(Ok(response)) => break (forwarded, response),
+            Some(Err(e)) => e,
+            None => {
+                let message = context.no_response_in_time(addr);
+                return Ok(answer(capture, StatusCode::GATEWAY_TIMEOUT, message, grpc));
+            }
+        };
+        // Asked again next time: a restart may have changed what it speaks.
+        context.forget_protocol(addr);
+        // Refused (the instance is gone, and nothing was sent): any
+        // request waits for the next instance, as during a restart. Lost
+        // with the instance: only one that may be sent twice, when it was
+        // killed from outside (see `Context::next_instance`).
+        body = returned.try_recv().ok();
+        let sent = !error.is_connect();
+        if body.is_some()
+            && (!sent || retryable)
+            && Instant::now() < hold_until
+            && let Some(next) = context.next_instance(&lease, sent).await
+        {
+            (addr, host, lease) = (next.addr, next.host, next.lease);
+            continue;
         }
-        None => {
-            let message = context.no_response_in_time(addr);
-            return Ok(answer(capture, StatusCode::GATEWAY_TIMEOUT, message, grpc));
-        }
+        let message = context.did_not_answer(addr, &error.to_string());
+        return Ok(answer(capture, StatusCode::BAD_GATEWAY, message, grpc));
     };
     let Some(mut capture) = capture else {
         // The lease lasts until the body has passed: the instance is not
@@ -204,6 +237,49 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
+    }
+}
+
+/// A request body that is given back, unread, when the request is dropped
+/// before any of it was asked for (a connection that could not be made):
+/// the request can then go to another instance whole.
+pub struct Returnable<B> {
+    body: Option<B>,
+    given_back: Option<tokio::sync::oneshot::Sender<B>>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Returnable<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        // Asked for: it is the request's now.
+        self.given_back = None;
+        match self.body.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), B::size_hint)
+    }
+}
+
+impl<B> Drop for Returnable<B> {
+    fn drop(&mut self) {
+        if let (Some(back), Some(body)) = (self.given_back.take(), self.body.take()) {
+            let _ = back.send(body);
+        }
     }
 }
 
