@@ -112,6 +112,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 for (service, url) in &tunnel.urls {
                     println!("  {service} at {url}");
                 }
+                if let Some(callers) = &tunnel.callers {
+                    println!("  {callers}");
+                }
             }
             let backends = client.backends().await?;
             if !backends.is_empty() {

@@ -340,6 +340,7 @@ pub fn text(output: &Output) -> String {
 
 /// Waits until process `pid` has exited (a zombie counts), up to `timeout`:
 /// a pidfd becomes readable when it exits.
+#[cfg(target_os = "linux")]
 pub fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
     // SAFETY: plain syscalls on a descriptor this function owns.
     unsafe {
@@ -356,6 +357,34 @@ pub fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
         let ready = libc::poll(&mut poll, 1, timeout.as_millis() as i32);
         libc::close(fd);
         ready == 1
+    }
+}
+
+/// Waits until process `pid` has exited (a zombie counts), up to `timeout`:
+/// a kqueue tells of its exit (`EVFILT_PROC`, `NOTE_EXIT`).
+#[cfg(target_os = "macos")]
+pub fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
+    // SAFETY: plain calls on a kqueue this function owns, with structs of
+    // the sizes the calls expect.
+    unsafe {
+        let queue = libc::kqueue();
+        if queue < 0 {
+            return false;
+        }
+        let mut change: libc::kevent = std::mem::zeroed();
+        change.ident = pid as libc::uintptr_t;
+        change.filter = libc::EVFILT_PROC;
+        change.flags = libc::EV_ADD | libc::EV_ONESHOT;
+        change.fflags = libc::NOTE_EXIT;
+        let wait = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        let mut event: libc::kevent = std::mem::zeroed();
+        let got = libc::kevent(queue, &change, 1, &mut event, 1, &wait);
+        let gone = got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        libc::close(queue);
+        gone || (got == 1 && event.flags & libc::EV_ERROR == 0) || (got == 1 && event.data == libc::ESRCH as isize)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Which service sent a request: the connection's other end is a socket,
-//! found by its addresses ([`sockets::socket_inode`]); the service process
+//! found by its addresses ([`sockets::socket_id`]); the service process
 //! holding that socket is the caller, or a process it forked (`npm run
 //! dev` runs node; a shell runs a line of commands), found by its process
 //! group, which is the service's. Anything else is `external`.
@@ -53,7 +53,7 @@ impl Callers {
         if *peer.ip() == TUNNEL_SOURCE {
             return TUNNEL.to_owned();
         }
-        let Some(socket) = sockets::socket_inode(peer, local) else {
+        let Some(socket) = sockets::socket_id(peer, local) else {
             return EXTERNAL.to_owned();
         };
         let pids = self.lock().clone();

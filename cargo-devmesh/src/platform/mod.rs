@@ -1,21 +1,38 @@
-//! Every call that is one platform's own, in one place, with the portable
-//! way beside each: devmesh is built and tested on Linux, and most of its
-//! users' laptops are macOS, so a port should be this module's work.
+//! Every call that is one platform's own, in one place: devmesh is built
+//! and tested on Linux, and built and linted for macOS on every change
+//! (`.ci/macos-check`). The calls POSIX has are here once; the others
+//! are in `linux/` and `macos/`, with the same signatures, each saying
+//! how the other system does it. Any other system fails to compile here,
+//! with one message.
 //!
-//! | here | Linux | elsewhere |
+//! | here | Linux | macOS |
 //! | --- | --- | --- |
-//! | [`sockets`] | `sock_diag`, `/proc/net/tcp`, `/proc/<pid>/fd` | `libproc` (`proc_pidinfo`) on macOS; until then callers are `external` |
-//! | [`is_stopped`] | `/proc/<pid>/stat` | `proc_pidinfo(PROC_PIDTBSDINFO)`'s `pbi_status == SSTOP`; until then `false` |
-//! | [`leave_out_of_forks`] | `madvise(MADV_DONTFORK)` | `minherit(VM_INHERIT_NONE)` on macOS and the BSDs; nothing is lost without it but a restart's speed under load |
+//! | [`sockets`] | `sock_diag`, `/proc/net/tcp`, `/proc/<pid>/fd` | `libproc`: `proc_pidinfo(PROC_PIDLISTFDS)`, `proc_pidfdinfo(PROC_PIDFDSOCKETINFO)` |
+//! | [`is_stopped`] | `/proc/<pid>/stat` | `proc_pidinfo(PROC_PIDTBSDINFO)`'s `pbi_status` |
+//! | [`leave_out_of_forks`] | `madvise(MADV_DONTFORK)` | nothing: services are spawned with `posix_spawn`, which copies no pages |
+//! | [`lower_this_threads_priority`] | `setpriority` on the thread's id | `pthread_set_qos_class_self_np(QOS_CLASS_UTILITY)` |
+//! | [`place_fd`] | `dup3` | `dup2`, then `fcntl(F_SETFD)` |
 //! | [`lock`], [`signal_group`], [`process_exists`] | `flock`, `kill` | the same calls: POSIX (flock is BSD's own) |
-//! | [`lower_this_threads_priority`] | `setpriority` on the thread's id | `pthread_set_qos_class_self_np` on macOS; until then nothing |
-//! | [`listen`], [`reset_on_close`] | `listen` again, with a deeper backlog; `SO_LINGER` 0 | the same calls: POSIX |
+//! | [`listen`], [`reset_on_close`] | `listen` again, with a deeper backlog; `SO_LINGER` 0 | the same calls |
 //!
 //! Outside this module: the watchdog is a POSIX shell script; the
-//! registry's file watch goes through the `notify` crate (inotify here,
-//! FSEvents/kqueue elsewhere); spawning uses `posix_spawn` through std.
+//! registry's file watch goes through the `notify` crate (inotify on
+//! Linux, kqueue on macOS); spawning uses `posix_spawn` through std.
 
-pub mod sockets;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+compile_error!(
+    "devmesh runs on Linux and macOS only: its supervisor asks the system which process holds a \
+     connection, which it has no way to ask elsewhere"
+);
+
+#[cfg(target_os = "linux")]
+#[path = "linux/mod.rs"]
+mod os;
+#[cfg(target_os = "macos")]
+#[path = "macos/mod.rs"]
+mod os;
+
+pub use os::{is_stopped, leave_out_of_forks, lower_this_threads_priority, place_fd, sockets};
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -93,50 +110,6 @@ pub fn lock(file: &std::fs::File, wait: bool) -> io::Result<bool> {
     match error.kind() {
         io::ErrorKind::WouldBlock => Ok(false),
         _ => Err(error),
-    }
-}
-
-/// Lowers the priority of the calling thread (nice 10), so that a thread
-/// that may be kept busy (reading a service that prints without end)
-/// yields to the supervisor's other threads whenever they have work. On
-/// Linux a thread is a task of its own, which `setpriority` takes by id;
-/// elsewhere (macOS) the whole process would change, so it does nothing.
-pub fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take and return plain integers.
-    unsafe {
-        let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10);
-    }
-}
-
-/// Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP, a
-/// debugger), from the state letter in `/proc/<pid>/stat`.
-pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The command name in parentheses may hold spaces: the state follows its `)`.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-    })
-}
-
-/// Leaves the whole pages of `buffer` out of forked children. A child
-/// execs at once and never reads them; without this a fork copies the page
-/// tables of all of them (the inspector's ring, once traffic filled it: a
-/// restart after 5 s of load took 7.8 ms from spawn to ready instead of
-/// 2.6 ms).
-pub fn leave_out_of_forks(buffer: &[u8]) {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = (buffer.as_ptr() as usize).next_multiple_of(page);
-    let end = (buffer.as_ptr() as usize + buffer.len()) / page * page;
-    if end > start {
-        // SAFETY: the range is whole pages inside `buffer`'s allocation,
-        // which outlives every fork; MADV_DONTFORK changes only what a
-        // child inherits, never this process's view of the memory.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTFORK);
-        }
     }
 }
 

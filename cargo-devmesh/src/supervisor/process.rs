@@ -160,18 +160,13 @@ fn spawn_with_socket(mut command: std::process::Command, socket: Option<RawFd>) 
         }
         return tokio::process::Command::from(command).spawn();
     }
-    // SAFETY: descriptor 3 is this module's (reserved at start, changed only
-    // under `SPAWNING`); dup3 without O_CLOEXEC lets the child inherit it.
-    if unsafe { libc::dup3(socket, LISTEN_FD, 0) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    // Descriptor 3 is this module's (reserved at start, changed only under
+    // `SPAWNING`): inherited, the child has the socket there.
+    crate::platform::place_fd(socket, LISTEN_FD, false)?;
     let spawned = tokio::process::Command::from(command).spawn();
-    // SAFETY: as above; descriptor 3 goes back to a close-on-exec /dev/null,
-    // so no later child inherits the socket and the supervisor keeps no
-    // reference to it.
-    unsafe {
-        libc::dup3(reserve, LISTEN_FD, libc::O_CLOEXEC);
-    }
+    // Back to a close-on-exec /dev/null, so no later child inherits the
+    // socket and the supervisor keeps no reference to it.
+    let _ = crate::platform::place_fd(reserve, LISTEN_FD, true);
     spawned
 }
 

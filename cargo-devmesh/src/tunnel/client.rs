@@ -40,6 +40,9 @@ pub struct TunnelState {
     /// Services in the sandbox reached through the relay (`[tunnel] reach`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reached: Vec<String>,
+    /// How the inspector names the calls it carries in, when not `tunnel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<String>,
 }
 
 /// A service to expose: its front port, and whether anyone may call it.
@@ -93,7 +96,14 @@ pub async fn run(
         state,
         live,
     } = told;
-    state.send_modify(|s| s.relay = config.relay.clone());
+    let callers = tunnel_source_problem();
+    if let Some(problem) = &callers {
+        logs.note(format!("tunnel: {problem}"));
+    }
+    state.send_modify(|s| {
+        s.relay = config.relay.clone();
+        s.callers = callers;
+    });
     // The URLs the relay gave last run are the ones it keeps: services
     // have them at once, before the link is up (a webhook registered at
     // start, the relay down for a moment).
@@ -305,9 +315,24 @@ pub(crate) async fn serve(
     }
 }
 
+/// Why the calls the tunnel carries in cannot be told apart as `tunnel`:
+/// [`TUNNEL_SOURCE`] is no address of this machine. All of 127/8 is
+/// loopback on Linux; macOS has 127.0.0.1 alone until told otherwise.
+fn tunnel_source_problem() -> Option<String> {
+    let source = SocketAddr::from((crate::inspector::TUNNEL_SOURCE, 0));
+    std::net::TcpListener::bind(source).err().map(|e| {
+        format!(
+            "the calls it carries in show as `external` in the inspector: {} is not this machine's ({e}) \
+             (hint: `sudo ifconfig lo0 alias {} up`)",
+            crate::inspector::TUNNEL_SOURCE,
+            crate::inspector::TUNNEL_SOURCE
+        )
+    })
+}
+
 /// A connection to a front port from [`TUNNEL_SOURCE`], so that the
 /// inspector names its caller `tunnel`; from anywhere where that address
-/// cannot be had.
+/// cannot be had (see [`tunnel_source_problem`]).
 async fn connect_front(front: SocketAddr) -> std::io::Result<TcpStream> {
     let from = tokio::net::TcpSocket::new_v4().and_then(|socket| {
         socket.bind(SocketAddr::from((crate::inspector::TUNNEL_SOURCE, 0)))?;

@@ -1,26 +1,22 @@
 //! Sockets and the processes holding them, as Linux tells: one TCP
 //! connection looked up by its addresses with a `sock_diag` query (as `ss`
-//! does), else in `/proc/net/tcp`; a process's sockets in `/proc/<pid>/fd`;
-//! its process group in `/proc/<pid>/stat`.
-//!
-//! Elsewhere (macOS, the BSDs) there is no `/proc`: `libproc`'s
-//! `proc_pidinfo(PROC_PIDLISTFDS)` and `PROC_PIDFDSOCKETINFO` give a
-//! process's sockets with their addresses, and `getpgid(2)` its group.
-//! Until a port does that, every function here answers "not known"
-//! (`None`, `false`, nothing): callers are then `external`, and a busy
-//! port's holder goes unnamed.
+//! does), else in `/proc/net/tcp`, is known by its inode; a process's
+//! sockets are in `/proc/<pid>/fd`, its process group in `/proc/<pid>/stat`.
+//! (macOS has no `/proc` and no socket inodes: `libproc` lists a
+//! process's sockets with their addresses; see `macos/sockets.rs`.)
 
 use std::net::SocketAddrV4;
 
-/// The inode of the socket whose local address is `from` and remote is `to`.
-pub fn socket_inode(from: SocketAddrV4, to: SocketAddrV4) -> Option<u64> {
+/// The socket whose local address is `from` and remote is `to`, as
+/// [`holds`] finds it: here, its inode. (macOS: the addresses themselves.)
+pub fn socket_id(from: SocketAddrV4, to: SocketAddrV4) -> Option<u64> {
     match diag::inode(from, to) {
         Ok(inode) => inode,
         Err(_) => scan_proc(from, to),
     }
 }
 
-/// [`socket_inode`] from the whole table in `/proc/net/tcp`.
+/// [`socket_id`] from the whole table in `/proc/net/tcp`.
 fn scan_proc(from: SocketAddrV4, to: SocketAddrV4) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     // The table is long on a busy machine: compare text, parse one line.
@@ -38,14 +34,15 @@ fn proc_form(addr: SocketAddrV4) -> String {
     format!("{:08X}:{:04X}", u32::from_ne_bytes(addr.ip().octets()), addr.port())
 }
 
-/// The process group of `pid`, from `/proc/<pid>/stat`.
+/// The process group of `pid`, from `/proc/<pid>/stat`. (macOS: `getpgid`.)
 pub fn group_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the name in parentheses: state, parent, group.
     stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()
 }
 
-/// Whether process `pid` has the socket `inode` open, from `/proc/<pid>/fd`.
+/// Whether process `pid` has the socket `inode` ([`socket_id`]) open, from
+/// `/proc/<pid>/fd`. (macOS: its sockets' addresses, from `libproc`.)
 pub fn holds(pid: u32, inode: u64) -> bool {
     let needle = format!("socket:[{inode}]");
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -55,7 +52,7 @@ pub fn holds(pid: u32, inode: u64) -> bool {
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == needle.as_str()))
 }
 
-/// Every process's pid, from `/proc`.
+/// Every process's pid, from `/proc`. (macOS: `proc_listallpids`.)
 pub fn processes() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -66,6 +63,7 @@ pub fn processes() -> impl Iterator<Item = u32> {
 
 /// Who listens on `port`, as `` held by `nginx` (pid 123) ``, from the
 /// listening sockets in `/proc/net/tcp{,6}` and the processes holding them.
+/// (macOS: each process's listening sockets, from `libproc`.)
 pub fn listener_of(port: u16) -> Option<String> {
     let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
         let table = std::fs::read_to_string(table).ok()?;
