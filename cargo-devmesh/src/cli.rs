@@ -31,6 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show each service's status, front address, process and mode, and the remote backends
     Ps,
+    /// List the developers' copies in `[remote.etcd]`'s namespace: each service's routes and where they go
+    Routes,
     /// Rebuild and restart services, without disturbing the others.
     Restart {
         #[arg(required = true, value_name = "SERVICE")]

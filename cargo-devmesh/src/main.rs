@@ -97,6 +97,36 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             run(plan).await
         }
+        Command::Routes => {
+            let workspace = Workspace::load(&cargo)?;
+            let Some(config) = workspace.config.remote.etcd.clone() else {
+                anyhow::bail!(
+                    "`{}` has no `[remote.etcd]`, where routes are (hint: see \"Sharing a sandbox\" in the README)",
+                    workspace.config_path.display()
+                );
+            };
+            let listed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String)>> {
+                use devmesh::remote::Backend as _;
+                let etcd = devmesh::remote::Etcd::routes(&config)?;
+                if !etcd.first_read(std::time::Duration::from_secs(3)) {
+                    anyhow::bail!("{} does not answer", etcd.describe());
+                }
+                Ok(etcd
+                    .names()
+                    .into_iter()
+                    .filter_map(|name| Some((name.clone(), etcd.lookup(&name)?.url().to_owned())))
+                    .collect())
+            })
+            .await??;
+            if listed.is_empty() {
+                println!("no routes: every request in the sandbox goes to its own copies");
+            }
+            for (name, url) in listed {
+                let (service, route) = name.split_once('/').unwrap_or((name.as_str(), "?"));
+                println!("{service}  route `{route}` → {url}");
+            }
+            Ok(())
+        }
         Command::Ps => {
             let workspace = Workspace::load(&cargo)?;
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
@@ -116,6 +146,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                     println!("  {callers}");
                 }
             }
+            print_routes(&client.routes().await?);
             let backends = client.backends().await?;
             if !backends.is_empty() {
                 println!("\nremote backends:");
@@ -341,4 +372,26 @@ fn shutdown_on_signal() -> CancellationToken {
         }
     });
     token
+}
+
+/// What `ps` says of routes: developers' copies of the services here, and
+/// this developer's routed and shared services.
+fn print_routes(routes: &control::RoutesView) {
+    if routes.copies.is_empty() && routes.own.is_empty() && routes.shared.is_empty() {
+        return;
+    }
+    println!("\nroutes:");
+    for (service, route, url) in &routes.copies {
+        println!("  {service}: requests with route `{route}` go to {url}");
+    }
+    for (service, route) in &routes.own {
+        println!(
+            "  {service}: this copy serves route `{route}` (requests from here carry `baggage: devmesh-route={route}`)"
+        );
+    }
+    for service in &routes.shared {
+        println!(
+            "  {service}: shared: every caller in the sandbox reaches this copy (`route = true` keeps it to your requests)"
+        );
+    }
 }

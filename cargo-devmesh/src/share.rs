@@ -4,16 +4,21 @@
 //! clean stop revokes the lease (they vanish at once); a killed supervisor
 //! or a sleeping laptop stops renewing it (they vanish within the lease).
 //! A service the tunnel exposes is shared at its public URL, which the
-//! sandbox can call, once the relay gave it one.
+//! sandbox can call, once the relay gave it one. A routed service (`route`)
+//! is put under the namespace's routes instead, at its tunnel URL: the
+//! sandbox's front port sends it only the requests with its route.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
 use devmesh::config::EtcdConfig;
-use devmesh::remote::etcd::Registration;
+use devmesh::remote::etcd::{Registration, RoutedCopy};
 
 use crate::logs::Logs;
 use crate::tunnel::client::TunnelState;
+
+/// What is in etcd: shared services (name, URL), and routed copies.
+type Registered = (Vec<(String, String)>, Vec<RoutedCopy>);
 
 /// The sharing thread; dropped or stopped, it revokes the lease.
 #[derive(Debug)]
@@ -23,40 +28,65 @@ pub struct Sharing {
 }
 
 impl Sharing {
-    /// Shares `services` (name, front URL) until stopped; those `tunnel`
-    /// exposes at their public URL.
+    /// Shares `services` (name, front URL) until stopped, those `tunnel`
+    /// exposes at their public URL; and `routes` (service, route), each at
+    /// its public URL once the tunnel has one.
     pub fn start(
         config: &EtcdConfig,
         services: Vec<(String, String)>,
+        routes: Vec<(String, String)>,
         tunnel: tokio::sync::watch::Receiver<TunnelState>,
         logs: Logs,
     ) -> std::io::Result<Sharing> {
         let (stop, stopped) = mpsc::channel();
         let mut registration = Registration::new(config);
-        let names = services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let names = services
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(
+                routes
+                    .iter()
+                    .map(|(service, route)| format!("{service} (route `{route}`)")),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
         let namespace = config.namespace.clone();
         let thread = std::thread::Builder::new()
             .name("devmesh-share".into())
             .spawn(move || {
-                let mut registered: Option<Vec<(String, String)>> = None;
+                let mut registered: Option<Registered> = None;
                 let mut failures = 0u32;
                 loop {
-                    let wanted: Vec<(String, String)> = {
+                    let wanted = {
                         let tunnel = tunnel.borrow();
-                        services
+                        let public = |name: &str| tunnel.urls.iter().find(|(n, _)| n == name).map(|(_, u)| u.clone());
+                        let services: Vec<(String, String)> = services
                             .iter()
-                            .map(|(name, front)| {
-                                let public = tunnel.urls.iter().find(|(n, _)| n == name).map(|(_, u)| u.clone());
-                                (name.clone(), public.unwrap_or_else(|| front.clone()))
+                            .map(|(name, front)| (name.clone(), public(name).unwrap_or_else(|| front.clone())))
+                            .collect();
+                        // A routed copy is reached through the tunnel only.
+                        let routes: Vec<RoutedCopy> = routes
+                            .iter()
+                            .filter_map(|(service, route)| {
+                                Some(RoutedCopy {
+                                    service: service.clone(),
+                                    route: route.clone(),
+                                    url: public(service)?,
+                                })
                             })
-                            .collect()
+                            .collect();
+                        (services, routes)
                     };
+                    // Routed copies wait for their tunnel URLs: look again soon.
+                    let waiting = wanted.1.len() < routes.len();
                     let outcome = if registered.as_ref() == Some(&wanted) {
                         registration.renew().map(|alive| (alive, false))
                     } else {
                         // New, or a URL changed: on a lease of its own.
                         let _ = registration.revoke();
-                        registration.register(&wanted).map(|()| (true, true))
+                        registration
+                            .register_with_routes(&wanted.0, &wanted.1)
+                            .map(|()| (true, true))
                     };
                     match outcome {
                         Ok((true, first)) => {
@@ -78,9 +108,10 @@ impl Sharing {
                     }
                     let wait = match failures {
                         // The tunnel's URLs may come: look again soon.
-                        0 if !services.is_empty()
-                            && !tunnel.borrow().connected
-                            && !tunnel.borrow().relay.is_empty() =>
+                        0 if waiting
+                            || (!services.is_empty()
+                                && !tunnel.borrow().connected
+                                && !tunnel.borrow().relay.is_empty()) =>
                         {
                             Duration::from_secs(1).min(registration.every())
                         }

@@ -63,6 +63,7 @@ pub mod name;
 pub mod registry;
 pub mod remote;
 mod resolve;
+pub mod route;
 pub mod trace;
 
 use std::sync::OnceLock;

@@ -1,6 +1,8 @@
 //! Trace propagation: keep the `traceparent` of the request a service is
 //! handling, and put it on the requests it makes meanwhile, so the
-//! inspector links each call to the request that caused it exactly.
+//! inspector links each call to the request that caused it exactly; and
+//! its `baggage`, in which a developer's route travels (`crate::route`),
+//! so that a call made for a developer's request reaches their copies.
 //!
 //! Without it the inspector still links a call by inference, but only when
 //! that is unambiguous (one request in flight to the caller); with several
@@ -31,20 +33,43 @@ use std::future::Future;
 /// The W3C trace context header.
 pub const HEADER: &str = "traceparent";
 
+/// What a request came with that the requests made while handling it
+/// carry on: its headers' values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+}
+
 tokio::task_local! {
-    static CURRENT: Option<String>;
+    static CURRENT: Carried;
 }
 
 /// Runs `work` as the handling of a request that came with `traceparent`
 /// (its header's value, if it had one).
 pub async fn scope<F: Future>(traceparent: Option<String>, work: F) -> F::Output {
-    CURRENT.scope(traceparent, work).await
+    let carried = Carried {
+        traceparent,
+        baggage: None,
+    };
+    CURRENT.scope(carried, work).await
+}
+
+/// Runs `work` as the handling of a request that came with `carried`.
+pub async fn scope_carrying<F: Future>(carried: Carried, work: F) -> F::Output {
+    CURRENT.scope(carried, work).await
 }
 
 /// The `traceparent` of the request being handled, to send on the requests
 /// made while handling it; `None` outside [`scope`] or without one.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(Clone::clone).ok().flatten()
+    CURRENT.try_with(|c| c.traceparent.clone()).ok().flatten()
+}
+
+/// The `baggage` of the request being handled, to send on the requests
+/// made while handling it; `None` outside [`scope_carrying`] or without one.
+pub fn baggage() -> Option<String> {
+    CURRENT.try_with(|c| c.baggage.clone()).ok().flatten()
 }
 
 #[cfg(feature = "tower")]
@@ -56,10 +81,12 @@ mod layer {
 
     use tokio::task::futures::TaskLocalFuture;
 
-    use super::{CURRENT, HEADER, current};
+    use super::{CURRENT, Carried, HEADER, baggage, current};
+    use crate::route::HEADER as BAGGAGE;
 
     /// A tower layer for servers (axum, hyper, tonic): each request is
-    /// handled in the [`scope`](super::scope) of its `traceparent`.
+    /// handled in the [`scope`](super::scope_carrying) of its `traceparent`
+    /// and `baggage`.
     ///
     /// ```ignore
     /// let app = axum::Router::new().route("/", get(handler)).layer(devmesh::trace::TraceLayer);
@@ -87,31 +114,39 @@ mod layer {
     {
         type Response = S::Response;
         type Error = S::Error;
-        type Future = TaskLocalFuture<Option<String>, S::Future>;
+        type Future = TaskLocalFuture<Carried, S::Future>;
 
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             self.inner.poll_ready(cx)
         }
 
         fn call(&mut self, request: http::Request<B>) -> Self::Future {
-            let traceparent = request
-                .headers()
-                .get(HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            CURRENT.scope(traceparent, self.inner.call(request))
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let carried = Carried {
+                traceparent: header(HEADER),
+                baggage: header(BAGGAGE),
+            };
+            CURRENT.scope(carried, self.inner.call(request))
         }
     }
 
-    /// Adds the current `traceparent` to an outgoing request's headers
-    /// (reqwest: `RequestBuilder::headers`, hyper: `Request::headers_mut`),
-    /// unless it has one.
+    /// Adds the current `traceparent` and `baggage` to an outgoing
+    /// request's headers (reqwest: `RequestBuilder::headers`, hyper:
+    /// `Request::headers_mut`), each unless it has one.
     pub fn inject(headers: &mut http::HeaderMap) {
-        if headers.contains_key(HEADER) {
-            return;
-        }
-        if let Some(value) = current().and_then(|v| http::HeaderValue::from_str(&v).ok()) {
-            headers.insert(HEADER, value);
+        for (name, value) in [(HEADER, current()), (BAGGAGE, baggage())] {
+            if headers.contains_key(name) {
+                continue;
+            }
+            if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+                headers.insert(name, value);
+            }
         }
     }
 }
@@ -164,10 +199,16 @@ mod tests {
         }
         let mut service = TraceLayer.layer(Handler);
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let request = http::Request::builder().header(HEADER, value).body(()).unwrap();
+        let request = http::Request::builder()
+            .header(HEADER, value)
+            .header(crate::route::HEADER, "devmesh-route=dev-a")
+            .body(())
+            .unwrap();
         let outgoing = service.call(request).await.unwrap();
         assert_eq!(outgoing[HEADER], value);
+        // A developer's route goes on with the trace.
+        assert_eq!(outgoing[crate::route::HEADER], "devmesh-route=dev-a");
         let outgoing = service.call(http::Request::new(())).await.unwrap();
-        assert!(outgoing.get(HEADER).is_none());
+        assert!(outgoing.get(HEADER).is_none() && outgoing.get(crate::route::HEADER).is_none());
     }
 }

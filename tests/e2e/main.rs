@@ -10,6 +10,7 @@ mod inspector;
 mod library;
 mod real_use;
 mod remote;
+mod routes;
 mod shop;
 mod state;
 mod supervise;

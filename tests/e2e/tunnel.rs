@@ -10,25 +10,14 @@ use std::time::{Duration, Instant};
 use crate::harness::{DEADLINE, Mesh, exchanges, fixture, read_json, text};
 use crate::remote::{Member, Sandbox};
 
-const TOKEN: &str = "alice-0123456789abcdef";
+pub const TOKEN: &str = "alice-0123456789abcdef";
 
 #[test]
 fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     let dir = fixture("mesh");
     let sandbox = Sandbox::on_a_host_of_its_own(dir.path(), "relay host");
     let ip = sandbox.addr.ip();
-    let relay_dir = tempfile::tempdir().unwrap();
-    std::fs::write(relay_dir.path().join("tokens"), format!("# the team\nalice: {TOKEN}\n")).unwrap();
-    let config = relay_dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\nports = \"31000-31099\"\ntokens = \"{}\"\ndata = \"{}\"\n\n[dial]\nalice = [\"127.0.0.1:9000\"]\n",
-            relay_dir.path().join("tokens").display(),
-            relay_dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let (relay_dir, config) = relay_config(ip, "\n[dial]\nalice = [\"127.0.0.1:9000\"]\n");
     let start_relay = || start_relay(&sandbox, &config, (ip, 7000).into());
     let relay = start_relay();
     // The team's registry, on the sandbox host too.
@@ -188,9 +177,27 @@ fn an_exposed_service_is_called_back_at_the_same_url_across_restarts() {
     }
 }
 
+/// A relay's config on `ip`, by port (31000–31099), with the team's token
+/// ([`TOKEN`], alice's) and `more`: its folder, and the file.
+pub fn relay_config(ip: std::net::IpAddr, more: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let relay_dir = tempfile::tempdir().unwrap();
+    std::fs::write(relay_dir.path().join("tokens"), format!("# the team\nalice: {TOKEN}\n")).unwrap();
+    let config = relay_dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{ip}:7000\"\npublic_host = \"{ip}\"\nports = \"31000-31099\"\ntokens = \"{}\"\ndata = \"{}\"\n{more}",
+            relay_dir.path().join("tokens").display(),
+            relay_dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    (relay_dir, config)
+}
+
 /// The relay binary on the sandbox's host, with config `config`, once
 /// it listens at `control`.
-fn start_relay(sandbox: &Sandbox, config: &std::path::Path, control: std::net::SocketAddr) -> Member {
+pub fn start_relay(sandbox: &Sandbox, config: &std::path::Path, control: std::net::SocketAddr) -> Member {
     let relay = Member(
         sandbox
             .command(env!("CARGO_BIN_EXE_devmesh-relay"))

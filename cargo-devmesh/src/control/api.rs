@@ -46,6 +46,17 @@ pub struct LoginLink {
     pub url: String,
 }
 
+/// `GET /api/routes`: who serves which route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoutesView {
+    /// Developers' copies of the services here: (service, route, URL).
+    pub copies: Vec<(String, String, String)>,
+    /// This developer's routed services: (service, route).
+    pub own: Vec<(String, String)>,
+    /// Services shared for everyone, which no route keeps to this developer.
+    pub shared: Vec<String>,
+}
+
 /// `GET /api/backends`: a remote backend, what it knows, and whether its
 /// answers are current.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -57,6 +57,11 @@ impl Client {
         decode(&self.get("/api/backends").await?)
     }
 
+    /// `GET /api/routes`: who serves which route.
+    pub async fn routes(&self) -> anyhow::Result<super::RoutesView> {
+        decode(&self.get("/api/routes").await?)
+    }
+
     /// `POST /api/services/{name}/mode?to={mode}`: where its traffic goes now.
     pub async fn set_mode(&self, name: &str, mode: &str) -> anyhow::Result<ModeSet> {
         decode(

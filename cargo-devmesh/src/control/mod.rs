@@ -19,6 +19,7 @@
 //! | `POST /api/services/{name}/mode?to=…` | send its traffic `local`, `remote` or `auto` |
 //! | `GET /api/tunnel` | the tunnel: its relay, whether it is connected, each exposed service's URL |
 //! | `GET /api/backends` | the remote backends, what each knows, and whether its answers are stale |
+//! | `GET /api/routes` | developers' copies of the services here, by route; this developer's routed and shared services |
 //! | `POST /api/services/{name}/restart` | rebuild and restart it (`?build=false`: restart only; `?now=true`: cut the old instance's open connections after the grace period) |
 //! | `POST /api/services/{name}/stop`, `…/start` | stop it, start it |
 //! | `GET /api/traffic` | exchanges, newest last: `service`, `method`, `status`, `q`, `trace`, `limit` (the newest 500 unless given, 10,000 at most), `after` (an id: the oldest after it) |
@@ -42,7 +43,7 @@ mod stream;
 
 use stream::Export;
 
-pub use api::{ApiError, BackendView, LoginLink, ModeSet, ServiceView};
+pub use api::{ApiError, BackendView, LoginLink, ModeSet, RoutesView, ServiceView};
 pub use client::Client;
 use file::control_path;
 pub use file::{ControlFile, ensure_not_running, read, remove};
@@ -82,6 +83,10 @@ pub struct Parts {
     /// Every front port, by service.
     pub switches: Arc<Switches>,
     pub backends: crate::mesh::Backends,
+    /// Developers' copies of the services here, by route.
+    pub routed: Arc<crate::proxy::RoutedCopies>,
+    /// This developer's routed and shared services (`copies` is `routed`'s).
+    pub routes: RoutesView,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
 }
@@ -250,6 +255,11 @@ impl Api {
                     })
                     .collect();
                 json(StatusCode::OK, &views)
+            }
+            (Method::GET, ["api", "routes"]) => {
+                let mut routes = self.mesh.routes.clone();
+                routes.copies = self.mesh.routed.list();
+                json(StatusCode::OK, &routes)
             }
             (Method::POST, ["api", "services", name, action]) => self.act(name, action, &query).await,
             (Method::GET, ["api", "traffic"]) => {

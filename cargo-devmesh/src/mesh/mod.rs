@@ -246,6 +246,26 @@ impl Mesh {
             workspace.config.run.response_timeout,
         );
         let mut fault_setters = BTreeMap::new();
+        // Developers' copies of the services here, for the requests with their route.
+        let routed = Arc::new(proxy::RoutedCopies::default());
+        // This developer's routed services, and the route their requests carry.
+        let routes: Vec<(String, String)> = selected
+            .iter()
+            .filter_map(|name| {
+                let spec = workspace.config.services.get(name)?;
+                let route = spec.route_name(workspace.config.tunnel.as_ref())?;
+                Some((name.clone(), route.to_owned()))
+            })
+            .collect();
+        let developer_route: Option<Arc<str>> = routes.first().map(|(_, route)| Arc::from(route.as_str()));
+        // Shared for everyone: those marked `share` that no route keeps to
+        // this developer (a routed one is put under its route instead).
+        let shared_names: Vec<String> = selected
+            .iter()
+            .filter(|name| workspace.config.services.get(*name).is_some_and(|s| s.share))
+            .filter(|name| !routes.iter().any(|(service, _)| service == *name))
+            .cloned()
+            .collect();
         let mut front = |service: &str, route, protocol| Front {
             faults: {
                 let (set, faults) = proxy::FaultState::new();
@@ -261,6 +281,8 @@ impl Mesh {
             timeouts,
             max_connections: proxy::MAX_CONNECTIONS,
             inspector: Arc::clone(&inspector),
+            routed: Arc::clone(&routed),
+            developer_route: developer_route.clone(),
         };
         for name in workspace.start_order(&selected) {
             let mut spec = workspace.services[&name].clone();
@@ -339,6 +361,8 @@ impl Mesh {
                 timeouts,
                 inspector: Arc::clone(&inspector),
                 reach: workspace.config.tunnel.iter().flat_map(|t| t.reach.clone()).collect(),
+                routed: Arc::clone(&routed),
+                developer_route: developer_route.clone(),
             },
             logs: logs.clone(),
         };
@@ -357,6 +381,12 @@ impl Mesh {
             services: Arc::clone(&services),
             switches: Arc::clone(&switches),
             backends,
+            routed: Arc::clone(&routed),
+            routes: control::RoutesView {
+                copies: Vec::new(),
+                own: routes.clone(),
+                shared: shared_names.clone(),
+            },
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
         };
@@ -379,14 +409,33 @@ impl Mesh {
                 first_build.send_replace(Some(Arc::new(build_all(&building).await)));
             }));
         }
-        let shared: Vec<(String, String)> = selected
+        let shared: Vec<(String, String)> = shared_names
             .iter()
-            .filter(|name| workspace.config.services.get(*name).is_some_and(|s| s.share))
             .map(|name| (name.clone(), format!("http://{}", fronts[name])))
             .collect();
-        let sharing = match (&workspace.config.remote.etcd, shared.is_empty()) {
+        // Developers' copies in etcd, followed: never for a service routed
+        // here, whose route names this copy.
+        if let Some(config) = &workspace.config.remote.etcd {
+            let own: Vec<String> = routes.iter().map(|(service, _)| service.clone()).collect();
+            // A developer's tunnel admits callers with a team token: this one's.
+            let access = workspace
+                .config
+                .tunnel
+                .as_ref()
+                .and_then(|tunnel| tunnel_credentials(&workspace, tunnel).ok())
+                .map(|credentials| Arc::from(credentials.token.as_str()));
+            tasks.push(tokio::spawn(remotes::follow_routes(
+                config.clone(),
+                Arc::clone(&routed),
+                own,
+                access,
+                logs.clone(),
+                shutdown.clone(),
+            )));
+        }
+        let sharing = match (&workspace.config.remote.etcd, shared.is_empty() && routes.is_empty()) {
             (Some(config), false) => Some(
-                crate::share::Sharing::start(config, shared, tunnel_state.subscribe(), logs.clone())
+                crate::share::Sharing::start(config, shared, routes.clone(), tunnel_state.subscribe(), logs.clone())
                     .context("could not start the thread that shares services in etcd")?,
             ),
             (None, false) => {
@@ -398,7 +447,9 @@ impl Mesh {
         let exposed: BTreeMap<String, crate::tunnel::client::Expose> = selected
             .iter()
             .filter_map(|name| {
-                let config = workspace.config.services.get(name).filter(|s| s.expose)?;
+                // A routed copy is reached through the tunnel.
+                let routed = routes.iter().any(|(service, _)| service == name);
+                let config = workspace.config.services.get(name).filter(|s| s.expose || routed)?;
                 let expose = crate::tunnel::client::Expose {
                     front: fronts[name],
                     public: config.public,

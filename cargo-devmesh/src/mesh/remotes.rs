@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::inspector::Inspector;
 use crate::logs::Logs;
 use crate::ports::PortBook;
-use crate::proxy::{Backend, FaultState, Front, Proxy, Remote, Switch, Switches, Timeouts};
+use crate::proxy::{Backend, FaultState, Front, Proxy, Remote, RoutedCopies, RoutedCopy, Switch, Switches, Timeouts};
 use crate::state::StateFiles;
 use crate::workspace::Workspace;
 
@@ -247,6 +247,9 @@ pub(super) struct NewFronts {
     pub inspector: Arc<Inspector>,
     /// `[tunnel] reach`: those copies are reached through the relay.
     pub reach: Vec<String>,
+    /// Developers' copies, and this developer's route (see `proxy::Front`).
+    pub routed: Arc<RoutedCopies>,
+    pub developer_route: Option<Arc<str>>,
 }
 
 /// Follows the copies in the sandbox until `shutdown`: when one moves, its
@@ -369,6 +372,8 @@ impl Following {
             max_connections: crate::proxy::MAX_CONNECTIONS,
             inspector: Arc::clone(&new.inspector),
             faults: FaultState::new().1,
+            routed: Arc::clone(&new.routed),
+            developer_route: new.developer_route.clone(),
         };
         let stop = shutdown.child_token();
         new.proxy.serve(front, stop.clone()).map_err(|e| e.to_string())?;
@@ -397,6 +402,76 @@ impl Following {
         self.logs.note(format!(
             "{name}: gone from the sandbox; its front port is closed{closed}"
         ));
+    }
+}
+
+/// Follows the developers' copies in `config`'s namespace (its `routes`)
+/// until `shutdown`, into `routed`: each service's front port sends a
+/// request with a route to the copy for it, with the team token `access`
+/// (a developer's tunnel asks for one). Services in `own` are routed here
+/// (their copy is this one) and get none.
+pub(super) async fn follow_routes(
+    config: devmesh::config::EtcdConfig,
+    routed: Arc<RoutedCopies>,
+    own: Vec<String>,
+    access: Option<Arc<str>>,
+    logs: Logs,
+    shutdown: CancellationToken,
+) {
+    let etcd = match tokio::task::spawn_blocking(move || devmesh::remote::Etcd::routes(&config)).await {
+        Ok(Ok(etcd)) => etcd,
+        Ok(Err(e)) => return logs.note(format!("routes in `[remote.etcd]` are not followed: {e}")),
+        Err(_) => return,
+    };
+    // (service, route) → URL, as the front ports have them.
+    let mut known: BTreeMap<(String, String), String> = BTreeMap::new();
+    loop {
+        let listed: BTreeMap<(String, String), String> = etcd
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let url = etcd.lookup(&name)?.url().to_owned();
+                let (service, route) = name.split_once('/')?;
+                let valid = devmesh::name::validate(service).is_ok() && devmesh::name::validate(route).is_ok();
+                (valid && !own.iter().any(|o| o == service)).then(|| ((service.to_owned(), route.to_owned()), url))
+            })
+            .collect();
+        for (service, route) in known.keys().filter(|key| !listed.contains_key(*key)) {
+            routed.remove(service, route);
+            logs.note(format!("{service}: the copy for route `{route}` is gone"));
+        }
+        known.retain(|key, _| listed.contains_key(key));
+        for ((service, route), url) in listed {
+            if known.get(&(service.clone(), route.clone())) == Some(&url) {
+                continue;
+            }
+            match copy_of(&service, &url, &etcd.describe(), false).await {
+                Ok(copy) if copy.tls.is_none() => {
+                    routed.insert(
+                        &service,
+                        &route,
+                        RoutedCopy {
+                            url: url.clone(),
+                            backend: copy.copy.backend,
+                            access: access.clone(),
+                        },
+                    );
+                    logs.note(format!(
+                        "{service}: requests with route `{route}` go to its copy at {url}"
+                    ));
+                }
+                Ok(_) => logs.note(format!(
+                    "{service}: the copy for route `{route}` at {url} speaks TLS, which a routed copy cannot yet"
+                )),
+                Err(problem) => logs.note(problem),
+            }
+            // Said once, whichever way it went.
+            known.insert((service, route), url);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -139,6 +139,12 @@ impl Capture {
         self.arrived
     }
 
+    /// Says something of the exchange besides its outcome (where a route
+    /// took it).
+    pub fn note(&self, note: String) {
+        self.context.inspector.store.update(self.open, |e| e.note = Some(note));
+    }
+
     /// The id to tell the client, when the request is a replay.
     pub fn replay_id(&self) -> Option<u64> {
         self.replay.then_some(self.open.id)

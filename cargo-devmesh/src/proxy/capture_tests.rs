@@ -158,15 +158,17 @@ async fn front_faulty(
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     // The route never changes here: its sender may go.
     let (_, route) = watch::channel(route);
-    front_routed(route, max_body, (ready, response), faults).await
+    front_routed(route, max_body, (ready, response), faults, Arc::default()).await
 }
 
-/// [`front_faulty`] with a route the test changes.
+/// [`front_faulty`] with a route the test changes, and developers' copies
+/// in `routed`.
 async fn front_routed(
     route: watch::Receiver<Route>,
     max_body: usize,
     (ready, response): (Duration, Duration),
     faults: super::FaultState,
+    routed: Arc<super::RoutedCopies>,
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     let mut config = InspectorConfig::default();
     config.max_body = max_body;
@@ -186,6 +188,8 @@ async fn front_routed(
         max_connections: CONNECTIONS,
         inspector: Arc::clone(&inspector),
         faults,
+        routed,
+        developer_route: None,
     };
     let (proxy, _) = super::start(THREADS, crate::accept::on_stderr("devmesh"), shutdown.clone()).unwrap();
     proxy.serve(front, shutdown.clone()).unwrap();
@@ -1114,7 +1118,8 @@ async fn an_http2_request_to_a_dead_instance_goes_to_the_next() {
         .unwrap();
     let (routes, route) = watch::channel(Route::Ready(Backend::new(dead)));
     let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
-    let (front, inspector, _shutdown) = front_routed(route, 1024, timeouts, super::FaultState::new().1).await;
+    let faults = super::FaultState::new().1;
+    let (front, inspector, _shutdown) = front_routed(route, 1024, timeouts, faults, Arc::default()).await;
     let next = backend().await;
     let mut events = inspector.store.subscribe();
     let request = Request::post(format!("http://{front}/echo"))
@@ -1134,6 +1139,60 @@ async fn an_http2_request_to_a_dead_instance_goes_to_the_next() {
     let all = complete(&inspector, 1).await;
     assert_eq!(all[0].status, Some(200));
     assert_eq!(all[0].request_body.text.as_deref(), Some("sent once, whole"));
+}
+
+/// A request with a developer's route goes to their copy, over HTTP/1 and
+/// HTTP/2, its note saying so; every other to the port's own instance; and
+/// one whose copy refuses the connection to the own instance, saying so.
+#[tokio::test]
+async fn a_request_with_a_route_goes_to_its_developers_copy() {
+    let routed = Arc::new(super::RoutedCopies::default());
+    let copy = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ncopy!").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (route, addr) in [("dev-a", copy), ("dev-gone", dead)] {
+        let copy = super::RoutedCopy {
+            url: format!("http://{addr}"),
+            backend: Backend::remote(addr, &addr.to_string()),
+            access: Some("team-token".into()),
+        };
+        routed.insert("svc", route, copy);
+    }
+    let (_, route) = watch::channel(Route::Ready(Backend::new(backend().await)));
+    let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+    let faults = super::FaultState::new().1;
+    let (front, inspector, _shutdown) = front_routed(route, 1024, timeouts, faults, routed).await;
+    let http1 = |baggage: &str| {
+        let request = format!("GET / HTTP/1.1\r\nhost: x\r\nbaggage: {baggage}\r\nconnection: close\r\n\r\n");
+        async move { exchange_raw(front, &request).await }
+    };
+    assert!(http1("devmesh-route=dev-a").await.ends_with("copy!"));
+    assert!(http1("devmesh-route=dev-b").await.ends_with("hello"));
+    assert!(http1("devmesh-route=dev-gone").await.ends_with("hello"));
+    let http2 = |baggage: &'static str| async move {
+        let request = Request::get(format!("http://{front}/"))
+            .header("baggage", baggage)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = h2_client().request(request).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert_eq!(http2("devmesh-route=dev-a").await, "copy!");
+    assert_eq!(http2("x=1,devmesh-route=dev-b").await, "hello");
+    assert_eq!(http2("devmesh-route=dev-gone").await, "hello");
+    let all = complete(&inspector, 6).await;
+    let notes: Vec<_> = all.iter().map(|e| e.note.clone().unwrap_or_default()).collect();
+    for at in [0, 3] {
+        assert!(notes[at].starts_with("route `dev-a`: to its copy at"), "{notes:?}");
+        assert!(notes[at + 1].is_empty(), "{notes:?}");
+        assert!(
+            notes[at + 2].starts_with("route `dev-gone`: its copy at")
+                && notes[at + 2].ends_with("the sandbox's own answered"),
+            "{notes:?}"
+        );
+    }
 }
 
 /// A unary gRPC call to `path` of `front`, with an empty message.

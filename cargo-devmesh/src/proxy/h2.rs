@@ -18,6 +18,7 @@ use super::fault::Act;
 use super::{ClientConnection, Context, Target, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
+use crate::tunnel::relay::callers::ACCESS_HEADER;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -53,7 +54,17 @@ async fn forward(
 ) -> Result<Response<Body>, Dropped> {
     let arrived = Instant::now();
     let grpc = is_grpc(&request);
-    let ready = context.ready_backend().await;
+    // A request with a developer's route goes to their copy, when there is one.
+    let route = request
+        .headers()
+        .get(devmesh::route::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(devmesh::route::of_baggage);
+    let mut routed = context.routed_copy(route);
+    let ready = match &routed {
+        Some((_, copy)) => Ok(context.target(&copy.backend)),
+        None => context.ready_backend().await,
+    };
     let waited = arrived.elapsed();
     let replay = request.headers_mut().remove(REPLAY_HEADER);
     let given = request
@@ -108,6 +119,9 @@ async fn forward(
         Ok(target) => target,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
+    if let (Some(capture), Some((route, copy))) = (&capture, &routed) {
+        capture.note(format!("route `{route}`: to its copy at {}", copy.url));
+    }
     let limit = context.inspector.store.config.max_body;
     let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open(), c.arrived()));
     let (head, body) = request.into_parts();
@@ -139,6 +153,20 @@ async fn forward(
         *request.method_mut() = head.method.clone();
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers.clone();
+        let baggage = head.headers.get(devmesh::route::HEADER).map(|v| v.as_bytes());
+        if let Some(baggage) = context.leaving_baggage(host.is_some(), baggage)
+            && let Ok(value) = header::HeaderValue::from_str(&baggage)
+        {
+            request.headers_mut().insert(devmesh::route::HEADER, value);
+        }
+        if let Some((_, copy)) = &routed
+            && let Some(access) = copy
+                .access
+                .as_deref()
+                .and_then(|a| header::HeaderValue::from_str(a).ok())
+        {
+            request.headers_mut().insert(ACCESS_HEADER, access);
+        }
         // The pool wants the absolute form, and sends the origin form; a
         // remote instance is asked for by its own name.
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -173,6 +201,22 @@ async fn forward(
         // killed from outside (see `Context::next_instance`).
         body = returned.try_recv().ok();
         let sent = !error.is_connect();
+        // A developer's copy that cannot be reached: the sandbox's own
+        // serves the request, and says so.
+        if body.is_some()
+            && !sent
+            && let Some((route, copy)) = routed.take()
+            && let Ok(own) = context.ready_backend().await
+        {
+            if let Some(capture) = &capture {
+                capture.note(format!(
+                    "route `{route}`: its copy at {} did not answer ({error}); the sandbox's own answered",
+                    copy.url
+                ));
+            }
+            (addr, host, lease) = (own.addr, own.host, own.lease);
+            continue;
+        }
         if body.is_some()
             && (!sent || retryable)
             && Instant::now() < hold_until

@@ -124,6 +124,9 @@ pub struct RequestHead {
     pub replay: Option<(Range<usize>, Range<usize>)>,
     /// The `Host` line: a remote instance is asked with its own.
     pub host: Option<Range<usize>>,
+    /// The `baggage` line and where its value is (a developer's route
+    /// travels in it: `devmesh::route`).
+    pub baggage: Option<(Range<usize>, Range<usize>)>,
     /// Why its body's framing cannot be trusted: such a request is answered
     /// 400 by the front port (and captured so), never forwarded.
     pub ambiguous: Option<&'static str>,
@@ -190,6 +193,11 @@ impl RequestHead {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("host"))
             .map(|h| line_of(buf, h.name.as_bytes(), h.value));
+        let baggage = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(devmesh::route::HEADER))
+            .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
         Ok(Some(RequestHead {
             len,
             fields_at: fields_start(buf),
@@ -206,7 +214,14 @@ impl RequestHead {
             traceparent,
             replay,
             host,
+            baggage,
         }))
+    }
+
+    /// The route it carries in its `baggage`, in `head` (as it came).
+    pub fn route<'h>(&self, head: &'h [u8]) -> Option<&'h str> {
+        let (_, value) = self.baggage.as_ref()?;
+        devmesh::route::of_baggage(std::str::from_utf8(&head[value.clone()]).ok()?)
     }
 
     /// The method, in `head` (this head, or the head as forwarded: the

@@ -19,11 +19,13 @@ mod h2;
 mod http1;
 mod message;
 mod route;
+pub mod routed;
 pub mod switch;
 pub mod tls;
 
 pub use fault::{FaultSetter, FaultState, Faults};
 pub use route::{Backend, Lease, Route};
+pub use routed::{RoutedCopies, RoutedCopy};
 pub use switch::{FrontPort, LocalRoute, Remote, Switch, Switches, Traffic};
 
 use std::net::SocketAddr;
@@ -81,6 +83,11 @@ pub struct Front {
     /// What it does to requests besides forwarding them (none, but in a
     /// test that sets some).
     pub faults: FaultState,
+    /// Developers' copies, for the requests that carry their route.
+    pub routed: Arc<RoutedCopies>,
+    /// This developer's route, which requests leaving for the sandbox
+    /// carry (when they carry none): `Some` when a service here is routed.
+    pub developer_route: Option<Arc<str>>,
 }
 
 /// How long a request waits.
@@ -119,6 +126,8 @@ struct Context {
     timeouts: Timeouts,
     inspector: Arc<Inspector>,
     faults: FaultState,
+    routed: Arc<RoutedCopies>,
+    developer_route: Option<Arc<str>>,
     /// Connections to the instance kept for HTTP/1 clients to come.
     pool: http1::Pool,
     http2: Client<HttpConnector, h2::Captured>,
@@ -272,6 +281,8 @@ impl Context {
             timeouts: front.timeouts,
             inspector: Arc::clone(&front.inspector),
             faults: front.faults.clone(),
+            routed: Arc::clone(&front.routed),
+            developer_route: front.developer_route.clone(),
             pool: http1::Pool::default(),
             http2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
@@ -403,6 +414,31 @@ impl Context {
             "devmesh: service `{service}` is not ready ({status}) after {:?} (hint: {hint})\n",
             self.timeouts.ready
         ))
+    }
+
+    /// A target for `backend`, held for the request by its lease.
+    fn target(&self, backend: &Backend) -> Target {
+        Target {
+            addr: backend.addr,
+            host: backend.host.clone(),
+            lease: backend.lease(self.thread),
+        }
+    }
+
+    /// The developer's copy for `route`, a request's, when one is
+    /// registered for this service; with the route, owned.
+    fn routed_copy(&self, route: Option<&str>) -> Option<(String, RoutedCopy)> {
+        let route = route.filter(|_| !self.routed.is_empty())?;
+        Some((route.to_owned(), self.routed.get(&self.service, route)?))
+    }
+
+    /// The `baggage` a request leaves this developer's machine with, going
+    /// to a copy in the sandbox (`to_remote`): with this developer's route
+    /// added when it carries none. `None`: as it came.
+    fn leaving_baggage(&self, to_remote: bool, baggage: Option<&[u8]>) -> Option<String> {
+        let route = self.developer_route.as_deref().filter(|_| to_remote)?;
+        let baggage = baggage.and_then(|b| std::str::from_utf8(b).ok());
+        Some(devmesh::route::with_route(baggage, route))
     }
 
     /// After the instance held by `failed` refused a connection or dropped

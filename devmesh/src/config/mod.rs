@@ -356,6 +356,32 @@ pub struct ServiceConfig {
     /// a caller needs a team token.
     #[serde(default)]
     pub public: bool,
+    /// Serve, from here, only the sandbox's requests that carry this
+    /// developer's route (`baggage: devmesh-route=NAME`): `true` for the
+    /// route named by `[tunnel] namespace`, or a name of its own. The
+    /// sandbox's copy serves every other request.
+    #[serde(default)]
+    pub route: Option<RouteSetting>,
+}
+
+/// A service's `route`: `true`, `false`, or a route's name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RouteSetting {
+    Flag(bool),
+    Named(String),
+}
+
+impl ServiceConfig {
+    /// The route this copy serves, if it is routed: its own name, else
+    /// `[tunnel] namespace`.
+    pub fn route_name<'a>(&'a self, tunnel: Option<&'a TunnelConfig>) -> Option<&'a str> {
+        match &self.route {
+            Some(RouteSetting::Named(name)) => Some(name),
+            Some(RouteSetting::Flag(true)) => tunnel.map(|t| t.namespace.as_str()),
+            Some(RouteSetting::Flag(false)) | None => None,
+        }
+    }
 }
 
 /// The path the default readiness check asks for. A path no application
@@ -604,6 +630,26 @@ impl Config {
             }
         }
         for (name, service) in &self.services {
+            let routed = matches!(service.route, Some(RouteSetting::Flag(true) | RouteSetting::Named(_)));
+            if let Some(RouteSetting::Named(route)) = &service.route
+                && crate::name::validate(route).is_err()
+            {
+                problems.push(format!(
+                    "key `services.{name}.route`: `{route}` is no route name (hint: letters, digits and `-`, \
+                     e.g. your name; or `true` for `[tunnel] namespace`)"
+                ));
+            }
+            if routed && (self.tunnel.is_none() || self.remote.etcd.is_none()) {
+                problems.push(format!(
+                    "key `services.{name}.route`: a routed copy is reached through `[tunnel]` and listed in \
+                     `[remote.etcd]`, and this config lacks {} (hint: see \"Sharing a sandbox\" in the README)",
+                    match (self.tunnel.is_none(), self.remote.etcd.is_none()) {
+                        (true, true) => "both",
+                        (true, false) => "`[tunnel]`",
+                        _ => "`[remote.etcd]`",
+                    }
+                ));
+            }
             if service.command.is_some() && (service.package.is_some() || service.bin.is_some()) {
                 problems.push(format!(
                     "key `services.{name}`: has both `command` and `package`/`bin` \
@@ -713,6 +759,23 @@ mod tests {
 
     fn problems(toml: &str) -> String {
         load(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_route_is_a_name_and_needs_the_tunnel_and_etcd() {
+        let err = problems("[services.orders]\nroute = \"Not a name\"\n");
+        assert!(
+            err.contains("key `services.orders.route`: `Not a name` is no route name"),
+            "{err}"
+        );
+        assert!(err.contains("this config lacks both"), "{err}");
+        let config = load(
+            "[services.orders]\nroute = true\n[tunnel]\nrelay = \"sandbox:7000\"\nnamespace = \"dev-a\"\n\
+             [remote.etcd]\nendpoints = [\"sandbox:2379\"]\nnamespace = \"team\"\n",
+        )
+        .unwrap();
+        let orders = &config.services["orders"];
+        assert_eq!(orders.route_name(config.tunnel.as_ref()), Some("dev-a"));
     }
 
     #[test]

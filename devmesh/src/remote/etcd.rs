@@ -50,6 +50,13 @@ pub fn prefix(namespace: &str) -> String {
     format!("/devmesh/{namespace}/services/")
 }
 
+/// The key prefix of a namespace's routes: a developer's copy of a
+/// service, for the requests that carry the developer's route, is at
+/// `<prefix>SERVICE/ROUTE`.
+pub fn route_prefix(namespace: &str) -> String {
+    format!("/devmesh/{namespace}/routes/")
+}
+
 /// The members of a cluster, asked in turn.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -210,9 +217,18 @@ struct State {
 }
 
 impl Etcd {
-    /// Starts following the namespace of `config`.
+    /// Starts following the services of `config`'s namespace.
     pub fn new(config: &EtcdConfig) -> Result<Etcd, crate::Error> {
-        let prefix = prefix(&config.namespace);
+        Etcd::following(config, prefix(&config.namespace))
+    }
+
+    /// Starts following the routes of `config`'s namespace: names are
+    /// `SERVICE/ROUTE`, each the URL of a developer's copy.
+    pub fn routes(config: &EtcdConfig) -> Result<Etcd, crate::Error> {
+        Etcd::following(config, route_prefix(&config.namespace))
+    }
+
+    fn following(config: &EtcdConfig, prefix: String) -> Result<Etcd, crate::Error> {
         let shared = Arc::new(Shared {
             cluster: Cluster::new(&config.endpoints),
             description: format!("etcd `{prefix}` at {}", config.endpoints.join(", ")),
@@ -474,21 +490,30 @@ fn follow(shared: Weak<Shared>) {
     }
 }
 
-/// The supervisor's registration of shared services: each under the
-/// namespace, on one lease renewed a third of the way through it.
+/// The supervisor's registration of shared services and routed copies:
+/// each under the namespace, on one lease renewed a third of the way
+/// through it.
 #[derive(Debug)]
 pub struct Registration {
     cluster: Cluster,
-    prefix: String,
+    namespace: String,
     ttl: Duration,
     lease: Option<String>,
+}
+
+/// A developer's copy of a service, for the requests with their route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedCopy {
+    pub service: String,
+    pub route: String,
+    pub url: String,
 }
 
 impl Registration {
     pub fn new(config: &EtcdConfig) -> Registration {
         Registration {
             cluster: Cluster::new(&config.endpoints),
-            prefix: prefix(&config.namespace),
+            namespace: config.namespace.clone(),
             ttl: config.lease.max(Duration::from_secs(2)),
             lease: None,
         }
@@ -501,12 +526,27 @@ impl Registration {
 
     /// Puts `services` (name, URL) on a new lease.
     pub fn register(&mut self, services: &[(String, String)]) -> Result<(), EtcdError> {
+        self.register_with_routes(services, &[])
+    }
+
+    /// Puts `services` (name, URL) and `routes` on a new lease.
+    pub fn register_with_routes(
+        &mut self,
+        services: &[(String, String)],
+        routes: &[RoutedCopy],
+    ) -> Result<(), EtcdError> {
         let granted = self
             .cluster
             .call("/v3/lease/grant", &json!({ "TTL": self.ttl.as_secs().to_string() }))?;
         let lease = granted["ID"].as_str().unwrap_or_default().to_owned();
-        for (name, url) in services {
-            let key = format!("{}{name}", self.prefix);
+        let services = services
+            .iter()
+            .map(|(name, url)| (format!("{}{name}", prefix(&self.namespace)), url));
+        let routes = routes.iter().map(|copy| {
+            let key = format!("{}{}/{}", route_prefix(&self.namespace), copy.service, copy.route);
+            (key, &copy.url)
+        });
+        for (key, url) in services.chain(routes) {
             let value = json!({ "url": url }).to_string();
             self.cluster.call(
                 "/v3/kv/put",

@@ -120,7 +120,14 @@ async fn exchange(
     connection: &ClientConnection,
 ) -> Next {
     let arrived = Instant::now();
-    let ready = context.ready_backend().await;
+    // A request with a developer's route goes to their copy, when there is one.
+    let head = &link.inbound.filled()[..request.len];
+    let mut routed = context.routed_copy(request.route(head));
+    let original = routed.is_some().then(|| head.to_vec());
+    let ready = match &routed {
+        Some((_, copy)) => Ok(context.target(&copy.backend)),
+        None => context.ready_backend().await,
+    };
     let waited = arrived.elapsed();
 
     let given = request.traceparent.as_ref().map(|(parent, _)| *parent);
@@ -129,17 +136,26 @@ async fn exchange(
         .as_ref()
         .map(|(_, value)| &link.inbound.filled()[value.clone()]);
     let arrival = Arrival::new(context, connection, (arrived, waited), given, replay).await;
-    write_request_head(
-        &mut link.scratch,
-        &link.inbound.filled()[..request.len],
-        &request,
-        arrival.trace(),
-        ready.as_ref().ok().and_then(|target| target.host.as_deref()),
+    let host = ready.as_ref().ok().and_then(|target| target.host.clone());
+    let head = &link.inbound.filled()[..request.len];
+    let baggage = context.leaving_baggage(host.is_some(), request.baggage.as_ref().map(|(_, v)| &head[v.clone()]));
+    let access = routed.as_ref().and_then(|(_, copy)| copy.access.clone());
+    let rewrites = Rewrites {
+        host: host.as_deref(),
+        baggage: baggage.as_deref(),
+        access: access.as_deref(),
+    };
+    write_request_head(&mut link.scratch, head, &request, arrival.trace(), rewrites);
+    // Where a route took the request, for the inspector.
+    let route_note = std::sync::Mutex::new(
+        routed
+            .as_ref()
+            .map(|(route, copy)| format!("route `{route}`: to its copy at {}", copy.url)),
     );
     // Capture begins once the head is on its way: its bookkeeping overlaps
     // the service's own time.
     let begin = |head: &[u8]| {
-        arrival.begin(
+        let capture = arrival.begin(
             context,
             capture::Request {
                 method: request.method(head),
@@ -147,7 +163,12 @@ async fn exchange(
                 version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
                 headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
             },
-        )
+        );
+        let note = route_note.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(capture), Some(note)) = (&capture, note) {
+            capture.note(note);
+        }
+        capture
     };
     link.inbound.consume(request.len);
     if let Some(why) = request.ambiguous {
@@ -224,6 +245,26 @@ async fn exchange(
             None => match Upstream::connect(addr).await {
                 Ok(upstream) => upstream,
                 Err(e) => {
+                    // A developer's copy that cannot be reached: the
+                    // sandbox's own serves the request, and says so.
+                    if let Some((route, copy)) = routed.take()
+                        && let Ok(own) = context.ready_backend().await
+                    {
+                        let original = original.as_deref().unwrap_or_default();
+                        write_request_head(
+                            &mut link.scratch,
+                            original,
+                            &request,
+                            arrival.trace(),
+                            Rewrites::default(),
+                        );
+                        *route_note.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                            "route `{route}`: its copy at {} did not answer ({e}); the sandbox's own answered",
+                            copy.url
+                        ));
+                        (addr, lease) = (own.addr, own.lease);
+                        continue;
+                    }
                     // Refused: the instance is gone (killed, crashed) and
                     // nothing was sent, so any request waits for the next
                     // one, as during a restart. (A kept connection that was
@@ -378,16 +419,34 @@ async fn linger(client: &mut TcpStream) {
     .await;
 }
 
+/// What the head the service sees has in place of the client's.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rewrites<'a> {
+    /// The `Host` of a remote instance.
+    host: Option<&'a str>,
+    /// The `baggage` it leaves with (see `Context::leaving_baggage`).
+    baggage: Option<&'a str>,
+    /// A team token for a developer's tunnel (`x-devmesh-access`), which
+    /// the relay takes off.
+    access: Option<&'a str>,
+}
+
 /// Writes the head the service sees into `out`: as it came, less the
 /// replay line, with the `traceparent` of its span at the front port when
-/// traffic is captured (see [`Trace`]), and the `Host` of a remote
-/// instance (`host`) in place of the client's.
-fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, trace: Option<Trace>, host: Option<&str>) {
+/// traffic is captured (see [`Trace`]), and `rewrites`.
+fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    request: &RequestHead,
+    trace: Option<Trace>,
+    Rewrites { host, baggage, access }: Rewrites<'_>,
+) {
     out.clear();
     let replay = request.replay.as_ref().map(|(line, _)| line.clone());
     let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
     let client_host = host.and(request.host.clone());
-    let mut skipped = [replay, parent, client_host];
+    let client_baggage = baggage.and(request.baggage.as_ref()).map(|(line, _)| line.clone());
+    let mut skipped = [replay, parent, client_host, client_baggage];
     skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));
     let mut at = 0;
     for line in skipped.into_iter().flatten() {
@@ -403,6 +462,17 @@ fn write_request_head(out: &mut Vec<u8>, head: &[u8], request: &RequestHead, tra
     if let Some(trace) = trace {
         out.extend_from_slice(b"traceparent: ");
         out.extend_from_slice(&trace.header.header());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(baggage) = baggage {
+        out.extend_from_slice(b"baggage: ");
+        out.extend_from_slice(baggage.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(access) = access {
+        out.extend_from_slice(crate::tunnel::relay::callers::ACCESS_HEADER.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(access.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -711,12 +781,16 @@ mod tests {
         let head = b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:24001\r\nx-devmesh-replay: 7 key\r\naccept: */*\r\n\r\n";
         let request = RequestHead::parse(head).unwrap().unwrap();
         let mut out = Vec::new();
-        write_request_head(&mut out, head, &request, None, Some("orders.sandbox:8080"));
+        let rewrites = Rewrites {
+            host: Some("orders.sandbox:8080"),
+            ..Rewrites::default()
+        };
+        write_request_head(&mut out, head, &request, None, rewrites);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "GET /a HTTP/1.1\r\naccept: */*\r\nhost: orders.sandbox:8080\r\n\r\n"
         );
-        write_request_head(&mut out, head, &request, None, None);
+        write_request_head(&mut out, head, &request, None, Rewrites::default());
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /a HTTP/1.1\r\nHost: 127.0.0.1:24001\r\naccept: */*\r\n\r\n",

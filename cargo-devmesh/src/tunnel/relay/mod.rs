@@ -19,7 +19,7 @@
 //! port); anything else is refused, with a 403 in the caller's words and a
 //! line in the relay's log.
 
-mod callers;
+pub(crate) mod callers;
 mod config;
 
 use std::collections::{BTreeMap, HashMap};
