@@ -41,7 +41,7 @@ fn a_developers_copy_gets_their_requests_and_only_theirs() {
     let host = Sandbox::on_a_host_of_its_own(sandbox_dir.path(), "relay host");
     let ip = host.addr.ip();
     let (relay_dir, relay_config) = relay_config(ip, "");
-    let relay = start_relay(&host, &relay_config, (ip, 7000).into());
+    let _relay = start_relay(&host, &relay_config, (ip, 7000).into());
     let (_etcd, etcd) = host.etcd(relay_dir.path());
     let shared = |namespace: &str| {
         format!(
@@ -136,20 +136,20 @@ fn a_developers_copy_gets_their_requests_and_only_theirs() {
         "{headers}"
     );
 
-    // The relay gone: A's copy cannot be reached, and the sandbox's own
-    // answers A's requests, saying so.
-    drop(relay);
+    // A's supervisor killed (its laptop closed): the relay says it is not
+    // connected, and at once A's requests go to the sandbox's own, which
+    // says so; its route goes within its lease (10 s here).
+    let killed = std::time::Instant::now();
+    drop(a);
+    sandbox.output.wait_for(1, "A's copy not connected", |l| {
+        l.contains("beta: the copy for route `dev-a` is not connected to the relay")
+    });
     assert_eq!(routed_to("/peer-traced", "devmesh-route=dev-a"), sandbox_beta);
     exchanges(&sandbox, 1, |e| {
         e["note"]
             .as_str()
-            .is_some_and(|n| n.contains("did not answer") && n.ends_with("the sandbox's own answered"))
+            .is_some_and(|n| n.contains("is not connected to the relay; the sandbox's own answered"))
     });
-
-    // A's supervisor killed (its laptop closed): its route goes within
-    // its lease (10 s here), and with it the copy from the sandbox's list.
-    let killed = std::time::Instant::now();
-    drop(a);
     sandbox.output.wait_for(1, "A's route gone", |l| {
         l.contains("beta: the copy for route `dev-a` is gone")
     });

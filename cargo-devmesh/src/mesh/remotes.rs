@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -454,6 +455,7 @@ pub(super) async fn follow_routes(
                             url: url.clone(),
                             backend: copy.copy.backend,
                             access: access.clone(),
+                            connected: Arc::new(AtomicBool::new(true)),
                         },
                     );
                     logs.note(format!(
@@ -468,11 +470,47 @@ pub(super) async fn follow_routes(
             // Said once, whichever way it went.
             known.insert((service, route), url);
         }
+        // Whose supervisor is connected: a request for one that is not
+        // goes to the sandbox's own at once, rather than wait on the relay.
+        for ((service, route), copy) in routed.all() {
+            let now = connected(&copy).await;
+            if copy.connected.swap(now, Ordering::Relaxed) != now {
+                logs.note(match now {
+                    true => format!("{service}: the copy for route `{route}` is connected again"),
+                    false => format!(
+                        "{service}: the copy for route `{route}` is not connected to the relay; \
+                         its requests go to this one until it is"
+                    ),
+                });
+            }
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Asks the relay whether the supervisor behind `copy` is connected
+/// (`ALIVE_PATH`, answered at once); no answer within a second is no.
+async fn connected(copy: &RoutedCopy) -> bool {
+    use crate::tunnel::relay::callers::{ACCESS_HEADER, ALIVE_PATH};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(copy.backend.addr).await.ok()?;
+        let host = copy.backend.host.as_deref().unwrap_or_default();
+        let access = copy
+            .access
+            .as_deref()
+            .map(|token| format!("{ACCESS_HEADER}: {token}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET {ALIVE_PATH} HTTP/1.1\r\nhost: {host}\r\n{access}connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status).await.ok()?;
+        Some(&status[9..12] == b"200")
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), ask).await, Ok(Some(true)))
 }
 
 /// The remote backends of the run, as `ps` and the page show them.

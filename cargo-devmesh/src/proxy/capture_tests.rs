@@ -1157,6 +1157,7 @@ async fn a_request_with_a_route_goes_to_its_developers_copy() {
             url: format!("http://{addr}"),
             backend: Backend::remote(addr, &addr.to_string()),
             access: Some("team-token".into()),
+            connected: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         routed.insert("svc", route, copy);
     }

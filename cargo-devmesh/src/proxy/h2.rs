@@ -60,7 +60,7 @@ async fn forward(
         .get(devmesh::route::HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(devmesh::route::of_baggage);
-    let mut routed = context.routed_copy(route);
+    let (mut routed, note) = context.routing(route);
     let ready = match &routed {
         Some((_, copy)) => Ok(context.target(&copy.backend)),
         None => context.ready_backend().await,
@@ -119,8 +119,8 @@ async fn forward(
         Ok(target) => target,
         Err(message) => return Ok(answer(capture, StatusCode::SERVICE_UNAVAILABLE, message, grpc)),
     };
-    if let (Some(capture), Some((route, copy))) = (&capture, &routed) {
-        capture.note(format!("route `{route}`: to its copy at {}", copy.url));
+    if let (Some(capture), Some(note)) = (&capture, note) {
+        capture.note(note);
     }
     let limit = context.inspector.store.config.max_body;
     let request_capture = capture.as_ref().map(|c| (Arc::clone(&context), c.open(), c.arrived()));

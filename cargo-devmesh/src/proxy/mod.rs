@@ -425,11 +425,28 @@ impl Context {
         }
     }
 
-    /// The developer's copy for `route`, a request's, when one is
-    /// registered for this service; with the route, owned.
-    fn routed_copy(&self, route: Option<&str>) -> Option<(String, RoutedCopy)> {
-        let route = route.filter(|_| !self.routed.is_empty())?;
-        Some((route.to_owned(), self.routed.get(&self.service, route)?))
+    /// Where a request's route (`route`) takes it: the developer's copy
+    /// registered for this service, when it is connected (with the route,
+    /// owned); else the port's own, with a note when a copy is there but
+    /// not connected.
+    fn routing(&self, route: Option<&str>) -> (Option<(String, RoutedCopy)>, Option<String>) {
+        let Some(route) = route.filter(|_| !self.routed.is_empty()) else {
+            return (None, None);
+        };
+        match self.routed.get(&self.service, route) {
+            Some(copy) if copy.connected.load(std::sync::atomic::Ordering::Relaxed) => {
+                let note = format!("route `{route}`: to its copy at {}", copy.url);
+                (Some((route.to_owned(), copy)), Some(note))
+            }
+            Some(copy) => {
+                let note = format!(
+                    "route `{route}`: its copy at {} is not connected to the relay; the sandbox's own answered",
+                    copy.url
+                );
+                (None, Some(note))
+            }
+            None => (None, None),
+        }
     }
 
     /// The `baggage` a request leaves this developer's machine with, going

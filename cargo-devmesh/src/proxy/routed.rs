@@ -26,10 +26,14 @@ pub struct RoutedCopy {
     pub backend: Backend,
     /// A team token the relay asks its callers for (`x-devmesh-access`).
     pub access: Option<std::sync::Arc<str>>,
+    /// Whether its supervisor is connected to the relay, as last asked
+    /// (see `mesh::remotes::follow_routes`): while not, its requests go to
+    /// the port's own copy.
+    pub connected: std::sync::Arc<AtomicBool>,
 }
 
 impl RoutedCopies {
-    /// The copy of `service` for `route`.
+    /// The copy of `service` for `route`, connected or not.
     pub fn get(&self, service: &str, route: &str) -> Option<RoutedCopy> {
         if !self.any.load(Ordering::Relaxed) {
             return None;
@@ -40,6 +44,18 @@ impl RoutedCopies {
     /// Whether any copy is registered.
     pub fn is_empty(&self) -> bool {
         !self.any.load(Ordering::Relaxed)
+    }
+
+    /// Every copy, connected or not: ((service, route), copy).
+    pub fn all(&self) -> Vec<((String, String), RoutedCopy)> {
+        self.read()
+            .iter()
+            .flat_map(|(service, routes)| {
+                routes
+                    .iter()
+                    .map(|(route, copy)| ((service.clone(), route.clone()), copy.clone()))
+            })
+            .collect()
     }
 
     /// Every copy: (service, route, URL), in order.

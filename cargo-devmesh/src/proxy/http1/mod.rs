@@ -122,7 +122,7 @@ async fn exchange(
     let arrived = Instant::now();
     // A request with a developer's route goes to their copy, when there is one.
     let head = &link.inbound.filled()[..request.len];
-    let mut routed = context.routed_copy(request.route(head));
+    let (mut routed, note) = context.routing(request.route(head));
     let original = routed.is_some().then(|| head.to_vec());
     let ready = match &routed {
         Some((_, copy)) => Ok(context.target(&copy.backend)),
@@ -147,11 +147,7 @@ async fn exchange(
     };
     write_request_head(&mut link.scratch, head, &request, arrival.trace(), rewrites);
     // Where a route took the request, for the inspector.
-    let route_note = std::sync::Mutex::new(
-        routed
-            .as_ref()
-            .map(|(route, copy)| format!("route `{route}`: to its copy at {}", copy.url)),
-    );
+    let route_note = std::sync::Mutex::new(note);
     // Capture begins once the head is on its way: its bookkeeping overlaps
     // the service's own time.
     let begin = |head: &[u8]| {

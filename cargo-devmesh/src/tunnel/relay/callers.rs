@@ -15,6 +15,10 @@ pub const ACCESS_HEADER: &str = "x-devmesh-access";
 pub const ACCESS_COOKIE: &str = "devmesh-access";
 /// The login page, on every tunnel's address.
 pub const LOGIN_PATH: &str = "/.devmesh/login";
+/// Whether a tunnel's supervisor is connected, on every tunnel's address:
+/// 200 or 503 at once, for a team member (a sandbox's supervisor asks it
+/// of the developers' copies it routes to).
+pub const ALIVE_PATH: &str = "/.devmesh/alive";
 /// How long a login lasts.
 const SESSION: Duration = Duration::from_secs(12 * 3600);
 /// The largest request head a caller may send.

@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use self::callers::{ACCESS_COOKIE, ACCESS_HEADER};
-use self::callers::{Head, LOGIN_PATH, NoHead, Sessions};
+use self::callers::{ALIVE_PATH, Head, LOGIN_PATH, NoHead, Sessions};
 pub use self::config::{ConfigError, DomainConfig, KEYS_HELP, Limits, RelayConfig, TlsConfig};
 use super::link::{Link, Side, Socket, Stream};
 use super::wire::{Frame, Hello, Kind, VERSION, Welcome};
@@ -706,6 +706,13 @@ impl Relay {
                 ),
             ));
         };
+        if head.path == ALIVE_PATH {
+            let alive = tunnel.link.borrow().as_ref().is_some_and(Link::is_alive);
+            return Err(match alive {
+                true => answer(200, "connected\n"),
+                false => answer(503, "not connected\n"),
+            });
+        }
         Ok((tunnel, head.forwarded()))
     }
 
