@@ -337,8 +337,14 @@ pub fn median(mut runs: Vec<Figures>) -> Figures {
 
 /// `wrk -t1 -c{connections} -d{duration} --latency` on `GET path` at `addr`.
 pub fn wrk(addr: SocketAddr, path: &str, duration: &str, connections: &str) -> Figures {
+    wrk_with(addr, path, duration, connections, &[])
+}
+
+/// [`wrk`], each request with `headers` (`name: value`).
+pub fn wrk_with(addr: SocketAddr, path: &str, duration: &str, connections: &str, headers: &[&str]) -> Figures {
     let output = Command::new("wrk")
         .args(["-t", "1", "-c", connections, "-d", duration, "--latency"])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg(format!("http://{addr}{path}"))
         .output()
         .expect("wrk runs");
