@@ -84,8 +84,30 @@ fn a_developers_copy_gets_their_requests_and_only_theirs() {
     assert_eq!(routed_to("/peer-traced", "devmesh-route=dev-b"), sandbox_beta);
     // A teammate targets A's copy with the baggage, other members kept.
     assert_eq!(routed_to("/peer-traced", "userId=7, devmesh-route=dev-a"), a_beta);
-    // A service that does not pass baggage on loses the route: no guess.
-    assert_eq!(routed_to("/peer", "devmesh-route=dev-a"), sandbox_beta);
+    // A service that does not pass baggage on: its call takes the route of
+    // its one request in flight, as its trace does.
+    assert_eq!(routed_to("/peer", "devmesh-route=dev-a"), a_beta);
+    // With several in flight, never a guess: 8 clients at once, half of
+    // them A's, and no other request ever reaches A's copy.
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        let route = if i % 2 == 0 { "dev-a" } else { "dev-b" };
+                        let beta = routed_to("/peer", &format!("devmesh-route={route}"));
+                        assert!(
+                            beta == sandbox_beta || (route == "dev-a" && beta == a_beta),
+                            "{route}: {beta}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+    });
 
     // Under concurrent clients, routed and not, each answer is its own.
     std::thread::scope(|s| {

@@ -22,32 +22,51 @@ pub struct Arrival {
     /// The caller and the trace; `None` when the front port captures nothing.
     captured: Option<(Arc<str>, Trace)>,
     replay_of: Option<u64>,
+    /// A developer's route: the request's own, else inferred as its trace
+    /// is (see `Store::enter_routed`).
+    route: Option<Arc<str>>,
 }
 
 impl Arrival {
-    /// A request that arrived at `arrived` on `connection`, waited
-    /// `waited`, and carried the trace `given` and the replay header
-    /// `replay` (its value).
+    /// A request that arrived at `arrived` on `connection` and carried the
+    /// trace `given`, the replay header `replay` (its value) and the route
+    /// `route` (a developer's). How long it waits for an instance is told
+    /// with [`Arrival::waited`].
     pub async fn new(
         context: &Arc<Context>,
         connection: &ClientConnection,
-        (arrived, waited): (Instant, Duration),
-        given: Option<TraceParent>,
-        replay: Option<&[u8]>,
+        arrived: Instant,
+        (given, replay, route): (Option<TraceParent>, Option<&[u8]>, Option<&str>),
     ) -> Arrival {
+        let mut carried = route.map(Arc::from);
         let captured = context.caller(connection).await.map(|caller| {
-            let trace = context
-                .inspector
-                .store
-                .enter(context.thread, &context.service, &caller, given);
+            let (trace, route) = context.inspector.store.enter_routed(
+                context.thread,
+                &context.service,
+                &caller,
+                given,
+                (route, !context.routed.is_empty()),
+            );
+            carried = route;
             (caller, trace)
         });
         Arrival {
             arrived,
-            waited,
+            waited: Duration::ZERO,
             captured,
             replay_of: replay.and_then(|value| context.inspector.replay_of(value)),
+            route: carried,
         }
+    }
+
+    /// The request waited `waited` for a ready instance.
+    pub fn waited(&mut self, waited: Duration) {
+        self.waited = waited;
+    }
+
+    /// The route it goes on with: its own, or its caller's.
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_deref()
     }
 
     /// The trace the request goes on with, when it is captured: its

@@ -54,31 +54,32 @@ async fn forward(
 ) -> Result<Response<Body>, Dropped> {
     let arrived = Instant::now();
     let grpc = is_grpc(&request);
-    // A request with a developer's route goes to their copy, when there is one.
-    let route = request
-        .headers()
-        .get(devmesh::route::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(devmesh::route::of_baggage);
-    let (mut routed, note) = context.routing(route);
-    let ready = match &routed {
-        Some((_, copy)) => Ok(context.target(&copy.backend)),
-        None => context.ready_backend().await,
-    };
-    let waited = arrived.elapsed();
     let replay = request.headers_mut().remove(REPLAY_HEADER);
     let given = request
         .headers()
         .get("traceparent")
         .and_then(|v| TraceParent::parse(v.to_str().ok()?));
-    let arrival = Arrival::new(
+    let own_route = request
+        .headers()
+        .get(devmesh::route::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(devmesh::route::of_baggage);
+    let mut arrival = Arrival::new(
         &context,
         &connection,
-        (arrived, waited),
-        given,
-        replay.as_ref().map(|v| v.as_bytes()),
+        arrived,
+        (given, replay.as_ref().map(|v| v.as_bytes()), own_route),
     )
     .await;
+    // A request with a developer's route (its own, or its caller's) goes to
+    // their copy, when there is one.
+    let (mut routed, note) = context.routing(arrival.route());
+    let inferred = arrival.route().filter(|_| own_route.is_none()).map(str::to_owned);
+    let ready = match &routed {
+        Some((_, copy)) => Ok(context.target(&copy.backend)),
+        None => context.ready_backend().await,
+    };
+    arrival.waited(arrived.elapsed());
     if let Some(trace) = arrival.trace()
         && let Ok(value) = header::HeaderValue::from_bytes(&trace.header.header())
     {
@@ -154,7 +155,7 @@ async fn forward(
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers.clone();
         let baggage = head.headers.get(devmesh::route::HEADER).map(|v| v.as_bytes());
-        if let Some(baggage) = context.leaving_baggage(host.is_some(), baggage)
+        if let Some(baggage) = context.leaving_baggage(host.is_some(), baggage, inferred.as_deref())
             && let Ok(value) = header::HeaderValue::from_str(&baggage)
         {
             request.headers_mut().insert(devmesh::route::HEADER, value);

@@ -449,11 +449,12 @@ impl Context {
         }
     }
 
-    /// The `baggage` a request leaves this developer's machine with, going
-    /// to a copy in the sandbox (`to_remote`): with this developer's route
-    /// added when it carries none. `None`: as it came.
-    fn leaving_baggage(&self, to_remote: bool, baggage: Option<&[u8]>) -> Option<String> {
-        let route = self.developer_route.as_deref().filter(|_| to_remote)?;
+    /// The `baggage` a request goes on with: leaving this developer's
+    /// machine for a copy in the sandbox (`to_remote`), with this
+    /// developer's route added when it carries none; else with the route it
+    /// was `inferred` to have (its caller's). `None`: as it came.
+    fn leaving_baggage(&self, to_remote: bool, baggage: Option<&[u8]>, inferred: Option<&str>) -> Option<String> {
+        let route = self.developer_route.as_deref().filter(|_| to_remote).or(inferred)?;
         let baggage = baggage.and_then(|b| std::str::from_utf8(b).ok());
         Some(devmesh::route::with_route(baggage, route))
     }

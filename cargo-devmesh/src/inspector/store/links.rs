@@ -1,6 +1,8 @@
 //! Traces: each request through a front port is a span, in the trace it
 //! was given, else in the trace of the one request its caller is handling
-//! (the likely cause of the call), else in a new one.
+//! (the likely cause of the call), else in a new one. A developer's route
+//! (`devmesh::route`) is inferred the same way, for a call that came
+//! without one.
 
 use std::sync::Arc;
 
@@ -10,10 +12,12 @@ use crate::inspector::trace::{SpanId, Trace, TraceId, TraceParent};
 
 /// A request in flight to a service, so a call that service makes meanwhile
 /// can be linked to it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct InFlight {
     pub(super) trace_id: TraceId,
     pub(super) span_id: SpanId,
+    /// The route it carried, or was given as inferred.
+    pub(super) route: Option<Arc<str>>,
 }
 
 impl Store {
@@ -22,6 +26,31 @@ impl Store {
     /// caller's own request in flight (the likely cause of this call), else
     /// a new one. It stays in flight until [`Store::finish`] with its span.
     pub fn enter(&self, shard: usize, service: &Arc<str>, caller: &str, given: Option<TraceParent>) -> Trace {
+        self.enter_routed(shard, service, caller, given, (None, false)).0
+    }
+
+    /// [`Store::enter`] for a request that carried `route` (a developer's):
+    /// the route it goes on with too. That is its own; else, when `infer`
+    /// (some copy is routed to), the route of the caller's one request in
+    /// flight, as its trace is; else none.
+    pub fn enter_routed(
+        &self,
+        shard: usize,
+        service: &Arc<str>,
+        caller: &str,
+        given: Option<TraceParent>,
+        (route, infer): (Option<&str>, bool),
+    ) -> (Trace, Option<Arc<str>>) {
+        let cause = match (&given, route) {
+            (None, _) => self.only_request_in_flight_to(caller),
+            (Some(_), None) if infer => self.only_request_in_flight_to(caller),
+            _ => None,
+        };
+        let route: Option<Arc<str>> = match route {
+            Some(route) => Some(route.into()),
+            None if infer => cause.as_ref().and_then(|c| c.route.clone()),
+            None => None,
+        };
         // Each hop through a front port is a span of its own, and the
         // service sees it as its parent: a service that passes the header
         // on (`devmesh::trace`) links its calls to exactly this request.
@@ -34,25 +63,26 @@ impl Store {
                 parent: Some(header.span_id),
                 inferred: false,
             },
-            None => {
-                let cause = self.only_request_in_flight_to(caller);
-                Trace {
-                    header: TraceParent::new(cause.map_or_else(TraceId::random, |c| c.trace_id), SpanId::random()),
-                    parent: cause.map(|c| c.span_id),
-                    inferred: cause.is_some(),
-                }
-            }
+            None => Trace {
+                header: TraceParent::new(
+                    cause.as_ref().map_or_else(TraceId::random, |c| c.trace_id),
+                    SpanId::random(),
+                ),
+                parent: cause.as_ref().map(|c| c.span_id),
+                inferred: cause.is_some(),
+            },
         };
         let in_flight = InFlight {
             trace_id: trace.header.trace_id,
             span_id: trace.header.span_id,
+            route: route.clone(),
         };
         let mut inner = self.core.shard(shard);
         match inner.in_flight_to(service) {
             Some(list) => list.push(in_flight),
             None => inner.in_flight.push((Arc::clone(service), vec![in_flight])),
         }
-        trace
+        (trace, route)
     }
 
     /// The request in flight to `service`, through any shard, when there is
@@ -70,7 +100,7 @@ impl Store {
             let inner = &mut *lock(&shard.0);
             match inner.in_flight_to(service).map(|list| list.as_slice()) {
                 None | Some([]) => {}
-                Some([one]) if only.is_none() => only = Some(*one),
+                Some([one]) if only.is_none() => only = Some(one.clone()),
                 Some(_) => return None,
             }
         }

@@ -154,6 +154,25 @@ fn a_call_is_left_unlinked_when_its_caller_handles_several_requests() {
 }
 
 #[test]
+fn a_call_takes_its_callers_route_only_when_it_handles_one_request() {
+    let store = Store::new(config(1 << 20), 2).unwrap();
+    let (gateway, orders): (Arc<str>, Arc<str>) = ("gateway".into(), "orders".into());
+    let (_, route) = store.enter_routed(0, &gateway, EXTERNAL, None, (Some("dev-a"), true));
+    assert_eq!(route.as_deref(), Some("dev-a"));
+    let (_, route) = store.enter_routed(1, &orders, "gateway", None, (None, true));
+    assert_eq!(route.as_deref(), Some("dev-a"), "the gateway's one request's");
+    let (_, route) = store.enter_routed(1, &orders, "gateway", None, (None, false));
+    assert_eq!(route, None, "not inferred while no copy is routed to");
+    let (_, route) = store.enter_routed(1, &orders, "gateway", None, (Some("dev-b"), true));
+    assert_eq!(route.as_deref(), Some("dev-b"), "a call's own route is kept");
+    // A second request in flight to the gateway, with no route: a call
+    // could be for either, and takes neither.
+    store.enter_routed(0, &gateway, EXTERNAL, None, (None, true));
+    let (_, route) = store.enter_routed(1, &orders, "gateway", None, (None, true));
+    assert_eq!(route, None);
+}
+
+#[test]
 fn a_request_does_not_wait_for_a_search_of_the_ring() {
     let store = Arc::new(Store::new(config(1 << 20), 1).unwrap());
     // A search holds the ring for as long as a thousand exchanges end,

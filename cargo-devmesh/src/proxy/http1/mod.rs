@@ -120,25 +120,28 @@ async fn exchange(
     connection: &ClientConnection,
 ) -> Next {
     let arrived = Instant::now();
-    // A request with a developer's route goes to their copy, when there is one.
     let head = &link.inbound.filled()[..request.len];
-    let (mut routed, note) = context.routing(request.route(head));
+    let given = request.traceparent.as_ref().map(|(parent, _)| *parent);
+    let replay = request.replay.as_ref().map(|(_, value)| &head[value.clone()]);
+    let own_route = request.route(head);
+    let mut arrival = Arrival::new(context, connection, arrived, (given, replay, own_route)).await;
+    // A request with a developer's route (its own, or its caller's) goes to
+    // their copy, when there is one.
+    let (mut routed, note) = context.routing(arrival.route());
+    let inferred = arrival.route().filter(|_| own_route.is_none()).map(str::to_owned);
     let original = routed.is_some().then(|| head.to_vec());
     let ready = match &routed {
         Some((_, copy)) => Ok(context.target(&copy.backend)),
         None => context.ready_backend().await,
     };
-    let waited = arrived.elapsed();
-
-    let given = request.traceparent.as_ref().map(|(parent, _)| *parent);
-    let replay = request
-        .replay
-        .as_ref()
-        .map(|(_, value)| &link.inbound.filled()[value.clone()]);
-    let arrival = Arrival::new(context, connection, (arrived, waited), given, replay).await;
+    arrival.waited(arrived.elapsed());
     let host = ready.as_ref().ok().and_then(|target| target.host.clone());
     let head = &link.inbound.filled()[..request.len];
-    let baggage = context.leaving_baggage(host.is_some(), request.baggage.as_ref().map(|(_, v)| &head[v.clone()]));
+    let baggage = context.leaving_baggage(
+        host.is_some(),
+        request.baggage.as_ref().map(|(_, v)| &head[v.clone()]),
+        inferred.as_deref(),
+    );
     let access = routed.as_ref().and_then(|(_, copy)| copy.access.clone());
     let rewrites = Rewrites {
         host: host.as_deref(),
