@@ -202,6 +202,24 @@ pub async fn front_port(state: &Path, service: &str) -> SocketAddr {
     }
 }
 
+/// An etcd member on loopback, its data in `dir`, on ports nothing else
+/// holds: the process and its client port (it may not serve yet).
+pub fn start_etcd(dir: &Path) -> std::io::Result<(Child, u16)> {
+    let (client, peer) = (free_port(), free_port());
+    let etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((etcd, client))
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,12 +11,11 @@
 //! (needs `wrk` and `etcd`: `apt-get install wrk etcd-server`).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devmesh::dns::{Question, Response, SRV};
 use devmesh::remote::Backend as _;
-use devmesh_bench::{build, free_port, front_port, payments_alone, rotate, run_payments, wait_until_answers, wrk};
+use devmesh_bench::{build, front_port, payments_alone, rotate, run_payments, wait_until_answers, wrk};
 
 const ROUNDS: usize = 5;
 const DURATION: &str = "4s";
@@ -137,17 +136,7 @@ fn timings(n: usize, mut once: impl FnMut(usize)) -> (Duration, Duration) {
 /// 2,000 gets from an etcd member started for them; `None` without etcd.
 fn etcd_gets() -> Option<(Duration, Duration)> {
     let data = tempfile::tempdir().expect("a temp dir");
-    let (client, peer) = (free_port(), free_port());
-    let mut etcd = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let (mut etcd, client) = devmesh_bench::start_etcd(data.path()).ok()?;
     let cluster = devmesh::remote::etcd::Cluster::new(&[format!("127.0.0.1:{client}")]);
     let put = serde_json::json!({ "key": "cGF5bWVudHM=", "value": "eyJ1cmwiOiJodHRwOi8vMTAuMC4wLjk6OTAwMSJ9" });
     let deadline = Instant::now() + Duration::from_secs(20);

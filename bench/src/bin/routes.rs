@@ -9,11 +9,11 @@
 //! Run: `cargo run --release -p devmesh-bench --bin routes`
 //! (needs `wrk` and `etcd`: `apt-get install wrk etcd-server`).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use devmesh::remote::etcd::{Registration, RoutedCopy};
-use devmesh_bench::{Api, Guard, build, free_port, front_port, median, run_payments, wait_until_answers, wrk_with};
+use devmesh_bench::{Api, Guard, build, front_port, median, run_payments, wait_until_answers, wrk_with};
 
 const DURATION: &str = "4s";
 const ROUNDS: usize = 9;
@@ -31,21 +31,8 @@ async fn main() {
     }
     let built = build();
     let data = tempfile::tempdir().expect("a temp dir");
-    let (client, peer) = (free_port(), free_port());
-    let _etcd = Guard(
-        Command::new("etcd")
-            .arg("--data-dir")
-            .arg(data.path().join("etcd"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts"),
-    );
+    let (etcd, client) = devmesh_bench::start_etcd(&data.path().join("etcd")).expect("etcd starts");
+    let _etcd = Guard(etcd);
     let config_file = data.path().join("devmesh.toml");
     std::fs::write(
         &config_file,

@@ -413,17 +413,21 @@ impl Mesh {
             .iter()
             .map(|name| (name.clone(), format!("http://{}", fronts[name])))
             .collect();
+        // This developer's relay credentials, read once: the tunnel's, and
+        // the team token a developer's tunnel admits routed requests with.
+        let credentials = workspace
+            .config
+            .tunnel
+            .as_ref()
+            .map(|tunnel| tunnel_credentials(&workspace, tunnel));
         // Developers' copies in etcd, followed: never for a service routed
         // here, whose route names this copy.
         if let Some(config) = &workspace.config.remote.etcd {
             let own: Vec<String> = routes.iter().map(|(service, _)| service.clone()).collect();
-            // A developer's tunnel admits callers with a team token: this one's.
-            let access = workspace
-                .config
-                .tunnel
-                .as_ref()
-                .and_then(|tunnel| tunnel_credentials(&workspace, tunnel).ok())
-                .map(|credentials| Arc::from(credentials.token.as_str()));
+            let access = match &credentials {
+                Some(Ok(credentials)) => Some(Arc::from(credentials.token.as_str())),
+                _ => None,
+            };
             tasks.push(tokio::spawn(remotes::follow_routes(
                 config.clone(),
                 Arc::clone(&routed),
@@ -459,7 +463,7 @@ impl Mesh {
             .collect();
         let reaching = workspace.config.tunnel.as_ref().is_some_and(|t| !t.reach.is_empty());
         match (&workspace.config.tunnel, exposed.is_empty() && !reaching) {
-            (Some(tunnel), false) => match tunnel_credentials(&workspace, tunnel) {
+            (Some(tunnel), false) => match credentials.expect("read for a [tunnel]") {
                 Ok(credentials) => tasks.push(tokio::spawn(crate::tunnel::client::run(
                     tunnel.clone(),
                     credentials,

@@ -61,13 +61,9 @@ impl RoutedCopies {
     /// Every copy: (service, route, URL), in order.
     pub fn list(&self) -> Vec<(String, String, String)> {
         let mut all: Vec<_> = self
-            .read()
-            .iter()
-            .flat_map(|(service, routes)| {
-                routes
-                    .iter()
-                    .map(|(route, copy)| (service.clone(), route.clone(), copy.url.clone()))
-            })
+            .all()
+            .into_iter()
+            .map(|((service, route), copy)| (service, route, copy.url))
             .collect();
         all.sort();
         all
