@@ -37,6 +37,18 @@ pub fn fixture(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A copy of `examples/shop`, its paths to the library made absolute.
+pub fn shop_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    copy(&Path::new(REPO).join("examples/shop"), dir.path());
+    let manifest = dir.path().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("the shop has a Cargo.toml");
+    let repo = Path::new(REPO).canonicalize().expect("the repository exists");
+    let absolute = format!("path = \"{}/", repo.to_str().expect("a UTF-8 path"));
+    std::fs::write(&manifest, text.replace("path = \"../../", &absolute)).expect("the manifest is written");
+    dir
+}
+
 fn copy(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("the fixture exists") {
         let entry = entry.expect("a directory entry");

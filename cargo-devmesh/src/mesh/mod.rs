@@ -96,6 +96,10 @@ impl Plan {
     }
 }
 
+/// How long no request may have been routed here before a stopping
+/// supervisor takes its tunnel down: the sandbox has stopped sending.
+const ROUTED_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A running mesh. Shut it down with [`Mesh::shutdown`]; dropped, it ends
 /// every service process at once (SIGTERM, then SIGKILL after the grace
 /// period) and clears its registry entries.
@@ -115,6 +119,8 @@ pub struct Mesh {
     proxy_workers: Vec<std::thread::JoinHandle<()>>,
     /// The services shared in etcd, while they are.
     sharing: Option<crate::share::Sharing>,
+    /// Developers' copies, and whether this supervisor's are leaving.
+    routed: Arc<proxy::RoutedCopies>,
     /// What each front port does to requests besides forwarding them.
     faults: BTreeMap<String, proxy::FaultSetter>,
     /// Held while the mesh runs: a second one for the workspace is refused
@@ -513,6 +519,7 @@ impl Mesh {
             tasks,
             proxy_workers,
             sharing,
+            routed,
             faults: fault_setters,
             _workspace_lock: workspace_lock,
             stopped: false,
@@ -610,9 +617,26 @@ impl Mesh {
     /// and clears this mesh's registry entries.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.logs.note("stopping");
-        // Others stop calling a shared service first.
+        // Others stop calling a shared service first: a request routed
+        // here from now on is sent back to the sandbox's own copy, and what
+        // was already in flight is answered before the tunnel and the
+        // services go.
         if let Some(sharing) = self.sharing.take() {
+            self.routed.leave();
             let _ = tokio::task::spawn_blocking(move || sharing.stop()).await;
+            let serving: Vec<_> = self
+                .switches
+                .all()
+                .values()
+                .filter_map(|front| front.switch.local_backend())
+                .collect();
+            let answered = async {
+                for backend in &serving {
+                    backend.idle().await;
+                }
+                self.routed.quiet_for(ROUTED_QUIET).await;
+            };
+            let _ = tokio::time::timeout(self.supervisor.drain, answered).await;
         }
         self.shutdown.cancel();
         for task in std::mem::take(&mut self.tasks) {

@@ -1200,6 +1200,103 @@ async fn a_request_with_a_route_goes_to_its_developers_copy() {
     }
 }
 
+/// A relay whose developer's supervisor is not connected, as the relay
+/// answers a caller with a copy of its own to go to; the heads it got.
+async fn asleep_relay() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Ok(head) = crate::tunnel::relay::callers::Head::read(&mut socket).await else {
+                    return;
+                };
+                seen.lock().unwrap().push(format!("{head:?}"));
+                let waited = (!head.has_fallback).then_some(Duration::ZERO);
+                let answer = crate::tunnel::relay::not_connected("svc", waited);
+                socket.write_all(&answer).await.unwrap();
+                let _ = socket.shutdown().await;
+                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A request whose developer's copy is not connected to the relay (the
+/// relay says so, having sent nothing on) goes to the port's own copy,
+/// body and all, whatever its method; one whose copy went with it (a
+/// killed supervisor) too when it may be sent twice, and else is a 502.
+#[tokio::test]
+async fn a_request_whose_copy_is_gone_goes_to_the_sandboxs_own() {
+    let routed = Arc::new(super::RoutedCopies::default());
+    let (asleep, heads) = asleep_relay().await;
+    let killed = scripted_backend(|_, _| Scripted::Close).await.0;
+    let copies = [("dev-asleep", asleep), ("dev-killed", killed)];
+    let connected: Vec<_> = copies
+        .iter()
+        .map(|&(route, addr)| {
+            let connected = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let copy = super::RoutedCopy {
+                url: format!("http://{addr}"),
+                backend: Backend::remote(addr, &addr.to_string()),
+                access: Some("team-token".into()),
+                connected: Arc::clone(&connected),
+            };
+            routed.insert("svc", route, copy);
+            connected
+        })
+        .collect();
+    let (_, route) = watch::channel(Route::Ready(Backend::new(backend().await)));
+    let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+    let faults = super::FaultState::new().1;
+    let (front, inspector, _shutdown) = front_routed(route, 1024, timeouts, faults, routed).await;
+    let http1 = |method: &str, route: &str| {
+        let request = format!(
+            "{method} /echo HTTP/1.1\r\nhost: x\r\nbaggage: devmesh-route={route}\r\n\
+             content-length: 7\r\nconnection: close\r\n\r\norder 7"
+        );
+        async move { exchange_raw(front, &request).await }
+    };
+    let answered = http1("POST", "dev-asleep").await;
+    assert!(
+        answered.starts_with("HTTP/1.1 200") && answered.ends_with("order 7"),
+        "{answered}"
+    );
+    assert!(
+        heads.lock().unwrap()[0].contains("has_fallback: true"),
+        "the relay was asked not to wait: {:?}",
+        heads.lock().unwrap()
+    );
+    assert!(
+        !connected[0].load(std::sync::atomic::Ordering::Relaxed),
+        "the copy is taken as not connected until the relay says otherwise"
+    );
+    let answered = http1("PUT", "dev-killed").await;
+    assert!(
+        answered.starts_with("HTTP/1.1 200") && answered.ends_with("order 7"),
+        "{answered}"
+    );
+    let answered = http1("POST", "dev-killed").await;
+    assert!(
+        answered.starts_with("HTTP/1.1 502"),
+        "it may have been received: {answered}"
+    );
+    let all = complete(&inspector, 3).await;
+    let notes: Vec<_> = all.iter().map(|e| e.note.clone().unwrap_or_default()).collect();
+    assert!(
+        notes[0].starts_with("route `dev-asleep`: its copy at")
+            && notes[0].contains("is not connected to the relay; the sandbox's own answered"),
+        "{notes:?}"
+    );
+    assert!(notes[1].contains("went with the request"), "{notes:?}");
+    assert_eq!(all[0].request_body.text.as_deref(), Some("order 7"), "captured once");
+    assert_eq!((all[0].status, all[2].status), (Some(200), Some(502)));
+}
+
 /// A unary gRPC call to `path` of `front`, with an empty message.
 async fn grpc_call(front: SocketAddr, path: &str) -> Response<Incoming> {
     let request = Request::post(format!("http://{front}{path}"))

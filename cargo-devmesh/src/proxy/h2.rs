@@ -18,7 +18,7 @@ use super::fault::Act;
 use super::{ClientConnection, Context, Target, awaited};
 use crate::inspector::trace::TraceParent;
 use crate::inspector::{EXCHANGE_HEADER, Headers, REPLAY_HEADER, Seen, Tee};
-use crate::tunnel::relay::callers::ACCESS_HEADER;
+use crate::tunnel::relay::callers::{ACCESS_HEADER, FALLBACK_HEADER, NOT_CONNECTED_HEADER};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -167,6 +167,11 @@ async fn forward(
                 .and_then(|a| header::HeaderValue::from_str(a).ok())
         {
             request.headers_mut().insert(ACCESS_HEADER, access);
+            // Should the developer's supervisor not be connected, the
+            // relay says so at once and the request goes to the own copy.
+            request
+                .headers_mut()
+                .insert(FALLBACK_HEADER, header::HeaderValue::from_static("own"));
         }
         // The pool wants the absolute form, and sends the origin form; a
         // remote instance is asked for by its own name.
@@ -187,6 +192,25 @@ async fn forward(
         };
         let forwarded = Instant::now();
         let error = match awaited(client.request(request), &lease, context.timeouts.response).await {
+            // The relay sent nothing on: the developer's supervisor is gone.
+            Some(Ok(response)) if routed.is_some() && response.headers().contains_key(NOT_CONNECTED_HEADER) => {
+                body = returned.try_recv().ok();
+                let Some((route, copy)) = routed.take().filter(|_| body.is_some()) else {
+                    break (forwarded, response);
+                };
+                copy.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                let Ok(own) = context.ready_backend().await else {
+                    break (forwarded, response);
+                };
+                if let Some(capture) = &capture {
+                    capture.note(format!(
+                        "route `{route}`: its copy at {} is not connected to the relay; the sandbox's own answered",
+                        copy.url
+                    ));
+                }
+                (addr, host, lease) = (own.addr, own.host, own.lease);
+                continue;
+            }
             Some(Ok(response)) => break (forwarded, response),
             Some(Err(e)) => e,
             None => {
@@ -202,16 +226,22 @@ async fn forward(
         // killed from outside (see `Context::next_instance`).
         body = returned.try_recv().ok();
         let sent = !error.is_connect();
-        // A developer's copy that cannot be reached: the sandbox's own
-        // serves the request, and says so.
+        // A developer's copy that cannot be reached, or that went with a
+        // request that may be sent twice: the sandbox's own serves it, and
+        // says so.
         if body.is_some()
-            && !sent
+            && (!sent || retryable)
             && let Some((route, copy)) = routed.take()
             && let Ok(own) = context.ready_backend().await
         {
             if let Some(capture) = &capture {
+                let what = if sent {
+                    "went with the request"
+                } else {
+                    "did not answer"
+                };
                 capture.note(format!(
-                    "route `{route}`: its copy at {} did not answer ({error}); the sandbox's own answered",
+                    "route `{route}`: its copy at {} {what} ({error}); the sandbox's own answered",
                     copy.url
                 ));
             }

@@ -113,6 +113,8 @@ pub struct RequestHead {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub body: Framing,
+    /// Whether it waits for a `100 Continue` before sending its body.
+    pub expects_continue: bool,
     /// Whether the client lets the connection carry another request.
     pub keep_alive: bool,
     /// The protocol asked for with `Upgrade` (and `Connection: upgrade`).
@@ -127,6 +129,10 @@ pub struct RequestHead {
     /// The `baggage` line and where its value is (a developer's route
     /// travels in it: `devmesh::route`).
     pub baggage: Option<(Range<usize>, Range<usize>)>,
+    /// The lines meant for the relay (`x-devmesh-access`,
+    /// `x-devmesh-fallback`), which a service never sees: a kept connection
+    /// through the relay brings them past it after its first request.
+    pub relay_lines: [Option<Range<usize>>; 2],
     /// Why its body's framing cannot be trusted: such a request is answered
     /// 400 by the front port (and captured so), never forwarded.
     pub ambiguous: Option<&'static str>,
@@ -198,6 +204,12 @@ impl RequestHead {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(devmesh::route::HEADER))
             .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
+        let line = |name: &str| {
+            let h = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
+            Some(line_of(buf, h.name.as_bytes(), h.value))
+        };
+        use crate::tunnel::relay::callers::{ACCESS_HEADER, FALLBACK_HEADER};
+        let relay_lines = [line(ACCESS_HEADER), line(FALLBACK_HEADER)];
         Ok(Some(RequestHead {
             len,
             fields_at: fields_start(buf),
@@ -209,13 +221,22 @@ impl RequestHead {
             minor,
             keep_alive: connection.keep_alive,
             ambiguous: ambiguous(request.headers, minor),
+            expects_continue: value(request.headers, "expect")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue")),
             body,
             upgrade,
             traceparent,
             replay,
             host,
             baggage,
+            relay_lines,
         }))
+    }
+
+    /// Whether its sender has a copy of its own to go to (it came from a
+    /// sandbox's front port, routed here).
+    pub fn has_fallback(&self) -> bool {
+        self.relay_lines[1].is_some()
     }
 
     /// The route it carries in its `baggage`, in `head` (as it came).

@@ -16,6 +16,12 @@ pub struct RoutedCopies {
     copies: RwLock<HashMap<String, HashMap<String, RoutedCopy>>>,
     /// Whether there is any: most requests look no further.
     any: AtomicBool,
+    /// Set when this supervisor stops: a request routed here from a
+    /// sandbox is sent back (see `SENT_BACK`), so that none is lost with
+    /// the tunnel.
+    leaving: AtomicBool,
+    /// How many have been sent back.
+    sent_back: std::sync::atomic::AtomicU64,
 }
 
 /// A developer's copy of a service, as a front port reaches it.
@@ -39,6 +45,34 @@ impl RoutedCopies {
             return None;
         }
         self.read().get(service)?.get(route).cloned()
+    }
+
+    /// Marks this supervisor's own copies as leaving.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this supervisor's own copies are leaving.
+    pub fn leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request sent back while leaving.
+    pub fn sent_back(&self) {
+        self.sent_back.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until no request has been sent back for `quiet`: the sandbox
+    /// has stopped routing here (it learns that the route is gone from
+    /// etcd, which says nothing back).
+    pub async fn quiet_for(&self, quiet: std::time::Duration) {
+        loop {
+            let before = self.sent_back.load(Ordering::Relaxed);
+            tokio::time::sleep(quiet).await;
+            if self.sent_back.load(Ordering::Relaxed) == before {
+                return;
+            }
+        }
     }
 
     /// Whether any copy is registered.

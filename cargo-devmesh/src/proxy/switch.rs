@@ -139,6 +139,14 @@ impl Switch {
         (switch, route_rx, handle)
     }
 
+    /// The instance here that the service's route names, when one is ready.
+    pub fn local_backend(&self) -> Option<super::Backend> {
+        match &*self.local.as_ref()?.borrow() {
+            Route::Ready(backend) => Some(backend.clone()),
+            Route::Waiting(_) => None,
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         *self.mode.borrow()
     }

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use super::capture::{self, Arrival, Capture};
 use super::fault::Act;
 use super::message::{Framing, HeadError, RequestHead, ResponseHead};
+use super::routed::RoutedCopy;
 use super::{CUT, ClientConnection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
 use crate::inspector::{EXCHANGE_HEADER, Headers, Seen};
@@ -111,6 +112,11 @@ enum Next {
     Close,
 }
 
+/// The note on a request routed here while this supervisor stops: the
+/// sandbox's front port sends it to its own copy, as when the relay says
+/// this supervisor is not connected.
+const SENT_BACK: &str = "sent back to the sandbox's own copy: this supervisor is stopping";
+
 /// Forwards one request and its response.
 async fn exchange(
     client: &mut TcpStream,
@@ -125,28 +131,60 @@ async fn exchange(
     let replay = request.replay.as_ref().map(|(_, value)| &head[value.clone()]);
     let own_route = request.route(head);
     let mut arrival = Arrival::new(context, connection, arrived, (given, replay, own_route)).await;
+    if request.has_fallback() && context.routed.leaving() {
+        context.routed.sent_back();
+        let head = &link.inbound.filled()[..request.len];
+        let capture = arrival.begin(
+            context,
+            capture::Request {
+                method: request.method(head),
+                target: request.target(head),
+                version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+                headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
+            },
+        );
+        if let Some(capture) = &capture {
+            capture.note(SENT_BACK.to_owned());
+        }
+        let response = crate::tunnel::relay::not_connected(&context.service, None);
+        send_answer(client, &response, capture).await;
+        linger(client).await;
+        return Next::Close;
+    }
     // A request with a developer's route (its own, or its caller's) goes to
     // their copy, when there is one.
-    let (mut routed, note) = context.routing(arrival.route());
+    let (routing, note) = context.routing(arrival.route());
     let inferred = arrival.route().filter(|_| own_route.is_none()).map(str::to_owned);
-    let original = routed.is_some().then(|| head.to_vec());
+    let mut routed = match routing {
+        Some((route, copy)) => {
+            let body = hold_body(client, &mut link.inbound, &request, context.timeouts.head).await;
+            let head = link.inbound.filled()[..request.len].to_vec();
+            Some(Routed {
+                route,
+                copy,
+                head,
+                body,
+            })
+        }
+        None => None,
+    };
     let ready = match &routed {
-        Some((_, copy)) => Ok(context.target(&copy.backend)),
+        Some(routed) => Ok(context.target(&routed.copy.backend)),
         None => context.ready_backend().await,
     };
     arrival.waited(arrived.elapsed());
     let host = ready.as_ref().ok().and_then(|target| target.host.clone());
     let head = &link.inbound.filled()[..request.len];
-    let baggage = context.leaving_baggage(
-        host.is_some(),
-        request.baggage.as_ref().map(|(_, v)| &head[v.clone()]),
-        inferred.as_deref(),
-    );
-    let access = routed.as_ref().and_then(|(_, copy)| copy.access.clone());
+    let client_baggage = request.baggage.as_ref().map(|(_, v)| &head[v.clone()]);
+    let baggage = context.leaving_baggage(host.is_some(), client_baggage, inferred.as_deref());
+    let own_baggage = routed
+        .as_ref()
+        .and_then(|_| context.leaving_baggage(false, client_baggage, inferred.as_deref()));
     let rewrites = Rewrites {
         host: host.as_deref(),
         baggage: baggage.as_deref(),
-        access: access.as_deref(),
+        access: routed.as_ref().and_then(|r| r.copy.access.as_deref()),
+        fallback: routed.as_ref().is_some_and(Routed::resendable),
     };
     write_request_head(&mut link.scratch, head, &request, arrival.trace(), rewrites);
     // Where a route took the request, for the inspector.
@@ -237,6 +275,35 @@ async fn exchange(
         true => context.next_instance(failed, had_it).await,
         false => None,
     };
+    // A request a developer's copy did not take (`why`) goes, as the client
+    // sent it, to the sandbox's own, which the inspector says.
+    let own_rewrites = Rewrites {
+        baggage: own_baggage.as_deref(),
+        ..Rewrites::default()
+    };
+    let to_own_copy = async |link: &mut Link,
+                             seen: &mut Seen,
+                             routed: Routed,
+                             why: &str,
+                             capture: &Option<Capture>,
+                             note: &std::sync::Mutex<Option<String>>| {
+        let own = context.ready_backend().await.ok()?;
+        let note_text = format!(
+            "route `{}`: its copy at {} {why}; the sandbox's own answered",
+            routed.route, routed.copy.url
+        );
+        match capture {
+            Some(capture) => capture.note(note_text),
+            None => *note.lock().unwrap_or_else(|e| e.into_inner()) = Some(note_text),
+        }
+        write_request_head(&mut link.scratch, &routed.head, &request, arrival.trace(), own_rewrites);
+        // Its body is captured as it goes again.
+        *seen = Seen::default();
+        if let Some(body) = &routed.body {
+            link.inbound.put_back(body);
+        }
+        Some(own)
+    };
     loop {
         let reused = kept.is_some();
         let mut upstream = match kept.take() {
@@ -246,23 +313,13 @@ async fn exchange(
                 Err(e) => {
                     // A developer's copy that cannot be reached: the
                     // sandbox's own serves the request, and says so.
-                    if let Some((route, copy)) = routed.take()
-                        && let Ok(own) = context.ready_backend().await
-                    {
-                        let original = original.as_deref().unwrap_or_default();
-                        write_request_head(
-                            &mut link.scratch,
-                            original,
-                            &request,
-                            arrival.trace(),
-                            Rewrites::default(),
-                        );
-                        *route_note.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                            "route `{route}`: its copy at {} did not answer ({e}); the sandbox's own answered",
-                            copy.url
-                        ));
-                        (addr, lease) = (own.addr, own.lease);
-                        continue;
+                    if let Some(copy) = routed.take() {
+                        let why = format!("did not answer ({e})");
+                        let seen = &mut request_seen;
+                        if let Some(own) = to_own_copy(link, seen, copy, &why, &capture, &route_note).await {
+                            (addr, lease) = (own.addr, own.lease);
+                            continue;
+                        }
                     }
                     // Refused: the instance is gone (killed, crashed) and
                     // nothing was sent, so any request waits for the next
@@ -289,6 +346,7 @@ async fn exchange(
                 limit,
                 lease: &lease,
                 response_timeout: context.timeouts.response,
+                routed: routed.is_some(),
             },
             BodiesSeen {
                 request: &mut request_seen,
@@ -303,6 +361,25 @@ async fn exchange(
         .await;
         let response = match outcome {
             Ok(response) => response,
+            // The relay sent nothing on: the developer's supervisor is gone.
+            Err(Failure::NotConnected(e)) => {
+                upstream.retire();
+                if let Some(copy) = routed.take() {
+                    copy.copy.connected.store(false, Ordering::Relaxed);
+                    if copy.resendable() {
+                        let why = "is not connected to the relay";
+                        let seen = &mut request_seen;
+                        if let Some(own) = to_own_copy(link, seen, copy, why, &capture, &route_note).await {
+                            (addr, lease) = (own.addr, own.lease);
+                            continue;
+                        }
+                    }
+                }
+                let message = context.did_not_answer(addr, &e);
+                let capture = capture.or_else(|| begin(&link.scratch));
+                answer(client, StatusCode::SERVICE_UNAVAILABLE, &message, capture).await;
+                return Next::Close;
+            }
             // The head is still in `link.scratch` (see `Relay::body`).
             Err(Failure::NoResponse(_)) if reused && retryable => {
                 upstream.retire();
@@ -310,6 +387,19 @@ async fn exchange(
             }
             Err(Failure::NoResponse(e) | Failure::Service(e)) => {
                 upstream.retire();
+                // A developer's copy that went with the request (its
+                // supervisor killed): one that may be sent twice goes to
+                // the sandbox's own, its body with it.
+                if request.idempotent
+                    && let Some(copy) = routed.take_if(|r| r.resendable())
+                {
+                    let why = format!("went with the request ({e})");
+                    let seen = &mut request_seen;
+                    if let Some(own) = to_own_copy(link, seen, copy, &why, &capture, &route_note).await {
+                        (addr, lease) = (own.addr, own.lease);
+                        continue;
+                    }
+                }
                 // The instance died with the request: one that may be sent
                 // twice goes to the next instance if this one was killed
                 // from outside; else it is answered as it is (it may be
@@ -395,6 +485,70 @@ async fn exchange(
     }
 }
 
+/// A request its route took to a developer's copy, as the client sent it:
+/// should the copy not take it, the sandbox's own does.
+struct Routed {
+    route: String,
+    copy: RoutedCopy,
+    head: Vec<u8>,
+    /// Its body, whole, when it has one short enough to hold.
+    body: Option<Vec<u8>>,
+}
+
+impl Routed {
+    /// Whether it can still go elsewhere once sent to the relay: it has no
+    /// body, or one held whole.
+    fn resendable(&self) -> bool {
+        self.body.is_some()
+    }
+}
+
+/// The body of `request`, read whole into `inbound` behind its head, when
+/// it has a `content-length` that fits there. `Some(empty)` for a request
+/// with none; `None` for one too long to hold, chunked, waiting for a
+/// `100 Continue`, or not coming.
+async fn hold_body(
+    client: &mut TcpStream,
+    inbound: &mut Buffer,
+    request: &RequestHead,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let Framing::Length(length) = request.body else {
+        return None;
+    };
+    if request.expects_continue && length > 0 {
+        return None;
+    }
+    let end = request.len.checked_add(usize::try_from(length).ok()?)?;
+    if end > relay::MAX_HEAD {
+        return None;
+    }
+    let filled = async {
+        while inbound.filled().len() < end {
+            if inbound.fill(client).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    };
+    tokio::time::timeout(timeout, filled).await.ok()??;
+    Some(inbound.filled()[request.len..end].to_vec())
+}
+
+/// What the relay said in `head` when it answered for a developer's copy
+/// whose supervisor is not connected, having sent nothing on.
+fn not_connected(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    let name = crate::tunnel::relay::callers::NOT_CONNECTED_HEADER;
+    let service = response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
+    Some(format!(
+        "the relay says `{}` is not connected (its supervisor is not running)",
+        String::from_utf8_lossy(service.value)
+    ))
+}
+
 /// Closes a connection without a reset: stop sending, then read what the
 /// other end still sends for a moment. Closing with unread bytes resets the
 /// connection: a client could lose the answer to a request whose body was
@@ -428,6 +582,10 @@ struct Rewrites<'a> {
     /// A team token for a developer's tunnel (`x-devmesh-access`), which
     /// the relay takes off.
     access: Option<&'a str>,
+    /// Asks the relay to answer at once when the developer's supervisor is
+    /// not connected (`x-devmesh-fallback`): the request then goes to the
+    /// sandbox's own copy.
+    fallback: bool,
 }
 
 /// Writes the head the service sees into `out`: as it came, less the
@@ -438,14 +596,24 @@ fn write_request_head(
     head: &[u8],
     request: &RequestHead,
     trace: Option<Trace>,
-    Rewrites { host, baggage, access }: Rewrites<'_>,
+    Rewrites {
+        host,
+        baggage,
+        access,
+        fallback,
+    }: Rewrites<'_>,
 ) {
     out.clear();
     let replay = request.replay.as_ref().map(|(line, _)| line.clone());
     let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
     let client_host = host.and(request.host.clone());
     let client_baggage = baggage.and(request.baggage.as_ref()).map(|(line, _)| line.clone());
-    let mut skipped = [replay, parent, client_host, client_baggage];
+    // Lines for the relay: a service here never sees them, and a routed
+    // request carries this port's own. (A caller of a remote copy behind a
+    // private tunnel may send its own token.)
+    let for_relay = host.is_none() || access.is_some();
+    let [access_line, fallback_line] = request.relay_lines.clone().map(|line| line.filter(|_| for_relay));
+    let mut skipped = [replay, parent, client_host, client_baggage, access_line, fallback_line];
     skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));
     let mut at = 0;
     for line in skipped.into_iter().flatten() {
@@ -474,6 +642,10 @@ fn write_request_head(
         out.extend_from_slice(access.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if fallback {
+        out.extend_from_slice(crate::tunnel::relay::callers::FALLBACK_HEADER.as_bytes());
+        out.extend_from_slice(b": own\r\n");
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -488,6 +660,9 @@ struct BodiesSeen<'a> {
 enum Failure {
     /// The instance closed or failed before any of its response came.
     NoResponse(String),
+    /// The relay answered for a developer's copy whose supervisor is not
+    /// connected, having sent nothing on (see `Rewrites::fallback`).
+    NotConnected(String),
     /// The instance sent a broken response head: the client can be told.
     Service(String),
     /// No response head came within `run.response_timeout`: a 504.
@@ -511,6 +686,8 @@ struct Sending<'a> {
     /// The instance, held; told when the response is long in coming.
     lease: &'a Lease,
     response_timeout: Duration,
+    /// Whether it goes to a developer's copy, through the relay.
+    routed: bool,
 }
 
 /// The final response to a forwarded request.
@@ -600,6 +777,7 @@ async fn forward(
         lease: sending.lease,
         timeout: sending.response_timeout,
         responding: &responding,
+        routed: sending.routed,
     };
     let mut receive = std::pin::pin!(receive(
         response_relay,
@@ -649,6 +827,8 @@ struct Receiving<'a> {
     timeout: Duration,
     /// Set once anything of the response went to the client.
     responding: &'a AtomicBool,
+    /// Whether the request went to a developer's copy, through the relay.
+    routed: bool,
 }
 
 /// Reads the response to `request`, passing interim ones (`100 Continue`)
@@ -669,6 +849,7 @@ where
         lease,
         timeout,
         responding,
+        routed,
     } = receiving;
     let heads = async {
         let mut answered = false;
@@ -680,6 +861,12 @@ where
                 Err(ReadError::Io(e)) if !answered => return Err(Failure::NoResponse(e.to_string())),
                 Err(e) => return Err(Failure::Service(format!("its response: {e}"))),
             };
+            if routed && head.status == 503 {
+                let head = &relay.buffer.filled()[..head.len];
+                if let Some(said) = not_connected(head) {
+                    return Err(Failure::NotConnected(said));
+                }
+            }
             responding.store(true, Ordering::Relaxed);
             if !head.is_interim() {
                 return Ok(head);
@@ -761,14 +948,24 @@ async fn pipe_upgraded(
 
 /// Answers the client from the proxy itself, and records that answer.
 async fn answer(client: &mut TcpStream, status: StatusCode, message: &str, capture: Option<Capture>) {
-    let response = super::local_response(status, message);
-    let _ = client.write_all(&response).await;
-    if let Some(capture) = capture {
-        let head_end = response.len() - message.len();
-        let fields_at = response.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let headers = Headers::from_lines(&response[fields_at..head_end - 2]);
-        capture.end_answered(status.as_u16(), headers, message);
-    }
+    send_answer(client, &super::local_response(status, message), capture).await;
+}
+
+/// Sends `response`, an answer of the proxy's own with a text body, and
+/// records it.
+async fn send_answer(client: &mut TcpStream, response: &[u8], capture: Option<Capture>) {
+    let _ = client.write_all(response).await;
+    let Some(capture) = capture else {
+        return;
+    };
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4);
+    let fields_at = response.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let headers = Headers::from_lines(&response[fields_at..head_end.max(fields_at + 2) - 2]);
+    let status = response
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+        .unwrap_or(0);
+    capture.end_answered(status, headers, &String::from_utf8_lossy(&response[head_end..]));
 }
 
 #[cfg(test)]
@@ -794,6 +991,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET /a HTTP/1.1\r\nHost: 127.0.0.1:24001\r\naccept: */*\r\n\r\n",
             "a local instance sees the client's"
+        );
+    }
+
+    #[test]
+    fn the_relays_lines_never_reach_a_service_here_and_a_routed_request_carries_its_own() {
+        let head = b"POST /orders HTTP/1.1\r\nx-devmesh-access: team-token\r\nHost: a\r\n\
+                     x-devmesh-fallback: own\r\ncontent-length: 0\r\n\r\n";
+        let request = RequestHead::parse(head).unwrap().unwrap();
+        assert!(request.has_fallback());
+        let mut out = Vec::new();
+        write_request_head(&mut out, head, &request, None, Rewrites::default());
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /orders HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n"
+        );
+        let routed = Rewrites {
+            host: Some("relay:31000"),
+            access: Some("sandbox-token"),
+            fallback: true,
+            ..Rewrites::default()
+        };
+        write_request_head(&mut out, head, &request, None, routed);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /orders HTTP/1.1\r\ncontent-length: 0\r\nhost: relay:31000\r\n\
+             x-devmesh-access: sandbox-token\r\nx-devmesh-fallback: own\r\n\r\n"
         );
     }
 }

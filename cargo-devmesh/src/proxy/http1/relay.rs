@@ -192,6 +192,20 @@ impl Buffer {
         debug_assert!(self.start <= self.end);
     }
 
+    /// Puts `bytes` back in front of what is there, to be read again.
+    pub fn put_back(&mut self, bytes: &[u8]) {
+        if self.start >= bytes.len() {
+            self.start -= bytes.len();
+            self.bytes[self.start..self.start + bytes.len()].copy_from_slice(bytes);
+        } else {
+            let mut joined = bytes.to_vec();
+            joined.extend_from_slice(self.filled());
+            let end = joined.len();
+            joined.resize(end.max(BUFFER), 0);
+            (self.bytes, self.start, self.end) = (joined, 0, end);
+        }
+    }
+
     /// Reads what is there into the free end, making room first.
     pub async fn fill(&mut self, from: &mut (impl AsyncRead + Unpin)) -> io::Result<usize> {
         if self.start == self.end {

@@ -19,6 +19,15 @@ pub const LOGIN_PATH: &str = "/.devmesh/login";
 /// 200 or 503 at once, for a team member (a sandbox's supervisor asks it
 /// of the developers' copies it routes to).
 pub const ALIVE_PATH: &str = "/.devmesh/alive";
+/// Sent by a caller that has somewhere else to go (a sandbox's front port,
+/// which has its own copy): when the tunnel's supervisor is not connected,
+/// the relay answers at once rather than waiting for it to come back, and
+/// sends nothing on.
+pub const FALLBACK_HEADER: &str = "x-devmesh-fallback";
+/// On the relay's own answer for a tunnel whose supervisor is not
+/// connected: the request went nowhere, and may be sent elsewhere whatever
+/// its method.
+pub const NOT_CONNECTED_HEADER: &str = "x-devmesh-not-connected";
 /// How long a login lasts.
 const SESSION: Duration = Duration::from_secs(12 * 3600);
 /// The largest request head a caller may send.
@@ -41,6 +50,8 @@ pub struct Head {
     pub session: Option<String>,
     pub wants_html: bool,
     pub content_length: usize,
+    /// Whether it sent [`FALLBACK_HEADER`].
+    pub has_fallback: bool,
 }
 
 /// Why a caller gets no head: an answer to send, or nothing (it left).
@@ -112,6 +123,7 @@ impl Head {
             path: request.path.unwrap_or_default().to_owned(),
             token: header(ACCESS_HEADER).next(),
             wants_html: header("accept").any(|accept| accept.contains("text/html")),
+            has_fallback: header(FALLBACK_HEADER).next().is_some(),
             content_length: header("content-length")
                 .next()
                 .and_then(|n| n.parse().ok())
@@ -124,8 +136,8 @@ impl Head {
         Ok(Head { head: bytes, ..head })
     }
 
-    /// The bytes to send on: the head without the access header and the
-    /// access cookie, then what came after it.
+    /// The bytes to send on: the head without the access and fallback
+    /// headers and the access cookie, then what came after it.
     pub fn forwarded(self) -> Vec<u8> {
         let text = String::from_utf8_lossy(&self.head);
         let mut kept = Vec::with_capacity(self.head.len() + self.rest.len());
@@ -135,7 +147,7 @@ impl Head {
                 continue;
             };
             let name = name.trim();
-            if name.eq_ignore_ascii_case(ACCESS_HEADER) {
+            if name.eq_ignore_ascii_case(ACCESS_HEADER) || name.eq_ignore_ascii_case(FALLBACK_HEADER) {
                 continue;
             }
             if name.eq_ignore_ascii_case("cookie") {
@@ -278,11 +290,12 @@ mod tests {
     }
 
     #[test]
-    fn the_access_header_and_cookie_are_read_and_taken_off() {
+    fn the_access_and_fallback_headers_and_cookie_are_read_and_taken_off() {
         let head = head(
             "GET /hook HTTP/1.1\r\nHost: Beta--Alice.t.example.com:8080\r\nX-Devmesh-Access: team-token\r\n\
-             Cookie: a=1; devmesh-access=s3ss10n; b=2\r\nAccept: text/html\r\n\r\nbody",
+             Cookie: a=1; devmesh-access=s3ss10n; b=2\r\nx-devmesh-fallback: own\r\nAccept: text/html\r\n\r\nbody",
         );
+        assert!(head.has_fallback);
         assert_eq!(head.host.as_deref(), Some("beta--alice.t.example.com"));
         assert_eq!(head.token.as_deref(), Some("team-token"));
         assert_eq!(head.session.as_deref(), Some("s3ss10n"));

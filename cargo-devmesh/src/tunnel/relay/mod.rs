@@ -632,8 +632,16 @@ impl Relay {
         };
         // A public tunnel at a port of its own takes any TCP; everything
         // else is HTTP, whose head says where it goes and who sends it.
-        let (tunnel, first) = match door {
-            Door::Port(tunnel) if tunnel.public.load(Ordering::Relaxed) => (tunnel, Vec::new()),
+        let Admitted {
+            tunnel,
+            first,
+            has_fallback,
+        } = match door {
+            Door::Port(tunnel) if tunnel.public.load(Ordering::Relaxed) => Admitted {
+                tunnel,
+                first: Vec::new(),
+                has_fallback: false,
+            },
             door => match self.admit(&mut socket, door).await {
                 Ok(admitted) => admitted,
                 Err(refused) => {
@@ -644,20 +652,23 @@ impl Relay {
             },
         };
         // A caller that comes while the supervisor connects (or connects
-        // again) waits for it a moment rather than failing.
+        // again) waits for it a moment rather than failing; one with a
+        // copy of its own to go to does not wait.
+        let wait = if has_fallback { Duration::ZERO } else { RECONNECT_WAIT };
         let mut links = tunnel.link.subscribe();
-        let live = tokio::time::timeout(RECONNECT_WAIT, async {
+        let live = tokio::time::timeout(wait, async {
             let live = links.wait_for(|l| l.as_ref().is_some_and(Link::is_alive)).await;
             live.ok().and_then(|link| link.clone())
         });
         let link = live.await.ok().flatten();
         let Some(link) = link else {
-            let message = format!(
-                "devmesh relay: `{}` is not connected (its supervisor is not running; waited {} s)\n",
-                tunnel.service,
-                RECONNECT_WAIT.as_secs()
-            );
-            let _ = socket.write_all(&answer(503, &message)).await;
+            let response = not_connected(&tunnel.service, (!has_fallback).then_some(wait));
+            let _ = socket.write_all(&response).await;
+            // The caller may still be sending the request's body: closing
+            // with it unread would reset the connection, and the answer
+            // with it.
+            let _ = socket.shutdown().await;
+            let _ = tokio::time::timeout(HEAD, tokio::io::copy(&mut socket, &mut tokio::io::sink())).await;
             return;
         };
         let Some(_slot) = self.slot(&tunnel.holder) else {
@@ -670,7 +681,7 @@ impl Relay {
 
     /// Reads a caller's head: the tunnel it is for and the bytes to send
     /// on, or the answer that refuses it (or logs it in).
-    async fn admit(&self, socket: &mut Box<dyn Socket>, door: Door) -> Result<(Arc<Tunnel>, Vec<u8>), Vec<u8>> {
+    async fn admit(&self, socket: &mut Box<dyn Socket>, door: Door) -> Result<Admitted, Vec<u8>> {
         let mut head = match tokio::time::timeout(HEAD, Head::read(socket)).await {
             Ok(Ok(head)) => head,
             Ok(Err(NoHead::Answer(refused))) => return Err(refused),
@@ -713,7 +724,11 @@ impl Relay {
                 false => answer(503, "not connected\n"),
             });
         }
-        Ok((tunnel, head.forwarded()))
+        Ok(Admitted {
+            tunnel,
+            has_fallback: head.has_fallback,
+            first: head.forwarded(),
+        })
     }
 
     /// The tunnel a `[domain]` caller's Host names.
@@ -769,9 +784,32 @@ async fn refuse(socket: &mut Box<dyn Socket>, why: String) -> Result<(), String>
 }
 
 /// A whole answer from the relay itself, after which it closes.
+/// A caller let in: the tunnel it is for, the bytes to send on, and whether
+/// it has another copy to go to (see [`callers::FALLBACK_HEADER`]).
+struct Admitted {
+    tunnel: Arc<Tunnel>,
+    first: Vec<u8>,
+    has_fallback: bool,
+}
+
 fn answer(status: u16, message: &str) -> Vec<u8> {
     let status = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     crate::proxy::local_response(status, message)
+}
+
+/// The answer for a tunnel whose supervisor is not connected, after
+/// `waited` for it; with no wait, marked for a caller that has another copy
+/// to go to ([`callers::NOT_CONNECTED_HEADER`]).
+pub(crate) fn not_connected(service: &str, waited: Option<Duration>) -> Vec<u8> {
+    let waited = waited.map_or(String::new(), |w| format!("; waited {} s", w.as_secs()));
+    let message = format!("devmesh relay: `{service}` is not connected (its supervisor is not running{waited})\n");
+    let mut response = answer(503, &message);
+    if waited.is_empty() {
+        let line_end = response.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let header = format!("{}: {service}\r\n", callers::NOT_CONNECTED_HEADER);
+        response.splice(line_end..line_end, header.into_bytes());
+    }
+    response
 }
 
 fn too_many(limit: usize) -> Vec<u8> {

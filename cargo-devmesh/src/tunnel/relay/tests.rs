@@ -485,3 +485,64 @@ async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
     let after = supervisor(&again, None, &[("beta", false)], service).await;
     assert_eq!(after, before, "the same port as before the domain");
 }
+
+/// A caller with a copy of its own to go to (a sandbox's front port) is
+/// told at once, in a header, that a tunnel's supervisor is not connected,
+/// rather than waiting for it to come back; its body is read, so the
+/// answer is not lost to a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_fallback_is_told_at_once_that_a_supervisor_is_gone() {
+    let relay = relay("").await;
+    let hello = Hello {
+        version: VERSION,
+        token: TOKEN.to_owned(),
+        namespace: "alice".to_owned(),
+        services: vec![Exposed {
+            name: "hook".to_owned(),
+            public: false,
+        }],
+    };
+    let client::Connected { link, opened, urls } =
+        client::connect(&relay.listen.to_string(), None, &hello).await.unwrap();
+    let link = Arc::new(link);
+    let exposed = BTreeMap::from([(
+        "hook".to_owned(),
+        Expose {
+            front: mirror().await,
+            public: false,
+        },
+    )]);
+    let serving = Arc::clone(&link);
+    tokio::spawn(async move { client::serve(&serving, opened, &exposed).await });
+    let port: u16 = urls[0].1.rsplit(':').next().unwrap().parse().unwrap();
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\n{}: {TOKEN}\r\n{}: own\r\ncontent-length: 7\r\n\r\norder 7",
+        callers::ACCESS_HEADER,
+        callers::FALLBACK_HEADER
+    );
+    let answered = call(public, None, &request).await;
+    assert!(
+        answered.starts_with("HTTP/1.1 200") && answered.ends_with("order 7"),
+        "{answered}"
+    );
+
+    link.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = loop {
+        let answered = call(public, None, &request).await;
+        if answered.starts_with("HTTP/1.1 503") {
+            break answered;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed link was never noticed: {answered}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        gone.contains(&format!("{}: hook\r\n", callers::NOT_CONNECTED_HEADER)),
+        "{gone}"
+    );
+    assert!(!gone.contains("waited"), "{gone}");
+}

@@ -30,6 +30,9 @@ struct Order {
     item: String,
     quantity: u64,
     payment: Value,
+    /// The process that placed it: with developers' copies of orders in one
+    /// sandbox (`route = true`), whose copy it was.
+    placed_by: u32,
 }
 
 type Orders = Arc<Mutex<HashMap<u64, Order>>>;
@@ -54,6 +57,7 @@ async fn create(
         item: new.item,
         quantity: new.quantity,
         payment,
+        placed_by: std::process::id(),
     };
     orders.insert(order.id, order.clone());
     // The trace id links this line to the request in `cargo devmesh`'s inspector.
