@@ -40,7 +40,7 @@
 //! Arrows go one way: `mesh` → every part; `control`, `watch` →
 //! `supervisor`, `inspector`, `logs`; `supervisor` → `proxy` (routes),
 //! `inspector` (callers), `logs`, `state`; `proxy` → `inspector`; `logs` →
-//! `inspector` (trace ids in lines). A new subsystem (remote front ports,
+//! `inspector` (trace ids in lines); `telemetry` → `logs`. A new subsystem (remote front ports,
 //! the tunnel, a DNS server) is a part of its own, started in
 //! [`Mesh::start`] beside the others and given the handles it needs.
 
@@ -61,6 +61,7 @@ mod secret;
 mod share;
 mod state;
 pub mod supervisor;
+pub mod telemetry;
 pub mod time;
 pub mod tunnel;
 mod watch;

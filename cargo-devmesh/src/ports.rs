@@ -14,6 +14,8 @@ use crate::errors::StartError;
 const INSPECTOR: &str = "@inspector";
 /// The DNS server's entry.
 const DNS: &str = "@dns";
+/// The OTLP endpoint's entry.
+const OTLP: &str = "@otlp";
 
 /// Front ports by service name, as kept on disk.
 #[derive(Debug)]
@@ -231,6 +233,12 @@ impl PortBook {
     /// else depends on it.
     pub fn bind_inspector(&mut self, range: (u16, u16)) -> Result<TcpListener, StartError> {
         self.take_or_replace(INSPECTOR, range, crate::platform::listen)
+    }
+
+    /// Binds the OTLP endpoint's port, kept and replaced as the
+    /// inspector's is.
+    pub fn bind_otlp(&mut self, range: (u16, u16)) -> Result<TcpListener, StartError> {
+        self.take_or_replace(OTLP, range, crate::platform::listen)
     }
 
     /// Binds the DNS server's UDP port, kept and replaced as the

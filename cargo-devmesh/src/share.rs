@@ -29,12 +29,12 @@ pub struct Sharing {
 
 impl Sharing {
     /// Shares `services` (name, front URL) until stopped, those `tunnel`
-    /// exposes at their public URL; and `routes` (service, route), each at
-    /// its public URL once the tunnel has one.
+    /// exposes at their public URL; and `routes`, each at its service's
+    /// public URL once the tunnel has one (their `url` is not read).
     pub fn start(
         config: &EtcdConfig,
         services: Vec<(String, String)>,
-        routes: Vec<(String, String)>,
+        routes: Vec<RoutedCopy>,
         tunnel: tokio::sync::watch::Receiver<TunnelState>,
         logs: Logs,
     ) -> std::io::Result<Sharing> {
@@ -46,7 +46,7 @@ impl Sharing {
             .chain(
                 routes
                     .iter()
-                    .map(|(service, route)| format!("{service} (route `{route}`)")),
+                    .map(|copy| format!("{} (route `{}`)", copy.service, copy.route)),
             )
             .collect::<Vec<_>>()
             .join(", ");
@@ -67,11 +67,10 @@ impl Sharing {
                         // A routed copy is reached through the tunnel only.
                         let routes: Vec<RoutedCopy> = routes
                             .iter()
-                            .filter_map(|(service, route)| {
+                            .filter_map(|copy| {
                                 Some(RoutedCopy {
-                                    service: service.clone(),
-                                    route: route.clone(),
-                                    url: public(service)?,
+                                    url: public(&copy.service)?,
+                                    ..copy.clone()
                                 })
                             })
                             .collect();

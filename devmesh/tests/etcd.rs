@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devmesh::config::EtcdConfig;
-use devmesh::remote::etcd::{Cluster, Registration};
+use devmesh::remote::etcd::{Cluster, Registration, RoutedCopy};
 use devmesh::remote::{Backend, Etcd};
 use figment::providers::Format;
 
@@ -169,6 +169,25 @@ fn registered_services_are_discovered_watched_and_gone_when_their_lease_ends() {
     let registered = Instant::now();
     eventually(&backend, "billing", "expired", |e| e.is_none());
     assert!(registered.elapsed() < Duration::from_secs(10));
+
+    // Developers' copies under the routes, strict or not, as read back.
+    let routes = Etcd::routes(&config(&addrs, "30s")).unwrap();
+    let copy = |route: &str, strict| RoutedCopy {
+        service: "orders".into(),
+        route: route.into(),
+        url: "http://10.0.0.9:31000".into(),
+        strict,
+    };
+    let mut developers = Registration::new(&config(&addrs, "30s"));
+    developers
+        .register_with_routes(&[], &[copy("dev-a", false), copy("dev-b", true)])
+        .unwrap();
+    eventually(&routes, "orders/dev-b", "routed", |e| e.is_some());
+    eventually(&routes, "orders/dev-a", "routed", |e| e.is_some());
+    assert!(routes.is_strict("orders/dev-b") && !routes.is_strict("orders/dev-a"));
+    developers.revoke().unwrap();
+    eventually(&routes, "orders/dev-b", "revoked", |e| e.is_none());
+    assert!(!routes.is_strict("orders/dev-b"));
 }
 
 #[test]

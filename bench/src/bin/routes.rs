@@ -64,6 +64,7 @@ async fn main() {
             service: "payments".to_owned(),
             route: format!("dev-{i}"),
             url: "http://127.0.0.1:9".to_owned(),
+            strict: false,
         })
         .collect();
     // Sets the routes in etcd, and waits until the front port has them.

@@ -28,6 +28,8 @@
 //! | `GET /api/traffic.har`, `/api/traffic.jsonl` | export, streamed: every match, oldest first, with the same filters (`after`, and `limit` at most) |
 //! | `GET /api/map` | who calls whom: counts, errors, mean and p99 latency |
 //! | `GET /api/logs` | recent log lines: `service` (comma-separated), `trace`, `after`, `limit` |
+//! | `GET /api/spans?trace=…` | the spans services sent over OTLP for one trace, by start |
+//! | `GET /api/metrics` | each metric's newest value, as services sent it, the latest first |
 //! | `GET /api/events` | server-sent events: `exchange` and `log` |
 //!
 //! Every route but `/login` needs `Authorization: Bearer <token>` or the
@@ -89,6 +91,8 @@ pub struct Parts {
     pub routes: RoutesView,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
+    /// What the services sent over OTLP.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Serves the API until `shutdown`; returns its address and a first login
@@ -294,6 +298,22 @@ impl Api {
                     .recent(&services, query.get("trace").map(String::as_str), after, limit);
                 json(StatusCode::OK, &lines)
             }
+            (Method::GET, ["api", "spans"]) => {
+                let trace = query.get("trace").map(String::as_str).unwrap_or_default();
+                let masker = &self.mesh.inspector.store.masker;
+                let spans: Vec<_> = self
+                    .mesh
+                    .telemetry
+                    .spans(trace)
+                    .into_iter()
+                    .map(|mut span| {
+                        masker.attributes(&mut span.attributes);
+                        span
+                    })
+                    .collect();
+                json(StatusCode::OK, &spans)
+            }
+            (Method::GET, ["api", "metrics"]) => json(StatusCode::OK, &self.mesh.telemetry.metrics()),
             (Method::GET, ["api", "events"]) => self.events(),
             _ => json(StatusCode::NOT_FOUND, &error("no such route; see `GET /api/services`")),
         }

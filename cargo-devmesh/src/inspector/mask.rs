@@ -49,6 +49,21 @@ impl Masker {
         format!("{}{}", &hash[..SHOWN], "*".repeat(length - SHOWN))
     }
 
+    /// Masks, in place, span or log attributes that carry a masked header
+    /// (`http.request.header.authorization`, as OpenTelemetry names them),
+    /// or are named as one.
+    pub fn attributes(&self, attributes: &mut [(String, String)]) {
+        for (key, value) in attributes {
+            let header = ["http.request.header.", "http.response.header."]
+                .iter()
+                .find_map(|prefix| key.strip_prefix(prefix))
+                .unwrap_or(key);
+            if self.masks(header) || self.masks(&header.replace('_', "-")) {
+                *value = self.value(value);
+            }
+        }
+    }
+
     pub fn headers(&self, headers: &Headers) -> Headers {
         if !headers.iter().any(|(name, _)| self.masks(name)) {
             return headers.clone();

@@ -191,6 +191,7 @@ impl Mesh {
         }
         let inspector_listener = ports.bind_inspector(workspace.config.run.ports)?;
         let dns_socket = ports.bind_dns(workspace.config.run.ports)?;
+        let otlp_listener = ports.bind_otlp(workspace.config.run.ports)?;
         ports.commit();
         let fronts: BTreeMap<String, SocketAddr> = listeners
             .iter()
@@ -228,7 +229,13 @@ impl Mesh {
             grace: workspace.config.run.grace_period,
             drain: workspace.config.run.drain_timeout,
             dns: dns_socket.local_addr().ok(),
+            otlp: otlp_listener.local_addr().ok(),
         });
+        // Services' own spans take a quarter of what captured traffic may.
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+            logs.clone(),
+            workspace.config.inspector.memory / 4,
+        ));
         let shutdown = CancellationToken::new();
         let mut remotes = bridge_tls(remotes, &workspace, &logs, &shutdown).await;
         // The tunnel's link, once it has one: bridges to the sandbox use it.
@@ -395,6 +402,7 @@ impl Mesh {
             },
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
+            telemetry: Arc::clone(&telemetry),
         };
         let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
         tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));
@@ -406,6 +414,15 @@ impl Mesh {
             dns_socket,
             Arc::clone(&switches),
             say,
+            shutdown.clone(),
+        )));
+        let otlp_listener = otlp_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(otlp_listener))
+            .context("could not serve OTLP")?;
+        tasks.push(tokio::spawn(crate::telemetry::serve(
+            otlp_listener,
+            telemetry,
             shutdown.clone(),
         )));
         // Commands and the front ports are up while the services build.
@@ -443,9 +460,18 @@ impl Mesh {
                 shutdown.clone(),
             )));
         }
+        let routed_copies: Vec<_> = routes
+            .iter()
+            .map(|(service, route)| devmesh::remote::etcd::RoutedCopy {
+                service: service.clone(),
+                route: route.clone(),
+                url: String::new(),
+                strict: workspace.config.services.get(service).is_some_and(|s| s.strict_route()),
+            })
+            .collect();
         let sharing = match (&workspace.config.remote.etcd, shared.is_empty() && routes.is_empty()) {
             (Some(config), false) => Some(
-                crate::share::Sharing::start(config, shared, routes.clone(), tunnel_state.subscribe(), logs.clone())
+                crate::share::Sharing::start(config, shared, routed_copies, tunnel_state.subscribe(), logs.clone())
                     .context("could not start the thread that shares services in etcd")?,
             ),
             (None, false) => {

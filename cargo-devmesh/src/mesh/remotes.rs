@@ -456,6 +456,7 @@ pub(super) async fn follow_routes(
                             backend: copy.copy.backend,
                             access: access.clone(),
                             connected: Arc::new(AtomicBool::new(true)),
+                            strict: etcd.is_strict(&format!("{service}/{route}")),
                         },
                     );
                     logs.note(format!(

@@ -1162,6 +1162,7 @@ async fn a_request_with_a_route_goes_to_its_developers_copy() {
             backend: Backend::remote(addr, &addr.to_string()),
             access: Some("team-token".into()),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            strict: false,
         };
         routed.insert("svc", route, copy);
     }
@@ -1229,22 +1230,24 @@ async fn asleep_relay() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
 /// A request whose developer's copy is not connected to the relay (the
 /// relay says so, having sent nothing on) goes to the port's own copy,
 /// body and all, whatever its method; one whose copy went with it (a
-/// killed supervisor) too when it may be sent twice, and else is a 502.
+/// killed supervisor) too when it may be sent twice, and else is a 502. A
+/// strict route has no fallback.
 #[tokio::test]
 async fn a_request_whose_copy_is_gone_goes_to_the_sandboxs_own() {
     let routed = Arc::new(super::RoutedCopies::default());
     let (asleep, heads) = asleep_relay().await;
     let killed = scripted_backend(|_, _| Scripted::Close).await.0;
-    let copies = [("dev-asleep", asleep), ("dev-killed", killed)];
+    let copies = [("dev-asleep", asleep), ("dev-killed", killed), ("dev-strict", asleep)];
     let connected: Vec<_> = copies
         .iter()
         .map(|&(route, addr)| {
-            let connected = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let connected = Arc::new(std::sync::atomic::AtomicBool::new(route != "dev-strict"));
             let copy = super::RoutedCopy {
                 url: format!("http://{addr}"),
                 backend: Backend::remote(addr, &addr.to_string()),
                 access: Some("team-token".into()),
                 connected: Arc::clone(&connected),
+                strict: route == "dev-strict",
             };
             routed.insert("svc", route, copy);
             connected
@@ -1285,7 +1288,15 @@ async fn a_request_whose_copy_is_gone_goes_to_the_sandboxs_own() {
         answered.starts_with("HTTP/1.1 502"),
         "it may have been received: {answered}"
     );
-    let all = complete(&inspector, 3).await;
+    // A strict route's request goes to its copy even when it is known not
+    // to be connected, and fails as the relay says.
+    let answered = http1("POST", "dev-strict").await;
+    assert!(
+        answered.starts_with("HTTP/1.1 503") && answered.contains("`svc` is not connected"),
+        "{answered}"
+    );
+    assert!(heads.lock().unwrap()[1].contains("has_fallback: false"));
+    let all = complete(&inspector, 4).await;
     let notes: Vec<_> = all.iter().map(|e| e.note.clone().unwrap_or_default()).collect();
     assert!(
         notes[0].starts_with("route `dev-asleep`: its copy at")

@@ -169,9 +169,11 @@ async fn forward(
             request.headers_mut().insert(ACCESS_HEADER, access);
             // Should the developer's supervisor not be connected, the
             // relay says so at once and the request goes to the own copy.
-            request
-                .headers_mut()
-                .insert(FALLBACK_HEADER, header::HeaderValue::from_static("own"));
+            if !copy.strict {
+                request
+                    .headers_mut()
+                    .insert(FALLBACK_HEADER, header::HeaderValue::from_static("own"));
+            }
         }
         // The pool wants the absolute form, and sends the origin form; a
         // remote instance is asked for by its own name.
@@ -231,7 +233,7 @@ async fn forward(
         // says so.
         if body.is_some()
             && (!sent || retryable)
-            && let Some((route, copy)) = routed.take()
+            && let Some((route, copy)) = routed.take_if(|(_, copy)| !copy.strict)
             && let Ok(own) = context.ready_backend().await
         {
             if let Some(capture) = &capture {

@@ -426,15 +426,15 @@ impl Context {
     }
 
     /// Where a request's route (`route`) takes it: the developer's copy
-    /// registered for this service, when it is connected (with the route,
-    /// owned); else the port's own, with a note when a copy is there but
-    /// not connected.
+    /// registered for this service, when it is connected or strict (with
+    /// the route, owned); else the port's own, with a note when a copy is
+    /// there but not connected.
     fn routing(&self, route: Option<&str>) -> (Option<(String, RoutedCopy)>, Option<String>) {
         let Some(route) = route.filter(|_| !self.routed.is_empty()) else {
             return (None, None);
         };
         match self.routed.get(&self.service, route) {
-            Some(copy) if copy.connected.load(std::sync::atomic::Ordering::Relaxed) => {
+            Some(copy) if copy.strict || copy.connected.load(std::sync::atomic::Ordering::Relaxed) => {
                 let note = format!("route `{route}`: to its copy at {}", copy.url);
                 (Some((route.to_owned(), copy)), Some(note))
             }

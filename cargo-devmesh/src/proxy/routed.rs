@@ -36,6 +36,9 @@ pub struct RoutedCopy {
     /// (see `mesh::remotes::follow_routes`): while not, its requests go to
     /// the port's own copy.
     pub connected: std::sync::Arc<AtomicBool>,
+    /// Its route's requests go to it even then, and fail rather than go
+    /// to the port's own (`route = "strict"`).
+    pub strict: bool,
 }
 
 impl RoutedCopies {

@@ -50,6 +50,8 @@ pub struct Supervisor {
     pub drain: Duration,
     /// The DNS server's address, for `DEVMESH_DNS`.
     pub dns: Option<SocketAddr>,
+    /// The OTLP endpoint's address, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: Option<SocketAddr>,
 }
 
 /// The services of a run, by name: their handles, and what they are doing.

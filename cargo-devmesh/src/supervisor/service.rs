@@ -573,6 +573,14 @@ impl Task {
                 .env("PORT", addr.port().to_string())
                 .env("DEVMESH_LISTEN", addr.to_string());
         }
+        if let Some(otlp) = self.supervisor.otlp {
+            for (name, value) in crate::telemetry::env(&spec.name, otlp) {
+                // The user's own setting (theirs, or the service's) wins.
+                if std::env::var_os(name).is_none() && !spec.env.contains_key(name) {
+                    command.env(name, value);
+                }
+            }
+        }
         if spec.inject_env {
             for (name, front) in &self.supervisor.fronts {
                 command.env(devmesh::name::addr_env_var(name), front.to_string());

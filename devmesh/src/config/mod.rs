@@ -359,12 +359,17 @@ pub struct ServiceConfig {
     /// Serve, from here, only the sandbox's requests that carry this
     /// developer's route (`baggage: devmesh-route=NAME`): `true` for the
     /// route named by `[tunnel] namespace`, or a name of its own. The
-    /// sandbox's copy serves every other request.
+    /// sandbox's copy serves every other request, and this route's while
+    /// this supervisor is not connected; `"strict"` (the route of `true`)
+    /// has those fail instead.
     #[serde(default)]
     pub route: Option<RouteSetting>,
 }
 
-/// A service's `route`: `true`, `false`, or a route's name.
+/// The `route` that asks for no fallback to the sandbox's copy.
+const STRICT: &str = "strict";
+
+/// A service's `route`: `true`, `false`, `"strict"`, or a route's name.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum RouteSetting {
@@ -373,12 +378,18 @@ pub enum RouteSetting {
 }
 
 impl ServiceConfig {
+    /// Whether its route's requests fail while it is not connected, rather
+    /// than go to the sandbox's copy (`route = "strict"`).
+    pub fn strict_route(&self) -> bool {
+        matches!(&self.route, Some(RouteSetting::Named(name)) if name == STRICT)
+    }
+
     /// The route this copy serves, if it is routed: its own name, else
     /// `[tunnel] namespace`.
     pub fn route_name<'a>(&'a self, tunnel: Option<&'a TunnelConfig>) -> Option<&'a str> {
         match &self.route {
-            Some(RouteSetting::Named(name)) => Some(name),
-            Some(RouteSetting::Flag(true)) => tunnel.map(|t| t.namespace.as_str()),
+            Some(RouteSetting::Named(name)) if name != STRICT => Some(name),
+            Some(RouteSetting::Named(_) | RouteSetting::Flag(true)) => tunnel.map(|t| t.namespace.as_str()),
             Some(RouteSetting::Flag(false)) | None => None,
         }
     }
@@ -776,6 +787,15 @@ mod tests {
         .unwrap();
         let orders = &config.services["orders"];
         assert_eq!(orders.route_name(config.tunnel.as_ref()), Some("dev-a"));
+        assert!(!orders.strict_route());
+        let strict = load(
+            "[services.orders]\nroute = \"strict\"\n[tunnel]\nrelay = \"sandbox:7000\"\nnamespace = \"dev-a\"\n\
+             [remote.etcd]\nendpoints = [\"sandbox:2379\"]\nnamespace = \"team\"\n",
+        )
+        .unwrap();
+        let orders = &strict.services["orders"];
+        assert_eq!(orders.route_name(strict.tunnel.as_ref()), Some("dev-a"));
+        assert!(orders.strict_route());
     }
 
     #[test]

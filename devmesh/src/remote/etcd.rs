@@ -210,6 +210,10 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     endpoints: HashMap<String, Endpoint>,
+    /// The names whose value says `"strict": true`: a developer's routed
+    /// copy whose requests fail, rather than go to the sandbox's own,
+    /// while it is not connected.
+    strict: std::collections::HashSet<String>,
     /// Why the answers are not current, while they are not.
     stale: Option<String>,
     /// Whether the namespace was read once.
@@ -226,6 +230,12 @@ impl Etcd {
     /// `SERVICE/ROUTE`, each the URL of a developer's copy.
     pub fn routes(config: &EtcdConfig) -> Result<Etcd, crate::Error> {
         Etcd::following(config, route_prefix(&config.namespace))
+    }
+
+    /// Whether `name`'s value says `"strict": true` (see
+    /// [`RoutedCopy::strict`]).
+    pub fn is_strict(&self, name: &str) -> bool {
+        self.shared.lock().strict.contains(name)
     }
 
     fn following(config: &EtcdConfig, prefix: String) -> Result<Etcd, crate::Error> {
@@ -294,15 +304,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The endpoint a key and value describe, with its source as it is now.
-    fn endpoint(&self, key: &str, value: &[u8], stale: Option<&str>) -> Option<Endpoint> {
+    /// The endpoint a key and value describe, with its source as it is
+    /// now, and whether the value says `"strict": true`.
+    fn endpoint(&self, key: &str, value: &[u8], stale: Option<&str>) -> Option<(Endpoint, bool)> {
         let name = key.strip_prefix(&self.prefix)?;
         let value: Value = serde_json::from_slice(value).ok()?;
         let backend = match stale {
             Some(why) => format!("{} (stale: {why})", self.description),
             None => self.description.clone(),
         };
-        Endpoint::from_url(name, value["url"].as_str()?, Source::Remote { backend }).ok()
+        let endpoint = Endpoint::from_url(name, value["url"].as_str()?, Source::Remote { backend }).ok()?;
+        Some((endpoint, value["strict"] == true))
     }
 
     /// Marks every answer stale (`Some`) or current again (`None`).
@@ -339,17 +351,21 @@ impl Shared {
             .as_str()
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
-        let mut endpoints = HashMap::new();
+        let (mut endpoints, mut strict) = (HashMap::new(), std::collections::HashSet::new());
         for kv in answer["kvs"].as_array().into_iter().flatten() {
             let (Some(key), Some(value)) = (unbase64_str(&kv["key"]), unbase64_value(&kv["value"])) else {
                 continue;
             };
-            if let Some(endpoint) = self.endpoint(&key, &value, None) {
+            if let Some((endpoint, is_strict)) = self.endpoint(&key, &value, None) {
+                if is_strict {
+                    strict.insert(endpoint.name().to_owned());
+                }
                 endpoints.insert(endpoint.name().to_owned(), endpoint);
             }
         }
         let mut state = self.lock();
         state.endpoints = endpoints;
+        state.strict = strict;
         state.stale = None;
         state.read = true;
         Ok(revision)
@@ -430,10 +446,15 @@ impl Shared {
             let mut state = self.lock();
             if event["type"] == "DELETE" {
                 state.endpoints.remove(name);
+                state.strict.remove(name);
             } else if let Some(value) = unbase64_value(&event["kv"]["value"])
-                && let Some(endpoint) = self.endpoint(&key, &value, None)
+                && let Some((endpoint, strict)) = self.endpoint(&key, &value, None)
             {
                 state.endpoints.insert(name.to_owned(), endpoint);
+                match strict {
+                    true => state.strict.insert(name.to_owned()),
+                    false => state.strict.remove(name),
+                };
             }
         }
         Ok(())
@@ -507,6 +528,9 @@ pub struct RoutedCopy {
     pub service: String,
     pub route: String,
     pub url: String,
+    /// Its requests fail while it is not connected, rather than go to
+    /// the sandbox's own copy (`route = "strict"`).
+    pub strict: bool,
 }
 
 impl Registration {
@@ -541,13 +565,17 @@ impl Registration {
         let lease = granted["ID"].as_str().unwrap_or_default().to_owned();
         let services = services
             .iter()
-            .map(|(name, url)| (format!("{}{name}", prefix(&self.namespace)), url));
+            .map(|(name, url)| (format!("{}{name}", prefix(&self.namespace)), json!({ "url": url })));
         let routes = routes.iter().map(|copy| {
             let key = format!("{}{}/{}", route_prefix(&self.namespace), copy.service, copy.route);
-            (key, &copy.url)
+            let value = match copy.strict {
+                true => json!({ "url": copy.url, "strict": true }),
+                false => json!({ "url": copy.url }),
+            };
+            (key, value)
         });
-        for (key, url) in services.chain(routes) {
-            let value = json!({ "url": url }).to_string();
+        for (key, value) in services.chain(routes) {
+            let value = value.to_string();
             self.cluster.call(
                 "/v3/kv/put",
                 &json!({ "key": base64(key.as_bytes()), "value": base64(value.as_bytes()), "lease": lease }),

@@ -313,7 +313,7 @@ async fn exchange(
                 Err(e) => {
                     // A developer's copy that cannot be reached: the
                     // sandbox's own serves the request, and says so.
-                    if let Some(copy) = routed.take() {
+                    if let Some(copy) = routed.take_if(|r| !r.copy.strict) {
                         let why = format!("did not answer ({e})");
                         let seen = &mut request_seen;
                         if let Some(own) = to_own_copy(link, seen, copy, &why, &capture, &route_note).await {
@@ -497,9 +497,9 @@ struct Routed {
 
 impl Routed {
     /// Whether it can still go elsewhere once sent to the relay: it has no
-    /// body, or one held whole.
+    /// body, or one held whole, and its route is not strict.
     fn resendable(&self) -> bool {
-        self.body.is_some()
+        self.body.is_some() && !self.copy.strict
     }
 }
 
