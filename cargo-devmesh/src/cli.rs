@@ -87,6 +87,10 @@ pub enum Command {
         /// Only the last N lines (from earlier runs too).
         #[arg(short = 'n', long, value_name = "N")]
         lines: Option<usize>,
+        /// Only the lines of one request, from every service: those that
+        /// mention its trace id (OTLP log records carry theirs).
+        #[arg(long, value_name = "TRACE_ID", value_parser = parse_trace_id)]
+        trace: Option<String>,
     },
     /// Print a new link that logs a browser into the inspector (each works once).
     Inspector,
@@ -151,6 +155,16 @@ pub struct RunArgs {
     /// Rebuild and restart the services whose code changes.
     #[arg(short, long)]
     pub watch: bool,
+}
+
+/// A W3C trace id: 32 hex digits, lower-cased.
+fn parse_trace_id(text: &str) -> Result<String, String> {
+    match text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        true => Ok(text.to_ascii_lowercase()),
+        false => Err(format!(
+            "`{text}` is no trace id: 32 hex digits, as in the inspector or a `traceparent`"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

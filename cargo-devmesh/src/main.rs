@@ -208,6 +208,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             follow,
             since,
             lines,
+            trace,
         } => {
             let workspace = Workspace::load(&cargo)?;
             for name in &services {
@@ -223,6 +224,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 follow,
                 since,
                 lines,
+                trace,
             };
             Ok(logs::show(&workspace.state_dir, options, shutdown_on_signal()).await?)
         }

@@ -341,6 +341,24 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `GET path` on the mesh's API, with its token: the JSON answer.
+pub fn api_get(mesh: &Mesh, path: &str) -> serde_json::Value {
+    let control = read_json(&mesh.state().join("control.json"));
+    let (addr, token) = (control["addr"].as_str().unwrap(), control["token"].as_str().unwrap());
+    let mut stream = TcpStream::connect(addr).expect("the API accepts");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
 /// Stdout and stderr of a command, for assertions and failure messages.
 pub fn text(output: &Output) -> String {
     format!(

@@ -14,4 +14,5 @@ mod routes;
 mod shop;
 mod state;
 mod supervise;
+mod telemetry;
 mod tunnel;

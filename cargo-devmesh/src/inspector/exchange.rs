@@ -47,8 +47,6 @@ pub struct Exchange {
     pub response_body: Body,
     /// HTTP/2 trailers (gRPC's status and message travel there).
     pub response_trailers: Headers,
-    pub span_id: Option<SpanId>,
-    pub parent_span_id: Option<SpanId>,
     /// The trace was inferred from the caller's request in flight, not
     /// propagated by the caller.
     pub trace_inferred: bool,
@@ -87,6 +85,8 @@ impl Exchange {
                 service_ms: None,
                 total_ms: None,
                 trace_id: None,
+                span_id: None,
+                parent_span_id: None,
                 replay_of: None,
                 error: None,
                 note: None,
@@ -100,8 +100,6 @@ impl Exchange {
             response_headers: Default::default(),
             response_body: Default::default(),
             response_trailers: Default::default(),
-            span_id: None,
-            parent_span_id: None,
             trace_inferred: false,
         }
     }
@@ -186,6 +184,10 @@ pub struct Summary {
     /// Time from arrival to the end of the response body.
     pub total_ms: Option<f64>,
     pub trace_id: Option<TraceId>,
+    /// Its span at the front port (the parent the service was told), and
+    /// the span of the caller's that made it: the trace's tree.
+    pub span_id: Option<SpanId>,
+    pub parent_span_id: Option<SpanId>,
     /// The exchange this one replays.
     pub replay_of: Option<u64>,
     pub error: Option<String>,

@@ -231,6 +231,8 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
         w.u64((t.0 >> 64) as u64);
         w.u64(t.0 as u64);
     });
+    w.option(s.span_id, |w, span| w.u64(span.0));
+    w.option(s.parent_span_id, |w, span| w.u64(span.0));
     w.option(s.replay_of, Writer::u64);
     w.u64(s.bytes_up);
     w.u64(s.bytes_down);
@@ -242,8 +244,6 @@ pub fn encode(exchange: &Exchange, out: &mut Vec<u8>) {
     w.str(exchange.response_headers.text());
     w.body(&exchange.response_body);
     w.str(exchange.response_trailers.text());
-    w.option(exchange.span_id, |w, span| w.u64(span.0));
-    w.option(exchange.parent_span_id, |w, span| w.u64(span.0));
     w.u8(u8::from(exchange.trace_inferred));
 }
 
@@ -258,8 +258,6 @@ pub fn decode(record: &[u8]) -> Exchange {
         response_headers: Headers::from_text(r.str().to_owned()),
         response_body: r.body(),
         response_trailers: Headers::from_text(r.str().to_owned()),
-        span_id: r.option(|r| SpanId(r.u64())),
-        parent_span_id: r.option(|r| SpanId(r.u64())),
         trace_inferred: r.u8() == 1,
     }
 }
@@ -377,6 +375,8 @@ impl<'a> Reader<'a> {
             path: self.str().to_owned(),
             wait_ms: self.f64(),
             trace_id: self.option(|r| TraceId((u128::from(r.u64()) << 64) | u128::from(r.u64()))),
+            span_id: self.option(|r| SpanId(r.u64())),
+            parent_span_id: self.option(|r| SpanId(r.u64())),
             replay_of: self.option(Reader::u64),
             bytes_up: self.u64(),
             bytes_down: self.u64(),

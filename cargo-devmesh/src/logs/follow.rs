@@ -23,6 +23,8 @@ pub struct LogsOptions {
     pub since: Option<Duration>,
     /// Only the last this many lines, from any run.
     pub lines: Option<usize>,
+    /// Only lines that mention this trace id (lower-case hex).
+    pub trace: Option<String>,
 }
 
 /// One service's log file and how far it has been read.
@@ -72,7 +74,12 @@ pub async fn show(state_dir: &Path, options: LogsOptions, shutdown: Cancellation
         }
         // Stable: lines of one service with the same time keep their order.
         lines.sort_by(|a: &(String, usize, String), b| a.0.cmp(&b.0));
-        lines.retain(|(time, _, _)| since.as_ref().is_none_or(|since| time >= since));
+        lines.retain(|(time, _, text)| {
+            since.as_ref().is_none_or(|since| time >= since)
+                && options.trace.as_deref().is_none_or(|trace| {
+                    crate::inspector::trace::find_trace_id(text).is_some_and(|found| found.eq_ignore_ascii_case(trace))
+                })
+        });
         // `-n` counts back from what is there now; what follows comes whole.
         if let Some(n) = last.take() {
             lines.drain(..lines.len().saturating_sub(n));
