@@ -163,14 +163,31 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 "\ninspector: http://{}/ (`cargo devmesh inspector` prints a login link)",
                 client.addr()
             );
-            let ports = std::fs::read(workspace.state_dir.join("ports.json")).ok();
-            let dns = ports
+            let ports = std::fs::read(workspace.state_dir.join("ports.json"))
+                .ok()
                 .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-                .and_then(|p| p["@dns"].as_u64());
-            if let Some(port) = dns {
+                .unwrap_or_default();
+            if let Some(port) = ports["@dns"].as_u64() {
                 println!(
                     "dns: 127.0.0.1:{port} (`dig @127.0.0.1 -p {port} _<svc>._tcp.devmesh SRV`; services get it as DEVMESH_DNS)"
                 );
+            }
+            if let Some(port) = ports["@otlp"].as_u64() {
+                println!(
+                    "otlp: http://127.0.0.1:{port} (services get it as OTEL_EXPORTER_OTLP_ENDPOINT; what they send is on the page)"
+                );
+                // A service's own setting wins over devmesh's.
+                for (name, spec) in &workspace.services {
+                    let own: Vec<&str> = spec
+                        .env
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|key| cargo_devmesh::telemetry::VARIABLES.contains(key))
+                        .collect();
+                    if !own.is_empty() {
+                        println!("  {name}: its own {} (devmesh.toml) wins", own.join(", "));
+                    }
+                }
             }
             Ok(())
         }

@@ -454,8 +454,9 @@ fn watch_restarts_a_command_without_a_cwd_for_its_files() {
 /// its own back.
 #[test]
 fn two_workspaces_never_share_a_port_across_stop_and_start() {
-    // Beyond the ranges the harness deals out to other meshes.
-    let range = [("DEVMESH_RUN__PORTS", "29500-29509")];
+    // Beyond the ranges the harness deals out to other meshes; room for
+    // both (each takes six: three services, the inspector, DNS and OTLP).
+    let range = [("DEVMESH_RUN__PORTS", "29500-29519")];
     let mut first = Mesh::start_with_env(fixture("mesh"), &[], &range, &["beta", "alpha"]);
     let ports = |mesh: &Mesh| read_json(&mesh.state().join("ports.json"));
     let kept = ports(&first);

@@ -29,9 +29,18 @@ fn a_services_own_spans_logs_and_metrics_join_the_captured_trace() {
     add_config(
         dir.path(),
         "[services.traced]\ncommand = \"exec python3 traced.py\"\ncwd = \"traced\"\n\
-         depends_on = [\"beta\"]\ninject_env = true",
+         depends_on = [\"beta\"]\ninject_env = true\n\n\
+         [services.beta]\nenv = { OTEL_SERVICE_NAME = \"beta-as-i-call-it\" }",
     );
     let mesh = Mesh::start(dir, &["traced", "beta"], &["beta", "traced"]);
+
+    // Where services export, and whose own setting wins.
+    let ps = text(&mesh.cli(&["ps"]));
+    assert!(ps.contains("otlp: http://127.0.0.1:"), "{ps}");
+    assert!(
+        ps.contains("beta: its own OTEL_SERVICE_NAME (devmesh.toml) wins"),
+        "{ps}"
+    );
 
     let (status, body) = get(mesh.front("traced"), "/checkout");
     assert_eq!(status, 200, "{body}");

@@ -15,6 +15,9 @@ pub struct ControlFile {
     pub addr: SocketAddr,
     pub token: String,
     pub pid: u32,
+    /// The OTLP endpoint the services export to.
+    #[serde(default)]
+    pub otlp: Option<SocketAddr>,
 }
 
 pub fn control_path(state_dir: &Path) -> PathBuf {

@@ -91,8 +91,9 @@ pub struct Parts {
     pub routes: RoutesView,
     pub inspector: Arc<Inspector>,
     pub logs: Logs,
-    /// What the services sent over OTLP.
+    /// What the services sent over OTLP, and where they send it.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    pub otlp: Option<SocketAddr>,
 }
 
 /// Serves the API until `shutdown`; returns its address and a first login
@@ -123,6 +124,7 @@ pub async fn serve(
         addr,
         token: secret("/dev/urandom")?,
         pid: std::process::id(),
+        otlp: mesh.otlp,
     };
     let path = control_path(state_dir);
     let json = serde_json::to_vec_pretty(&control).expect("control serializes");

@@ -403,6 +403,7 @@ impl Mesh {
             inspector: Arc::clone(&inspector),
             logs: logs.clone(),
             telemetry: Arc::clone(&telemetry),
+            otlp: supervisor.otlp,
         };
         let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
         tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));

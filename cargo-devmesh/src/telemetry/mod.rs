@@ -26,14 +26,23 @@ use crate::logs::Logs;
 /// Bytes of spans a service may send per second before it is slowed.
 const RATE: usize = 32 * 1024 * 1024;
 
-/// The OTLP variables a service gets, pointing at the endpoint at `addr`.
+/// The OTLP variables devmesh gives each service it runs.
+pub const VARIABLES: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
+
+/// [`VARIABLES`] for `service`, pointing at the endpoint at `addr`.
 pub fn env(service: &str, addr: std::net::SocketAddr) -> [(&'static str, String); 4] {
+    let [endpoint, protocol, name, attributes] = VARIABLES;
     [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
-        ("OTEL_SERVICE_NAME", service.to_owned()),
+        (endpoint, format!("http://{addr}")),
+        (protocol, "http/protobuf".to_owned()),
+        (name, service.to_owned()),
         (
-            "OTEL_RESOURCE_ATTRIBUTES",
+            attributes,
             format!("service.namespace=devmesh,devmesh.service={service}"),
         ),
     ]
