@@ -83,20 +83,35 @@ pub struct Span {
     pub events: Vec<SpanEvent>,
 }
 
+/// What one heap allocation costs beyond its bytes: the allocator's
+/// header and rounding.
+const ALLOCATION: usize = 32;
+
 impl Span {
-    /// About what it takes in memory.
+    /// What it takes in memory, counted high: every string and list is an
+    /// allocation of its own, and the ring's slot may be half empty.
     fn size(&self) -> usize {
-        let pairs = |pairs: &[(String, String)]| pairs.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
-        std::mem::size_of::<Span>()
-            + self.trace_id.len()
-            + self.span_id.len()
-            + self.service.len()
-            + self.name.len()
+        let text = |s: &str| s.len() + ALLOCATION;
+        let pairs = |pairs: &[(String, String)]| {
+            ALLOCATION
+                + pairs
+                    .iter()
+                    .map(|(k, v)| std::mem::size_of::<(String, String)>() + text(k) + text(v))
+                    .sum::<usize>()
+        };
+        2 * std::mem::size_of::<Span>()
+            + text(&self.trace_id)
+            + text(&self.span_id)
+            + self.parent_span_id.as_deref().map_or(0, text)
+            + text(&self.service)
+            + text(&self.name)
+            + self.error.as_deref().map_or(0, text)
             + pairs(&self.attributes)
+            + ALLOCATION
             + self
                 .events
                 .iter()
-                .map(|e| e.name.len() + pairs(&e.attributes) + 64)
+                .map(|e| std::mem::size_of::<SpanEvent>() + text(&e.name) + pairs(&e.attributes))
                 .sum::<usize>()
     }
 }
