@@ -213,9 +213,13 @@ impl Mesh {
         let (first_build, first_build_rx) = tokio::sync::watch::channel(None);
 
         let proxy_threads = proxy::threads();
+        // Captured traffic and services' own spans share `inspector.memory`:
+        // three quarters and one.
+        let mut inspector_config = workspace.config.inspector.clone();
+        let spans_budget = inspector_config.memory / 4;
+        inspector_config.memory -= spans_budget;
         let inspector = Arc::new(
-            Inspector::new(workspace.config.inspector.clone(), proxy_threads)
-                .context("could not start the inspector's thread")?,
+            Inspector::new(inspector_config, proxy_threads).context("could not start the inspector's thread")?,
         );
         let supervisor = Arc::new(Supervisor {
             callers: Arc::clone(&inspector.callers),
@@ -231,11 +235,7 @@ impl Mesh {
             dns: dns_socket.local_addr().ok(),
             otlp: otlp_listener.local_addr().ok(),
         });
-        // Services' own spans take a quarter of what captured traffic may.
-        let telemetry = Arc::new(crate::telemetry::Telemetry::new(
-            logs.clone(),
-            workspace.config.inspector.memory / 4,
-        ));
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(logs.clone(), spans_budget));
         let shutdown = CancellationToken::new();
         let mut remotes = bridge_tls(remotes, &workspace, &logs, &shutdown).await;
         // The tunnel's link, once it has one: bridges to the sandbox use it.

@@ -25,6 +25,9 @@ use crate::logs::Logs;
 
 /// Bytes of spans a service may send per second before it is slowed.
 const RATE: usize = 32 * 1024 * 1024;
+/// Metrics kept at most (by service and name): the least recently updated
+/// go first past it.
+const MAX_METRICS: usize = 10_000;
 
 /// The OTLP variables devmesh gives each service it runs.
 pub const VARIABLES: [&str; 4] = [
@@ -281,6 +284,14 @@ impl Telemetry {
                     updated_ms: now,
                 },
             );
+        }
+        while metrics.len() > MAX_METRICS {
+            let oldest = metrics
+                .iter()
+                .min_by_key(|(_, m)| m.updated_ms)
+                .map(|(key, _)| key.clone())
+                .expect("more than none");
+            metrics.remove(&oldest);
         }
     }
 

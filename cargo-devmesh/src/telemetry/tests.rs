@@ -291,3 +291,21 @@ fn spans_past_the_budget_go_oldest_first_and_secret_attributes_are_masked() {
     assert_eq!(attributes[0], ("http.route".to_owned(), "/orders".to_owned()));
     assert!(!attributes[1].1.contains("secret"), "{attributes:?}");
 }
+
+#[test]
+fn metrics_past_their_count_go_least_recently_updated_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = Logs::new(dir.path(), &[], Default::default(), Echo::Off).unwrap();
+    let telemetry = Telemetry::new(logs, 1 << 20);
+    let point = |name: String| super::MetricPoint {
+        service: "orders".to_owned(),
+        name,
+        unit: String::new(),
+        value: super::MetricValue::gauge(1.0),
+    };
+    telemetry.add_metrics((0..super::MAX_METRICS).map(|i| point(format!("m{i}"))).collect());
+    telemetry.add_metrics(vec![point("newest".to_owned())]);
+    let all = telemetry.metrics();
+    assert_eq!(all.len(), super::MAX_METRICS);
+    assert!(all.iter().any(|m| m.name == "newest"));
+}

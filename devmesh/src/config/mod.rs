@@ -54,7 +54,7 @@
 //!
 //! [inspector]
 //! max_body = 262144         # bytes kept per body
-//! memory = 67108864         # bytes of traffic kept in all
+//! memory = 67108864         # bytes kept in all: captured traffic, and a quarter for services' spans
 //! mask_headers = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"]  # the default
 //! ```
 //!
