@@ -121,6 +121,9 @@ pub struct Mesh {
     sharing: Option<crate::share::Sharing>,
     /// Developers' copies, and whether this supervisor's are leaving.
     routed: Arc<proxy::RoutedCopies>,
+    /// Whether services here are routed: at a stop, the sandbox may still
+    /// send their route's requests for a moment.
+    routes_here: bool,
     /// What each front port does to requests besides forwarding them.
     faults: BTreeMap<String, proxy::FaultSetter>,
     /// Held while the mesh runs: a second one for the workspace is refused
@@ -547,6 +550,7 @@ impl Mesh {
             proxy_workers,
             sharing,
             routed,
+            routes_here: !routes.is_empty(),
             faults: fault_setters,
             _workspace_lock: workspace_lock,
             stopped: false,
@@ -661,7 +665,9 @@ impl Mesh {
                 for backend in &serving {
                     backend.idle().await;
                 }
-                self.routed.quiet_for(ROUTED_QUIET).await;
+                if self.routes_here {
+                    self.routed.quiet_for(ROUTED_QUIET).await;
+                }
             };
             let _ = tokio::time::timeout(self.supervisor.drain, answered).await;
         }

@@ -424,17 +424,19 @@ pub(super) async fn follow_routes(
         Ok(Err(e)) => return logs.note(format!("routes in `[remote.etcd]` are not followed: {e}")),
         Err(_) => return,
     };
-    // (service, route) → URL, as the front ports have them.
-    let mut known: BTreeMap<(String, String), String> = BTreeMap::new();
+    // (service, route) → (URL, strict), as the front ports have them.
+    let mut known: BTreeMap<(String, String), (String, bool)> = BTreeMap::new();
     loop {
-        let listed: BTreeMap<(String, String), String> = etcd
+        let listed: BTreeMap<(String, String), (String, bool)> = etcd
             .names()
             .into_iter()
             .filter_map(|name| {
                 let url = etcd.lookup(&name)?.url().to_owned();
+                let strict = etcd.is_strict(&name);
                 let (service, route) = name.split_once('/')?;
                 let valid = devmesh::name::validate(service).is_ok() && devmesh::name::validate(route).is_ok();
-                (valid && !own.iter().any(|o| o == service)).then(|| ((service.to_owned(), route.to_owned()), url))
+                (valid && !own.iter().any(|o| o == service))
+                    .then(|| ((service.to_owned(), route.to_owned()), (url, strict)))
             })
             .collect();
         for (service, route) in known.keys().filter(|key| !listed.contains_key(*key)) {
@@ -442,8 +444,8 @@ pub(super) async fn follow_routes(
             logs.note(format!("{service}: the copy for route `{route}` is gone"));
         }
         known.retain(|key, _| listed.contains_key(key));
-        for ((service, route), url) in listed {
-            if known.get(&(service.clone(), route.clone())) == Some(&url) {
+        for ((service, route), (url, strict)) in listed {
+            if known.get(&(service.clone(), route.clone())) == Some(&(url.clone(), strict)) {
                 continue;
             }
             match copy_of(&service, &url, &etcd.describe(), false).await {
@@ -456,11 +458,12 @@ pub(super) async fn follow_routes(
                             backend: copy.copy.backend,
                             access: access.clone(),
                             connected: Arc::new(AtomicBool::new(true)),
-                            strict: etcd.is_strict(&format!("{service}/{route}")),
+                            strict,
                         },
                     );
+                    let strict = if strict { " (strict: no fallback)" } else { "" };
                     logs.note(format!(
-                        "{service}: requests with route `{route}` go to its copy at {url}"
+                        "{service}: requests with route `{route}` go to its copy at {url}{strict}"
                     ));
                 }
                 Ok(_) => logs.note(format!(
@@ -469,7 +472,7 @@ pub(super) async fn follow_routes(
                 Err(problem) => logs.note(problem),
             }
             // Said once, whichever way it went.
-            known.insert((service, route), url);
+            known.insert((service, route), (url, strict));
         }
         // Whose supervisor is connected: a request for one that is not
         // goes to the sandbox's own at once, rather than wait on the relay.

@@ -195,7 +195,11 @@ async fn forward(
         let forwarded = Instant::now();
         let error = match awaited(client.request(request), &lease, context.timeouts.response).await {
             // The relay sent nothing on: the developer's supervisor is gone.
-            Some(Ok(response)) if routed.is_some() && response.headers().contains_key(NOT_CONNECTED_HEADER) => {
+            Some(Ok(response))
+                if routed.is_some()
+                    && response.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(NOT_CONNECTED_HEADER) =>
+            {
                 body = returned.try_recv().ok();
                 let Some((route, copy)) = routed.take().filter(|_| body.is_some()) else {
                     break (forwarded, response);

@@ -91,11 +91,11 @@ async fn handle(request: Request<Incoming>, telemetry: &Telemetry) -> Answer {
         Ok(body) => body.to_bytes(),
         Err(e) => return refused(grpc, Refusal::Bad(format!("its body could not be read: {e}"))),
     };
+    let json = !grpc && header_is(&headers, header::CONTENT_TYPE, "application/json");
     let taken = match grpc {
         true => grpc_message(&body, &headers)
             .and_then(|(message, gzip)| take(signal, telemetry, &message, gzip, Encoding::Protobuf)),
         false => {
-            let json = header_is(&headers, header::CONTENT_TYPE, "application/json");
             let encoding = if json { Encoding::Json } else { Encoding::Protobuf };
             let gzip = header_is(&headers, header::CONTENT_ENCODING, "gzip");
             take(signal, telemetry, &body, gzip, encoding)
@@ -105,9 +105,7 @@ async fn handle(request: Request<Incoming>, telemetry: &Telemetry) -> Answer {
         (Err(refusal), _) => refused(grpc, refusal),
         (Ok(()), true) => grpc_answer(0, ""),
         // An empty Export*ServiceResponse: no partial success to report.
-        (Ok(()), false) if header_is(&headers, header::CONTENT_TYPE, "application/json") => {
-            respond(StatusCode::OK, "application/json", Bytes::from_static(b"{}"))
-        }
+        (Ok(()), false) if json => respond(StatusCode::OK, "application/json", Bytes::from_static(b"{}")),
         (Ok(()), false) => respond(StatusCode::OK, "application/x-protobuf", Bytes::new()),
     }
 }

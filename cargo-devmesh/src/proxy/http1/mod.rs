@@ -133,16 +133,7 @@ async fn exchange(
     let mut arrival = Arrival::new(context, connection, arrived, (given, replay, own_route)).await;
     if request.has_fallback() && context.routed.leaving() {
         context.routed.sent_back();
-        let head = &link.inbound.filled()[..request.len];
-        let capture = arrival.begin(
-            context,
-            capture::Request {
-                method: request.method(head),
-                target: request.target(head),
-                version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
-                headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
-            },
-        );
+        let capture = arrival.begin(context, captured(&request, &link.inbound.filled()[..request.len]));
         if let Some(capture) = &capture {
             capture.note(SENT_BACK.to_owned());
         }
@@ -192,15 +183,7 @@ async fn exchange(
     // Capture begins once the head is on its way: its bookkeeping overlaps
     // the service's own time.
     let begin = |head: &[u8]| {
-        let capture = arrival.begin(
-            context,
-            capture::Request {
-                method: request.method(head),
-                target: request.target(head),
-                version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
-                headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
-            },
-        );
+        let capture = arrival.begin(context, captured(&request, head));
         let note = route_note.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let (Some(capture), Some(note)) = (&capture, note) {
             capture.note(note);
@@ -482,6 +465,16 @@ async fn exchange(
         }
         upstream.retire();
         return Next::Close;
+    }
+}
+
+/// What the inspector records of `request`, whose head is `head`.
+fn captured<'h>(request: &RequestHead, head: &'h [u8]) -> capture::Request<'h> {
+    capture::Request {
+        method: request.method(head),
+        target: request.target(head),
+        version: if request.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+        headers: Headers::from_lines(&head[request.fields_at..head.len() - 2]),
     }
 }
 
