@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::logs::Logs;
 
-/// Bytes of spans a service may send per second before it is slowed.
+/// Bytes of telemetry (decoded: gzip is no way around it) a service may
+/// send per second before it is slowed.
 const RATE: usize = 32 * 1024 * 1024;
 /// Metrics kept at most (by service and name): the least recently updated
 /// go first past it.
@@ -57,7 +58,9 @@ pub struct Telemetry {
     spans: Mutex<Kept>,
     metrics: Mutex<BTreeMap<(String, String), Metric>>,
     /// Bytes taken per service in the current second.
-    rate: Mutex<(Instant, BTreeMap<String, usize>)>,
+    taken: Mutex<(Instant, BTreeMap<String, usize>)>,
+    /// Bytes a service may send per second ([`RATE`]).
+    rate: usize,
     logs: Logs,
     /// Bytes of spans kept at most.
     budget: usize,
@@ -204,20 +207,28 @@ impl Telemetry {
         Telemetry {
             spans: Mutex::default(),
             metrics: Mutex::default(),
-            rate: Mutex::new((Instant::now(), BTreeMap::new())),
+            taken: Mutex::new((Instant::now(), BTreeMap::new())),
+            rate: RATE,
             logs,
             budget,
         }
     }
 
+    /// The store with a rate other than [`RATE`].
+    #[cfg(test)]
+    pub fn with_rate(mut self, rate: usize) -> Telemetry {
+        self.rate = rate;
+        self
+    }
+
     /// Whether `service` may send `bytes` more this second.
     pub fn admit(&self, service: &str, bytes: usize) -> bool {
-        let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-        if rate.0.elapsed().as_secs() >= 1 {
-            *rate = (Instant::now(), BTreeMap::new());
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.0.elapsed().as_secs() >= 1 {
+            *taken = (Instant::now(), BTreeMap::new());
         }
-        let taken = rate.1.entry(service.to_owned()).or_insert(0);
-        if *taken > RATE {
+        let taken = taken.1.entry(service.to_owned()).or_insert(0);
+        if *taken > self.rate {
             return false;
         }
         *taken += bytes;

@@ -11,9 +11,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio_util::sync::CancellationToken;
 
 use super::Telemetry;
@@ -112,32 +109,50 @@ async fn handle(request: Request<Incoming>, telemetry: &Telemetry) -> Answer {
 
 /// Decodes an export and keeps what it holds.
 fn take(signal: Signal, telemetry: &Telemetry, body: &[u8], gzip: bool, encoding: Encoding) -> Result<(), Refusal> {
-    let bad = |e: DecodeError| Refusal::Bad(e.to_string());
+    let export = Export {
+        telemetry,
+        body,
+        gzip,
+        encoding,
+    };
     match signal {
-        Signal::Traces => {
-            let request: ExportTraceServiceRequest = otlp::decode(body, gzip, encoding).map_err(bad)?;
-            let spans = otlp::spans(request);
-            let service = spans.first().map_or("", |s| s.service.as_str());
-            if !telemetry.admit(service, body.len()) {
-                return Err(Refusal::Slow);
-            }
-            telemetry.add_spans(spans);
-        }
-        Signal::Logs => {
-            let request: ExportLogsServiceRequest = otlp::decode(body, gzip, encoding).map_err(bad)?;
-            let records = otlp::log_records(request);
-            let service = records.first().map_or("", |r| r.service.as_str());
-            if !telemetry.admit(service, body.len()) {
-                return Err(Refusal::Slow);
-            }
-            telemetry.add_logs(records);
-        }
-        Signal::Metrics => {
-            let request: ExportMetricsServiceRequest = otlp::decode(body, gzip, encoding).map_err(bad)?;
-            telemetry.add_metrics(otlp::metric_points(request));
-        }
+        Signal::Traces => export.keep(otlp::spans, |s| &s.service, Telemetry::add_spans),
+        Signal::Logs => export.keep(otlp::log_records, |r| &r.service, Telemetry::add_logs),
+        Signal::Metrics => export.keep(otlp::metric_points, |m| &m.service, Telemetry::add_metrics),
     }
-    Ok(())
+}
+
+/// One export's bytes, on their way to the store.
+struct Export<'a> {
+    telemetry: &'a Telemetry,
+    body: &'a [u8],
+    gzip: bool,
+    encoding: Encoding,
+}
+
+impl Export<'_> {
+    /// Decodes the export as `M`, and keeps its `items` unless their service
+    /// ([`Telemetry::admit`]) sends too fast.
+    fn keep<M, T>(
+        self,
+        items: fn(M) -> Vec<T>,
+        service: fn(&T) -> &String,
+        add: fn(&Telemetry, Vec<T>),
+    ) -> Result<(), Refusal>
+    where
+        M: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        let request: M =
+            otlp::decode(self.body, self.gzip, self.encoding).map_err(|e: DecodeError| Refusal::Bad(e.to_string()))?;
+        let size = request.encoded_len();
+        let items = items(request);
+        let service = items.first().map_or("", |item| service(item).as_str());
+        if !self.telemetry.admit(service, size) {
+            return Err(Refusal::Slow);
+        }
+        add(self.telemetry, items);
+        Ok(())
+    }
 }
 
 /// The one message of a unary gRPC request: its bytes, and whether they

@@ -79,9 +79,22 @@ async fn endpoint() -> (
     tempfile::TempDir,
     CancellationToken,
 ) {
+    endpoint_at_rate(super::RATE).await
+}
+
+/// [`endpoint`], a service slowed past `rate` bytes a second.
+async fn endpoint_at_rate(
+    rate: usize,
+) -> (
+    std::net::SocketAddr,
+    Arc<Telemetry>,
+    Logs,
+    tempfile::TempDir,
+    CancellationToken,
+) {
     let dir = tempfile::tempdir().unwrap();
     let logs = Logs::new(dir.path(), &["orders".to_owned()], Default::default(), Echo::Off).unwrap();
-    let telemetry = Arc::new(Telemetry::new(logs.clone(), 1 << 20));
+    let telemetry = Arc::new(Telemetry::new(logs.clone(), 1 << 20).with_rate(rate));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -150,26 +163,7 @@ async fn spans_come_over_http_as_protobuf_json_and_gzip_and_keep_their_parents()
 #[tokio::test]
 async fn every_signal_comes_over_grpc_too() {
     let (addr, telemetry, logs, _dir, _shutdown) = endpoint().await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let call = |path: &'static str, message: Vec<u8>| {
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&message);
-        let request = Request::post(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(Bytes::from(framed)))
-            .unwrap();
-        let client = client.clone();
-        async move {
-            let response = client.request(request).await.unwrap();
-            let collected = response.into_body().collect().await.unwrap();
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            trailers["grpc-status"].to_str().unwrap().to_owned()
-        }
-    };
+    let call = |path, message| grpc_export(addr, path, message);
     let traces = traces("orders", "over grpc").encode_to_vec();
     let status = call("/opentelemetry.proto.collector.trace.v1.TraceService/Export", traces).await;
     assert_eq!(status, "0");
@@ -234,6 +228,59 @@ async fn every_signal_comes_over_grpc_too() {
     let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     assert_eq!(call(path, vec![0xff; 9]).await, "3");
     assert_eq!(call(path, traces_again()).await, "0");
+}
+
+/// One OTLP/gRPC export of `message` to `path`: its `grpc-status`.
+async fn grpc_export(addr: std::net::SocketAddr, path: &str, message: Vec<u8>) -> String {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(framed)))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_service_past_its_rate_is_told_to_slow_down_and_no_other_is() {
+    let (addr, telemetry, _logs, _dir, _shutdown) = endpoint_at_rate(1).await;
+    let protobuf = [("content-type", "application/x-protobuf")];
+    let export = |service, name| traces(service, name).encode_to_vec();
+    assert_eq!(
+        post(addr, "/v1/traces", &protobuf, export("orders", "first")).await.0,
+        StatusCode::OK
+    );
+
+    // Past its rate this second: 429 with when to try again, which
+    // exporters honour; over gRPC RESOURCE_EXHAUSTED, which they retry.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(Full::new(Bytes::from(export("orders", "second"))))
+        .unwrap();
+    let answer = client.request(request).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.headers()["retry-after"], "1");
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("slow down"), "{body:?}");
+    let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    assert_eq!(grpc_export(addr, path, export("orders", "third")).await, "8");
+
+    // Another service is not slowed for it.
+    assert_eq!(
+        post(addr, "/v1/traces", &protobuf, export("payments", "other")).await.0,
+        StatusCode::OK
+    );
+    let names: Vec<String> = telemetry.spans(TRACE_HEX).into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["first", "other"]);
 }
 
 fn traces_again() -> Vec<u8> {
