@@ -36,8 +36,9 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
 }
 
-/// `body` unzipped when `gzip`, then decoded as `encoding` says.
-pub fn decode<T>(body: &[u8], gzip: bool, encoding: Encoding) -> Result<T, DecodeError>
+/// `body` unzipped when `gzip`, then decoded as `encoding` says; with the
+/// unzipped size, which is what a service's rate is counted in.
+pub fn decode<T>(body: &[u8], gzip: bool, encoding: Encoding) -> Result<(T, usize), DecodeError>
 where
     T: prost::Message + Default + serde::de::DeserializeOwned,
 {
@@ -57,10 +58,11 @@ where
         }
         false => body,
     };
-    Ok(match encoding {
+    let decoded = match encoding {
         Encoding::Protobuf => T::decode(body)?,
         Encoding::Json => serde_json::from_slice(body)?,
-    })
+    };
+    Ok((decoded, body.len()))
 }
 
 /// The spans of a trace export, each with its service's name.

@@ -142,9 +142,8 @@ impl Export<'_> {
     where
         M: prost::Message + Default + serde::de::DeserializeOwned,
     {
-        let request: M =
+        let (request, size): (M, usize) =
             otlp::decode(self.body, self.gzip, self.encoding).map_err(|e: DecodeError| Refusal::Bad(e.to_string()))?;
-        let size = request.encoded_len();
         let items = items(request);
         let service = items.first().map_or("", |item| service(item).as_str());
         if !self.telemetry.admit(service, size) {
