@@ -425,3 +425,8 @@ pub fn rotate(targets: &[(&str, SocketAddr)], rounds: usize, measure: impl Fn(So
     }
     runs.into_iter().map(median).collect()
 }
+
+/// How a target's figure came out, as the benchmarks print it.
+pub fn verdict(held: bool) -> &'static str {
+    if held { "held" } else { "MISSED" }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use devmesh_bench::{free_port, front_port, repo, run};
+use devmesh_bench::{free_port, front_port, repo, run, verdict};
 
 const SECONDS: &str = "6";
 const ROUNDS: usize = 5;
@@ -107,7 +107,6 @@ fn main() {
     let (devmesh, nginx_figures) = (&medians[1], &medians[2]);
     let rate = devmesh.rate / direct.rate;
     let p99 = devmesh.p99.as_secs_f64() / direct.p99.as_secs_f64();
-    let verdict = |held: bool| if held { "held" } else { "MISSED" };
     println!(
         "\ntargets: calls/s ≥ {MIN_RATE}× direct: {} ({rate:.2}×); p99 ≤ {MAX_P99}× direct: {} ({p99:.2}×); \
          no failed call: {} ({}); ahead of nginx: {} ({:.2}× its calls/s, {:.2}× its p99)",

@@ -12,11 +12,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use devmesh_bench::{build, free_port, front_port, payments_alone, rotate, run_payments, wait_until_answers, wrk};
+use devmesh_bench::{
+    build, free_port, front_port, payments_alone, rotate, run_payments, verdict, wait_until_answers, wrk,
+};
 
 const DURATION: &str = "4s";
 const ROUNDS: usize = 9;
 const CONNECTIONS: &str = "16";
+/// The target: the front port, capture on, this much nginx's requests/s.
+const MIN_VS_NGINX: f64 = 1.2;
 
 #[tokio::main]
 async fn main() {
@@ -63,10 +67,12 @@ async fn main() {
         );
     }
     let (devmesh, nginx_figures) = (&medians[1], &medians[2]);
+    let rate = devmesh.rps / nginx_figures.rps;
+    let p99 = devmesh.p99.as_secs_f64() / nginx_figures.p99.as_secs_f64();
     println!(
-        "\ncargo devmesh against nginx: {:.2}× the throughput, {:.2}× the p99",
-        devmesh.rps / nginx_figures.rps,
-        devmesh.p99.as_secs_f64() / nginx_figures.p99.as_secs_f64()
+        "\ntargets: requests/s ≥ {MIN_VS_NGINX}× nginx's: {} ({rate:.2}×); p99 ≤ nginx's: {} ({p99:.2}×)",
+        verdict(rate >= MIN_VS_NGINX),
+        verdict(p99 <= 1.0)
     );
     let captured = captured(state.path());
     println!("\nexchanges the inspector held at the end: {captured} (bounded by inspector.memory)");

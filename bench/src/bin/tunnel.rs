@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devmesh_bench::{Figures, Guard, free_port, repo, rotate, run, start_nginx, wrk};
+use devmesh_bench::{Figures, Guard, free_port, repo, rotate, run, start_nginx, verdict, wrk};
 
 const ROUNDS: usize = 3;
 const DURATION: &str = "4s";
 const CONNECTIONS: &str = "16";
 const BULK: u64 = 200 * 1024 * 1024;
+/// The target: devmesh's tunnel this much the better peer's requests/s.
+const MIN_RATE: f64 = 1.2;
 
 fn main() {
     let tools = repo().join("target/bench-tools");
@@ -78,6 +80,7 @@ fn main() {
         );
     }
     println!("\n1,000 connections at once (wrk -t1 -c1000 -d{DURATION}; devmesh's all on its one relay link):");
+    let mut devmesh_failed = Vec::new();
     for (name, addr) in targets {
         let text = wrk_text(addr, &devmesh.token, "1000");
         let figures = devmesh_bench::wrk_figures(&text, addr);
@@ -96,12 +99,29 @@ fn main() {
                 failed.join("; ")
             }
         );
+        if addr == devmesh.addr {
+            devmesh_failed = failed.iter().map(|l| l.to_string()).collect();
+        }
     }
     println!("\none 200 MB download each:");
-    for (name, addr) in targets {
-        let rate = bulk(addr, &devmesh.token);
+    let rates: Vec<f64> = targets.iter().map(|&(_, addr)| bulk(addr, &devmesh.token)).collect();
+    for ((name, _), rate) in targets.iter().zip(&rates) {
         println!("  {name:<30} {:>7.2} GB/s", rate / 1e9);
     }
+
+    // The targets: against the better of bore and rathole.
+    let [ours, bore, rathole] = [&medians[2], &medians[3], &medians[4]];
+    let rps = ours.rps / bore.rps.max(rathole.rps);
+    let p99 = ours.p99.as_secs_f64() / bore.p99.min(rathole.p99).as_secs_f64();
+    let bulk_ratio = rates[2] / rates[3].max(rates[4]);
+    println!(
+        "\ntargets, against the better of bore and rathole: requests/s ≥ {MIN_RATE}×: {} ({rps:.2}×); \
+         p99 no worse: {} ({p99:.2}×); bulk ≥ 1.0×: {} ({bulk_ratio:.2}×); 1,000 connections, none failed: {}",
+        verdict(rps >= MIN_RATE),
+        verdict(p99 <= 1.0),
+        verdict(bulk_ratio >= 1.0),
+        verdict(devmesh_failed.is_empty()),
+    );
 }
 
 /// A tunnel's public address, and what keeps it up.

@@ -18,6 +18,8 @@ use super::wire::{Frame, Kind, MAX_PAYLOAD};
 
 /// Bytes a stream may have on their way, each direction.
 pub const WINDOW: u32 = 256 * 1024;
+/// Bytes a link asks for in one read.
+const READ_SIZE: usize = 64 * 1024;
 /// How often a link says it is alive.
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// How long a link may be silent before it is taken for dead.
@@ -134,14 +136,15 @@ impl Link {
         let Stream { id, mut data, credit } = stream;
         let (mut reader, mut writer) = tokio::io::split(socket);
         let up = async {
-            for piece in first.chunks(16 * 1024) {
+            for piece in first.chunks(MAX_PAYLOAD) {
                 match credit.acquire_many(piece.len() as u32).await {
                     Ok(permit) => permit.forget(),
                     Err(_) => return,
                 }
                 self.send(Frame::new(Kind::Data, id, piece.to_vec())).await;
             }
-            let mut buf = vec![0u8; 16 * 1024];
+            // Whole frames' worth: a download is carried in the fewest.
+            let mut buf = vec![0u8; MAX_PAYLOAD];
             loop {
                 let n = match reader.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -224,32 +227,36 @@ impl Link {
         mut pending: Vec<u8>,
         opened: mpsc::UnboundedSender<(Stream, String)>,
     ) {
-        let mut buf = vec![0u8; 64 * 1024];
         'link: loop {
+            // Every whole frame read, then what is left moved to the front
+            // once (not once a frame: a read holds hundreds of small ones).
+            let mut decoded = 0;
             loop {
-                let (frame, used) = match Frame::decode(&pending) {
-                    Ok(Some(decoded)) => decoded,
+                let (frame, used) = match Frame::decode(&pending[decoded..]) {
+                    Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!("tunnel: {e}; the link is closed");
                         break 'link;
                     }
                 };
-                pending.drain(..used);
+                decoded += used;
                 if !self.dispatch(frame, &opened).await {
                     break 'link;
                 }
             }
-            let read = tokio::select! {
-                () = self.shared.alive.cancelled() => break,
-                read = tokio::time::timeout(SILENT_FOR, reader.read(&mut buf)) => read,
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&buf[..n]),
-                _ => break,
-            }
+            pending.drain(..decoded);
             if pending.len() > 2 * MAX_PAYLOAD + 64 {
                 // Never: a frame is decoded as soon as it is whole.
+                break;
+            }
+            // Read into the buffer itself: no copy from a second one.
+            pending.reserve(READ_SIZE);
+            let read = tokio::select! {
+                () = self.shared.alive.cancelled() => break,
+                read = tokio::time::timeout(SILENT_FOR, reader.read_buf(&mut pending)) => read,
+            };
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
                 break;
             }
         }
