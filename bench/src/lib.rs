@@ -430,3 +430,52 @@ pub fn rotate(targets: &[(&str, SocketAddr)], rounds: usize, measure: impl Fn(So
 pub fn verdict(held: bool) -> &'static str {
     if held { "held" } else { "MISSED" }
 }
+
+/// With `DEVMESH_BENCH_PROFILE` set, samples processes `pids` with `perf`
+/// while `load` runs, and prints the frames where their CPU went (the
+/// symbols of at least 1.5% of the samples, kernel ones included), titled
+/// `title`. Without it, does nothing: a figure is never measured under
+/// the profiler.
+pub fn profile(title: &str, pids: &[u32], load: impl FnOnce()) {
+    if std::env::var_os("DEVMESH_BENCH_PROFILE").is_none() {
+        return;
+    }
+    let data = std::env::temp_dir().join(format!("devmesh-bench-{}.perf", std::process::id()));
+    let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let mut perf = Command::new("perf")
+        .args(["record", "--quiet", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pids])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf runs (hint: apt-get install linux-perf)");
+    load();
+    // perf writes its data when interrupted.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    let _ = perf.wait();
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "dso,symbol",
+            "-g",
+            "none",
+        ])
+        .args(["--percent-limit", "1.5", "-i"])
+        .arg(&data)
+        .output()
+        .expect("perf report runs");
+    let _ = std::fs::remove_file(&data);
+    println!("\nprofile: {title} (perf, the processes' own samples):");
+    for line in String::from_utf8_lossy(&report.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .take(25)
+    {
+        println!("  {}", line.trim_end());
+    }
+}

@@ -142,9 +142,6 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 for (service, url) in &tunnel.urls {
                     println!("  {service} at {url}");
                 }
-                if let Some(callers) = &tunnel.callers {
-                    println!("  {callers}");
-                }
             }
             print_routes(&client.routes().await?);
             let backends = client.backends().await?;

@@ -119,6 +119,14 @@ fn main() {
         devmesh.p99.as_secs_f64() / nginx_figures.p99.as_secs_f64(),
     );
 
+    devmesh_bench::profile(
+        "the supervisor, calls through its front port",
+        &[supervisor.id()],
+        || {
+            let _ = measure(&load, front, SECONDS);
+        },
+    );
+
     for child in [&mut supervisor, &mut nginx, &mut service] {
         // SAFETY: signalling our own children.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -74,6 +74,9 @@ async fn main() {
         verdict(rate >= MIN_VS_NGINX),
         verdict(p99 <= 1.0)
     );
+    devmesh_bench::profile("the supervisor, wrk on its front port", &[supervisor.id()], || {
+        wrk(front, "/health", DURATION, CONNECTIONS);
+    });
     let captured = captured(state.path());
     println!("\nexchanges the inspector held at the end: {captured} (bounded by inspector.memory)");
 

@@ -79,6 +79,13 @@ fn main() {
             figures.p99
         );
     }
+    devmesh_bench::profile(
+        "devmesh's relay and supervisor, wrk through the tunnel",
+        &devmesh.pids(),
+        || {
+            wrk_with_token(devmesh.addr, &token);
+        },
+    );
     println!("\n1,000 connections at once (wrk -t1 -c1000 -d{DURATION}; devmesh's all on its one relay link):");
     let mut devmesh_failed = Vec::new();
     for (name, addr) in targets {
@@ -130,10 +137,15 @@ struct Tunnel {
     token: String,
     /// devmesh's: the service's front port, where the tunnel ends.
     front: Option<SocketAddr>,
-    _processes: Vec<Guard>,
+    processes: Vec<Guard>,
 }
 
 impl Tunnel {
+    /// The processes that carry it.
+    fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|guard| guard.0.id()).collect()
+    }
+
     /// A tunnel with no token at 127.0.0.1:`port`, once it serves.
     fn open(port: u16, processes: Vec<Guard>) -> Tunnel {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -142,7 +154,7 @@ impl Tunnel {
             addr,
             token: String::new(),
             front: None,
-            _processes: processes,
+            processes,
         }
     }
 }
@@ -234,7 +246,7 @@ fn devmesh_tunnel(work: &Path, nginx_port: u16) -> Tunnel {
         addr,
         token,
         front,
-        _processes: vec![relay, supervisor],
+        processes: vec![relay, supervisor],
     }
 }
 

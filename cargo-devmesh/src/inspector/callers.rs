@@ -12,13 +12,9 @@ use crate::platform::sockets;
 
 /// What a caller that is no known service is called.
 pub const EXTERNAL: &str = "external";
-/// What a connection the tunnel carried in is called.
+/// What a connection the tunnel carried in is called: the tunnel hands it
+/// to the front port in the supervisor's process, saying so.
 pub const TUNNEL: &str = "tunnel";
-/// The address the tunnel connects to front ports from, so that its
-/// connections are told apart at no cost (all of 127/8 is loopback on
-/// Linux; elsewhere the tunnel falls back to 127.0.0.1, and its callers
-/// show as external).
-pub const TUNNEL_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 /// Service processes by pid, kept by the supervisor.
 #[derive(Debug, Default)]
@@ -49,9 +45,6 @@ impl Callers {
         };
         if !peer.ip().is_loopback() {
             return EXTERNAL.to_owned();
-        }
-        if *peer.ip() == TUNNEL_SOURCE {
-            return TUNNEL.to_owned();
         }
         let Some(socket) = sockets::socket_id(peer, local) else {
             return EXTERNAL.to_owned();

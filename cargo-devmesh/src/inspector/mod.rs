@@ -15,7 +15,7 @@ mod store;
 mod tee;
 pub mod trace;
 
-pub use callers::{Callers, EXTERNAL, TUNNEL, TUNNEL_SOURCE};
+pub use callers::{Callers, EXTERNAL, TUNNEL};
 pub use exchange::{Body, Exchange, Headers, Kind, Summary};
 pub use map::CallMap;
 pub use mask::Masker;

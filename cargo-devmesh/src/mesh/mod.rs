@@ -351,8 +351,12 @@ impl Mesh {
         let say = crate::accept::in_log(&logs);
         let (proxy, proxy_workers) = proxy::start(proxy_threads, Arc::clone(&say), shutdown.clone())
             .context("could not start the proxy's threads")?;
+        // The tunnel hands the calls it carries in to the front ports' doors.
+        let mut doors = BTreeMap::new();
         for (front, stop) in fronts_to_serve {
-            proxy.serve(front, stop).context("could not serve a front port")?;
+            let service = front.service.clone();
+            let door = proxy.serve(front, stop).context("could not serve a front port")?;
+            doors.insert(service, door);
         }
         // Built already: the services start now, while the rest comes up.
         if let Some(built) = prebuilt.clone() {
@@ -491,7 +495,7 @@ impl Mesh {
                 let routed = routes.iter().any(|(service, _)| service == name);
                 let config = workspace.config.services.get(name).filter(|s| s.expose || routed)?;
                 let expose = crate::tunnel::client::Expose {
-                    front: fronts[name],
+                    door: doors.get(name)?.clone(),
                     public: config.public,
                 };
                 Some((name.clone(), expose))

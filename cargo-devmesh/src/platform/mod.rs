@@ -73,11 +73,6 @@ pub fn reset_on_close(socket: &impl AsRawFd) {
     }
 }
 
-/// Closes `stream` with a reset.
-pub fn reset(stream: tokio::net::TcpStream) {
-    reset_on_close(&stream);
-}
-
 /// Whether process `pid` exists.
 pub fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.

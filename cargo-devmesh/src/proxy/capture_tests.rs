@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use devmesh::config::InspectorConfig;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -15,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, Front, Route};
+use super::testing::{CONNECTIONS, THREADS};
+use super::{Backend, Route};
 use crate::inspector::{Filter, Inspector, Kind};
 
 /// A backend: `/echo` echoes the body, `/big` sends 1 MiB in chunks,
@@ -110,13 +110,6 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     }
 }
 
-/// Proxy threads in these tests: more than one, so that connections are
-/// dealt between threads and captured into several shards.
-const THREADS: usize = 2;
-
-/// Connections a test's front port serves at once.
-const CONNECTIONS: usize = 300;
-
 /// A front port for `backend`, capturing with `max_body`.
 async fn front(backend: SocketAddr, max_body: usize) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
     front_of(backend, max_body, Duration::from_secs(60)).await
@@ -172,30 +165,8 @@ async fn front_routed(
     faults: super::FaultState,
     routed: Arc<super::RoutedCopies>,
 ) -> (SocketAddr, Arc<Inspector>, CancellationToken) {
-    let mut config = InspectorConfig::default();
-    config.max_body = max_body;
-    let inspector = Arc::new(Inspector::new(config, THREADS).unwrap());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let front = Front {
-        service: "svc".into(),
-        listener,
-        route,
-        protocol: devmesh::config::Protocol::Http,
-        timeouts: super::Timeouts {
-            head: Duration::from_millis(300),
-            ..super::Timeouts::new(ready, response)
-        },
-        max_connections: CONNECTIONS,
-        inspector: Arc::clone(&inspector),
-        faults,
-        routed,
-        developer_route: None,
-    };
-    let (proxy, _) = super::start(THREADS, crate::accept::on_stderr("devmesh"), shutdown.clone()).unwrap();
-    proxy.serve(front, shutdown.clone()).unwrap();
-    (addr, inspector, shutdown)
+    let front = super::testing::serve(route, max_body, (ready, response), faults, routed);
+    (front.addr, front.inspector, front.shutdown)
 }
 
 /// Waits until `count` exchanges are complete.

@@ -39,7 +39,7 @@ impl std::fmt::Display for Dropped {
 impl std::error::Error for Dropped {}
 
 /// Serves one client connection that opened with the HTTP/2 preface.
-pub async fn serve(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
+pub async fn serve<C: super::ClientIo>(stream: C, context: Arc<Context>, connection: Arc<ClientConnection>) {
     let service =
         hyper::service::service_fn(move |request| forward(request, Arc::clone(&context), Arc::clone(&connection)));
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

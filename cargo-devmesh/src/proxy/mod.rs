@@ -14,6 +14,7 @@
 mod capture;
 #[cfg(test)]
 mod capture_tests;
+pub mod client;
 pub mod fault;
 mod h2;
 mod http1;
@@ -21,8 +22,11 @@ mod message;
 mod route;
 pub mod routed;
 pub mod switch;
+#[cfg(test)]
+pub mod testing;
 pub mod tls;
 
+pub use client::{ClientIo, Peek};
 pub use fault::{FaultSetter, FaultState, Faults};
 pub use route::{Backend, Lease, Route};
 pub use routed::{RoutedCopies, RoutedCopy};
@@ -45,6 +49,7 @@ use devmesh::registry::Status;
 
 use crate::accept::Backoff;
 use crate::inspector::{self, Inspector, Kind};
+use client::ClientConnection;
 
 /// How long an HTTP connection may wait for its next request. Longer than
 /// the idle timeout of common client pools (hyper's and reqwest's 90 s), so
@@ -147,31 +152,6 @@ struct Target {
     lease: Lease,
 }
 
-/// One client connection: who is on the other end, found once.
-struct ClientConnection {
-    peer: SocketAddr,
-    local: SocketAddr,
-    caller: tokio::sync::OnceCell<Arc<str>>,
-}
-
-impl ClientConnection {
-    /// The service that opened this connection. Finding it asks the kernel
-    /// and reads the services' open files in `/proc`: it is done on the
-    /// blocking pool, so only this connection's first request waits for it.
-    async fn caller(&self, inspector: &Arc<Inspector>) -> Arc<str> {
-        let caller = self
-            .caller
-            .get_or_init(|| async {
-                let (inspector, peer, local) = (Arc::clone(inspector), self.peer, self.local);
-                tokio::task::spawn_blocking(move || inspector.callers.identify(peer, local))
-                    .await
-                    .map_or_else(|_| inspector::EXTERNAL.into(), Arc::from)
-            })
-            .await;
-        Arc::clone(caller)
-    }
-}
-
 /// Connections to instances: small request/response exchanges on
 /// loopback, where Nagle's algorithm only adds delay.
 fn connector() -> HttpConnector {
@@ -221,20 +201,64 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// Serves `front` until `stop` (or the threads' shutdown): the first
     /// thread accepts and deals its connections out in turn. Once stopped,
-    /// the port is closed; connections open on it finish.
-    pub fn serve(&self, front: Front, stop: CancellationToken) -> std::io::Result<()> {
+    /// the port is closed; connections open on it finish. The door it
+    /// returns takes connections from within this process.
+    pub fn serve(&self, front: Front, stop: CancellationToken) -> std::io::Result<Door> {
         let limit = Arc::new(tokio::sync::Semaphore::new(front.max_connections));
-        let contexts = (0..self.runtimes.len())
+        let contexts: Arc<[Arc<Context>]> = (0..self.runtimes.len())
             .map(|thread| Context::new(&front, thread))
             .collect();
         let backoff = Backoff::new(format!("the front port of `{}`", front.service), Arc::clone(&self.say));
         front.listener.set_nonblocking(true)?;
+        let local = front.listener.local_addr()?;
         // A socket is registered with the runtime that polls it.
         let _entered = self.runtimes[0].enter();
         let listener = TcpListener::from_std(front.listener)?;
-        let runtimes = Arc::clone(&self.runtimes);
-        self.runtimes[0].spawn(accept(listener, contexts, runtimes, limit, backoff, stop));
-        Ok(())
+        let door = Door {
+            contexts,
+            runtimes: Arc::clone(&self.runtimes),
+            limit,
+            local,
+            turn: Arc::default(),
+        };
+        self.runtimes[0].spawn(accept(listener, door.clone(), backoff, stop));
+        Ok(door)
+    }
+}
+
+/// A front port's way in from this process: the tunnel hands it each call
+/// the relay carries in, served like one accepted on the port.
+#[derive(Clone)]
+pub struct Door {
+    contexts: Arc<[Arc<Context>]>,
+    runtimes: Arc<[tokio::runtime::Handle]>,
+    /// Connections served at once ([`MAX_CONNECTIONS`]).
+    limit: Arc<tokio::sync::Semaphore>,
+    /// The front port's address.
+    local: SocketAddr,
+    /// The proxy thread to serve the next handed connection.
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door").field("front", &self.local).finish()
+    }
+}
+
+impl Door {
+    /// Serves `client`, a connection from `caller`, on the next proxy thread.
+    pub fn hand<C: ClientIo>(&self, client: C, caller: &str) {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.runtimes.len();
+        let connection = Arc::new(ClientConnection::handed(caller, self.local));
+        let context = Arc::clone(&self.contexts[turn]);
+        let limit = Arc::clone(&self.limit);
+        self.runtimes[turn].spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return;
+            };
+            serve_connection(client, context, connection).await;
+        });
     }
 }
 
@@ -295,21 +319,11 @@ impl Context {
 
 /// Accepts on a front port and deals the connections out to the proxy
 /// threads in turn, each served with that thread's context of the port.
-async fn accept(
-    listener: TcpListener,
-    contexts: Vec<Arc<Context>>,
-    runtimes: Arc<[tokio::runtime::Handle]>,
-    limit: Arc<tokio::sync::Semaphore>,
-    mut backoff: Backoff,
-    stop: CancellationToken,
-) {
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    for turn in (0..runtimes.len()).cycle() {
+async fn accept(listener: TcpListener, door: Door, mut backoff: Backoff, stop: CancellationToken) {
+    for turn in (0..door.runtimes.len()).cycle() {
         let permit = tokio::select! {
             () = stop.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
+            permit = Arc::clone(&door.limit).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -319,12 +333,8 @@ async fn accept(
             accepted = crate::accept::next(&listener, &mut backoff) => accepted,
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new(ClientConnection {
-            peer,
-            local,
-            caller: tokio::sync::OnceCell::new(),
-        });
-        let context = Arc::clone(&contexts[turn]);
+        let connection = Arc::new(ClientConnection::accepted(peer, door.local));
+        let context = Arc::clone(&door.contexts[turn]);
         if turn == 0 {
             tokio::spawn(async move {
                 serve_connection(stream, context, connection).await;
@@ -334,7 +344,7 @@ async fn accept(
         }
         // A socket is registered with the runtime that polls it.
         let Ok(stream) = stream.into_std() else { continue };
-        runtimes[turn].spawn(async move {
+        door.runtimes[turn].spawn(async move {
             if let Ok(stream) = TcpStream::from_std(stream) {
                 serve_connection(stream, context, connection).await;
             }
@@ -343,15 +353,15 @@ async fn accept(
     }
 }
 
-async fn serve_connection(stream: TcpStream, context: Arc<Context>, connection: Arc<ClientConnection>) {
+async fn serve_connection<C: ClientIo>(mut stream: C, context: Arc<Context>, connection: Arc<ClientConnection>) {
     if context.faults.unreachable() {
-        return crate::platform::reset(stream);
+        return stream.reset_on_close();
     }
     if context.protocol == Protocol::Tcp {
         return pipe(stream, &context, &connection).await;
     }
     let mut head = [0u8; 4];
-    let sniffed = match tokio::time::timeout(context.timeouts.idle, stream.peek(&mut head)).await {
+    let sniffed = match tokio::time::timeout(context.timeouts.idle, client::peek(&mut stream, &mut head)).await {
         Ok(Ok(0) | Err(_)) | Err(_) => return,
         Ok(Ok(n)) => &head[..n],
     };
@@ -595,7 +605,7 @@ where
 const CUT: &str = "cut: its instance was stopped while it was open (after run.drain_timeout, or by restart --now)";
 
 /// Pipes a non-HTTP connection to the ready instance, counting bytes.
-async fn pipe(mut stream: TcpStream, context: &Context, connection: &ClientConnection) {
+async fn pipe<C: ClientIo>(mut stream: C, context: &Context, connection: &ClientConnection) {
     let (latency, act) = context.faults.next();
     if let Some(latency) = latency {
         tokio::time::sleep(latency).await;
@@ -603,7 +613,10 @@ async fn pipe(mut stream: TcpStream, context: &Context, connection: &ClientConne
     match act {
         fault::Act::Forward | fault::Act::Answer(_) => {}
         fault::Act::Drop => return,
-        fault::Act::Reset => return crate::platform::reset(stream),
+        fault::Act::Reset => {
+            stream.reset_on_close();
+            return;
+        }
     }
     let Ok(Target { addr, lease, .. }) = context.ready_backend().await else {
         return;

@@ -2,9 +2,9 @@
 //! relay, which exposes the services marked `expose = true`. Each gets a
 //! public URL, the same from run to run (the relay keeps it), written to
 //! the registry as its `callback_url` so that `devmesh::callback_url()`
-//! answers it. A connection the relay carries in is made to the service's
-//! front port, so the inspector shows it like any other. A lost link is
-//! made again, with a backoff.
+//! answers it. A connection the relay carries in is handed to the service's
+//! front port in this process, so the inspector shows it like any other,
+//! with no socket between. A lost link is made again, with a backoff.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,15 +40,13 @@ pub struct TunnelState {
     /// Services in the sandbox reached through the relay (`[tunnel] reach`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reached: Vec<String>,
-    /// How the inspector names the calls it carries in, when not `tunnel`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callers: Option<String>,
 }
 
-/// A service to expose: its front port, and whether anyone may call it.
+/// A service to expose: its front port's door, and whether anyone may
+/// call it.
 #[derive(Debug, Clone)]
 pub struct Expose {
-    pub front: SocketAddr,
+    pub door: crate::proxy::Door,
     pub public: bool,
 }
 
@@ -96,14 +94,7 @@ pub async fn run(
         state,
         live,
     } = told;
-    let callers = tunnel_source_problem();
-    if let Some(problem) = &callers {
-        logs.note(format!("tunnel: {problem}"));
-    }
-    state.send_modify(|s| {
-        s.relay = config.relay.clone();
-        s.callers = callers;
-    });
+    state.send_modify(|s| s.relay = config.relay.clone());
     // The URLs the relay gave last run are the ones it keeps: services
     // have them at once, before the link is up (a webhook registered at
     // start, the relay down for a moment).
@@ -290,7 +281,7 @@ pub(crate) async fn connect(
     }
 }
 
-/// Carries each connection the relay opens to the service's front port,
+/// Hands each connection the relay opens to the service's front port,
 /// until the link ends.
 pub(crate) async fn serve(
     link: &Link,
@@ -302,48 +293,11 @@ pub(crate) async fn serve(
             () = link.closed() => return,
             opened = opened.recv() => match opened { Some(opened) => opened, None => return },
         };
-        let Some(front) = services.get(&service).map(|e| e.front) else {
-            continue;
-        };
-        let link = link.clone();
-        tokio::spawn(async move {
-            if let Ok(socket) = connect_front(front).await {
-                let _ = socket.set_nodelay(true);
-                link.pipe(stream, socket, Vec::new()).await;
-            }
-        });
-    }
-}
-
-/// Why the calls the tunnel carries in cannot be told apart as `tunnel`:
-/// [`TUNNEL_SOURCE`] is no address of this machine. All of 127/8 is
-/// loopback on Linux; macOS has 127.0.0.1 alone until told otherwise.
-fn tunnel_source_problem() -> Option<String> {
-    let source = SocketAddr::from((crate::inspector::TUNNEL_SOURCE, 0));
-    std::net::TcpListener::bind(source).err().map(|e| {
-        format!(
-            "the calls it carries in show as `external` in the inspector: {} is not this machine's ({e}) \
-             (hint: `sudo ifconfig lo0 alias {} up`)",
-            crate::inspector::TUNNEL_SOURCE,
-            crate::inspector::TUNNEL_SOURCE
-        )
-    })
-}
-
-/// A connection to a front port from [`TUNNEL_SOURCE`], so that the
-/// inspector names its caller `tunnel`; from anywhere where that address
-/// cannot be had (see [`tunnel_source_problem`]).
-async fn connect_front(front: SocketAddr) -> std::io::Result<TcpStream> {
-    let from = tokio::net::TcpSocket::new_v4().and_then(|socket| {
-        socket.bind(SocketAddr::from((crate::inspector::TUNNEL_SOURCE, 0)))?;
-        Ok(socket)
-    });
-    match from {
-        Ok(socket) => match socket.connect(front).await {
-            Ok(stream) => Ok(stream),
-            Err(_) => TcpStream::connect(front).await,
-        },
-        Err(_) => TcpStream::connect(front).await,
+        match services.get(&service) {
+            Some(expose) => expose.door.hand(link.carry(stream), crate::inspector::TUNNEL),
+            // Not one this supervisor exposes (the relay checks): closed.
+            None => drop(link.carry(stream)),
+        }
     }
 }
 

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender};
 
 use super::wire::{Frame, Kind, MAX_PAYLOAD};
 
@@ -47,6 +48,9 @@ pub struct Link {
 #[derive(Debug)]
 struct Shared {
     out: mpsc::Sender<Frame>,
+    /// Credit given back, sent before what waits in `out`: never held up
+    /// behind data (and a reader gives it back without waiting).
+    credit_back: mpsc::UnboundedSender<Frame>,
     streams: std::sync::Mutex<HashMap<u32, Ends>>,
     next: AtomicU32,
     alive: CancellationToken,
@@ -83,15 +87,17 @@ impl Link {
     ) -> Link {
         let (reader, writer) = tokio::io::split(socket);
         let (out, frames) = mpsc::channel(256);
+        let (credit_back, credits) = mpsc::unbounded_channel();
         let link = Link {
             shared: Arc::new(Shared {
                 out,
+                credit_back,
                 streams: std::sync::Mutex::default(),
                 next: AtomicU32::new(side as u32),
                 alive: CancellationToken::new(),
             }),
         };
-        tokio::spawn(write(writer, frames, link.shared.alive.clone()));
+        tokio::spawn(write(writer, credits, frames, link.shared.alive.clone()));
         tokio::spawn(link.clone().read(reader, read, opened));
         let pinger = link.clone();
         tokio::spawn(async move {
@@ -168,8 +174,7 @@ impl Link {
                 }
                 owed += bytes.len() as u32;
                 if owed >= WINDOW / 4 {
-                    self.send(Frame::new(Kind::Window, id, owed.to_be_bytes().to_vec()))
-                        .await;
+                    self.give_credit(id, owed);
                     owed = 0;
                 }
             }
@@ -190,6 +195,37 @@ impl Link {
         }
         self.send(Frame::new(Kind::Close, stream.id, Vec::new())).await;
         self.lock().remove(&stream.id);
+    }
+
+    /// Serves `stream` in this process, as a connection of its own.
+    pub fn carry(&self, stream: Stream) -> Carried {
+        let Stream { id, data, credit } = stream;
+        Carried {
+            reading: Reading {
+                id,
+                data,
+                unread: Vec::new(),
+                at: 0,
+                owed: 0,
+                link: self.clone(),
+            },
+            writing: Writing {
+                id,
+                credit: PollSemaphore::new(Arc::clone(&credit)),
+                semaphore: credit,
+                out: PollSender::new(self.shared.out.clone()),
+                shut: false,
+                link: self.clone(),
+            },
+        }
+    }
+
+    /// Tells the peer that `bytes` of stream `id` were written on.
+    fn give_credit(&self, id: u32, bytes: u32) {
+        let _ = self
+            .shared
+            .credit_back
+            .send(Frame::new(Kind::Window, id, bytes.to_be_bytes().to_vec()));
     }
 
     fn register(&self, id: u32) -> Stream {
@@ -261,8 +297,11 @@ impl Link {
             }
         }
         self.close();
-        // Every stream's reader sees its end.
-        self.lock().clear();
+        // Every stream's reader sees its end, and its writer waits for no
+        // more credit.
+        for ends in self.lock().drain().map(|(_, ends)| ends) {
+            ends.credit.close();
+        }
     }
 
     /// Handles one frame; false when it breaks the protocol.
@@ -299,16 +338,27 @@ impl Link {
     }
 }
 
-/// Writes frames as they come, several to a write when several wait.
-async fn write<S: Socket>(mut writer: WriteHalf<S>, mut frames: mpsc::Receiver<Frame>, alive: CancellationToken) {
+/// Writes frames as they come, several to a write when several wait;
+/// credit given back first.
+async fn write<S: Socket>(
+    mut writer: WriteHalf<S>,
+    mut credits: mpsc::UnboundedReceiver<Frame>,
+    mut frames: mpsc::Receiver<Frame>,
+    alive: CancellationToken,
+) {
     let mut bytes = Vec::with_capacity(64 * 1024);
     loop {
         let frame = tokio::select! {
+            biased;
             () = alive.cancelled() => break,
+            Some(frame) = credits.recv() => frame,
             frame = frames.recv() => match frame { Some(frame) => frame, None => break },
         };
         bytes.clear();
         frame.encode(&mut bytes);
+        while let Ok(frame) = credits.try_recv() {
+            frame.encode(&mut bytes);
+        }
         while bytes.len() < 256 * 1024
             && let Ok(frame) = frames.try_recv()
         {
@@ -321,25 +371,250 @@ async fn write<S: Socket>(mut writer: WriteHalf<S>, mut frames: mpsc::Receiver<F
     alive.cancel();
 }
 
+/// A stream the supervisor serves itself: read and written like a socket.
+/// Dropped, it is closed.
+#[derive(Debug)]
+pub struct Carried {
+    reading: Reading,
+    writing: Writing,
+}
+
+/// What comes in on a carried stream.
+#[derive(Debug)]
+pub struct Reading {
+    id: u32,
+    data: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// The piece being read, from `at`.
+    unread: Vec<u8>,
+    at: usize,
+    /// Bytes read and not yet given back as credit.
+    owed: u32,
+    link: Link,
+}
+
+/// What goes out on a carried stream.
+#[derive(Debug)]
+pub struct Writing {
+    id: u32,
+    credit: PollSemaphore,
+    semaphore: Arc<Semaphore>,
+    out: PollSender<Frame>,
+    /// Whether its `CLOSE` went.
+    shut: bool,
+    link: Link,
+}
+
+impl Reading {
+    /// Waits for a piece to read; false once the peer closed.
+    fn poll_piece(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        while self.at == self.unread.len() {
+            match ready!(self.data.poll_recv(cx)) {
+                Some(piece) => (self.unread, self.at) = (piece, 0),
+                None => return Poll::Ready(false),
+            }
+        }
+        Poll::Ready(true)
+    }
+}
+
+impl AsyncRead for Reading {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !ready!(self.poll_piece(cx)) {
+            return Poll::Ready(Ok(()));
+        }
+        let n = buf.remaining().min(self.unread.len() - self.at);
+        buf.put_slice(&self.unread[self.at..self.at + n]);
+        self.at += n;
+        // Credit goes back a quarter window at a time, as in `Link::pipe`.
+        self.owed += n as u32;
+        if self.owed >= WINDOW / 4 {
+            self.link.give_credit(self.id, self.owed);
+            self.owed = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl crate::proxy::Peek for Reading {
+    fn poll_peek(&mut self, cx: &mut std::task::Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<usize>> {
+        if !ready!(self.poll_piece(cx)) {
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.remaining().min(self.unread.len() - self.at);
+        buf.put_slice(&self.unread[self.at..self.at + n]);
+        Poll::Ready(Ok(n))
+    }
+}
+
+fn link_gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the link to the relay is gone")
+}
+
+impl AsyncWrite for Writing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // A place in the link's queue first, held while credit comes.
+        ready!(self.out.poll_reserve(cx)).map_err(|_| link_gone())?;
+        let want = buf.len().min(MAX_PAYLOAD);
+        let available = self.semaphore.available_permits();
+        let n = if available > 0 {
+            want.min(available)
+        } else {
+            match ready!(self.credit.poll_acquire(cx)) {
+                Some(permit) => permit.forget(),
+                None => return Poll::Ready(Err(link_gone())),
+            }
+            1 + (want - 1).min(self.semaphore.available_permits())
+        };
+        let taken = n - usize::from(available == 0);
+        if taken > 0 {
+            match self.semaphore.try_acquire_many(taken as u32) {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Poll::Ready(Err(link_gone())),
+            }
+        }
+        let frame = Frame::new(Kind::Data, self.id, buf[..n].to_vec());
+        self.out.send_item(frame).map_err(|_| link_gone())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.shut {
+            ready!(self.out.poll_reserve(cx)).map_err(|_| link_gone())?;
+            let frame = Frame::new(Kind::Close, self.id, Vec::new());
+            self.out.send_item(frame).map_err(|_| link_gone())?;
+            self.shut = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.link.lock().remove(&self.id);
+        if self.shut || !self.link.is_alive() {
+            return;
+        }
+        // After what it wrote, which is queued already.
+        let close = Frame::new(Kind::Close, self.id, Vec::new());
+        if let Err(mpsc::error::TrySendError::Full(close)) = self.link.shared.out.try_send(close) {
+            let link = self.link.clone();
+            tokio::spawn(async move { link.send(close).await });
+        }
+    }
+}
+
+impl AsyncRead for Carried {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.reading).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Carried {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.writing).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.writing).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.writing).poll_shutdown(cx)
+    }
+}
+
+impl crate::proxy::Peek for Carried {
+    fn poll_peek(&mut self, cx: &mut std::task::Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<usize>> {
+        self.reading.poll_peek(cx, buf)
+    }
+}
+
+impl crate::proxy::ClientIo for Carried {
+    type Reader<'a> = &'a mut Reading;
+    type Writer<'a> = &'a mut Writing;
+
+    fn split(&mut self) -> (&mut Reading, &mut Writing) {
+        (&mut self.reading, &mut self.writing)
+    }
+
+    /// A stream has no reset: it is closed when dropped.
+    fn reset_on_close(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// Two links over loopback: a stream opened by one is piped by the
-    /// other to an echo server; a megabyte passes whole, in order, under
-    /// flow control.
-    #[tokio::test]
-    async fn a_stream_carries_bytes_both_ways_under_flow_control() {
+    /// A relay's link and a supervisor's over loopback, and the streams
+    /// the relay opens, as the supervisor hears of them.
+    async fn linked() -> (Link, Link, mpsc::UnboundedReceiver<(Stream, String)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
         let (server_side, _) = listener.accept().await.unwrap();
-        let client_side = client.await.unwrap();
-        let (opened_tx, mut opened) = mpsc::unbounded_channel();
+        let (opened_tx, opened) = mpsc::unbounded_channel();
         let relay = Link::run(server_side, Vec::new(), mpsc::unbounded_channel().0, Side::Relay);
-        let supervisor = Link::run(client_side, Vec::new(), opened_tx, Side::Supervisor);
+        let supervisor = Link::run(client.await.unwrap(), Vec::new(), opened_tx, Side::Supervisor);
+        (relay, supervisor, opened)
+    }
 
+    /// Sends `sent` to `caller` and closes its side, reading what comes
+    /// back at once; fails if it does not come back whole, in order.
+    async fn echoes(caller: impl AsyncRead + AsyncWrite, sent: &[u8]) {
+        let (mut r, mut w) = tokio::io::split(caller);
+        let echoed = async {
+            tokio::join!(
+                async {
+                    w.write_all(sent).await.unwrap();
+                    w.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            )
+        };
+        let ((), received) = tokio::time::timeout(Duration::from_secs(20), echoed)
+            .await
+            .expect("echoed in time (credit given back)");
+        assert!(
+            received == sent,
+            "{} bytes of {} came back in order",
+            received.len(),
+            sent.len()
+        );
+    }
+
+    /// A stream opened by one link is piped by the other to an echo
+    /// server; a megabyte passes whole, in order, under flow control.
+    #[tokio::test]
+    async fn a_stream_carries_bytes_both_ways_under_flow_control() {
+        let (relay, supervisor, mut opened) = linked().await;
         // An echo server, where the supervisor sends what it is opened for.
         let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo_addr = echo.local_addr().unwrap();
@@ -363,23 +638,37 @@ mod tests {
             let stream = relay.open("echo").await;
             relay.pipe(stream, socket, Vec::new()).await;
         });
-        let mut caller = TcpStream::connect(public_addr).await.unwrap();
+        let caller = TcpStream::connect(public_addr).await.unwrap();
         let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (mut r, mut w) = caller.split();
-        let (written, received) = tokio::join!(
-            async {
-                w.write_all(&sent).await.unwrap();
-                w.shutdown().await.unwrap();
-            },
-            async {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).await.unwrap();
-                got
-            }
-        );
-        let () = written;
-        assert_eq!(received.len(), sent.len());
-        assert!(received == sent, "the bytes came back in order");
+        echoes(caller, &sent).await;
+        piping.await.unwrap();
+    }
+
+    /// A carried stream is read and written like a socket, under the same
+    /// flow control: four windows' worth echoed whole, in order, and its
+    /// end seen by both sides.
+    #[tokio::test]
+    async fn a_carried_stream_reads_and_writes_like_a_socket() {
+        use crate::proxy::ClientIo;
+        let (relay, supervisor, mut opened) = linked().await;
+        let echoing = tokio::spawn(async move {
+            let (stream, _) = opened.recv().await.unwrap();
+            let mut carried = supervisor.carry(stream);
+            let mut first = [0u8; 3];
+            assert_eq!(crate::proxy::client::peek(&mut carried, &mut first).await.unwrap(), 3);
+            let (mut reading, mut writing) = carried.split();
+            let echoed = tokio::io::copy(&mut reading, &mut writing).await.unwrap();
+            writing.shutdown().await.unwrap();
+            assert_eq!(&first, &[0, 1, 2], "peeked bytes are read again");
+            echoed
+        });
+
+        let (public, caller) = tokio::io::duplex(64 * 1024);
+        let stream = relay.open("echo").await;
+        let piping = tokio::spawn(async move { relay.pipe(stream, public, Vec::new()).await });
+        let sent: Vec<u8> = (0..4 * WINDOW).map(|i| (i % 251) as u8).collect();
+        echoes(caller, &sent).await;
+        assert_eq!(echoing.await.unwrap(), u64::from(4 * WINDOW));
         piping.await.unwrap();
     }
 }

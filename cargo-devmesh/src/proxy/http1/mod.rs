@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::client::{ClientIo, Peek};
 use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::capture::{self, Arrival, Capture};
 use super::fault::Act;
@@ -33,7 +33,7 @@ use relay::{Broken, Buffer, ReadError, Relay, read_head};
 use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
-pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &ClientConnection) {
+pub async fn serve<C: ClientIo>(mut client: C, context: &Arc<Context>, connection: &ClientConnection) {
     let mut link = Link {
         inbound: Buffer::new(),
         upstream: None,
@@ -46,8 +46,8 @@ pub async fn serve(mut client: TcpStream, context: &Arc<Context>, connection: &C
     }
 }
 
-async fn serve_requests(
-    client: &mut TcpStream,
+async fn serve_requests<C: ClientIo>(
+    client: &mut C,
     link: &mut Link,
     context: &Arc<Context>,
     connection: &ClientConnection,
@@ -77,8 +77,8 @@ async fn serve_requests(
 
 /// Waits for the client's next request: as long as a kept connection may
 /// idle for its first byte, then the head timeout for the rest of the head.
-async fn next_request(
-    client: &mut TcpStream,
+async fn next_request<C: ClientIo>(
+    client: &mut C,
     inbound: &mut Buffer,
     timeouts: &Timeouts,
 ) -> Result<Option<RequestHead>, ReadError> {
@@ -118,8 +118,8 @@ enum Next {
 const SENT_BACK: &str = "sent back to the sandbox's own copy: this supervisor is stopping";
 
 /// Forwards one request and its response.
-async fn exchange(
-    client: &mut TcpStream,
+async fn exchange<C: ClientIo>(
+    client: &mut C,
     link: &mut Link,
     request: RequestHead,
     context: &Arc<Context>,
@@ -223,7 +223,7 @@ async fn exchange(
                 );
             }
             if act == Act::Reset {
-                crate::platform::reset_on_close(client);
+                client.reset_on_close();
             }
             return Next::Close;
         }
@@ -500,8 +500,8 @@ impl Routed {
 /// it has a `content-length` that fits there. `Some(empty)` for a request
 /// with none; `None` for one too long to hold, chunked, waiting for a
 /// `100 Continue`, or not coming.
-async fn hold_body(
-    client: &mut TcpStream,
+async fn hold_body<C: ClientIo>(
+    client: &mut C,
     inbound: &mut Buffer,
     request: &RequestHead,
     timeout: Duration,
@@ -548,7 +548,7 @@ fn not_connected(head: &[u8]) -> Option<String> {
 /// not read to its end (nginx's `lingering_close` does the same), and a
 /// service would log a `ConnectionResetError` for the rest of an answer
 /// that a client left before.
-async fn linger(client: &mut TcpStream) {
+async fn linger<C: ClientIo>(client: &mut C) {
     const LINGER: Duration = Duration::from_secs(2);
     const MAX_DRAINED: usize = 4 * 1024 * 1024;
     let _ = client.shutdown().await;
@@ -711,8 +711,8 @@ struct Capturing<'a> {
 /// the response, at once: an instance may answer before it reads the body.
 /// Meanwhile the client is watched: one that leaves frees the instance's
 /// connection instead of holding it until the answer comes.
-async fn forward(
-    client: &mut TcpStream,
+async fn forward<C: ClientIo>(
+    client: &mut C,
     link: &mut Link,
     upstream: &mut Upstream,
     request: &RequestHead,
@@ -916,8 +916,8 @@ enum Interrupted {
 /// Returns once the client has closed the connection (or broken it). A
 /// client that sends more meanwhile (a pipelined request) is not gone:
 /// this then waits for ever, and the bytes stay for the next read.
-async fn client_left(client: &mut tokio::net::tcp::ReadHalf<'_>) {
-    match client.peek(&mut [0u8; 1]).await {
+async fn client_left(client: &mut impl Peek) {
+    match super::client::peek(client, &mut [0u8; 1]).await {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
     }
@@ -925,8 +925,8 @@ async fn client_left(client: &mut tokio::net::tcp::ReadHalf<'_>) {
 
 /// Once a `101 Switching Protocols` has passed, the connection is the
 /// client's and the instance's: bytes go both ways until either closes.
-async fn pipe_upgraded(
-    client: &mut TcpStream,
+async fn pipe_upgraded<C: ClientIo>(
+    client: &mut C,
     inbound: &mut Buffer,
     upstream: &mut Upstream,
 ) -> io::Result<(u64, u64)> {
@@ -940,13 +940,13 @@ async fn pipe_upgraded(
 }
 
 /// Answers the client from the proxy itself, and records that answer.
-async fn answer(client: &mut TcpStream, status: StatusCode, message: &str, capture: Option<Capture>) {
+async fn answer<C: ClientIo>(client: &mut C, status: StatusCode, message: &str, capture: Option<Capture>) {
     send_answer(client, &super::local_response(status, message), capture).await;
 }
 
 /// Sends `response`, an answer of the proxy's own with a text body, and
 /// records it.
-async fn send_answer(client: &mut TcpStream, response: &[u8], capture: Option<Capture>) {
+async fn send_answer<C: ClientIo>(client: &mut C, response: &[u8], capture: Option<Capture>) {
     let _ = client.write_all(response).await;
     let Some(capture) = capture else {
         return;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::*;
+use crate::proxy::testing::front;
 use crate::tunnel::client::{self, Expose};
 use crate::tunnel::wire::Exposed;
 
@@ -172,10 +173,14 @@ async fn mirror() -> std::net::SocketAddr {
                     return;
                 };
                 if head.path == "/hold" {
+                    // A stream of events (server-sent events, say), which
+                    // ends when writing to its caller fails.
                     let _ = socket
                         .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
                         .await;
-                    let _ = socket.read_to_end(&mut Vec::new()).await;
+                    while socket.write_all(b"6\r\nevent\n\r\n").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     return;
                 }
                 let seen = String::from_utf8_lossy(&head.forwarded()).into_owned();
@@ -203,13 +208,13 @@ async fn held(public: std::net::SocketAddr) -> TcpStream {
     socket
 }
 
-/// A supervisor exposing `services` (name, public) at `service`, through
-/// the tunnel client's own code; the public URLs.
+/// A supervisor exposing `services` (name, public) through the front port
+/// `front`, with the tunnel client's own code; the public URLs.
 async fn supervisor(
     relay: &TestRelay,
     tls: Option<&tokio_rustls::TlsConnector>,
     services: &[(&str, bool)],
-    service: std::net::SocketAddr,
+    front: &crate::proxy::Door,
 ) -> Vec<(String, String)> {
     let hello = Hello {
         version: VERSION,
@@ -227,7 +232,10 @@ async fn supervisor(
         client::connect(&relay.listen.to_string(), tls, &hello).await.unwrap();
     let exposed: BTreeMap<String, Expose> = services
         .iter()
-        .map(|&(name, public)| (name.to_owned(), Expose { front: service, public }))
+        .map(|&(name, public)| {
+            let door = front.clone();
+            (name.to_owned(), Expose { door, public })
+        })
         .collect();
     tokio::spawn(async move { client::serve(&link, opened, &exposed).await });
     urls
@@ -260,7 +268,7 @@ async fn tunnels_by_host_over_tls_are_private_until_a_token_or_a_login() {
     ))
     .await;
     let tls = crate::proxy::tls::connector(Some(&certs.ca), "the test CA").unwrap();
-    let urls = supervisor(&relay, Some(&tls), &[("beta", false)], mirror().await).await;
+    let urls = supervisor(&relay, Some(&tls), &[("beta", false)], &front(mirror().await).door).await;
     let domain = relay.domain.unwrap();
     assert_eq!(
         urls,
@@ -379,7 +387,7 @@ async fn tunnels_by_host_over_tls_are_private_until_a_token_or_a_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_and_floods_are_refused_and_the_relay_serves_on() {
     let relay = relay("[limits]\nconnections = 2\nhandshake = \"300ms\"\n").await;
-    let urls = supervisor(&relay, None, &[("hook", true)], mirror().await).await;
+    let urls = supervisor(&relay, None, &[("hook", true)], &front(mirror().await).door).await;
     let port: u16 = urls[0].1.rsplit(':').next().unwrap().parse().unwrap();
     let public = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -453,7 +461,7 @@ async fn bad_clients_and_floods_are_refused_and_the_relay_serves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let service = mirror().await;
+    let service = front(mirror().await);
     // A range of its own (one port the kernel had free): the other tests
     // of the process take theirs from 31000 on.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
@@ -463,7 +471,7 @@ async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
         .port();
     let range = format!("{free}-{free}");
     let ports = relay_in(Arc::clone(&dir), &range, "").await;
-    let before = supervisor(&ports, None, &[("beta", false)], service).await;
+    let before = supervisor(&ports, None, &[("beta", false)], &service.door).await;
     drop(ports);
     let domain = relay_in(
         Arc::clone(&dir),
@@ -471,7 +479,7 @@ async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
         "[domain]\nname = \"t.test\"\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
-    let hosted = supervisor(&domain, None, &[("beta", false)], service).await;
+    let hosted = supervisor(&domain, None, &[("beta", false)], &service.door).await;
     assert!(hosted[0].1.starts_with("http://beta--alice.t.test:"), "{hosted:?}");
     drop(domain);
     // The first relay's port, free again once it has stopped.
@@ -482,7 +490,7 @@ async fn a_relay_moved_to_a_domain_and_back_keeps_each_tunnels_port() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let again = relay_in(Arc::clone(&dir), &range, "").await;
-    let after = supervisor(&again, None, &[("beta", false)], service).await;
+    let after = supervisor(&again, None, &[("beta", false)], &service.door).await;
     assert_eq!(after, before, "the same port as before the domain");
 }
 
@@ -505,10 +513,11 @@ async fn a_caller_with_a_fallback_is_told_at_once_that_a_supervisor_is_gone() {
     let client::Connected { link, opened, urls } =
         client::connect(&relay.listen.to_string(), None, &hello).await.unwrap();
     let link = Arc::new(link);
+    let hook = front(mirror().await);
     let exposed = BTreeMap::from([(
         "hook".to_owned(),
         Expose {
-            front: mirror().await,
+            door: hook.door.clone(),
             public: false,
         },
     )]);
@@ -526,6 +535,29 @@ async fn a_caller_with_a_fallback_is_told_at_once_that_a_supervisor_is_gone() {
         answered.starts_with("HTTP/1.1 200") && answered.ends_with("order 7"),
         "{answered}"
     );
+    // Handed to the front port in this process, which captured it as the
+    // tunnel's, body and all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let captured = loop {
+        let captured = hook.inspector.store.list(&crate::inspector::Filter::default());
+        if captured.iter().any(|e| e.complete) || Instant::now() > deadline {
+            break captured;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let [carried] = captured.as_slice() else {
+        panic!("one call captured: {captured:?}")
+    };
+    assert_eq!(
+        (
+            &*carried.caller,
+            carried.method.as_str(),
+            carried.path.as_str(),
+            carried.status
+        ),
+        (crate::inspector::TUNNEL, "POST", "/orders", Some(200))
+    );
+    assert_eq!(carried.request_body.text.as_deref(), Some("order 7"));
 
     link.close();
     let deadline = Instant::now() + Duration::from_secs(10);
