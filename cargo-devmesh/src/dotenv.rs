@@ -29,7 +29,7 @@ pub fn read(path: &Path, optional: bool) -> Result<BTreeMap<String, String>, Pla
 }
 
 /// The variables of `text`, or the line number and what is wrong with it.
-fn parse(text: &str) -> Result<BTreeMap<String, String>, (usize, &'static str)> {
+pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, String>, (usize, &'static str)> {
     let mut vars = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;

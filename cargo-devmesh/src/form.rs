@@ -33,17 +33,15 @@ fn decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+            // Two hex digits, and nothing else (`u8::from_str_radix` would
+            // take `%+1` for a byte: found by fuzzing).
+            b'%' if bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                let digit = |b: u8| (b as char).to_digit(16).expect("a hex digit") as u8;
+                out.push(digit(bytes[i + 1]) * 16 + digit(bytes[i + 2]));
+                i += 2;
             }
             byte => out.push(byte),
         }
@@ -73,6 +71,13 @@ mod tests {
         assert_eq!(form["next"], "/orders?id=1");
         assert_eq!(form.get("other"), None);
         assert_eq!(parse(Some("token=%zz%4"))["token"], "%zz%4");
+        assert_eq!(
+            parse(Some("a=%+1&b=%-f&c=%41"))["a"],
+            "% 1",
+            "`+` is a space, not a sign"
+        );
+        assert_eq!(parse(Some("a=%+1&b=%-f&c=%41"))["b"], "%-f");
+        assert_eq!(parse(Some("a=%+1&b=%-f&c=%41"))["c"], "A");
         assert_eq!(decode(&encode("/a b?c=d&e")), "/a b?c=d&e");
     }
 }

@@ -51,6 +51,8 @@ mod dns;
 mod dotenv;
 pub mod errors;
 mod form;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspector;
 pub mod logs;
 pub mod mesh;

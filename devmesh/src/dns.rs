@@ -31,6 +31,10 @@ pub struct Question {
     pub kind: u16,
     /// Whether the asker wants recursion (echoed in the answer).
     pub recursion_desired: bool,
+    /// The name as it was asked, in wire form: an answer echoes it byte
+    /// for byte (a resolver that randomizes a name's case checks the echo,
+    /// and a label need not be UTF-8).
+    asked: Vec<u8>,
 }
 
 /// A record's data.
@@ -68,11 +72,15 @@ pub struct Response {
 impl Question {
     /// The query for `name` of type `kind`, with recursion desired.
     pub fn new(id: u16, name: &str, kind: u16) -> Question {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut asked = Vec::with_capacity(name.len() + 2);
+        write_name(&mut asked, &name);
         Question {
             id,
-            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            name,
             kind,
             recursion_desired: true,
+            asked,
         }
     }
 
@@ -88,7 +96,7 @@ impl Question {
         if u16::from_be_bytes([message[4], message[5]]) != 1 {
             return Err(Malformed("not exactly one question"));
         }
-        let name = reader.name()?;
+        let (name, asked) = reader.name_as_sent()?;
         let kind = reader.u16()?;
         let _class = reader.u16()?;
         Ok(Question {
@@ -96,6 +104,7 @@ impl Question {
             name,
             kind,
             recursion_desired: message[2] & 0x01 != 0,
+            asked,
         })
     }
 
@@ -105,7 +114,7 @@ impl Question {
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&[u8::from(self.recursion_desired), 0]);
         out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-        write_name(&mut out, &self.name);
+        out.extend_from_slice(&self.asked);
         out.extend_from_slice(&self.kind.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out
@@ -122,7 +131,7 @@ impl Question {
         for count in [1, answers.len(), 0, additional.len()] {
             out.extend_from_slice(&(count as u16).to_be_bytes());
         }
-        write_name(&mut out, &self.name);
+        out.extend_from_slice(&self.asked);
         out.extend_from_slice(&self.kind.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         for record in answers.iter().chain(additional) {
@@ -225,10 +234,17 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// A name at the reader, following compression pointers (a bounded
-    /// number of them: a loop of pointers is malformed, not endless).
+    /// A name at the reader, lower-cased.
     fn name(&mut self) -> Result<String, Malformed> {
+        self.name_as_sent().map(|(name, _)| name)
+    }
+
+    /// A name at the reader, lower-cased and in wire form as it was sent
+    /// (uncompressed), following compression pointers (a bounded number of
+    /// them: a loop of pointers is malformed, not endless).
+    fn name_as_sent(&mut self) -> Result<(String, Vec<u8>), Malformed> {
         let mut labels: Vec<String> = Vec::new();
+        let mut wire = Vec::new();
         let mut at = self.at;
         let mut jumped = false;
         for _ in 0..128 {
@@ -238,7 +254,8 @@ impl Reader<'_> {
                     if !jumped {
                         self.at = at + 1;
                     }
-                    return Ok(labels.join("."));
+                    wire.push(0);
+                    return Ok((labels.join("."), wire));
                 }
                 l if l & 0xc0 == 0xc0 => {
                     let low = *self.message.get(at + 1).ok_or(Malformed("a pointer cut short"))?;
@@ -253,6 +270,12 @@ impl Reader<'_> {
                         .message
                         .get(at + 1..at + 1 + usize::from(l))
                         .ok_or(Malformed("a label cut short"))?;
+                    // RFC 1035 §3.1: 255 bytes at most, its final 0 included.
+                    if wire.len() + 1 + label.len() + 1 > 255 {
+                        return Err(Malformed("a name longer than 255 bytes"));
+                    }
+                    wire.push(l);
+                    wire.extend_from_slice(label);
                     labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
                     at += 1 + usize::from(l);
                 }

@@ -58,6 +58,8 @@ pub mod config;
 pub mod dns;
 mod endpoint;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 pub mod name;
 pub mod registry;

@@ -17,7 +17,7 @@ const MAX_HEADERS: usize = 100;
 pub enum HeadError {
     #[error("the message head is not valid HTTP/1: {0}")]
     Malformed(httparse::Error),
-    #[error("the message has more than {MAX_HEADERS} headers")]
+    #[error("the message has more than {MAX_HEADERS} headers (a request, {} besides devmesh's own)", MAX_HEADERS - Owned::ALL.len())]
     TooManyHeaders,
     #[error("the message's length cannot be told: {0}")]
     Length(&'static str),
@@ -119,23 +119,115 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The protocol asked for with `Upgrade` (and `Connection: upgrade`).
     pub upgrade: Option<String>,
-    /// The `traceparent` it came with, and the line that says so.
-    pub traceparent: Option<(TraceParent, Range<usize>)>,
-    /// The [`REPLAY_HEADER`] line, which the service never sees, and where
-    /// its value is (checked by the inspector: a client may send one).
-    pub replay: Option<(Range<usize>, Range<usize>)>,
-    /// The `Host` line: a remote instance is asked with its own.
-    pub host: Option<Range<usize>>,
-    /// The `baggage` line and where its value is (a developer's route
-    /// travels in it: `devmesh::route`).
-    pub baggage: Option<(Range<usize>, Range<usize>)>,
-    /// The lines meant for the relay (`x-devmesh-access`,
-    /// `x-devmesh-fallback`), which a service never sees: a kept connection
-    /// through the relay brings them past it after its first request.
-    pub relay_lines: [Option<Range<usize>>; 2],
+    /// The `traceparent` it came with, when it is a valid one.
+    pub traceparent: Option<TraceParent>,
+    /// Where the [`REPLAY_HEADER`]'s value is (checked by the inspector: a
+    /// client may send one).
+    pub replay: Option<Range<usize>>,
+    /// Where the `baggage` value is (a developer's route travels in it:
+    /// `devmesh::route`).
+    pub baggage: Option<Range<usize>>,
+    /// The lines the front port owns, each of them wherever it is.
+    pub owned: OwnedLines,
     /// Why its body's framing cannot be trusted: such a request is answered
     /// 400 by the front port (and captured so), never forwarded.
     pub ambiguous: Option<&'static str>,
+}
+
+/// Header lines a front port owns: it takes them out, or puts its own in
+/// their place, so the service sees none of the client's. A client may send
+/// any of them twice, or one that is not valid: every line of the name goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    /// [`REPLAY_HEADER`]: the inspector's, never a service's.
+    Replay,
+    /// Replaced by the front port's own span when traffic is captured.
+    TraceParent,
+    /// A remote instance is asked with its own.
+    Host,
+    /// Replaced when the request leaves on a developer's route.
+    Baggage,
+    /// The lines meant for the relay (`x-devmesh-access`,
+    /// `x-devmesh-fallback`), which a service never sees: a kept connection
+    /// through the relay brings them past it after its first request.
+    Access,
+    Fallback,
+}
+
+impl Owned {
+    const ALL: [Owned; 6] = [
+        Owned::Replay,
+        Owned::TraceParent,
+        Owned::Host,
+        Owned::Baggage,
+        Owned::Access,
+        Owned::Fallback,
+    ];
+
+    fn name(self) -> &'static str {
+        use crate::tunnel::relay::callers::{ACCESS_HEADER, FALLBACK_HEADER};
+        match self {
+            Owned::Replay => REPLAY_HEADER,
+            Owned::TraceParent => "traceparent",
+            Owned::Host => "host",
+            Owned::Baggage => devmesh::route::HEADER,
+            Owned::Access => ACCESS_HEADER,
+            Owned::Fallback => FALLBACK_HEADER,
+        }
+    }
+
+    fn of(name: &str) -> Option<Owned> {
+        Owned::ALL
+            .into_iter()
+            .find(|owned| name.eq_ignore_ascii_case(owned.name()))
+    }
+}
+
+/// Where the [`Owned`] lines of a head are: the first of each name, and
+/// any more (rare, so kept apart: a head with none allocates nothing).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedLines {
+    first: [Option<Range<usize>>; 6],
+    more: Vec<(Owned, Range<usize>)>,
+}
+
+impl OwnedLines {
+    fn add(&mut self, which: Owned, line: Range<usize>) {
+        match &mut self.first[which as usize] {
+            slot @ None => *slot = Some(line),
+            Some(_) => self.more.push((which, line)),
+        }
+    }
+
+    /// Whether the head has a line of this name.
+    pub fn has(&self, which: Owned) -> bool {
+        self.first[which as usize].is_some()
+    }
+
+    /// Every line of the names `taken` says, in the order of the head.
+    pub fn lines(&self, taken: impl Fn(Owned) -> bool) -> impl Iterator<Item = Range<usize>> {
+        let mut lines: Vec<Range<usize>> = Vec::new();
+        let firsts = Owned::ALL.into_iter().zip(&self.first);
+        let firsts = firsts.filter_map(|(which, line)| line.clone().filter(|_| taken(which)));
+        let more = self
+            .more
+            .iter()
+            .filter(|(which, _)| taken(*which))
+            .map(|(_, line)| line.clone());
+        // Six at most without `more`: sorted in place, with no allocation
+        // (a `Vec` of none allocates nothing).
+        let mut few: [Option<Range<usize>>; 6] = Default::default();
+        if self.more.is_empty() {
+            for (slot, line) in few.iter_mut().zip(firsts) {
+                *slot = Some(line);
+            }
+            few.sort_by_key(|line| line.as_ref().map_or(usize::MAX, |l| l.start));
+        } else {
+            lines.extend(firsts.chain(more));
+            lines.sort_by_key(|line| line.start);
+        }
+        few.into_iter().flatten().chain(lines)
+    }
 }
 
 /// What the proxy needs of a response head.
@@ -152,6 +244,9 @@ pub struct ResponseHead {
     /// it is framed (chunked), so they are taken off (RFC 9112 §6.3), lest
     /// a client that frames by the length read the rest as a second answer.
     pub stale_length: Vec<Range<usize>>,
+    /// Whether a line may be added and the head still be one a front port
+    /// (this one's parser, at a caller) takes: fewer than `MAX_HEADERS`.
+    pub has_room: bool,
 }
 
 impl RequestHead {
@@ -181,35 +276,30 @@ impl RequestHead {
             .then(|| value(request.headers, "upgrade"))
             .flatten()
             .map(str::to_owned);
-        let traceparent = request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
-            .and_then(|h| {
-                let parent = TraceParent::parse(std::str::from_utf8(h.value).ok()?)?;
-                Some((parent, line_of(buf, h.name.as_bytes(), h.value)))
-            });
-        let replay = request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(REPLAY_HEADER))
-            .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
-        let host = request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("host"))
-            .map(|h| line_of(buf, h.name.as_bytes(), h.value));
-        let baggage = request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(devmesh::route::HEADER))
-            .map(|h| (line_of(buf, h.name.as_bytes(), h.value), span(buf, h.value)));
-        let line = |name: &str| {
-            let h = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
-            Some(line_of(buf, h.name.as_bytes(), h.value))
-        };
-        use crate::tunnel::relay::callers::{ACCESS_HEADER, FALLBACK_HEADER};
-        let relay_lines = [line(ACCESS_HEADER), line(FALLBACK_HEADER)];
+        let mut owned = OwnedLines::default();
+        let (mut traceparent, mut replay, mut baggage) = (None, None, None);
+        let mut others = 0;
+        for h in request.headers.iter() {
+            let Some(which) = Owned::of(h.name) else {
+                others += 1;
+                continue;
+            };
+            let first = !owned.has(which);
+            owned.add(which, line_of(buf, h.name.as_bytes(), h.value));
+            match which {
+                Owned::TraceParent if first => {
+                    traceparent = std::str::from_utf8(h.value).ok().and_then(TraceParent::parse);
+                }
+                Owned::Replay if first => replay = Some(span(buf, h.value)),
+                Owned::Baggage if first => baggage = Some(span(buf, h.value)),
+                _ => {}
+            }
+        }
+        // Room for the lines a front port puts in: the head it sends is one
+        // the next front port (a sandbox's, behind the relay) takes.
+        if others > MAX_HEADERS - Owned::ALL.len() {
+            return Err(HeadError::TooManyHeaders);
+        }
         Ok(Some(RequestHead {
             len,
             fields_at: fields_start(buf),
@@ -227,21 +317,20 @@ impl RequestHead {
             upgrade,
             traceparent,
             replay,
-            host,
             baggage,
-            relay_lines,
+            owned,
         }))
     }
 
     /// Whether its sender has a copy of its own to go to (it came from a
     /// sandbox's front port, routed here).
     pub fn has_fallback(&self) -> bool {
-        self.relay_lines[1].is_some()
+        self.owned.has(Owned::Fallback)
     }
 
     /// The route it carries in its `baggage`, in `head` (as it came).
     pub fn route<'h>(&self, head: &'h [u8]) -> Option<&'h str> {
-        let (_, value) = self.baggage.as_ref()?;
+        let value = self.baggage.as_ref()?;
         devmesh::route::of_baggage(std::str::from_utf8(&head[value.clone()]).ok()?)
     }
 
@@ -294,6 +383,7 @@ impl ResponseHead {
             status,
             keep_alive: connection.keep_alive && body != Framing::UntilClose,
             body,
+            has_room: response.headers.len() - stale_length.len() < MAX_HEADERS,
             stale_length,
         }))
     }
@@ -410,7 +500,7 @@ fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
 
 /// The range of the whole header line whose name and value are these
 /// slices of `buf`.
-fn line_of(buf: &[u8], name: &[u8], value: &[u8]) -> Range<usize> {
+pub(crate) fn line_of(buf: &[u8], name: &[u8], value: &[u8]) -> Range<usize> {
     let start = span(buf, name).start;
     let value_end = span(buf, value).end;
     let end = buf[value_end..]
@@ -611,11 +701,34 @@ mod tests {
     fn the_replay_line_and_traceparent_are_found() {
         let text = "GET / HTTP/1.1\r\nx-devmesh-replay: 42\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         let head = request(text);
-        let (line, value) = head.replay.unwrap();
-        assert_eq!((&text[line], &text[value]), ("x-devmesh-replay: 42\r\n", "42"));
-        let (parent, line) = head.traceparent.unwrap();
-        assert_eq!(parent.span_id.0, 0x00f0_67aa_0ba9_02b7);
-        assert!(text[line].starts_with("traceparent: 00-4bf9"));
+        assert_eq!(&text[head.replay.clone().unwrap()], "42");
+        let lines: Vec<&str> = head.owned.lines(|_| true).map(|line| &text[line]).collect();
+        assert_eq!(lines[0], "x-devmesh-replay: 42\r\n");
+        assert!(lines[1].starts_with("traceparent: 00-4bf9"));
+        assert_eq!(head.traceparent.unwrap().span_id.0, 0x00f0_67aa_0ba9_02b7);
+    }
+
+    #[test]
+    fn every_line_devmesh_owns_goes_however_often_and_however_written() {
+        // Found by fuzzing: a second `Host`, or a `traceparent` that is no
+        // valid one, went on beside the front port's own.
+        let text = "GET / HTTP/1.1\r\nHost: a\r\ntraceparent: junk\r\nHOST: b\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\naccept: */*\r\n\r\n";
+        let head = request(text);
+        assert!(head.traceparent.is_none(), "the first is the one read");
+        let hosts: Vec<&str> = head.owned.lines(|o| o == Owned::Host).map(|line| &text[line]).collect();
+        assert_eq!(hosts, ["Host: a\r\n", "HOST: b\r\n"]);
+        assert_eq!(head.owned.lines(|_| true).count(), 4);
+    }
+
+    #[test]
+    fn a_request_leaves_room_for_the_lines_a_front_port_adds() {
+        let lines = |n: usize| (0..n).map(|i| format!("x-{i}: v\r\n")).collect::<String>();
+        let room = MAX_HEADERS - Owned::ALL.len();
+        assert!(RequestHead::parse(format!("GET / HTTP/1.1\r\n{}\r\n", lines(room)).as_bytes()).is_ok());
+        assert_eq!(
+            RequestHead::parse(format!("GET / HTTP/1.1\r\n{}\r\n", lines(room + 1)).as_bytes()).unwrap_err(),
+            HeadError::TooManyHeaders
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ struct Ends {
     data: Option<mpsc::UnboundedSender<Vec<u8>>>,
     /// Credit to send.
     credit: Arc<Semaphore>,
+    /// Bytes that came and were not given back as credit yet: a peer
+    /// that sends past its window breaks the protocol (what it sent would
+    /// otherwise be held without bound).
+    unacknowledged: u32,
 }
 
 /// A stream's end, to pipe a connection over.
@@ -222,6 +226,9 @@ impl Link {
 
     /// Tells the peer that `bytes` of stream `id` were written on.
     fn give_credit(&self, id: u32, bytes: u32) {
+        if let Some(ends) = self.lock().get_mut(&id) {
+            ends.unacknowledged = ends.unacknowledged.saturating_sub(bytes);
+        }
         let _ = self
             .shared
             .credit_back
@@ -236,6 +243,7 @@ impl Link {
             Ends {
                 data: Some(data),
                 credit: Arc::clone(&credit),
+                unacknowledged: 0,
             },
         );
         Stream {
@@ -304,17 +312,39 @@ impl Link {
         }
     }
 
-    /// Handles one frame; false when it breaks the protocol.
+    /// Handles one frame; false when it breaks the protocol (said in the
+    /// log).
     async fn dispatch(&self, frame: Frame, opened: &mpsc::UnboundedSender<(Stream, String)>) -> bool {
+        let stream = frame.stream;
+        let broken = |why: &str| {
+            tracing::warn!("tunnel: the peer {why} (stream {stream}); the link is closed");
+            false
+        };
         match frame.kind {
             Kind::Data => {
-                if let Some(Ends { data: Some(data), .. }) = self.lock().get(&frame.stream) {
-                    let _ = data.send(frame.payload);
+                let mut streams = self.lock();
+                // A stream closed here may still get what was on its way.
+                let Some(ends) = streams.get_mut(&frame.stream) else {
+                    return true;
+                };
+                let Some(data) = &ends.data else { return true };
+                let sent = ends.unacknowledged.saturating_add(frame.payload.len() as u32);
+                if sent > WINDOW {
+                    return broken("sent more than its window");
                 }
+                ends.unacknowledged = sent;
+                let _ = data.send(frame.payload);
             }
             Kind::Window => {
-                let Ok(credit) = frame.credit() else { return false };
+                let Ok(credit) = frame.credit() else {
+                    return broken("sent a WINDOW frame that is not 4 bytes");
+                };
                 if let Some(ends) = self.lock().get(&frame.stream) {
+                    // Credit comes back for bytes sent, never more: the
+                    // window it gives never grows past WINDOW.
+                    if ends.credit.available_permits() as u64 + u64::from(credit) > u64::from(WINDOW) {
+                        return broken("gave back more credit than was sent");
+                    }
                     ends.credit.add_permits(credit as usize);
                 }
             }
@@ -324,6 +354,11 @@ impl Link {
                 }
             }
             Kind::Open => {
+                // The peer's ids are the other parity (`Side`), each new.
+                let ours = self.shared.next.load(Ordering::Relaxed) % 2 == frame.stream % 2;
+                if ours || frame.stream == 0 || self.lock().contains_key(&frame.stream) {
+                    return broken("opened a stream whose id is not its to open, or is open already");
+                }
                 let stream = self.register(frame.stream);
                 let service = String::from_utf8_lossy(&frame.payload).into_owned();
                 if opened.send((stream, service)).is_err() {
@@ -332,7 +367,7 @@ impl Link {
             }
             Kind::Ping => self.send(Frame::new(Kind::Pong, 0, Vec::new())).await,
             Kind::Pong => {}
-            Kind::Hello | Kind::Welcome | Kind::Refused => return false,
+            Kind::Hello | Kind::Welcome | Kind::Refused => return broken("sent a handshake frame mid-link"),
         }
         true
     }

@@ -565,6 +565,12 @@ impl Config {
         Config::extract(Figment::from(Toml::file(path)).merge(env), path)
     }
 
+    /// The config written in `text`, as if it were the file at `path`
+    /// (which names it in errors), without env overrides.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, Error> {
+        Config::extract(Figment::from(Toml::string(text)), path)
+    }
+
     /// Extracts and checks the config from `figment`, whose file is `path`.
     fn extract(figment: Figment, path: &Path) -> Result<Config, Error> {
         let config: Config = figment.extract().map_err(|e| Error::Config {

@@ -285,8 +285,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Parses registry bytes, checking the version before the shape so that a
 /// newer format is reported as such rather than as corrupt.
-pub(crate) fn parse(bytes: &[u8]) -> Result<RegistryFile, RegistryProblem> {
+pub fn parse(bytes: &[u8]) -> Result<RegistryFile, RegistryProblem> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(RegistryProblem::Corrupt)?;
+    // serde would take a struct from an array too (`[2]` for version 2),
+    // past the version check below: found by fuzzing.
+    if !value.is_object() {
+        let expected = <serde_json::Error as serde::de::Error>::custom("the registry is not a JSON object");
+        return Err(RegistryProblem::Corrupt(expected));
+    }
     let version = value.get("version").and_then(|v| v.as_u64());
     if let Some(found) = version.filter(|&v| v != u64::from(FORMAT_VERSION)) {
         return Err(RegistryProblem::UnsupportedVersion {

@@ -63,7 +63,7 @@ struct Answer {
 
 /// Why a question got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum Failed {
+pub(crate) enum Failed {
     #[error("it does not answer ({0})")]
     Silent(String),
     #[error("it answered garbage ({0})")]
@@ -212,47 +212,19 @@ impl Shared {
         if response.code != dns::NOERROR {
             return Err(Failed::Code(response.code));
         }
-        // The best record: lowest priority, then highest weight.
-        let best = response
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                Data::Srv {
-                    priority,
-                    weight,
-                    port,
-                    target,
-                } => Some((*priority, std::cmp::Reverse(*weight), *port, target.clone(), r.ttl)),
-                _ => None,
-            })
-            .min();
-        let Some((_, _, port, target, ttl)) = best else {
+        let Some(best) = Best::of(&response) else {
             return Ok((None, NEGATIVE_TTL));
         };
-        // The target's address: given beside the answer, else asked.
-        let address = |records: &[dns::Record]| {
-            records.iter().find_map(|r| match &r.data {
-                Data::A(ip) if r.name == target => Some(IpAddr::V4(*ip)),
-                Data::Aaaa(ip) if r.name == target => Some(IpAddr::V6(*ip)),
-                _ => None,
-            })
-        };
-        let ip = match address(&response.additional) {
+        let ip = match best.ip {
             Some(ip) => Some(ip),
-            None => address(&self.query(&target, dns::A)?.answers),
+            None if is_host_name(&best.target) => address_of(&best.target, &self.query(&best.target, dns::A)?.answers),
+            None => None,
         };
-        let host = match ip {
-            Some(IpAddr::V4(ip)) => ip.to_string(),
-            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
-            // A name only the system's resolver knows.
-            None => target.clone(),
-        };
-        let url = format!("{}://{host}:{port}", self.scheme);
         let source = Source::Remote {
             backend: self.description.clone(),
         };
-        let endpoint = Endpoint::from_url(name, &url, source).map_err(|e| Failed::Garbage(e.reason.to_owned()))?;
-        Ok((Some(endpoint), Duration::from_secs(u64::from(ttl)).max(MIN_TTL)))
+        let endpoint = best.endpoint(name, &self.scheme, ip, source)?;
+        Ok((Some(endpoint), Duration::from_secs(u64::from(best.ttl)).max(MIN_TTL)))
     }
 
     /// One question to the server, over UDP.
@@ -280,6 +252,83 @@ impl Shared {
             }
         }
     }
+}
+
+/// What an SRV answer says of a service: its best record (lowest
+/// priority, then highest weight), and its target's address when the
+/// answer carries it beside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Best {
+    pub port: u16,
+    pub target: String,
+    pub ttl: u32,
+    pub ip: Option<IpAddr>,
+}
+
+impl Best {
+    pub fn of(response: &Response) -> Option<Best> {
+        let (_, _, port, target, ttl) = response
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                Data::Srv {
+                    priority,
+                    weight,
+                    port,
+                    target,
+                } => Some((*priority, std::cmp::Reverse(*weight), *port, target, r.ttl)),
+                _ => None,
+            })
+            .min()?;
+        Some(Best {
+            port,
+            ip: address_of(target, &response.additional),
+            target: target.clone(),
+            ttl,
+        })
+    }
+
+    /// The endpoint at the target (or `ip`, its address), over `scheme`.
+    /// A target that is no host name is garbage: its bytes would otherwise
+    /// be read as a URL's, and could name another port or host.
+    pub fn endpoint(&self, name: &str, scheme: &str, ip: Option<IpAddr>, source: Source) -> Result<Endpoint, Failed> {
+        let host = match ip {
+            Some(IpAddr::V4(ip)) => ip.to_string(),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            // A name only the system's resolver knows.
+            None if is_host_name(&self.target) => self.target.clone(),
+            None => {
+                return Err(Failed::Garbage(format!(
+                    "the SRV target `{}` is no host name",
+                    self.target
+                )));
+            }
+        };
+        let url = format!("{scheme}://{host}:{}", self.port);
+        Endpoint::from_url(name, &url, source).map_err(|e| Failed::Garbage(e.reason.to_owned()))
+    }
+}
+
+/// The address of `target` among `records`.
+fn address_of(target: &str, records: &[dns::Record]) -> Option<IpAddr> {
+    records.iter().find_map(|r| match &r.data {
+        Data::A(ip) if r.name == target => Some(IpAddr::V4(*ip)),
+        Data::Aaaa(ip) if r.name == target => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
+}
+
+/// Labels of letters, digits, `-` and `_` (SRV's own names have it),
+/// joined by dots.
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The refresher: asks again for each name whose answer is due, until the

@@ -4,7 +4,7 @@
 //! one that asks the network (DNS SRV, etcd) keeps its answers fresh in the
 //! background.
 
-mod dns_srv;
+pub(crate) mod dns_srv;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod static_map;

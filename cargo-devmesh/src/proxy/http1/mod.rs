@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::capture::{self, Arrival, Capture};
 use super::fault::Act;
-use super::message::{Framing, HeadError, RequestHead, ResponseHead};
+use super::message::{Framing, HeadError, Owned, RequestHead, ResponseHead};
 use super::routed::RoutedCopy;
 use super::{CUT, ClientConnection, Context, Lease, Timeouts, awaited};
 use crate::inspector::trace::Trace;
@@ -33,7 +33,7 @@ use relay::{Broken, Buffer, ReadError, Relay, read_head};
 use upstream::Upstream;
 
 /// Serves one client connection whose first bytes looked like HTTP/1.
-pub async fn serve<C: ClientIo>(mut client: C, context: &Arc<Context>, connection: &ClientConnection) {
+pub(super) async fn serve<C: ClientIo>(mut client: C, context: &Arc<Context>, connection: &ClientConnection) {
     let mut link = Link {
         inbound: Buffer::new(),
         upstream: None,
@@ -127,8 +127,8 @@ async fn exchange<C: ClientIo>(
 ) -> Next {
     let arrived = Instant::now();
     let head = &link.inbound.filled()[..request.len];
-    let given = request.traceparent.as_ref().map(|(parent, _)| *parent);
-    let replay = request.replay.as_ref().map(|(_, value)| &head[value.clone()]);
+    let given = request.traceparent;
+    let replay = request.replay.as_ref().map(|value| &head[value.clone()]);
     let own_route = request.route(head);
     let mut arrival = Arrival::new(context, connection, arrived, (given, replay, own_route)).await;
     if request.has_fallback() && context.routed.leaving() {
@@ -166,7 +166,7 @@ async fn exchange<C: ClientIo>(
     arrival.waited(arrived.elapsed());
     let host = ready.as_ref().ok().and_then(|target| target.host.clone());
     let head = &link.inbound.filled()[..request.len];
-    let client_baggage = request.baggage.as_ref().map(|(_, v)| &head[v.clone()]);
+    let client_baggage = request.baggage.as_ref().map(|v| &head[v.clone()]);
     let baggage = context.leaving_baggage(host.is_some(), client_baggage, inferred.as_deref());
     let own_baggage = routed
         .as_ref()
@@ -567,24 +567,24 @@ async fn linger<C: ClientIo>(client: &mut C) {
 
 /// What the head the service sees has in place of the client's.
 #[derive(Debug, Default, Clone, Copy)]
-struct Rewrites<'a> {
+pub(crate) struct Rewrites<'a> {
     /// The `Host` of a remote instance.
-    host: Option<&'a str>,
+    pub host: Option<&'a str>,
     /// The `baggage` it leaves with (see `Context::leaving_baggage`).
-    baggage: Option<&'a str>,
+    pub baggage: Option<&'a str>,
     /// A team token for a developer's tunnel (`x-devmesh-access`), which
     /// the relay takes off.
-    access: Option<&'a str>,
+    pub access: Option<&'a str>,
     /// Asks the relay to answer at once when the developer's supervisor is
     /// not connected (`x-devmesh-fallback`): the request then goes to the
     /// sandbox's own copy.
-    fallback: bool,
+    pub fallback: bool,
 }
 
 /// Writes the head the service sees into `out`: as it came, less the
 /// replay line, with the `traceparent` of its span at the front port when
 /// traffic is captured (see [`Trace`]), and `rewrites`.
-fn write_request_head(
+pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     head: &[u8],
     request: &RequestHead,
@@ -597,19 +597,19 @@ fn write_request_head(
     }: Rewrites<'_>,
 ) {
     out.clear();
-    let replay = request.replay.as_ref().map(|(line, _)| line.clone());
-    let parent = trace.and(request.traceparent.as_ref()).map(|(_, line)| line.clone());
-    let client_host = host.and(request.host.clone());
-    let client_baggage = baggage.and(request.baggage.as_ref()).map(|(line, _)| line.clone());
     // Lines for the relay: a service here never sees them, and a routed
     // request carries this port's own. (A caller of a remote copy behind a
     // private tunnel may send its own token.)
     let for_relay = host.is_none() || access.is_some();
-    let [access_line, fallback_line] = request.relay_lines.clone().map(|line| line.filter(|_| for_relay));
-    let mut skipped = [replay, parent, client_host, client_baggage, access_line, fallback_line];
-    skipped.sort_by_key(|line| line.as_ref().map(|l| l.start));
+    let taken = |line: Owned| match line {
+        Owned::Replay => true,
+        Owned::TraceParent => trace.is_some(),
+        Owned::Host => host.is_some(),
+        Owned::Baggage => baggage.is_some(),
+        Owned::Access | Owned::Fallback => for_relay,
+    };
     let mut at = 0;
-    for line in skipped.into_iter().flatten() {
+    for line in request.owned.lines(taken) {
         out.extend_from_slice(&head[at..line.start]);
         at = line.end;
     }
@@ -875,17 +875,8 @@ where
     };
     let head = awaited(heads, lease, timeout).await.unwrap_or(Err(Failure::TimedOut))?;
     let filled = relay.buffer.filled();
-    scratch.clear();
-    let mut at = 0;
-    for stale in &head.stale_length {
-        scratch.extend_from_slice(&filled[at..stale.start]);
-        at = stale.end;
-    }
-    scratch.extend_from_slice(&filled[at..head.blank_at]);
-    if let Some(id) = capture.as_ref().and_then(|(c, _)| c.replay_id()) {
-        scratch.extend_from_slice(format!("{EXCHANGE_HEADER}: {id}\r\n").as_bytes());
-    }
-    scratch.extend_from_slice(&filled[head.blank_at..head.len]);
+    let replay_id = capture.as_ref().and_then(|(c, _)| c.replay_id());
+    write_response_head(scratch, filled, &head, replay_id);
     if let Some((capture, forwarded)) = &mut capture {
         let lines = Headers::from_lines(&scratch[head.fields_at..scratch.len() - (head.len - head.blank_at)]);
         capture.respond(head.status, lines, Some(forwarded.elapsed()));
@@ -903,6 +894,25 @@ where
         e => Failure::Broken(format!("the response body: {e}")),
     })?;
     Ok(head)
+}
+
+/// Writes the head the client sees into `out`: the service's, less the
+/// `Content-Length` lines beside a chunked body, with the exchange's id
+/// for the inspector's replay when it has one.
+pub(crate) fn write_response_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &ResponseHead, replay_id: Option<u64>) {
+    out.clear();
+    let mut at = 0;
+    for stale in &head.stale_length {
+        out.extend_from_slice(&head_bytes[at..stale.start]);
+        at = stale.end;
+    }
+    out.extend_from_slice(&head_bytes[at..head.blank_at]);
+    // A head full of lines goes on without the id: replay is the
+    // inspector's, the answer the client's.
+    if let Some(id) = replay_id.filter(|_| head.has_room) {
+        out.extend_from_slice(format!("{EXCHANGE_HEADER}: {id}\r\n").as_bytes());
+    }
+    out.extend_from_slice(&head_bytes[head.blank_at..head.len]);
 }
 
 /// Why sending a request stopped before its answer came.

@@ -66,9 +66,11 @@ impl Head {
     pub async fn read(socket: &mut (impl AsyncRead + Unpin)) -> Result<Head, NoHead> {
         let mut bytes = Vec::new();
         let mut buf = [0u8; 4096];
-        let end = loop {
-            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
+        // A blank line, ended by CRLF or a bare LF, as the parser reads it.
+        let whole = |bytes: &[u8]| bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n");
+        loop {
+            if whole(&bytes) {
+                break;
             }
             if bytes.len() > MAX_HEAD {
                 return Err(NoHead::Answer(super::answer(
@@ -80,12 +82,14 @@ impl Head {
                 Ok(0) | Err(_) => return Err(NoHead::Gone),
                 Ok(n) => bytes.extend_from_slice(&buf[..n]),
             }
-        };
-        Head::parse(bytes, end)
+        }
+        Head::parse(bytes)
     }
 
-    fn parse(mut bytes: Vec<u8>, end: usize) -> Result<Head, NoHead> {
-        let rest = bytes.split_off(end);
+    /// The head at the start of `bytes`, where the parser says it ends (a
+    /// bare LF ends a line too, so it may end before the CRLF CRLF it was
+    /// read up to): what follows goes on after it, never as part of it.
+    pub(crate) fn parse(mut bytes: Vec<u8>) -> Result<Head, NoHead> {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut headers);
         let not_http = || {
@@ -94,10 +98,10 @@ impl Head {
                 "devmesh relay: this tunnel is private, and that is no HTTP request (hint: a team token goes in an HTTP header)\n",
             ))
         };
-        match request.parse(&bytes) {
-            Ok(httparse::Status::Complete(_)) => {}
+        let len = match request.parse(&bytes) {
+            Ok(httparse::Status::Complete(len)) => len,
             _ => return Err(not_http()),
-        }
+        };
         let header = |name: &'static str| {
             request
                 .headers
@@ -131,39 +135,55 @@ impl Head {
             host,
             session,
             head: Vec::new(),
-            rest,
+            rest: Vec::new(),
         };
-        Ok(Head { head: bytes, ..head })
+        let rest = bytes.split_off(len);
+        Ok(Head {
+            head: bytes,
+            rest,
+            ..head
+        })
     }
 
     /// The bytes to send on: the head without the access and fallback
-    /// headers and the access cookie, then what came after it.
+    /// headers and the access cookie, then what came after it. Every other
+    /// byte goes on as it came (a value need not be UTF-8), and a line is
+    /// known by where the parser found it, not by splitting on CRLF: a
+    /// bare LF ends a line too.
     pub fn forwarded(self) -> Vec<u8> {
-        let text = String::from_utf8_lossy(&self.head);
+        let mut lines = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut lines);
+        let _ = request.parse(&self.head).expect("parsed when it was read");
         let mut kept = Vec::with_capacity(self.head.len() + self.rest.len());
-        for line in text.split_inclusive("\r\n") {
-            let Some((name, value)) = line.split_once(':') else {
-                kept.extend_from_slice(line.as_bytes());
-                continue;
-            };
-            let name = name.trim();
-            if name.eq_ignore_ascii_case(ACCESS_HEADER) || name.eq_ignore_ascii_case(FALLBACK_HEADER) {
+        let mut at = 0;
+        for h in request.headers.iter() {
+            let owned = [ACCESS_HEADER, FALLBACK_HEADER, "cookie"];
+            if !owned.iter().any(|name| h.name.eq_ignore_ascii_case(name)) {
                 continue;
             }
-            if name.eq_ignore_ascii_case("cookie") {
-                let others: Vec<&str> = value
-                    .trim()
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|pair| !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(ACCESS_COOKIE))
+            let line = crate::proxy::message::line_of(&self.head, h.name.as_bytes(), h.value);
+            kept.extend_from_slice(&self.head[at..line.start]);
+            at = line.end;
+            if h.name.eq_ignore_ascii_case("cookie") {
+                let is_access = |pair: &&[u8]| {
+                    let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+                    name.trim_ascii() == ACCESS_COOKIE.as_bytes()
+                };
+                let others: Vec<&[u8]> = h
+                    .value
+                    .split(|&b| b == b';')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|pair| !pair.is_empty() && !is_access(pair))
                     .collect();
                 if !others.is_empty() {
-                    kept.extend_from_slice(format!("{name}: {}\r\n", others.join("; ")).as_bytes());
+                    kept.extend_from_slice(h.name.as_bytes());
+                    kept.extend_from_slice(b": ");
+                    kept.extend_from_slice(&others.join(&b"; "[..]));
+                    kept.extend_from_slice(b"\r\n");
                 }
-                continue;
             }
-            kept.extend_from_slice(line.as_bytes());
         }
+        kept.extend_from_slice(&self.head[at..]);
         kept.extend_from_slice(&self.rest);
         kept
     }
@@ -284,9 +304,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        let bytes = text.as_bytes().to_vec();
-        let end = text.find("\r\n\r\n").unwrap() + 4;
-        Head::parse(bytes, end).unwrap()
+        Head::parse(text.as_bytes().to_vec()).unwrap()
     }
 
     #[test]
@@ -312,7 +330,7 @@ mod tests {
     #[test]
     fn what_is_no_http_is_refused_in_words() {
         let bytes = b"\x16\x03\x01 garbage\r\n\r\n".to_vec();
-        match Head::parse(bytes.clone(), bytes.len()) {
+        match Head::parse(bytes.clone()) {
             Err(NoHead::Answer(answer)) => assert!(String::from_utf8_lossy(&answer).contains("no HTTP request")),
             other => panic!("{other:?}"),
         }

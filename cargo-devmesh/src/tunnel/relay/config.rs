@@ -149,20 +149,28 @@ impl RelayConfig {
     /// Reads the config file at `path`.
     pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
         use figment::providers::Format;
+        RelayConfig::extract(figment::Figment::from(figment::providers::Toml::file_exact(path)), path)
+    }
+
+    /// The config written in `text`, as if it were the file at `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<RelayConfig, ConfigError> {
+        use figment::providers::Format;
+        RelayConfig::extract(figment::Figment::from(figment::providers::Toml::string(text)), path)
+    }
+
+    fn extract(figment: figment::Figment, path: &Path) -> Result<RelayConfig, ConfigError> {
         let problem = |problems: Vec<String>| ConfigError {
             path: path.to_path_buf(),
             problems,
         };
-        let config: RelayConfig = figment::Figment::from(figment::providers::Toml::file_exact(path))
-            .extract()
-            .map_err(|errors| {
-                problem(
-                    errors
-                        .into_iter()
-                        .map(|e| devmesh::config::describe(&e, path))
-                        .collect(),
-                )
-            })?;
+        let config: RelayConfig = figment.extract().map_err(|errors| {
+            problem(
+                errors
+                    .into_iter()
+                    .map(|e| devmesh::config::describe(&e, path))
+                    .collect(),
+            )
+        })?;
         let mut problems = Vec::new();
         if config.ports.is_none() && config.domain.is_none() {
             problems.push("it gives tunnels no address (hint: `ports = \"31000-31999\"`, or a `[domain]`)".to_owned());
