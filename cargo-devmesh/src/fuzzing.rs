@@ -110,7 +110,7 @@ pub fn http1_request(data: &[u8]) {
     for (rewrites, trace) in cases {
         let mut out = Vec::new();
         write_request_head(&mut out, head, &request, trace, rewrites);
-        let sent = match RequestHead::parse(&out) {
+        let sent = match RequestHead::parse_as_sent(&out) {
             Ok(Some(sent)) => sent,
             other => panic!(
                 "the head sent does not parse ({other:?}): {:?}",

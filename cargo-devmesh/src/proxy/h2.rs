@@ -160,11 +160,15 @@ async fn forward(
         {
             request.headers_mut().insert(devmesh::route::HEADER, value);
         }
+        let access = routed.as_ref().and_then(|(_, copy)| copy.access.as_deref());
+        // Lines for the relay: a service here never sees them, and a routed
+        // request carries this port's own (as over HTTP/1).
+        if host.is_none() || access.is_some() {
+            request.headers_mut().remove(ACCESS_HEADER);
+            request.headers_mut().remove(FALLBACK_HEADER);
+        }
         if let Some((_, copy)) = &routed
-            && let Some(access) = copy
-                .access
-                .as_deref()
-                .and_then(|a| header::HeaderValue::from_str(a).ok())
+            && let Some(access) = access.and_then(|a| header::HeaderValue::from_str(a).ok())
         {
             request.headers_mut().insert(ACCESS_HEADER, access);
             // Should the developer's supervisor not be connected, the

@@ -17,7 +17,7 @@ const MAX_HEADERS: usize = 100;
 pub enum HeadError {
     #[error("the message head is not valid HTTP/1: {0}")]
     Malformed(httparse::Error),
-    #[error("the message has more than {MAX_HEADERS} headers (a request, {} besides devmesh's own)", MAX_HEADERS - Owned::ALL.len())]
+    #[error("the message has more than {MAX_HEADERS} headers (a request, more than {}: a front port adds its own)", MAX_HEADERS - Owned::ALL.len())]
     TooManyHeaders,
     #[error("the message's length cannot be told: {0}")]
     Length(&'static str),
@@ -250,8 +250,21 @@ pub struct ResponseHead {
 }
 
 impl RequestHead {
-    /// Parses a request head at the start of `buf`; `None` until it is whole.
+    /// Parses a request head at the start of `buf`; `None` until it is
+    /// whole. It may have [`MAX_HEADERS`] lines less room for a front
+    /// port's own: what is sent on then has no more than a service built on
+    /// hyper takes (100).
     pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        RequestHead::parse_within(buf, MAX_HEADERS - Owned::ALL.len())
+    }
+
+    /// Parses a head as a front port sends it on, of up to [`MAX_HEADERS`]
+    /// lines: what a service sees (checked by `fuzzing`).
+    pub fn parse_as_sent(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        RequestHead::parse_within(buf, MAX_HEADERS)
+    }
+
+    fn parse_within(buf: &[u8], most_lines: usize) -> Result<Option<RequestHead>, HeadError> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut fields);
         let httparse::Status::Complete(len) = request.parse(buf)? else {
@@ -278,12 +291,11 @@ impl RequestHead {
             .map(str::to_owned);
         let mut owned = OwnedLines::default();
         let (mut traceparent, mut replay, mut baggage) = (None, None, None);
-        let mut others = 0;
+        if request.headers.len() > most_lines {
+            return Err(HeadError::TooManyHeaders);
+        }
         for h in request.headers.iter() {
-            let Some(which) = Owned::of(h.name) else {
-                others += 1;
-                continue;
-            };
+            let Some(which) = Owned::of(h.name) else { continue };
             let first = !owned.has(which);
             owned.add(which, line_of(buf, h.name.as_bytes(), h.value));
             match which {
@@ -294,11 +306,6 @@ impl RequestHead {
                 Owned::Baggage if first => baggage = Some(span(buf, h.value)),
                 _ => {}
             }
-        }
-        // Room for the lines a front port puts in: the head it sends is one
-        // the next front port (a sandbox's, behind the relay) takes.
-        if others > MAX_HEADERS - Owned::ALL.len() {
-            return Err(HeadError::TooManyHeaders);
         }
         Ok(Some(RequestHead {
             len,

@@ -18,8 +18,11 @@
 //!
 //! A payload is at most [`MAX_PAYLOAD`] bytes: a bigger length, or an
 //! unknown kind, is a protocol error that ends the link, never a panic or
-//! an allocation of what a peer claims. Version [`VERSION`] is in `HELLO`;
-//! a relay refuses another.
+//! an allocation of what a peer claims. So is a `DATA` past the stream's
+//! window, a `WINDOW` giving back more than was sent, an `OPEN` of an id
+//! of the other side's parity or of a stream still open, and a handshake
+//! frame after the handshake (`link`; fuzzed by `fuzz/`'s `tunnel_link`).
+//! Version [`VERSION`] is in `HELLO`; a relay refuses another.
 
 use serde::{Deserialize, Serialize};
 
