@@ -138,6 +138,24 @@ mod tests {
     }
 
     #[test]
+    fn the_question_is_echoed_as_it_was_asked() {
+        // A resolver that randomizes a name's case (DNS 0x20) checks the
+        // echo; fuzzing found it lower-cased (and a long label cut).
+        let mut query = Question::new(4, "orders.devmesh", dns::A).to_bytes();
+        query[13..19].copy_from_slice(b"OrDeRs");
+        let reply = reply(&query, fronts).unwrap();
+        assert_eq!(
+            &reply[12..query.len()],
+            &query[12..],
+            "the question section, byte for byte"
+        );
+        assert_eq!(
+            Response::parse(&reply).unwrap().answers[0].data,
+            Data::A(Ipv4Addr::LOCALHOST)
+        );
+    }
+
+    #[test]
     fn garbage_gets_formerr_or_nothing() {
         let mut broken = Question::new(3, "orders.devmesh", dns::A).to_bytes();
         broken.truncate(14);

@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::inspector::trace::{SpanId, Trace, TraceId, TraceParent};
 use crate::proxy::http1::{Rewrites, write_request_head, write_response_head};
 use crate::proxy::message::{Chunked, Framing, RequestHead, ResponseHead};
-use crate::tunnel::relay::callers::{ACCESS_COOKIE, ACCESS_HEADER, FALLBACK_HEADER, Head};
+use crate::tunnel::relay::callers::{ACCESS_COOKIE, ACCESS_HEADER, FALLBACK_HEADER, Head, cookie_pairs};
 use crate::tunnel::wire::{Frame, HEADER, MAX_PAYLOAD};
 
 /// A target: bytes in, a panic when a property breaks.
@@ -463,10 +463,7 @@ pub fn relay_head(data: &[u8]) {
     let is_relays = |(name, value): &Field| {
         name == ACCESS_HEADER
             || name == FALLBACK_HEADER
-            || (name == "cookie"
-                && String::from_utf8_lossy(value)
-                    .split(';')
-                    .any(|pair| pair.split('=').next().map(str::trim) == Some(ACCESS_COOKIE)))
+            || (name == "cookie" && cookie_pairs(value).any(|pair| pair.name == ACCESS_COOKIE.as_bytes()))
     };
     let sent = fields(&went[..went_end]);
     assert!(

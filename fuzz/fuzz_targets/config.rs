@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cargo_devmesh::fuzzing::target("config")(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| devmesh_fuzz::bounded("config", data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cargo_devmesh::fuzzing::target("relay_head")(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| devmesh_fuzz::bounded("relay_head", data));

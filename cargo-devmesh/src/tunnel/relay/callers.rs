@@ -116,12 +116,13 @@ impl Head {
                 _ => host,
             }
         });
-        let session = header("cookie").find_map(|cookies| {
-            cookies.split(';').find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                (name.trim() == ACCESS_COOKIE).then(|| value.trim().to_owned())
-            })
-        });
+        let session = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .flat_map(|h| cookie_pairs(h.value))
+            .find(|pair| pair.name == ACCESS_COOKIE.as_bytes())
+            .map(|pair| String::from_utf8_lossy(pair.value).into_owned());
         let head = Head {
             method: request.method.unwrap_or_default().to_owned(),
             path: request.path.unwrap_or_default().to_owned(),
@@ -165,15 +166,9 @@ impl Head {
             kept.extend_from_slice(&self.head[at..line.start]);
             at = line.end;
             if h.name.eq_ignore_ascii_case("cookie") {
-                let is_access = |pair: &&[u8]| {
-                    let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
-                    name.trim_ascii() == ACCESS_COOKIE.as_bytes()
-                };
-                let others: Vec<&[u8]> = h
-                    .value
-                    .split(|&b| b == b';')
-                    .map(<[u8]>::trim_ascii)
-                    .filter(|pair| !pair.is_empty() && !is_access(pair))
+                let others: Vec<&[u8]> = cookie_pairs(h.value)
+                    .filter(|pair| pair.name != ACCESS_COOKIE.as_bytes())
+                    .map(|pair| pair.whole)
                     .collect();
                 if !others.is_empty() {
                     kept.extend_from_slice(h.name.as_bytes());
@@ -205,6 +200,42 @@ impl Head {
         body.truncate(self.content_length);
         Some(body)
     }
+}
+
+/// One `name=value` of a `Cookie` line.
+pub(crate) struct CookiePair<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    /// The pair as it came.
+    pub whole: &'a [u8],
+}
+
+/// The pairs of a `Cookie` value, split at `;` and trimmed of spaces and
+/// tabs (RFC 6265 §4.2.1), and nothing else: the session is read and taken
+/// off by this one reading (fuzzing found the two apart, a name after a
+/// Unicode space read as the session and left on).
+pub(crate) fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
+    fn trim(bytes: &[u8]) -> &[u8] {
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+        let end = bytes.iter().rposition(|b| !blank(b)).map_or(start, |i| i + 1);
+        &bytes[start..end]
+    }
+    value
+        .split(|&b| b == b';')
+        .map(trim)
+        .filter(|pair| !pair.is_empty())
+        .map(move |whole| {
+            let (name, value) = match whole.iter().position(|&b| b == b'=') {
+                Some(at) => (&whole[..at], &whole[at + 1..]),
+                None => (whole, &whole[whole.len()..]),
+            };
+            CookiePair {
+                name: trim(name),
+                value: trim(value),
+                whole,
+            }
+        })
 }
 
 /// Logins: a random session per login, kept in memory for [`SESSION`] (a
