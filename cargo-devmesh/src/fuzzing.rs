@@ -351,13 +351,12 @@ mod link_script {
                     Frame::new(Kind::Data, stream, payload)
                 }
                 3 => {
-                    let credit: Vec<u8> = (0..4).map(|_| next().unwrap_or(0)).collect();
-                    let credit_value = u32::from_be_bytes(credit.clone().try_into().expect("4 bytes"));
+                    let credit = [(); 4].map(|()| next().unwrap_or(0));
                     // The link sent nothing: any credit is more than it sent.
-                    if open.contains_key(&stream) && credit_value > 0 {
+                    if open.contains_key(&stream) && u32::from_be_bytes(credit) > 0 {
                         script.breaks = Some(format!("gives stream {stream} credit it never used"));
                     }
-                    Frame::new(Kind::Window, stream, credit)
+                    Frame::new(Kind::Window, stream, credit.to_vec())
                 }
                 4 => {
                     script.breaks = Some("sends a WINDOW frame of 3 bytes".to_owned());

@@ -17,7 +17,10 @@ const MAX_HEADERS: usize = 100;
 pub enum HeadError {
     #[error("the message head is not valid HTTP/1: {0}")]
     Malformed(httparse::Error),
-    #[error("the message has more than {MAX_HEADERS} headers (a request, more than {}: a front port adds its own)", MAX_HEADERS - Owned::ALL.len())]
+    #[error(
+        "the message has more header lines than a front port takes: {} in a request (it adds lines of its own), {MAX_HEADERS} in a response",
+        MAX_HEADERS - Owned::ALL.len()
+    )]
     TooManyHeaders,
     #[error("the message's length cannot be told: {0}")]
     Length(&'static str),
