@@ -479,3 +479,79 @@ pub fn profile(title: &str, pids: &[u32], load: impl FnOnce()) {
         println!("  {}", line.trim_end());
     }
 }
+
+/// Sends `signal` and waits up to 10 s for the child to exit, then kills
+/// it: a peer that does not stop must not hang the benchmark.
+pub fn signal(child: &mut Child, signal: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "{} did not exit on signal {signal}; killed, with what it started",
+        child.id()
+    );
+    for pid in descendants(child.id()) {
+        // SAFETY: signalling a process this benchmark started (through its child).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The processes below `pid`, from the parents in `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let parent = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut at = 0;
+    while at < found.len() {
+        let parent = found[at];
+        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        at += 1;
+    }
+    found.split_off(1)
+}
+
+/// Descriptors process `pid` holds open, from `/proc`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// Processes (but this one) whose command line or environment holds
+/// `text`: their ids and command lines.
+pub fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let needle = text.as_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            let (cmdline, environ) = (read("cmdline"), read("environ"));
+            let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            (pid != me && (holds(&cmdline) || holds(&environ))).then(|| {
+                (
+                    pid,
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_owned(),
+                )
+            })
+        })
+        .collect()
+}

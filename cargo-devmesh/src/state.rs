@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ struct Kept {
     path: PathBuf,
     contents: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
     written: Mutex<Option<Identity>>,
+    /// The last write failed (a full disk): what is on disk is older than
+    /// memory, and is written again until it can be.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Kept {
@@ -65,24 +69,29 @@ impl Kept {
     fn write(&self) -> std::io::Result<()> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let contents = (self.contents)();
-        let metadata = match crate::secret::write_private(&self.path, &contents) {
+        let result = match crate::secret::write_private(&self.path, &contents) {
             // The folder went: made again (owner-only), then written.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(dir) = self.path.parent() {
-                    crate::secret::private_dir(dir)?;
-                }
-                crate::secret::write_private(&self.path, &contents)?
-            }
-            written => written?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
+                .path
+                .parent()
+                .map_or(Ok(()), crate::secret::private_dir)
+                .and_then(|()| crate::secret::write_private(&self.path, &contents)),
+            result => result,
         };
-        *written = Some(Identity::from(&metadata));
+        self.stale.store(result.is_err(), Ordering::Relaxed);
+        *written = Some(Identity::from(&result?));
         Ok(())
     }
 
-    /// Whether the file is not what was last written.
+    /// Whether the file is not what was last written, or not what memory
+    /// holds now.
     fn changed(&self) -> bool {
         let written = *self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.is_some() && Identity::of(&self.path) != written
+        self.is_stale() || written.is_some() && Identity::of(&self.path) != written
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
     }
 }
 
@@ -114,6 +123,14 @@ impl RegistryCopy {
         change(&mut self.file.lock().unwrap_or_else(|e| e.into_inner()));
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
         kept.map_or(Ok(()), |kept| kept.write())
+    }
+
+    /// Whether the last write failed: the file on disk is behind, and is
+    /// written again within a moment of there being room (the failure has
+    /// been said).
+    pub fn is_behind(&self) -> bool {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        kept.is_some_and(|kept| kept.is_stale())
     }
 
     /// Sets service `name`'s entry.
@@ -204,6 +221,7 @@ impl StateFiles {
             path,
             contents: Box::new(contents),
             written: Mutex::default(),
+            stale: Default::default(),
         });
         self.kept
             .lock()
@@ -234,6 +252,10 @@ impl StateFiles {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for file in kept.iter().filter(|k| k.changed()) {
                 let name = file.path.file_name().unwrap_or_default().to_string_lossy();
+                // A write that failed where it was made was said there.
+                if file.is_stale() {
+                    failing.insert(file.path.clone());
+                }
                 // A failure is said once, and again when it clears: a folder
                 // made read-only would otherwise be said four times a second.
                 match (file.write(), failing.contains(&file.path)) {

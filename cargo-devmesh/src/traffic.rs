@@ -46,52 +46,79 @@ pub async fn show(
         _ => {}
     }
     drop(out);
-    let mut after = None;
+    // The newest id fetched, and those fetched while still in flight
+    // (a WebSocket stays so for its life): each is shown once it ends, and
+    // none holds back the ones after it.
+    let mut after: Option<u64> = None;
+    let mut in_flight = std::collections::BTreeSet::new();
     loop {
         let path = match (format, after) {
             (Format::JsonLines, after) => format!("/api/traffic.jsonl?{filter}after={}", after.unwrap_or(0)),
-            // First the newest, then what came after the last shown.
+            // First the newest, then what came after the last fetched.
             (_, None) => format!("/api/traffic?{filter}limit={newest}"),
             (_, Some(after)) => format!("/api/traffic?{filter}after={after}"),
         };
-        let body = client.get(&path).await?;
-        let exchanges: Vec<Value> = match format {
-            Format::JsonLines => body
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(serde_json::from_slice)
-                .collect::<Result<_, _>>()?,
-            _ => serde_json::from_slice(&body)?,
-        };
-        // Only complete exchanges move the cursor, so one in flight is shown once done.
-        let done: Vec<&Value> = exchanges
-            .iter()
-            .take_while(|e| e["complete"].as_bool() == Some(true) || !follow)
-            .collect();
+        let exchanges = parse(format, &client.get(&path).await?)?;
+        let mut ended = Vec::new();
+        if follow {
+            for id in std::mem::take(&mut in_flight) {
+                // Gone from the inspector (its memory is bounded): nothing to show.
+                let Ok(body) = client.get(&format!("/api/traffic/{id}")).await else {
+                    continue;
+                };
+                let exchange: Value = serde_json::from_slice(&body)?;
+                match exchange["complete"].as_bool() {
+                    Some(true) => ended.push(exchange),
+                    _ => {
+                        in_flight.insert(id);
+                    }
+                }
+            }
+        }
+        let full_page = exchanges.len() >= cargo_devmesh::control::LIST_LIMIT;
+        for exchange in exchanges {
+            let id = exchange["id"].as_u64();
+            after = id.max(after);
+            match (follow, exchange["complete"].as_bool(), id) {
+                (true, Some(false), Some(id)) => {
+                    in_flight.insert(id);
+                }
+                _ => ended.push(exchange),
+            }
+        }
         let mut out = std::io::stdout().lock();
-        for exchange in &done {
+        for exchange in &ended {
             match format {
                 Format::JsonLines => writeln!(out, "{exchange}")?,
                 _ => writeln!(out, "{}", line(exchange))?,
             }
-            after = exchange["id"].as_u64().or(after);
         }
         out.flush()?;
         if !follow {
             return Ok(());
         }
-        // Nothing had ended yet: follow from the first in flight, if any.
-        after = after.or_else(|| {
-            exchanges
-                .first()
-                .and_then(|e| e["id"].as_u64())
-                .map(|id| id.saturating_sub(1))
-        });
+        // A full page: more are waiting, and a follower that waited
+        // between pages would fall ever further behind a busy mesh.
+        if full_page && format == Format::Table {
+            continue;
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
         }
     }
+}
+
+/// A page of exchanges, as `/api/traffic` or `/api/traffic.jsonl` sent it.
+fn parse(format: Format, body: &[u8]) -> anyhow::Result<Vec<Value>> {
+    Ok(match format {
+        Format::JsonLines => body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_slice)
+            .collect::<Result<_, _>>()?,
+        _ => serde_json::from_slice(body)?,
+    })
 }
 
 /// `#12  14:02:03.120  gateway → orders  POST /orders  201  3.2 ms`

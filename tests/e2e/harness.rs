@@ -90,12 +90,23 @@ impl Lines {
         });
     }
 
-    /// Waits until `count` lines match `matches`; returns the last of them.
     /// How many lines so far match.
     pub fn count(&self, matches: impl Fn(&str) -> bool) -> usize {
         self.lines.lock().unwrap().iter().filter(|l| matches(l)).count()
     }
 
+    /// The lines so far that match.
+    pub fn matching(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| matches(l))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `count` lines match `matches`; returns the last of them.
     pub fn wait_for(&self, count: usize, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + DEADLINE;
         let mut lines = self.lines.lock().unwrap();
@@ -130,6 +141,8 @@ pub struct Mesh {
     env: Vec<(String, String)>,
     child: Option<Child>,
     pub output: Arc<Lines>,
+    /// The state folder is a small disk of its own, unmounted when dropped.
+    small_disk: bool,
 }
 
 impl Mesh {
@@ -183,7 +196,24 @@ impl Mesh {
             env: Vec::new(),
             child: None,
             output: Arc::default(),
+            small_disk: false,
         }
+    }
+
+    /// Puts the state folder on a disk of `size` of its own (a tmpfs, as
+    /// `mount` takes sizes: `1m`), so that a test can fill it (root only).
+    pub fn on_a_small_disk(mut self, size: &str) -> Mesh {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(self.state())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mount a tmpfs on the state folder (the test needs root)"
+        );
+        self.small_disk = true;
+        self
     }
 
     /// Starts the supervisor (again).
@@ -308,6 +338,11 @@ impl Drop for Mesh {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.small_disk {
+            // Lazily: a service the killed supervisor started may still
+            // hold a file there for a moment.
+            let _ = Command::new("umount").arg("-l").arg(self.state()).status();
         }
     }
 }

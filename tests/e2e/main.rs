@@ -4,6 +4,7 @@
 mod browser;
 mod dns;
 mod errors;
+mod faults;
 mod grpc;
 mod harness;
 mod inspector;

@@ -86,7 +86,7 @@ fn idle_services_and_the_supervisor_use_no_cpu() {
     }
 }
 
-/// Out of descriptors (`ulimit -n 256`, 300 idle clients on a front
+/// Out of descriptors (`ulimit -n 256`, 500 idle clients on a front
 /// port), a connection waiting at the inspector's port makes every accept
 /// fail at once: the supervisor pauses between tries instead of burning a
 /// core, says so once in its log, and serves again when clients leave.
@@ -100,7 +100,7 @@ fn out_of_descriptors_the_supervisor_waits_instead_of_spinning() {
         .expect("prlimit runs");
     assert!(limited.success());
     let front = mesh.front("alpha");
-    let clients: Vec<_> = (0..300)
+    let clients: Vec<_> = (0..500)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", front)).expect("the backlog takes it"))
         .collect();
     mesh.output.wait_for(1, "the front port out of descriptors", |l| {

@@ -86,7 +86,21 @@ impl Sandbox {
         Sandbox { process, addr, host }
     }
 
-    fn url(&self) -> String {
+    /// Cuts the network to the sandbox's host (`up: false`) or restores
+    /// it, on the far side, as a router that goes away does: this side's
+    /// end stays up and its packets go nowhere.
+    pub fn network(&self, up: bool) {
+        let (ns, here) = self.host.as_ref().expect("a sandbox on a host of its own");
+        let there = format!("{}b", here.trim_end_matches('a'));
+        let state = if up { "up" } else { "down" };
+        let status = Command::new("ip")
+            .args(["netns", "exec", ns, "ip", "link", "set", &there, state])
+            .status()
+            .expect("`ip` runs");
+        assert!(status.success(), "ip link set {there} {state}");
+    }
+
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

@@ -522,6 +522,39 @@ fn a_websocket_outlives_a_restart_unless_told_now() {
     assert_eq!(cut[0]["kind"], "websocket");
 }
 
+/// `traffic -f` shows each exchange as it ends: a WebSocket open the
+/// whole time holds back none of the calls after it, and shows once it
+/// ends. (It held every later one back: a soak's follower stalled.)
+#[test]
+fn traffic_follow_is_not_held_back_by_a_websocket_left_open() {
+    let mesh = mesh();
+    let alpha = mesh.front("alpha");
+    let mut socket = WebSocket::open(alpha);
+    assert_eq!(socket.echoed("one"), "one");
+    let lines = std::sync::Arc::new(crate::harness::Lines::default());
+    let mut follow = mesh
+        .command()
+        .args(["traffic", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("traffic -f starts");
+    lines.collect(follow.stdout.take().unwrap());
+    for i in 0..3 {
+        assert_eq!(get(alpha, &format!("/whoami?after-the-socket-{i}")).0, 200);
+        lines.wait_for(1, "a call after the open WebSocket", |l| {
+            l.contains(&format!("/whoami?after-the-socket-{i}"))
+        });
+    }
+    assert_eq!(lines.count(|l| l.contains("GET /ws")), 0, "shown only once it ends");
+    socket.close();
+    lines.wait_for(1, "the WebSocket, once it ended", |l| l.contains("GET /ws"));
+    assert_eq!(get(alpha, "/whoami?after-it-closed").0, 200);
+    lines.wait_for(1, "a call after it closed", |l| l.contains("/whoami?after-it-closed"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(lines.count(|l| l.contains("GET /ws")), 1, "shown once");
+}
+
 /// A WebSocket client, as RFC 6455 has it: a checked handshake, masked
 /// frames, and the close handshake.
 struct WebSocket(std::net::TcpStream);

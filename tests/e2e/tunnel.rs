@@ -293,7 +293,7 @@ fn a_tunnel_by_host_over_tls_lets_a_caller_in_after_a_login() {
 }
 
 /// beta's callback URL in the registry, once it has one.
-fn callback_url(mesh: &Mesh) -> String {
+pub fn callback_url(mesh: &Mesh) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let registry = read_json(&mesh.state().join("registry.json"));

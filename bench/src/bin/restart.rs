@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devmesh_bench::{
-    Api, Built, Load, LoadReport, build, exchange, free_port, front_port, median_time, rss_kib, run, wait_until_answers,
+    Api, Built, Load, LoadReport, build, exchange, free_port, front_port, median_time, rss_kib, run, signal,
+    wait_until_answers,
 };
 
 const RESTARTS: usize = 20;
@@ -208,53 +209,6 @@ fn interrupt(child: &mut Child) {
 
 fn terminate(child: &mut Child) {
     signal(child, libc::SIGTERM);
-}
-
-/// Sends `signal` and waits up to 10 s for the child to exit, then kills
-/// it: a peer that does not stop must not hang the benchmark.
-fn signal(child: &mut Child, signal: i32) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, signal) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!(
-        "{} did not exit on signal {signal}; killed, with what it started",
-        child.id()
-    );
-    for pid in descendants(child.id()) {
-        // SAFETY: signalling a process this benchmark started (through its child).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// The processes below `pid`, from the parents in `/proc`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            let parent = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
-            Some((child, parent))
-        })
-        .collect();
-    let mut found = vec![pid];
-    let mut at = 0;
-    while at < found.len() {
-        let parent = found[at];
-        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
-        at += 1;
-    }
-    found.split_off(1)
 }
 
 fn ensure_honcho() {

@@ -196,7 +196,7 @@ type ApiResponse = Response<ApiBody>;
 /// The inspector page.
 const PAGE: &str = include_str!("../inspector/page.html");
 /// Newest exchanges a list returns unless asked for fewer.
-const LIST_LIMIT: usize = 500;
+pub const LIST_LIMIT: usize = 500;
 /// Most exchanges one list returns, however many are asked for: a list is
 /// built whole in memory (an export streams instead).
 const MAX_LIST: usize = 10_000;

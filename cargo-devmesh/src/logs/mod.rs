@@ -18,7 +18,7 @@ pub use crate::time::timestamp;
 pub use follow::{LogsOptions, show};
 pub use output::follow as follow_output;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -55,8 +55,9 @@ pub struct LogLine {
 #[derive(Debug, Default)]
 struct Files {
     open: HashMap<String, LogFile>,
-    /// Services whose file failed, said once each.
-    failed: HashSet<String>,
+    /// Services whose file failed, and how. One cause (a full disk) fails
+    /// every file: it is said once, not once a service.
+    failed: HashMap<String, std::io::ErrorKind>,
 }
 
 #[derive(Debug)]
@@ -68,20 +69,28 @@ struct LogFile {
 
 impl Files {
     /// Appends lines to `service`'s file in one write, rotating it past the
-    /// size limit; what to tell the terminal when the file fails the first time.
+    /// size limit; what to tell the terminal when files begin to fail for a
+    /// cause not yet said, or work again.
     fn write(&mut self, dir: &Path, service: &str, time: &str, texts: &[&str], limits: &LogsConfig) -> Option<String> {
         let path = dir.join(format!("{service}.log"));
-        let written = self.append(&path, service, time, texts, limits);
-        match written {
+        match self.append(&path, service, time, texts, limits) {
             Ok(()) => {
-                self.failed.remove(service);
-                None
+                let kind = self.failed.remove(service)?;
+                // Whatever stopped this file has gone for the others too;
+                // a file that still fails says so again.
+                self.failed.retain(|_, k| *k != kind);
+                Some(format!(
+                    "the logs in `{}` are written again (lines shown meanwhile are not in them)",
+                    dir.display()
+                ))
             }
             Err(e) => {
                 self.open.remove(service);
-                self.failed.insert(service.to_owned()).then(|| {
+                let said = self.failed.values().any(|k| *k == e.kind());
+                let first = self.failed.insert(service.to_owned(), e.kind()).is_none();
+                (first && !said).then(|| {
                     format!(
-                        "could not write `{}`: {e}; {service}'s lines show here only until it can be written",
+                        "could not write `{}`: {e}; lines show here only until the logs can be written",
                         path.display()
                     )
                 })
@@ -365,22 +374,30 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_cannot_be_written_is_said_once() {
+    fn files_that_cannot_be_written_for_one_cause_are_said_once_and_their_healing_too() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = Files::default();
-        // A folder where the file should be: no one, root included, can open it.
-        std::fs::create_dir(dir.path().join("svc.log")).unwrap();
-        let first = files.write(dir.path(), "svc", "T", &["one"], &limits(1 << 20, 1));
-        assert!(first.is_some_and(|m| m.contains("svc.log") && m.contains("show here only")));
-        assert_eq!(files.write(dir.path(), "svc", "T", &["two"], &limits(1 << 20, 1)), None);
-        std::fs::remove_dir(dir.path().join("svc.log")).unwrap();
+        let write = |files: &mut Files, service: &str, text: &str| {
+            files.write(dir.path(), service, "T", &[text], &limits(1 << 20, 1))
+        };
+        // Folders where the files should be: no one, root included, can open them.
+        for service in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(format!("{service}.log"))).unwrap();
+        }
+        let first = write(&mut files, "a", "one");
+        assert!(first.is_some_and(|m| m.contains("a.log") && m.contains("show here only")));
+        assert_eq!(write(&mut files, "a", "two"), None, "said once a file");
+        assert_eq!(write(&mut files, "b", "one"), None, "and once a cause");
+        for service in ["a", "b"] {
+            std::fs::remove_dir(dir.path().join(format!("{service}.log"))).unwrap();
+        }
+        let healed = write(&mut files, "a", "three");
+        assert!(healed.is_some_and(|m| m.contains("written again")));
+        assert_eq!(write(&mut files, "b", "two"), None, "healing is said once too");
+        assert_eq!(write(&mut files, "a", "four"), None);
         assert_eq!(
-            files.write(dir.path(), "svc", "T", &["three"], &limits(1 << 20, 1)),
-            None
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("svc.log")).unwrap(),
-            "T three\n"
+            std::fs::read_to_string(dir.path().join("a.log")).unwrap(),
+            "T three\nT four\n"
         );
     }
 }

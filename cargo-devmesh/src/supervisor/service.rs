@@ -629,9 +629,16 @@ impl Task {
         let mut entry = Entry::new(format!("http://{}", state.front));
         entry.status = state.status;
         entry.pid = state.pid;
-        let result = self.supervisor.registry.set(&state.name, entry);
-        if let Err(e) = result {
-            self.supervisor.logs.note(format!("could not update the registry: {e}"));
+        // Said once while it fails: the state folder's guard writes it
+        // again once it can, and says so.
+        let behind = self.supervisor.registry.is_behind();
+        if let Err(e) = self.supervisor.registry.set(&state.name, entry)
+            && !behind
+        {
+            self.supervisor.logs.note(format!(
+                "could not update the registry: {e}; services find each other at the ports they had, \
+                 and it is written again once it can be"
+            ));
         }
     }
 
