@@ -360,8 +360,15 @@ impl Following {
             let listener = ports.bind_late(name, new.range).map_err(|e| e.to_string())?;
             (listener, ports.path().to_path_buf())
         };
-        // Its keeper reads the book: not while it is held here.
-        let _ = new.state.rewrite(&book);
+        // Its keeper reads the book: not while it is held here. A write
+        // that fails is said here; the state folder's guard writes it
+        // again once it can, and says so.
+        if let Err(e) = new.state.rewrite(&book) {
+            self.logs.note(format!(
+                "{name}: could not write `{}`: {e}; it is written again once it can be",
+                book.display()
+            ));
+        }
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (switch, route, _) = Switch::start(false, Some(copy.copy), Mode::Remote);
         let front = Front {

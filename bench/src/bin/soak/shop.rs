@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -440,7 +440,7 @@ fn status_line(answer: &str) -> &str {
 
 /// Sets `path`'s modified time to now: cargo rebuilds its package, and
 /// `--watch` sees the change; its content stays as it is.
-fn touch(path: &PathBuf) {
+fn touch(path: &Path) {
     std::fs::File::options()
         .append(true)
         .open(path)
