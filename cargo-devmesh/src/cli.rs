@@ -112,6 +112,18 @@ pub enum Command {
         /// HAR have every one kept).
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: usize,
+        /// Write a test that sends this exchange's request again (its
+        /// number, or a trace id) and asserts the calls of its trace as
+        /// they were captured, to the tests of its service's package.
+        #[arg(long, value_name = "EXCHANGE_OR_TRACE", conflicts_with_all = ["har", "jsonl", "follow", "service"])]
+        as_test: Option<String>,
+        /// With `--as-test`: this service stands in with what it answered
+        /// rather than running in the test; repeatable.
+        #[arg(long, value_name = "SERVICE", requires = "as_test")]
+        stub: Vec<String>,
+        /// With `--as-test`: print the test rather than writing it.
+        #[arg(long, requires = "as_test")]
+        print: bool,
     },
     /// Send a captured request again, as it was or edited.
     Replay {

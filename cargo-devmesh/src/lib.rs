@@ -21,6 +21,7 @@
 //!   handles are how everything else acts on a service;
 //! - `proxy/`: the front ports, forwarding to the ready instance and
 //!   capturing each exchange;
+//! - `as_test/`: a captured trace written as a `#[devmesh_testing::test]`;
 //! - `inspector/`: captured traffic: storage, masking, traces, the call
 //!   map, exports, the page;
 //! - `logs/`: interleaved terminal output and per-service log files;
@@ -45,6 +46,7 @@
 //! [`Mesh::start`] beside the others and given the handles it needs.
 
 mod accept;
+pub mod as_test;
 pub mod build;
 pub mod control;
 mod dns;

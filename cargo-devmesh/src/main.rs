@@ -248,12 +248,18 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             har,
             jsonl,
             lines,
+            as_test,
+            stub,
+            print,
         } => {
             let workspace = Workspace::load(&cargo)?;
             if let Some(name) = &service {
                 workspace.service(name)?;
             }
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
+            if let Some(id) = as_test {
+                return traffic::as_test(&client, &id, &stub, print).await;
+            }
             let format = match (har, jsonl) {
                 (true, _) => traffic::Format::Har,
                 (_, true) => traffic::Format::JsonLines,

@@ -2,6 +2,8 @@
 //! the terminal, through the supervisor's API.
 
 use std::io::Write;
+
+use anyhow::Context;
 use std::time::Duration;
 
 use hyper::body::Bytes;
@@ -195,6 +197,78 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes the test of exchange or trace `id` (see `as_test`) to the tests
+/// of its service's package, or prints it.
+pub async fn as_test(client: &Client, id: &str, stubs: &[String], print: bool) -> anyhow::Result<()> {
+    let query = if stubs.is_empty() {
+        String::new()
+    } else {
+        format!("?stub={}", stubs.join(","))
+    };
+    let written: Value = serde_json::from_slice(&client.get(&format!("/api/traffic/{id}/as-test{query}")).await?)?;
+    let text = |key: &str| written[key].as_str().unwrap_or_default().to_owned();
+    let (name, service, code) = (text("name"), text("service"), text("code"));
+    let package = &written["package"];
+    let Some(dir) = package["dir"].as_str().map(std::path::PathBuf::from).filter(|_| !print) else {
+        if !print {
+            eprintln!("`{service}` is a command, no package of the workspace: the test is printed");
+        }
+        print!("{code}");
+        return Ok(());
+    };
+    let tests = dir.join("tests");
+    std::fs::create_dir_all(&tests).with_context(|| format!("could not make `{}`", tests.display()))?;
+    // A test written before is the user's now: never overwritten.
+    let (path, file) = (1..)
+        .map(|n| match n {
+            1 => tests.join(format!("{name}.rs")),
+            n => tests.join(format!("{name}_{n}.rs")),
+        })
+        .find_map(|path| {
+            let file = std::fs::File::options().write(true).create_new(true).open(&path);
+            match file {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                file => Some((path, file)),
+            }
+        })
+        .expect("some file name is free");
+    file.and_then(|mut file| file.write_all(code.as_bytes()))
+        .with_context(|| format!("could not write `{}`", path.display()))?;
+    let stand_ins: Vec<String> = written["stand_ins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(|s| format!("`{s}`")))
+        .collect();
+    println!("wrote {}", path.display());
+    if !stand_ins.is_empty() {
+        let (verb, who) = if stand_ins.len() == 1 {
+            ("stands", "it")
+        } else {
+            ("stand", "they")
+        };
+        println!("  {} {verb} in with what {who} answered", stand_ins.join(", "));
+    }
+    let varying = written["varying"].as_array().map_or(0, Vec::len);
+    if varying > 0 {
+        println!("  {varying} values that differ from run to run are listed in it, not asserted");
+    }
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+    if !manifest.contains("devmesh-testing") {
+        println!(
+            "  it needs the harness: add `devmesh-testing` to the [dev-dependencies] of `{}`",
+            dir.join("Cargo.toml").display()
+        );
+    }
+    let test = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let package = package["name"].as_str().unwrap_or_default();
+    println!("run it: cargo test -p {package} --test {test}");
+    Ok(())
 }
 
 /// What to change in a replayed request.

@@ -31,22 +31,27 @@
 //!
 //! - `mesh`: [`Mesh`] and [`MeshBuilder`], on `cargo_devmesh::Mesh`;
 //! - `handler`: services written in the test ([`MeshBuilder::handler`]);
+//! - `captured`: services as captured ([`MeshBuilder::stand_in`]), and
+//!   requests sent as a caller from outside ([`Mesh::send`]);
 //! - `traffic`: [`Traffic`], what went between the services;
 //! - `fault`: [`Fault`]s set on a service's front port.
 
+mod captured;
 mod fault;
 mod handler;
 mod mesh;
 mod traffic;
 
+pub use captured::{Answer, Captured};
 pub use devmesh_macros::test;
 pub use fault::Fault;
 pub use handler::Reply;
 /// What a handler written in the test sees and answers.
 pub use http_body_util::Full;
 pub use hyper::body::Bytes;
-pub use hyper::{Request, Response};
+pub use hyper::{Request, Response, Version};
 pub use mesh::{Error, Mesh, MeshBuilder};
+pub use serde_json::{Value, json};
 pub use traffic::{Call, Traffic};
 
 /// Descriptor 3 held for the services' sockets from before `main` (as

@@ -14,6 +14,7 @@ use cargo_devmesh::{Faults, Plan};
 use devmesh::registry::Status;
 use tokio_util::sync::CancellationToken;
 
+use crate::captured::{self, Answer, Captured};
 use crate::fault::Fault;
 use crate::handler::{self, Handler};
 use crate::traffic::{Call, Traffic};
@@ -36,6 +37,8 @@ pub enum Error {
     NotReady { name: String, status: String, logs: String },
     #[error("`{name}`: {detail}")]
     Service { name: String, detail: String },
+    #[error("`{name}` did not answer: {detail}")]
+    Send { name: String, detail: String },
     #[error("the handler for `{name}` could not listen: {source}")]
     Handler { name: String, source: std::io::Error },
 }
@@ -196,6 +199,21 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Sends `request` to service `name`'s front port as a caller from
+    /// outside the mesh does (`external` in its traffic), on a connection
+    /// of its own: HTTP/2 without TLS when the request's version is
+    /// `HTTP_2` (gRPC), else HTTP/1.1. Its URI is a path and query.
+    ///
+    /// # Panics
+    /// When the mesh has no service `name`.
+    pub async fn send(&self, name: &str, request: hyper::Request<hyper::body::Bytes>) -> Result<Answer, Error> {
+        let addr = self.addr(name);
+        captured::send(addr, request).await.map_err(|detail| Error::Send {
+            name: name.to_owned(),
+            detail,
+        })
     }
 
     /// Adds `fault` to those on service `name`'s front port: from the next
@@ -380,6 +398,15 @@ impl MeshBuilder {
     {
         self.remotes
             .insert(name.into(), Remote::Handler(handler::function(answer)));
+        self
+    }
+
+    /// Service `name` answers as it was captured: each request gets the
+    /// next of `answers` to its method and path (see [`Captured`]).
+    pub fn stand_in(mut self, name: impl Into<String>, answers: impl IntoIterator<Item = Captured>) -> MeshBuilder {
+        let name = name.into();
+        let handler = captured::stand_in(name.clone(), answers.into_iter().collect());
+        self.remotes.insert(name, Remote::Handler(handler));
         self
     }
 

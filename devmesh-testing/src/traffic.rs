@@ -32,6 +32,8 @@ pub struct Call {
     pub path: String,
     /// None when no answer came (a dropped connection, a reset).
     pub status: Option<u16>,
+    /// A gRPC call's `grpc-status` (0 is OK).
+    pub grpc_status: Option<u8>,
     pub request_headers: Vec<(String, String)>,
     /// As text, when it was UTF-8 (up to the inspector's `max_body`).
     pub request_body: Option<String>,
@@ -54,6 +56,7 @@ impl From<&Exchange> for Call {
             method: e.method.clone(),
             path: e.path.clone(),
             status: e.status,
+            grpc_status: e.grpc_status,
             request_headers: e.request_headers.pairs(),
             request_body: e.request_body.text.clone().filter(|t| !t.is_empty()),
             response_body: e.response_body.text.clone().filter(|t| !t.is_empty()),
@@ -99,7 +102,8 @@ pub struct Traffic {
     /// rather than matching nothing.
     services: Arc<Vec<String>>,
     chosen: Vec<usize>,
-    wanted: Vec<String>,
+    /// Each narrowing in words, and how many calls it left.
+    wanted: Vec<(String, usize)>,
 }
 
 impl Traffic {
@@ -161,15 +165,18 @@ impl Traffic {
         self.keep(format!("from `{name}`"), |c| c.caller == name)
     }
 
-    /// Calls of `method` to `path` (without the query; a path that ends in
-    /// `*` matches what starts with the rest).
+    /// Calls of `method` to `path`: with its query when it has one
+    /// (`/checkout/tea?quantity=2`), else any query (`/checkout/tea`); a
+    /// path that ends in `*` matches what starts with the rest.
     pub fn request(&self, method: &str, path: &str) -> Traffic {
         let prefix = path.strip_suffix('*');
+        let with_query = path.contains('?');
         self.keep(format!("`{method} {path}`"), |c| {
+            let called = if with_query { c.path.as_str() } else { c.route() };
             c.method.eq_ignore_ascii_case(method)
                 && match prefix {
-                    Some(prefix) => c.route().starts_with(prefix),
-                    None => c.route() == path,
+                    Some(prefix) => called.starts_with(prefix),
+                    None => called == path,
                 }
         })
     }
@@ -182,15 +189,25 @@ impl Traffic {
     /// Calls whose JSON request body has `value` at `field` (a name, or a
     /// JSON pointer such as `/order/item`).
     pub fn with_json(&self, field: &str, value: impl Into<serde_json::Value>) -> Traffic {
-        let value = value.into();
-        let pointer = if field.starts_with('/') {
-            field.to_owned()
-        } else {
-            format!("/{field}")
-        };
+        let (pointer, value) = (pointer(field), value.into());
         self.keep(format!("with {field} = {value}"), |c| {
             c.json().is_some_and(|json| json.pointer(&pointer) == Some(&value))
         })
+    }
+
+    /// Calls answered with a JSON body that has `value` at `field` (a
+    /// name, or a JSON pointer such as `/order/payment/status`).
+    pub fn with_response_json(&self, field: &str, value: impl Into<serde_json::Value>) -> Traffic {
+        let (pointer, value) = (pointer(field), value.into());
+        self.keep(format!("answered {field} = {value}"), |c| {
+            c.response_json()
+                .is_some_and(|json| json.pointer(&pointer) == Some(&value))
+        })
+    }
+
+    /// gRPC calls answered with `grpc-status` `code` (0 is OK).
+    pub fn grpc_status(&self, code: u8) -> Traffic {
+        self.keep(format!("with grpc-status {code}"), |c| c.grpc_status == Some(code))
     }
 
     /// Calls for which `test` holds, described as `what`.
@@ -232,7 +249,7 @@ impl Traffic {
     fn keep(&self, wanted: String, test: impl Fn(&Call) -> bool) -> Traffic {
         let mut narrowed = self.clone();
         narrowed.chosen.retain(|&i| test(&self.all[i]));
-        narrowed.wanted.push(wanted);
+        narrowed.wanted.push((wanted, narrowed.chosen.len()));
         narrowed
     }
 
@@ -241,13 +258,36 @@ impl Traffic {
         let wanted = if self.wanted.is_empty() {
             "in the traffic".to_owned()
         } else {
-            self.wanted.join(", ")
+            let said: Vec<&str> = self.wanted.iter().map(|(w, _)| w.as_str()).collect();
+            said.join(", ")
         };
+        // Where the calls ran out: the narrowing that left none of those
+        // the ones before it left.
+        let ran_out = self
+            .wanted
+            .iter()
+            .enumerate()
+            .find(|(_, (_, left))| *left == 0)
+            .filter(|(i, _)| *i > 0)
+            .map(|(i, (what, _))| {
+                let before = self.wanted[i - 1].1;
+                format!(" None of the {before} call(s) before `{what}` was so.")
+            })
+            .unwrap_or_default();
         format!(
-            "devmesh: expected {expected} {wanted}; found {}.\nEvery call of the test:\n{}",
+            "devmesh: expected {expected} {wanted}; found {}.{ran_out}\nEvery call of the test:\n{}",
             self.len(),
             table(&self.all)
         )
+    }
+}
+
+/// A field's JSON pointer: `/order/item` as it is, `item` as `/item`.
+fn pointer(field: &str) -> String {
+    if field.starts_with('/') {
+        field.to_owned()
+    } else {
+        format!("/{field}")
     }
 }
 
@@ -342,9 +382,11 @@ mod tests {
             method: method.to_owned(),
             path: path.to_owned(),
             status: Some(status),
+            grpc_status: None,
             request_headers: Vec::new(),
             request_body: (!body.is_empty()).then(|| body.to_owned()),
-            response_body: None,
+            // payments answers with a receipt.
+            response_body: (service == "payments").then(|| r#"{"receipt":{"status":"approved"}}"#.to_owned()),
             error: None,
             note: None,
             total_ms: Some(1.0),
@@ -396,6 +438,15 @@ mod tests {
         traffic().from("orders").assert_count(1);
         traffic().with_json("/item", "tea").assert_once();
         traffic().to("payments").with_json("amount_cents", 1).assert_none();
+        // A query, when one is said, must be the one called with.
+        traffic().request("GET", "/checkout/tea?quantity=2").assert_once();
+        traffic().request("GET", "/checkout/tea?quantity=3").assert_none();
+        traffic().request("GET", "/checkout/tea").assert_once();
+        traffic()
+            .to("payments")
+            .with_response_json("/receipt/status", "approved")
+            .assert_once();
+        traffic().with_response_json("status", "approved").assert_none();
     }
 
     #[test]
@@ -407,6 +458,10 @@ mod tests {
         let message = failed.downcast_ref::<String>().unwrap();
         assert!(
             message.starts_with("devmesh: expected 1 call(s) to `payments`, with amount_cents = 1400; found 0."),
+            "{message}"
+        );
+        assert!(
+            message.contains("found 0. None of the 1 call(s) before `with amount_cents = 1400` was so.\n"),
             "{message}"
         );
         assert!(message.contains("\n  orders   | payments | POST /charge"), "{message}");

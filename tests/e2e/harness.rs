@@ -200,6 +200,17 @@ impl Mesh {
         }
     }
 
+    /// Builds in `target` (a test that changes a copy's code, and builds
+    /// tests of it too, with a folder of its own kept between runs).
+    pub fn in_target(mut self, target: PathBuf) -> Mesh {
+        self.target = target;
+        self
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
     /// Puts the state folder on a disk of `size` of its own (a tmpfs, as
     /// `mount` takes sizes: `1m`), so that a test can fill it (root only).
     pub fn on_a_small_disk(mut self, size: &str) -> Mesh {

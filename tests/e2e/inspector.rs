@@ -494,3 +494,46 @@ fn grpc_bodies_are_shown_as_messages_in_hex() {
     assert_eq!(shown.matches(" · at +").count(), 2, "{shown}");
     eprintln!("screenshot: {}", browser.screenshot("grpc-body").display());
 }
+
+/// The trace view writes the trace as a test: the calls of alpha's
+/// request to beta asserted; with beta ticked, beta stands in with what
+/// it answered. Screenshot for a person to look at.
+#[test]
+fn a_trace_on_the_page_becomes_a_test() {
+    let mesh = mesh();
+    get(mesh.front("alpha"), "/peer");
+    exchanges(&mesh, 2, |_| true);
+    let mut browser = Browser::open(&page(&mesh));
+    browser.wait_until(&format!("{ROWS}.length === 2"), "both exchanges");
+    browser.eval("[...document.querySelectorAll('#rows tr')].find(tr => tr.innerText.includes('/peer')).click()");
+    browser.wait_until("document.querySelector('#detail .tabs')", "the exchange's detail");
+    browser.eval("document.querySelector('#detail [data-tab=trace]').click()");
+    browser.wait_until("document.getElementById('as-test-show')", "the trace view");
+    browser.eval("document.getElementById('as-test-show').click()");
+    let code = browser.wait_until(
+        "document.getElementById('as-test-code') && document.getElementById('as-test-code').innerText",
+        "the test",
+    );
+    let code = code.as_str().unwrap().to_owned();
+    assert!(code.contains("async fn get_peer_as_captured(mesh: Mesh)"), "{code}");
+    assert!(code.contains(r#"services("alpha", "beta")"#), "{code}");
+    assert!(
+        code.contains(".from(\"alpha\")\n        .to(\"beta\")\n        .request(\"GET\", \"/whoami\")"),
+        "{code}"
+    );
+    browser.eval("document.querySelector('#as-test input[data-stub=beta]').click()");
+    let code = browser.wait_until(
+        "document.getElementById('as-test-code').innerText.includes('.stand_in(') && document.getElementById('as-test-code').innerText",
+        "beta to stand in",
+    );
+    assert!(
+        code.as_str()
+            .unwrap()
+            .contains(r#"services("alpha"), setup(stand_ins)"#),
+        "{code}"
+    );
+    let file = browser.eval("document.getElementById('as-test-file').download");
+    assert_eq!(file, "get_peer_as_captured.rs");
+    let shot = browser.screenshot("as-test");
+    eprintln!("screenshot: {}", shot.display());
+}

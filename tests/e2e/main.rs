@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cargo-devmesh` binary on fixture workspaces.
 //! One test binary for all, as nextest recommends.
 
+mod as_test;
 mod browser;
 mod dns;
 mod errors;

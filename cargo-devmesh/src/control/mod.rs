@@ -76,6 +76,10 @@ use crate::supervisor::{ServiceState, Services};
 use devmesh::config::Mode;
 use devmesh::registry::Status;
 
+/// How many of the newest exchanges a test of a capture compares its
+/// trace with, to tell the fields that vary.
+const AS_TEST_HISTORY: usize = 500;
+
 /// The parts of the mesh the API serves.
 #[derive(Debug, Clone)]
 pub struct Parts {
@@ -94,6 +98,8 @@ pub struct Parts {
     /// What the services sent over OTLP, and where they send it.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub otlp: Option<SocketAddr>,
+    /// The services a test of a capture can run (`as_test`).
+    pub members: Arc<crate::as_test::Members>,
 }
 
 /// Serves the API until `shutdown`; returns its address and a first login
@@ -286,6 +292,7 @@ impl Api {
                 Err(response) => *response,
             },
             (Method::POST, ["api", "traffic", id, "replay"]) => self.replay(id, request).await,
+            (Method::GET, ["api", "traffic", id, "as-test"]) => self.as_test(id, &query),
             (Method::GET, ["api", "map"]) => json(StatusCode::OK, &CallMap::of(&self.mesh.inspector.store)),
             (Method::GET, ["api", "logs"]) => {
                 let services: Vec<String> = query
@@ -422,6 +429,72 @@ impl Api {
                 )),
             ))
         })
+    }
+
+    /// The test of exchange `id`'s trace (or of trace `id`, 32 hex
+    /// digits), with the services of `?stub=a,b` standing in.
+    fn as_test(&self, id: &str, query: &HashMap<String, String>) -> ApiResponse {
+        let store = &self.mesh.inspector.store;
+        let (trace, origin) = match TraceId::parse(id).filter(|_| id.len() == 32) {
+            Some(trace) => (Some(trace), format!("trace {id}")),
+            None => match self.kept(id) {
+                Ok(exchange) => {
+                    let at = crate::time::timestamp(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(exchange.started_ms),
+                    );
+                    let origin = match exchange.trace_id {
+                        Some(trace) => format!("exchange #{} of trace {trace}, at {at}", exchange.id),
+                        None => format!("exchange #{}, at {at}", exchange.id),
+                    };
+                    match exchange.trace_id {
+                        Some(trace) => (Some(trace), origin),
+                        None => {
+                            let alone = vec![store.masker.exchange(exchange)];
+                            return self.written(&alone, query, &origin);
+                        }
+                    }
+                }
+                Err(response) => return *response,
+            },
+        };
+        let filter = Filter {
+            trace_id: trace,
+            ..Filter::default()
+        };
+        self.written(&store.list(&filter), query, &origin)
+    }
+
+    fn written(&self, trace: &[Exchange], query: &HashMap<String, String>, origin: &str) -> ApiResponse {
+        let stubs: Vec<String> = query
+            .get("stub")
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        if let Some(unknown) = stubs.iter().find(|s| !trace.iter().any(|e| *e.service == **s)) {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &error(&format!(
+                    "`{unknown}` is not called in this trace, so it cannot stand in"
+                )),
+            );
+        }
+        // The newest exchanges kept: what differs between them and the
+        // trace's varies.
+        let history = self.mesh.inspector.store.list(&Filter {
+            limit: Some(AS_TEST_HISTORY),
+            ..Filter::default()
+        });
+        let pids: Vec<u32> = self.mesh.services.states().iter().filter_map(|s| s.pid).collect();
+        let capture = crate::as_test::Capture {
+            trace,
+            history: &history,
+            pids: &pids,
+            origin,
+        };
+        let store = &self.mesh.inspector.store;
+        match crate::as_test::write(capture, &self.mesh.members, &stubs, &store.masker) {
+            Ok(written) => json(StatusCode::OK, &written),
+            Err(why) => json(StatusCode::UNPROCESSABLE_ENTITY, &error(&why.to_string())),
+        }
     }
 
     async fn replay(&self, id: &str, request: Request<Incoming>) -> ApiResponse {

@@ -411,6 +411,7 @@ impl Mesh {
             logs: logs.clone(),
             telemetry: Arc::clone(&telemetry),
             otlp: supervisor.otlp,
+            members: Arc::new(crate::as_test::members(&workspace)),
         };
         let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
         tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));
