@@ -20,8 +20,10 @@
 //! temporary folder, the workspace's `[remote]`, `[tunnel]` and sharing
 //! left out (a test says what is remote: [`MeshBuilder::remote`],
 //! [`MeshBuilder::handler`]). The services' binaries are built once per
-//! test process and reused by every mesh in it; under nextest (a process
-//! a test), each process's `cargo build` finds them built.
+//! test process and reused by every mesh in it. What the first mesh of a
+//! process asks cargo (the workspace's metadata, a build) is kept beside
+//! the test binaries for the next process while no manifest or source
+//! changed: under nextest (a process a test) only the first asks.
 //!
 //! Every process of a mesh ends when it is dropped, also when the test
 //! panics; when the test process itself is killed (SIGKILL), the mesh's
@@ -39,6 +41,7 @@
 mod captured;
 mod fault;
 mod handler;
+mod kept;
 mod mesh;
 mod traffic;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cargo_devmesh::build::{Builder, Built};
 use cargo_devmesh::inspector::{Filter, Inspector};
 use cargo_devmesh::logs::Logs;
-use cargo_devmesh::workspace::{CargoOptions, Workspace};
+use cargo_devmesh::workspace::{CargoOptions, Shape, Workspace};
 use cargo_devmesh::{Faults, Plan};
 use devmesh::registry::Status;
 use tokio_util::sync::CancellationToken;
@@ -544,35 +544,57 @@ async fn prepare_once(cargo: &CargoOptions) -> Result<(Workspace, Arc<Built>), E
     if let Some((workspace, built)) = prepared.get(&key) {
         return Ok((workspace.clone(), Arc::clone(built)));
     }
-    let workspace = {
-        let cargo = cargo.clone();
-        tokio::task::spawn_blocking(move || Workspace::load(&cargo))
-            .await
-            .map_err(|e| Error::Start(e.to_string()))?
-            .map_err(|e| Error::Workspace {
-                path: key.0.clone().unwrap_or_default(),
-                detail: e.to_string(),
-            })?
+    // Kept by an earlier test process, while the workspace is as it was.
+    let file = crate::kept::file(&key);
+    let kept = file.as_deref().and_then(crate::kept::Kept::read);
+    let mut kept = match kept {
+        Some(kept) => kept,
+        None => {
+            let manifest = cargo.manifest_path.clone();
+            let shape = tokio::task::spawn_blocking(move || Shape::read(manifest.as_deref()))
+                .await
+                .map_err(|e| Error::Start(e.to_string()))?
+                .map_err(|e| Error::Workspace {
+                    path: key.0.clone().unwrap_or_default(),
+                    detail: e.to_string(),
+                })?;
+            crate::kept::Kept::new(shape)
+        }
     };
+    let workspace = Workspace::of(kept.shape.clone()).map_err(|e| Error::Workspace {
+        path: key.0.clone().unwrap_or_default(),
+        detail: e.to_string(),
+    })?;
     let targets: Vec<_> = workspace.services.values().filter_map(|s| s.bin_target()).collect();
-    // Quiet: the output of a test is the test's; cargo's shows only when a build fails.
-    let builder = Builder::new(workspace.manifest_path.clone(), key.1.clone(), targets.clone()).quiet();
-    let built = builder
-        .build()
-        .await
-        .map_err(|e| Error::Build(format!("`cargo build`: {e}")))?;
-    let failed: Vec<String> = targets
-        .iter()
-        .filter(|t| !built.binaries.contains_key(t))
-        .map(|t| format!("`{}` of `{}`", t.bin, t.package))
-        .collect();
-    if !failed.is_empty() {
-        return Err(Error::Build(format!(
-            "{} did not build; cargo said:\n{}",
-            failed.join(", "),
-            built.output.trim_end()
-        )));
-    }
+    let built = match kept.built(&key.1, &targets) {
+        Some(built) => built,
+        None => {
+            let began = std::time::SystemTime::now();
+            // Quiet: the output of a test is the test's; cargo's shows only when a build fails.
+            let builder = Builder::new(workspace.manifest_path.clone(), key.1.clone(), targets.clone()).quiet();
+            let built = builder
+                .build()
+                .await
+                .map_err(|e| Error::Build(format!("`cargo build`: {e}")))?;
+            let failed: Vec<String> = targets
+                .iter()
+                .filter(|t| !built.binaries.contains_key(t))
+                .map(|t| format!("`{}` of `{}`", t.bin, t.package))
+                .collect();
+            if !failed.is_empty() {
+                return Err(Error::Build(format!(
+                    "{} did not build; cargo said:\n{}",
+                    failed.join(", "),
+                    built.output.trim_end()
+                )));
+            }
+            kept.keep_build(&key.1, began, &built);
+            if let Some(file) = &file {
+                kept.write(file);
+            }
+            built
+        }
+    };
     let built = Arc::new(built);
     prepared.insert(key, (workspace.clone(), Arc::clone(&built)));
     Ok((workspace, built))

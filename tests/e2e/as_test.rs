@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::{Mesh, exchanges, get, shop_copy, text};
+use crate::harness::{Mesh, REPO, exchanges, fixture, get, shop_copy, text};
 
 /// `cargo test -p PACKAGE --test TEST` in `mesh`'s workspace and target.
 fn cargo_test(mesh: &Mesh, package: &str, test: &str) -> Output {
@@ -96,4 +96,48 @@ fn charge_double(root: &Path) {
     );
     assert_ne!(code, doubled, "payments' receipt is where the test expects it");
     std::fs::write(&main, doubled).unwrap();
+}
+
+#[test]
+fn a_captured_grpc_call_becomes_a_passing_test() {
+    let copy = fixture("grpc");
+    // The fixture's package takes the harness, as a user's would.
+    let manifest = copy.path().join("greeter/Cargo.toml");
+    let harness = Path::new(REPO).join("devmesh-testing").canonicalize().unwrap();
+    let mut text_of = std::fs::read_to_string(&manifest).unwrap();
+    text_of.push_str(&format!(
+        "\n[dev-dependencies]\ndevmesh-testing = {{ path = {:?} }}\n",
+        harness.display().to_string()
+    ));
+    std::fs::write(&manifest, text_of).unwrap();
+    let mut mesh = Mesh::idle(copy).in_target(own_target());
+    mesh.run(&["greeter"]);
+    mesh.wait_ready("greeter", 1);
+    assert_eq!(mesh.run_program("greet", &["world"]).trim(), "ok: hello, world");
+    let call = exchanges(&mesh, 1, |e| e["path"] == "/greet.Greeter/SayHello");
+    let id = call[0]["id"].to_string();
+
+    let said = text(&mesh.cli(&["traffic", "--as-test", &id]));
+    let name = "post_greet_greeter_sayhello_as_captured";
+    assert!(
+        said.contains(&format!("run it: cargo test -p greeter --test {name}")),
+        "{said}"
+    );
+    let code = std::fs::read_to_string(mesh.root.join(format!("greeter/tests/{name}.rs"))).unwrap();
+    // The message as it went, over HTTP/2, and its gRPC status asserted.
+    assert!(code.contains(".version(Version::HTTP_2)"), "{code}");
+    assert!(
+        code.contains(r#".body(Bytes::from_static(b"\x00\x00\x00\x00\x07\n\x05world"))"#),
+        "{code}"
+    );
+    assert!(code.contains(".grpc_status(0)"), "{code}");
+    mesh.signal_and_wait(libc::SIGTERM);
+
+    let passed = cargo_test(&mesh, "greeter", name);
+    let said = text(&passed);
+    assert!(
+        passed.status.success(),
+        "the captured gRPC test passes:\n{said}\n{code}"
+    );
+    assert!(said.contains(&format!("test {name} ... ok")), "{said}");
 }

@@ -4,8 +4,14 @@
 //! each with its port and its peers' URLs in the environment, and poll
 //! each `/health` every millisecond until it answers. The harness:
 //! `Mesh::builder()…start()`, which also binds the front ports, starts the
-//! inspector and waits for each service's readiness. Rounds alternate;
-//! medians.
+//! inspector and waits for each service's readiness.
+//!
+//! Three harness figures: the first mesh of a process with nothing kept
+//! (it asks cargo for the workspace's metadata and builds), the first
+//! mesh of a process after that (as each test under nextest is: a
+//! process a test, each with what the first kept), and the next meshes of
+//! one process. Each first is a process of its own (this program again,
+//! with `--first`). Rounds alternate; medians.
 //!
 //! Run: `cargo run --release -p devmesh-bench --bin harness`.
 
@@ -20,9 +26,6 @@ const ROUNDS: usize = 15;
 
 fn main() {
     let shop = repo().join("examples/shop");
-    run(Command::new("cargo")
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(shop.join("Cargo.toml")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,26 +45,58 @@ fn main() {
             took
         })
     };
-    // The first mesh of a process also asks cargo whether the binaries
-    // are built (each test process under nextest does).
-    let first = harness();
-    let mut by_hand = Vec::new();
-    let mut in_a_test = Vec::new();
+    if std::env::args().any(|a| a == "--first") {
+        println!("{}", harness().as_nanos());
+        return;
+    }
+    run(Command::new("cargo")
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(shop.join("Cargo.toml")));
+    // Nothing kept: as after `cargo clean`, or a manifest changed.
+    let kept = std::env::current_exe()
+        .expect("this program's path")
+        .parent()
+        .expect("its folder")
+        .join("devmesh-testing");
+    let _ = std::fs::remove_dir_all(&kept);
+    let cold = first_of_a_process();
+    let (mut by_hand, mut firsts, mut next) = (Vec::new(), Vec::new(), Vec::new());
+    harness();
     for _ in 0..ROUNDS {
         by_hand.push(start_by_hand(&shop));
-        in_a_test.push(harness());
+        firsts.push(first_of_a_process());
+        next.push(harness());
     }
-    let (hand, test) = (median_time(by_hand), median_time(in_a_test));
+    let hand = median_time(by_hand);
+    let times = |d: Duration| format!("{d:>9.1?}  ({:.2}× by hand)", d.as_secs_f64() / hand.as_secs_f64());
     println!("three services (gateway, orders, payments), from nothing to all answering, {ROUNDS} rounds, medians:");
-    println!("  by hand (spawn, poll /health each ms)  {hand:>9.1?}");
+    println!("  by hand (spawn, poll /health each ms)              {hand:>9.1?}");
     println!(
-        "  devmesh-testing Mesh::start           {test:>9.1?}  ({:.2}× by hand)",
-        test.as_secs_f64() / hand.as_secs_f64()
+        "  devmesh-testing, the first mesh of a process       {}  (a process a test, as under nextest)",
+        times(median_time(firsts))
     );
     println!(
-        "  the first mesh of a process           {first:>9.1?}  ({:.2}× by hand; it also asks cargo whether the binaries are built)",
-        first.as_secs_f64() / hand.as_secs_f64()
+        "  devmesh-testing, the next meshes of a process      {}",
+        times(median_time(next))
     );
+    println!(
+        "  the first mesh with nothing kept (once)            {}  (cargo metadata, and a build that finds all built)",
+        times(cold)
+    );
+}
+
+/// This program again, for one mesh: how long its start took.
+fn first_of_a_process() -> Duration {
+    let output = Command::new(std::env::current_exe().expect("this program's path"))
+        .arg("--first")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the bench runs itself");
+    let nanos: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a first mesh's time, not {output:?}"));
+    Duration::from_nanos(nanos)
 }
 
 /// Spawns payments, orders and gateway on ports of their own, each told

@@ -1,13 +1,17 @@
 //! What to run: the workspace's services, from `cargo metadata` and
 //! `devmesh.toml`. Owns nothing at run time; the supervisor takes the plan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cargo_metadata::{Metadata, MetadataCommand, Package, PackageId, TargetKind};
+use cargo_metadata::PackageId;
 use devmesh::config::{Config, Mode, Protocol, Readiness, ServiceConfig};
 
 use crate::errors::PlanError;
+
+mod shape;
+
+pub use shape::{Member, Shape};
 
 /// A workspace ready to run.
 #[derive(Debug, Clone)]
@@ -129,22 +133,31 @@ const SELF_PACKAGE: &str = "cargo-devmesh";
 impl Workspace {
     /// Reads the workspace around `options.manifest_path` (or the current folder).
     pub fn load(options: &CargoOptions) -> Result<Workspace, PlanError> {
-        let mut command = MetadataCommand::new();
-        if let Some(path) = &options.manifest_path {
-            command.manifest_path(path);
-        }
-        let metadata = command.exec().map_err(|e| PlanError::Metadata(e.to_string()))?;
-        let root = metadata.workspace_root.clone().into_std_path_buf();
+        Workspace::of(Shape::read(options.manifest_path.as_deref())?)
+    }
+
+    /// The workspace `shape` gives, with its `devmesh.toml` and `.env`
+    /// files read now.
+    pub fn of(shape: Shape) -> Result<Workspace, PlanError> {
+        let root = shape.root.clone();
         let config_path = root.join(devmesh::config::FILE_NAME);
         let config = Config::load(&config_path)?;
         let state_dir = std::env::var_os("DEVMESH_STATE_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| metadata.target_directory.join("devmesh").into_std_path_buf());
-        let services = services(&metadata, &config, &root)?;
+            .unwrap_or_else(|| shape.target_directory.join("devmesh"));
+        let services = services(&shape.members, &config, &root)?;
         Ok(Workspace {
             manifest_path: root.join("Cargo.toml"),
-            packages: packages(&metadata),
-            target_dir: metadata.target_directory.clone().into_std_path_buf(),
+            packages: shape
+                .members
+                .iter()
+                .map(|m| PackageInfo {
+                    id: m.id.clone(),
+                    dir: m.dir.clone(),
+                    depends_on: m.depends_on.clone(),
+                })
+                .collect(),
+            target_dir: shape.target_directory,
             root,
             state_dir,
             config_path,
@@ -213,15 +226,14 @@ impl Workspace {
 
 /// Every service: workspace binaries that link devmesh, merged with
 /// `[services.*]` from the config.
-fn services(metadata: &Metadata, config: &Config, root: &Path) -> Result<BTreeMap<String, ServiceSpec>, PlanError> {
-    let members = metadata.workspace_packages();
+fn services(members: &[Member], config: &Config, root: &Path) -> Result<BTreeMap<String, ServiceSpec>, PlanError> {
     let mut services = BTreeMap::new();
     for package in members
         .iter()
-        .filter(|p| p.name.as_str() != SELF_PACKAGE && links_devmesh(p))
+        .filter(|p| p.name.as_str() != SELF_PACKAGE && p.links_devmesh)
     {
-        let bins = binaries(package);
-        for bin in &bins {
+        let bins = &package.bins;
+        for bin in bins {
             // One binary: the service is the package; several: each binary.
             let name = devmesh::name::from_package(if bins.len() == 1 { &package.name } else { bin });
             services.insert(name.clone(), default_spec(&name, binary(package, bin), root));
@@ -239,7 +251,7 @@ fn services(metadata: &Metadata, config: &Config, root: &Path) -> Result<BTreeMa
         let launch = match (&entry.command, services.get(name)) {
             (Some(command), _) => Launch::Command(command.clone()),
             (None, Some(found)) if entry.package.is_none() && entry.bin.is_none() => found.launch.clone(),
-            (None, _) => configured_binary(name, entry, &members)?,
+            (None, _) => configured_binary(name, entry, members)?,
         };
         let mut spec = default_spec(name, launch, root);
         apply(&mut spec, entry, root);
@@ -317,7 +329,7 @@ fn apply(spec: &mut ServiceSpec, entry: &ServiceConfig, root: &Path) {
 }
 
 /// A binary named in config by `package` and/or `bin`.
-fn configured_binary(name: &str, entry: &ServiceConfig, members: &[&Package]) -> Result<Launch, PlanError> {
+fn configured_binary(name: &str, entry: &ServiceConfig, members: &[Member]) -> Result<Launch, PlanError> {
     let package_name = entry.package.as_deref().unwrap_or(name);
     let package = members
         .iter()
@@ -326,7 +338,7 @@ fn configured_binary(name: &str, entry: &ServiceConfig, members: &[&Package]) ->
             service: name.to_owned(),
             detail: format!("the workspace has no package `{package_name}`"),
         })?;
-    let bins = binaries(package);
+    let bins = &package.bins;
     let bin = match &entry.bin {
         Some(bin) if bins.contains(bin) => bin.clone(),
         Some(bin) => {
@@ -355,29 +367,13 @@ fn configured_binary(name: &str, entry: &ServiceConfig, members: &[&Package]) ->
     Ok(binary(package, &bin))
 }
 
-fn binary(package: &Package, bin: &str) -> Launch {
+fn binary(package: &Member, bin: &str) -> Launch {
     Launch::Binary {
-        package: package.name.to_string(),
+        package: package.name.clone(),
         package_id: package.id.clone(),
         bin: bin.to_owned(),
-        links_devmesh: links_devmesh(package),
+        links_devmesh: package.links_devmesh,
     }
-}
-
-fn binaries(package: &Package) -> Vec<String> {
-    package
-        .targets
-        .iter()
-        .filter(|t| t.is_kind(TargetKind::Bin))
-        .map(|t| t.name.clone())
-        .collect()
-}
-
-fn links_devmesh(package: &Package) -> bool {
-    package
-        .dependencies
-        .iter()
-        .any(|d| d.name == "devmesh" && d.kind == cargo_metadata::DependencyKind::Normal)
 }
 
 fn check_cycles(services: &BTreeMap<String, ServiceSpec>) -> Result<(), PlanError> {
@@ -407,48 +403,4 @@ fn check_cycles(services: &BTreeMap<String, ServiceSpec>) -> Result<(), PlanErro
         visit(name, services, &mut Vec::new(), &mut done)?;
     }
     Ok(())
-}
-
-/// Workspace packages with their workspace dependencies, transitively.
-fn packages(metadata: &Metadata) -> Vec<PackageInfo> {
-    let members: BTreeSet<&PackageId> = metadata.workspace_members.iter().collect();
-    let direct: HashMap<&PackageId, Vec<&PackageId>> = metadata
-        .resolve
-        .as_ref()
-        .map(|resolve| {
-            resolve
-                .nodes
-                .iter()
-                .filter(|node| members.contains(&node.id))
-                .map(|node| {
-                    (
-                        &node.id,
-                        node.dependencies.iter().filter(|d| members.contains(d)).collect(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    metadata
-        .workspace_packages()
-        .into_iter()
-        .map(|package| {
-            let mut depends_on = BTreeSet::new();
-            let mut stack: Vec<&PackageId> = direct.get(&package.id).cloned().unwrap_or_default();
-            while let Some(id) = stack.pop() {
-                if depends_on.insert(id.clone()) {
-                    stack.extend(direct.get(id).into_iter().flatten().copied());
-                }
-            }
-            PackageInfo {
-                id: package.id.clone(),
-                dir: package
-                    .manifest_path
-                    .parent()
-                    .map(|d| d.to_path_buf().into_std_path_buf())
-                    .unwrap_or_default(),
-                depends_on,
-            }
-        })
-        .collect()
 }
