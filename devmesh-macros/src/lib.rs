@@ -20,7 +20,12 @@
 //! - `workspace("path/to/Cargo.toml")`: another workspace than the one of
 //!   the test's package (relative to the package);
 //! - `setup(function)`: a `fn(MeshBuilder) -> MeshBuilder` that sets the
-//!   rest (handlers written in the test, environment).
+//!   rest (handlers written in the test, environment);
+//! - `shared`: the tests of the file with the same arguments share one
+//!   mesh, started by the first and ended with the test process; they
+//!   take turns on it, each seeing the traffic of its turn, its faults
+//!   cleared and the services it stopped started again when it ends.
+//!   Under nextest (a process a test) each test still has its own.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as Tokens};
@@ -39,15 +44,18 @@ pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-const ARGUMENTS: &str = "`services(…)`, `remote(…)`, `workspace(…)` or `setup(…)`";
+const ARGUMENTS: &str = "`services(…)`, `remote(…)`, `workspace(…)`, `setup(…)` or `shared`";
 const USAGE: &str = "`#[devmesh::test(services(\"a\", \"b\"))] async fn name(mesh: Mesh) { … }`";
 
 fn expand(args: Tokens, item: Tokens) -> syn::Result<Tokens> {
     let function: ItemFn = syn::parse2(item)?;
     let calls = Punctuated::<Expr, Token![,]>::parse_terminated.parse2(args)?;
-    let mut settings = Vec::new();
+    let (mut settings, mut shared) = (Vec::new(), false);
     for call in calls {
-        settings.push(setting(call)?);
+        match &call {
+            Expr::Path(path) if path.path.is_ident("shared") => shared = true,
+            _ => settings.push(setting(call)?),
+        }
     }
 
     let signature = &function.sig;
@@ -95,16 +103,30 @@ fn expand(args: Tokens, item: Tokens) -> syn::Result<Tokens> {
         &signature.output,
         &function.block,
     );
+    let builder = quote_spanned! {Span::mixed_site()=>
+        ::devmesh_testing::__private::builder(::core::env!("CARGO_MANIFEST_DIR")) #(#settings)*
+    };
+    // Tests of one file with the same arguments share one mesh.
+    let run = if shared {
+        let key = LitStr::new(&builder.to_string(), Span::call_site());
+        quote_spanned! {Span::mixed_site()=>
+            ::devmesh_testing::__private::run_shared(
+                ::core::concat!(::core::file!(), "|", #key),
+                || #builder,
+                |#pattern: ::devmesh_testing::Mesh| async move #body,
+            )
+        }
+    } else {
+        quote_spanned! {Span::mixed_site()=>
+            ::devmesh_testing::__private::run(#builder, |#pattern: ::devmesh_testing::Mesh| async move #body)
+        }
+    };
     Ok(quote_spanned! {Span::mixed_site()=>
         #(#attributes)*
         #[::core::prelude::v1::test]
         #visibility fn #name() #output {
             #check
-            ::devmesh_testing::__private::run(
-                ::devmesh_testing::__private::builder(::core::env!("CARGO_MANIFEST_DIR"))
-                    #(#settings)*,
-                |#pattern: ::devmesh_testing::Mesh| async move #body,
-            )
+            #run
         }
     })
 }

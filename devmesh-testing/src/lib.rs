@@ -115,6 +115,69 @@ pub mod __private {
         })
     }
 
+    /// Meshes shared by the tests that ask (`#[devmesh::test(shared)]`),
+    /// by the test's file and arguments: each on a runtime of its own that
+    /// lives as long as the test process, and one test's turn at a time.
+    struct Shared {
+        runtime: tokio::runtime::Runtime,
+        mesh: Result<Mesh, String>,
+        turn: std::sync::Mutex<()>,
+    }
+
+    /// [`run`], on the mesh the tests of `key` share: started by the
+    /// first of them, then each test's in turn. A test sees the traffic of
+    /// its turn only; the faults it set are cleared and the services it
+    /// stopped started again once it ends, passed or failed.
+    #[track_caller]
+    pub fn run_shared<F, Fut, T>(key: &'static str, builder: impl FnOnce() -> MeshBuilder, body: F) -> T
+    where
+        F: FnOnce(Mesh) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        use std::collections::HashMap;
+        use std::sync::{Arc, LazyLock, Mutex};
+        static SHARED: LazyLock<Mutex<HashMap<&'static str, Arc<Shared>>>> = LazyLock::new(Default::default);
+        let test = std::panic::Location::caller();
+        let shared = {
+            let mut all = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            let shared = all.entry(key).or_insert_with(|| {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for the shared mesh");
+                let mesh = runtime.block_on(builder().start()).map_err(|e| e.to_string());
+                Arc::new(Shared {
+                    runtime,
+                    mesh,
+                    turn: Mutex::new(()),
+                })
+            });
+            Arc::clone(shared)
+        };
+        let mesh = match &shared.mesh {
+            Ok(mesh) => mesh,
+            Err(e) => panic!("devmesh: the shared mesh of the tests at {test}: {e}"),
+        };
+        // A test that failed in its turn leaves the turn to the next.
+        let _turn = shared.turn.lock().unwrap_or_else(|e| e.into_inner());
+        crate::traffic::table_shown();
+        let mine = mesh.turn();
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.runtime.block_on(async {
+                let mut report = PanicReport(Some(mine.reporter()));
+                let output = body(mine).await;
+                report.0 = None;
+                output
+            })
+        }));
+        shared.runtime.block_on(mesh.end_turn());
+        match ended {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
     /// Prints the mesh's logs and traffic if dropped while panicking.
     struct PanicReport(Option<crate::mesh::Reporter>);
 

@@ -44,9 +44,18 @@ pub enum Error {
 }
 
 /// A running mesh: the services a test named, ready, each behind a front
-/// port of this mesh's own. Dropped, it ends every process.
+/// port of this mesh's own. Dropped, it ends every process (a shared
+/// one's, once the test process ends).
 #[derive(Debug)]
 pub struct Mesh {
+    running: Arc<Running>,
+    /// What this test sees of the traffic: exchanges after this id (a
+    /// shared mesh's earlier tests had those before).
+    since: u64,
+}
+
+#[derive(Debug)]
+struct Running {
     inner: cargo_devmesh::Mesh,
     /// Services run here, and those used at a URL or a handler.
     run: Vec<String>,
@@ -103,7 +112,7 @@ impl Mesh {
     /// The address of service `name`'s front port (see [`Mesh::url`]).
     #[track_caller]
     pub fn addr(&self, name: &str) -> SocketAddr {
-        match self.inner.front(name) {
+        match self.running.inner.front(name) {
             Some(addr) => addr,
             None => panic!("devmesh: {}", self.unknown(name)),
         }
@@ -112,7 +121,7 @@ impl Mesh {
     /// The process id of service `name`'s running instance (to stop it
     /// with SIGSTOP and see how its callers cope, say).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        let handle = self.inner.services().get(name).ok()?;
+        let handle = self.running.inner.services().get(name).ok()?;
         handle.state.borrow().pid
     }
 
@@ -123,23 +132,23 @@ impl Mesh {
     /// When the mesh runs no service `name`.
     #[track_caller]
     pub fn logs(&self, name: &str) -> String {
-        if name != "devmesh" && !self.run.iter().any(|n| n == name) {
+        if name != "devmesh" && !self.running.run.iter().any(|n| n == name) {
             panic!("devmesh: {}", self.unknown(name));
         }
         self.log_text(name)
     }
 
     fn log_text(&self, name: &str) -> String {
-        std::fs::read_to_string(Logs::path(self.inner.state_dir(), name)).unwrap_or_default()
+        std::fs::read_to_string(Logs::path(self.running.inner.state_dir(), name)).unwrap_or_default()
     }
 
     /// Waits until service `name` prints a line that contains `text` (or
     /// has printed one); an error with what it printed after 10 s.
     pub async fn wait_log(&self, name: &str, text: &str) -> Result<(), Error> {
-        if name != "devmesh" && !self.run.iter().any(|n| n == name) {
+        if name != "devmesh" && !self.running.run.iter().any(|n| n == name) {
             return Err(self.unknown(name));
         }
-        let mut lines = self.inner.logs().subscribe();
+        let mut lines = self.running.inner.logs().subscribe();
         if self.log_text(name).contains(text) {
             return Ok(());
         }
@@ -169,33 +178,36 @@ impl Mesh {
     /// Restarts service `name` (blue/green: its front port keeps taking
     /// requests), and waits until the new instance is ready.
     pub async fn restart(&self, name: &str) -> Result<(), Error> {
-        self.act(name, self.inner.restart(name, false, false)).await?;
+        self.act(name, self.running.inner.restart(name, false, false)).await?;
         self.ready(name).await
     }
 
     /// Stops service `name`: its callers get a 503 from its front port
     /// that says it is stopped, until [`Mesh::start_service`].
     pub async fn stop(&self, name: &str) -> Result<(), Error> {
-        self.act(name, self.inner.stop(name)).await
+        self.act(name, self.running.inner.stop(name)).await
     }
 
     /// Starts service `name` again after [`Mesh::stop`], and waits until
     /// it is ready.
     pub async fn start_service(&self, name: &str) -> Result<(), Error> {
-        self.act(name, self.inner.start_service(name)).await?;
+        self.act(name, self.running.inner.start_service(name)).await?;
         self.ready(name).await
     }
 
     /// What went between the services (and from the test to them) so far,
     /// once the exchanges in flight have ended (or after a second).
     pub async fn traffic(&self) -> Traffic {
-        let store = &self.inner.inspector().store;
+        let store = &self.running.inner.inspector().store;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
-            let exchanges = store.list(&Filter::default());
+            let exchanges = store.list(&self.scope());
             if exchanges.iter().all(|e| e.complete) || tokio::time::Instant::now() >= deadline {
                 let calls = exchanges.iter().map(Call::from).collect();
-                return Traffic::new(calls, self.run.iter().chain(&self.replaced).cloned().collect());
+                return Traffic::new(
+                    calls,
+                    self.running.run.iter().chain(&self.running.replaced).cloned().collect(),
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -233,21 +245,24 @@ impl Mesh {
     }
 
     /// Ends every service gracefully (SIGTERM, then the grace period),
-    /// rather than at once as a drop does.
+    /// rather than at once as a drop does. A shared mesh is the other
+    /// tests' too: it ends with the test process.
     pub async fn shutdown(self) -> Result<(), Error> {
-        self.handlers.0.cancel();
-        self.inner.shutdown().await.map_err(|e| Error::Start(e.to_string()))
+        let running = Arc::try_unwrap(self.running)
+            .map_err(|_| Error::Start("a shared mesh ends with the test process, not with one test".to_owned()))?;
+        running.handlers.0.cancel();
+        running.inner.shutdown().await.map_err(|e| Error::Start(e.to_string()))
     }
 
     #[track_caller]
     fn set_faults(&self, name: &str, change: impl FnOnce(&mut Faults)) {
-        if self.inner.front(name).is_none() {
+        if self.running.inner.front(name).is_none() {
             panic!("devmesh: {}", self.unknown(name));
         }
-        let mut all = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.running.faults.lock().unwrap_or_else(|e| e.into_inner());
         let faults = all.entry(name.to_owned()).or_default();
         change(faults);
-        let _known = self.inner.set_faults(name, faults.clone());
+        let _known = self.running.inner.set_faults(name, faults.clone());
     }
 
     async fn act(
@@ -255,7 +270,7 @@ impl Mesh {
         name: &str,
         action: impl std::future::Future<Output = anyhow::Result<cargo_devmesh::supervisor::Outcome>>,
     ) -> Result<(), Error> {
-        if !self.run.iter().any(|n| n == name) {
+        if !self.running.run.iter().any(|n| n == name) {
             return Err(self.unknown(name));
         }
         match action.await {
@@ -272,7 +287,7 @@ impl Mesh {
     }
 
     async fn ready(&self, name: &str) -> Result<(), Error> {
-        let state = self.inner.ready(name).await.map_err(|e| Error::Service {
+        let state = self.running.inner.ready(name).await.map_err(|e| Error::Service {
             name: name.to_owned(),
             detail: e.to_string(),
         })?;
@@ -287,7 +302,13 @@ impl Mesh {
     }
 
     fn unknown(&self, name: &str) -> Error {
-        let known: Vec<&str> = self.run.iter().chain(&self.replaced).map(String::as_str).collect();
+        let known: Vec<&str> = self
+            .running
+            .run
+            .iter()
+            .chain(&self.running.replaced)
+            .map(String::as_str)
+            .collect();
         Error::UnknownService {
             name: name.to_owned(),
             known: known.join(", "),
@@ -297,8 +318,57 @@ impl Mesh {
     /// What a failed test is told of this mesh.
     pub(crate) fn reporter(&self) -> Reporter {
         Reporter {
-            logs: self.inner.logs().clone(),
-            inspector: Arc::clone(self.inner.inspector()),
+            logs: self.running.inner.logs().clone(),
+            inspector: Arc::clone(self.running.inner.inspector()),
+            scope: self.scope(),
+        }
+    }
+
+    /// This test's exchanges.
+    fn scope(&self) -> Filter {
+        Filter {
+            after: Some(self.since),
+            ..Filter::default()
+        }
+    }
+
+    /// Another test's turn on this mesh (see `__private::run_shared`): it
+    /// sees the traffic from now on.
+    pub(crate) fn turn(&self) -> Mesh {
+        let newest = self.running.inner.inspector().store.list(&Filter {
+            limit: Some(1),
+            ..Filter::default()
+        });
+        Mesh {
+            running: Arc::clone(&self.running),
+            since: newest.last().map_or(0, |e| e.id),
+        }
+    }
+
+    /// Puts back what a test's turn changed: no faults, and every service
+    /// it stopped started again.
+    pub(crate) async fn end_turn(&self) {
+        let faulted: Vec<String> = self
+            .running
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in faulted {
+            self.clear_faults(&name);
+        }
+        for name in self.running.run.clone() {
+            let stopped = self
+                .running
+                .inner
+                .services()
+                .get(&name)
+                .is_ok_and(|handle| handle.state.borrow().status == Status::Stopped);
+            if stopped {
+                let _ = self.start_service(&name).await;
+            }
         }
     }
 }
@@ -308,6 +378,7 @@ impl Mesh {
 pub(crate) struct Reporter {
     logs: Logs,
     inspector: Arc<Inspector>,
+    scope: Filter,
 }
 
 impl Reporter {
@@ -317,13 +388,7 @@ impl Reporter {
         for line in lines {
             report.push_str(&format!("{:>10} | {}\n", line.service, line.text));
         }
-        let calls: Vec<Call> = self
-            .inspector
-            .store
-            .list(&Filter::default())
-            .iter()
-            .map(Call::from)
-            .collect();
+        let calls: Vec<Call> = self.inspector.store.list(&self.scope).iter().map(Call::from).collect();
         if crate::traffic::table_shown() {
             report.push_str("--- devmesh: the traffic: in the assertion's message above ---\n");
         } else {
@@ -507,14 +572,17 @@ impl MeshBuilder {
             .await
             .map_err(|e| Error::Start(format!("{e:#}")))?;
         let mesh = Mesh {
-            inner,
-            run,
-            replaced,
-            faults: Mutex::default(),
-            handlers,
-            _state: state,
+            running: Arc::new(Running {
+                inner,
+                run,
+                replaced,
+                faults: Mutex::default(),
+                handlers,
+                _state: state,
+            }),
+            since: 0,
         };
-        for name in &mesh.run {
+        for name in &mesh.running.run {
             mesh.ready(name).await?;
         }
         Ok(mesh)

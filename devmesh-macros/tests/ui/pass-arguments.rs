@@ -21,4 +21,7 @@ async fn elsewhere(_mesh: Mesh) -> Result<(), String> {
 #[test]
 async fn every_service(_: Mesh) {}
 
+#[test(services("gateway"), shared)]
+async fn sharing(_: Mesh) {}
+
 fn main() {}
