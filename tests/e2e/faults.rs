@@ -158,3 +158,83 @@ fn the_sandbox_network_cut_and_restored_is_served_again_by_itself() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// libfaketime: the wall clock of the supervisor, the CLI and the services
+/// set from a file, as a laptop's is by a sleep or an NTP step; their
+/// monotonic clocks left alone (`apt-get install faketime`).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The clock jumping back two hours, then forward three days: every
+/// request is served, a restart works, the terminal says each jump once,
+/// and the exchanges are stamped with the clock as it reads.
+#[test]
+fn the_clock_jumping_back_and_forth_is_said_once_and_disturbs_nothing() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "this test needs libfaketime (hint: `apt-get install faketime`; .ci/run installs it)"
+    );
+    let offset = tempfile::NamedTempFile::new().unwrap();
+    let set_clock = |spec: &str| std::fs::write(offset.path(), spec).unwrap();
+    set_clock("+0");
+    let file = offset.path().to_str().unwrap();
+    let env = [
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", file),
+        ("FAKETIME_CACHE_DURATION", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ];
+    // rustc hangs under libfaketime: the services are built first, and
+    // the mesh's own build finds them built.
+    let mesh = Mesh::idle(fixture("mesh"));
+    mesh.build();
+    let mut mesh = mesh.with_env(&env);
+    mesh.run(&["alpha"]);
+    for service in ["beta", "alpha"] {
+        mesh.wait_ready(service, 1);
+    }
+    let newest_started = || {
+        let listed = mesh.cli(&["traffic", "--jsonl"]).stdout;
+        let newest: serde_json::Value =
+            serde_json::from_slice(listed.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap()).unwrap();
+        newest["started_ms"].as_u64().unwrap()
+    };
+    let real_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    assert_eq!(get(mesh.front("alpha"), "/peer").0, 200);
+    let hour = 3_600_000;
+    for (spec, offset_ms, said) in [
+        ("-2h", -2 * hour, "the system clock jumped back by 2 h 0 min"),
+        ("+3d", 72 * hour, "the system clock jumped forward by 74 h 0 min"),
+    ] {
+        set_clock(spec);
+        let jumped = |l: &str| l.contains("the system clock jumped");
+        let before = mesh.output.count(jumped);
+        mesh.output.wait_for(before + 1, "the jump to be said", jumped);
+        let line = mesh.output.matching(jumped).pop().unwrap();
+        assert!(line.contains(said), "{line}");
+        for _ in 0..20 {
+            assert_eq!(get(mesh.front("alpha"), "/peer").0, 200);
+        }
+        let stamped = newest_started() as i64 - real_ms() as i64;
+        assert!(
+            (stamped - offset_ms).abs() < 5_000,
+            "stamped {stamped} ms off the real clock"
+        );
+        let restarted = mesh.cli(&["restart", "--no-build", "beta"]);
+        assert!(restarted.status.success(), "{}", text(&restarted));
+        assert_eq!(get(mesh.front("alpha"), "/peer").0, 200);
+        assert!(mesh.cli(&["ps"]).status.success());
+        // Said once a jump, not each second after it.
+        std::thread::sleep(Duration::from_millis(2_500));
+        assert_eq!(
+            mesh.output.count(jumped),
+            before + 1,
+            "{:?}",
+            mesh.output.matching(jumped)
+        );
+    }
+}

@@ -164,9 +164,25 @@ impl Mesh {
 
     /// [`Mesh::start`] with `env` set for the supervisor and the CLI.
     pub fn start_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)], ready: &[&str]) -> Mesh {
-        let mut mesh = Mesh::idle(dir);
-        mesh.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        mesh.started(args, ready)
+        Mesh::idle(dir).with_env(env).started(args, ready)
+    }
+
+    /// `env` set for the supervisor and the CLI.
+    pub fn with_env(mut self, env: &[(&str, &str)]) -> Mesh {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self
+    }
+
+    /// Builds the workspace's binaries as `run` would, before it runs.
+    pub fn build(&self) {
+        let built = Command::new(env!("CARGO"))
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(self.root.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &self.target)
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "the workspace builds");
     }
 
     fn started(mut self, args: &[&str], ready: &[&str]) -> Mesh {

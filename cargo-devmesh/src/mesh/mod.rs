@@ -415,6 +415,11 @@ impl Mesh {
         };
         let api = control::serve(&state, &state_dir, inspector_listener, parts, shutdown.clone()).await?;
         tasks.push(tokio::spawn(state.clone().guard(logs.clone(), shutdown.clone())));
+        let clock_logs = logs.clone();
+        tasks.push(tokio::spawn(crate::time::watch_clock(
+            move |jump| clock_logs.note(jump),
+            shutdown.clone(),
+        )));
         let dns_socket = dns_socket
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UdpSocket::from_std(dns_socket))
