@@ -258,7 +258,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             let client = control::Client::find(&workspace.state_dir, cargo.manifest_path.as_deref())?;
             if let Some(id) = as_test {
-                return traffic::as_test(&client, &id, &stub, print).await;
+                return traffic::as_test(&client, &id, (&stub, print), cargo.manifest_path.as_deref()).await;
             }
             let format = match (har, jsonl) {
                 (true, _) => traffic::Format::Har,

@@ -201,7 +201,12 @@ fn percent_decode(text: &str) -> String {
 
 /// Writes the test of exchange or trace `id` (see `as_test`) to the tests
 /// of its service's package, or prints it.
-pub async fn as_test(client: &Client, id: &str, stubs: &[String], print: bool) -> anyhow::Result<()> {
+pub async fn as_test(
+    client: &Client,
+    id: &str,
+    (stubs, print): (&[String], bool),
+    manifest: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let query = if stubs.is_empty() {
         String::new()
     } else {
@@ -255,8 +260,8 @@ pub async fn as_test(client: &Client, id: &str, stubs: &[String], print: bool) -
     if varying > 0 {
         println!("  {varying} values that differ from run to run are listed in it, not asserted");
     }
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
-    if !manifest.contains("devmesh-testing") {
+    let package_manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+    if !package_manifest.contains("devmesh-testing") {
         println!(
             "  it needs the harness: add `devmesh-testing` to the [dev-dependencies] of `{}`",
             dir.join("Cargo.toml").display()
@@ -267,7 +272,9 @@ pub async fn as_test(client: &Client, id: &str, stubs: &[String], print: bool) -
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let package = package["name"].as_str().unwrap_or_default();
-    println!("run it: cargo test -p {package} --test {test}");
+    // Run from where this was: with the manifest path it was given.
+    let manifest = manifest.map_or_else(String::new, |m| format!(" --manifest-path {}", m.display()));
+    println!("run it: cargo test{manifest} -p {package} --test {test}");
     Ok(())
 }
 

@@ -49,9 +49,11 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Mesh {
     running: Arc<Running>,
-    /// What this test sees of the traffic: exchanges after this id (a
-    /// shared mesh's earlier tests had those before).
+    /// What this test sees of the traffic and the logs: exchanges after
+    /// this id, lines after this one (a shared mesh's earlier tests had
+    /// those before).
     since: u64,
+    lines_since: u64,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,7 @@ impl Mesh {
             logs: self.running.inner.logs().clone(),
             inspector: Arc::clone(self.running.inner.inspector()),
             scope: self.scope(),
+            lines_since: self.lines_since,
         }
     }
 
@@ -339,9 +342,11 @@ impl Mesh {
             limit: Some(1),
             ..Filter::default()
         });
+        let newest_line = self.running.inner.logs().recent(&[], None, 0, 1);
         Mesh {
             running: Arc::clone(&self.running),
             since: newest.last().map_or(0, |e| e.id),
+            lines_since: newest_line.last().map_or(0, |l| l.seq),
         }
     }
 
@@ -379,11 +384,12 @@ pub(crate) struct Reporter {
     logs: Logs,
     inspector: Arc<Inspector>,
     scope: Filter,
+    lines_since: u64,
 }
 
 impl Reporter {
     pub(crate) fn report(&self) -> String {
-        let lines = self.logs.recent(&[], None, 0, 40);
+        let lines = self.logs.recent(&[], None, self.lines_since, 40);
         let mut report = String::from("\n--- devmesh: the mesh's last log lines ---\n");
         for line in lines {
             report.push_str(&format!("{:>10} | {}\n", line.service, line.text));
@@ -581,6 +587,7 @@ impl MeshBuilder {
                 _state: state,
             }),
             since: 0,
+            lines_since: 0,
         };
         for name in &mesh.running.run {
             mesh.ready(name).await?;

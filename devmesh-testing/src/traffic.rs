@@ -102,8 +102,25 @@ pub struct Traffic {
     /// rather than matching nothing.
     services: Arc<Vec<String>>,
     chosen: Vec<usize>,
-    /// Each narrowing in words, and how many calls it left.
-    wanted: Vec<(String, usize)>,
+    /// Each narrowing, in the order they were made.
+    wanted: Vec<Step>,
+}
+
+/// One narrowing: what it kept in words, the calls it was given, how many
+/// it kept, and the JSON field it looked at, if it did (so that a failure
+/// can say what that field was instead).
+#[derive(Debug, Clone)]
+struct Step {
+    said: String,
+    given: Vec<usize>,
+    kept: usize,
+    field: Option<(Side, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Request,
+    Answer,
 }
 
 impl Traffic {
@@ -190,19 +207,30 @@ impl Traffic {
     /// JSON pointer such as `/order/item`).
     pub fn with_json(&self, field: &str, value: impl Into<serde_json::Value>) -> Traffic {
         let (pointer, value) = (pointer(field), value.into());
-        self.keep(format!("with {field} = {value}"), |c| {
+        let mut narrowed = self.keep(format!("with {field} = {value}"), |c| {
             c.json().is_some_and(|json| json.pointer(&pointer) == Some(&value))
-        })
+        });
+        narrowed.looked_at(Side::Request, pointer);
+        narrowed
     }
 
     /// Calls answered with a JSON body that has `value` at `field` (a
     /// name, or a JSON pointer such as `/order/payment/status`).
     pub fn with_response_json(&self, field: &str, value: impl Into<serde_json::Value>) -> Traffic {
         let (pointer, value) = (pointer(field), value.into());
-        self.keep(format!("answered {field} = {value}"), |c| {
+        let mut narrowed = self.keep(format!("answered {field} = {value}"), |c| {
             c.response_json()
                 .is_some_and(|json| json.pointer(&pointer) == Some(&value))
-        })
+        });
+        narrowed.looked_at(Side::Answer, pointer);
+        narrowed
+    }
+
+    /// The last narrowing looked at this JSON field.
+    fn looked_at(&mut self, side: Side, pointer: String) {
+        if let Some(step) = self.wanted.last_mut() {
+            step.field = Some((side, pointer));
+        }
     }
 
     /// gRPC calls answered with `grpc-status` `code` (0 is OK).
@@ -249,7 +277,12 @@ impl Traffic {
     fn keep(&self, wanted: String, test: impl Fn(&Call) -> bool) -> Traffic {
         let mut narrowed = self.clone();
         narrowed.chosen.retain(|&i| test(&self.all[i]));
-        narrowed.wanted.push((wanted, narrowed.chosen.len()));
+        narrowed.wanted.push(Step {
+            said: wanted,
+            given: self.chosen.clone(),
+            kept: narrowed.chosen.len(),
+            field: None,
+        });
         narrowed
     }
 
@@ -258,20 +291,41 @@ impl Traffic {
         let wanted = if self.wanted.is_empty() {
             "in the traffic".to_owned()
         } else {
-            let said: Vec<&str> = self.wanted.iter().map(|(w, _)| w.as_str()).collect();
+            let said: Vec<&str> = self.wanted.iter().map(|step| step.said.as_str()).collect();
             said.join(", ")
         };
         // Where the calls ran out: the narrowing that left none of those
-        // the ones before it left.
+        // it was given, and what they had at its field.
         let ran_out = self
             .wanted
             .iter()
-            .enumerate()
-            .find(|(_, (_, left))| *left == 0)
-            .filter(|(i, _)| *i > 0)
-            .map(|(i, (what, _))| {
-                let before = self.wanted[i - 1].1;
-                format!(" None of the {before} call(s) before `{what}` was so.")
+            .find(|step| step.kept == 0 && !step.given.is_empty())
+            .map(|step| {
+                let had: Vec<String> = match &step.field {
+                    Some((side, pointer)) => step
+                        .given
+                        .iter()
+                        .map(|&i| {
+                            let json = match side {
+                                Side::Request => self.all[i].json(),
+                                Side::Answer => self.all[i].response_json(),
+                            };
+                            json.and_then(|j| j.pointer(pointer).map(ToString::to_string))
+                                .unwrap_or_else(|| "not there".to_owned())
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let had = match had.as_slice() {
+                    [] => String::new(),
+                    [one] => format!(": it was {one}"),
+                    many => format!(": they were {}", many.join(", ")),
+                };
+                format!(
+                    " None of the {} call(s) before `{}` was so{had}.",
+                    step.given.len(),
+                    step.said
+                )
             })
             .unwrap_or_default();
         format!(
@@ -461,7 +515,7 @@ mod tests {
             "{message}"
         );
         assert!(
-            message.contains("found 0. None of the 1 call(s) before `with amount_cents = 1400` was so.\n"),
+            message.contains("found 0. None of the 1 call(s) before `with amount_cents = 1400` was so: it was 700.\n"),
             "{message}"
         );
         assert!(message.contains("\n  orders   | payments | POST /charge"), "{message}");

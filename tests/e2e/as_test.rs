@@ -43,8 +43,12 @@ fn a_captured_checkout_becomes_a_test_that_fails_once_payments_charges_double() 
     let said = text(&mesh.cli(&["traffic", "--as-test", &id]));
     let file = mesh.root.join("gateway/tests/get_checkout_tea_as_captured.rs");
     assert!(said.contains(&format!("wrote {}", file.display())), "{said}");
+    let manifest = mesh.root.join("Cargo.toml");
     assert!(
-        said.contains("run it: cargo test -p gateway --test get_checkout_tea_as_captured"),
+        said.contains(&format!(
+            "run it: cargo test --manifest-path {} -p gateway --test get_checkout_tea_as_captured",
+            manifest.display()
+        )),
         "{said}"
     );
     let code = std::fs::read_to_string(&file).expect("the test is written");
@@ -60,6 +64,16 @@ fn a_captured_checkout_becomes_a_test_that_fails_once_payments_charges_double() 
     // Printed, it is the same test.
     let printed = text(&mesh.cli(&["traffic", "--as-test", &id, "--print"]));
     assert_eq!(printed.trim_end(), code.trim_end());
+    // What cannot be a test says why, and what would be.
+    let said = mesh.fails(&["traffic", "--as-test", "abc"], 1);
+    assert!(said.contains("`abc` is neither an exchange's number"), "{said}");
+    let said = mesh.fails(&["traffic", "--as-test", &"ab".repeat(16)], 1);
+    assert!(
+        said.contains(&format!("no exchange of trace {} is kept", "ab".repeat(16))),
+        "{said}"
+    );
+    let said = mesh.fails(&["traffic", "--as-test", &id, "--stub", "nosuch"], 1);
+    assert!(said.contains("(hint: it calls gateway, orders, payments)"), "{said}");
     mesh.signal_and_wait(libc::SIGTERM);
 
     let passed = cargo_test(&mesh, "gateway", "get_checkout_tea_as_captured");
@@ -75,7 +89,7 @@ fn a_captured_checkout_becomes_a_test_that_fails_once_payments_charges_double() 
     let said = text(&failed);
     assert!(!failed.status.success(), "payments charging double fails it:\n{said}");
     assert!(
-        said.contains("None of the 1 call(s) before `answered /order/payment/amount_cents = 700` was so."),
+        said.contains("None of the 1 call(s) before `answered /order/payment/amount_cents = 700` was so: it was 1400."),
         "{said}"
     );
     // The table of calls shows what payments answered now.
@@ -119,10 +133,7 @@ fn a_captured_grpc_call_becomes_a_passing_test() {
 
     let said = text(&mesh.cli(&["traffic", "--as-test", &id]));
     let name = "post_greet_greeter_sayhello_as_captured";
-    assert!(
-        said.contains(&format!("run it: cargo test -p greeter --test {name}")),
-        "{said}"
-    );
+    assert!(said.contains(&format!(" -p greeter --test {name}")), "{said}");
     let code = std::fs::read_to_string(mesh.root.join(format!("greeter/tests/{name}.rs"))).unwrap();
     // The message as it went, over HTTP/2, and its gRPC status asserted.
     assert!(code.contains(".version(Version::HTTP_2)"), "{code}");

@@ -77,9 +77,7 @@ const TRANSPORT_HEADERS: &[&str] = &[
 pub enum AsTestError {
     #[error("no HTTP or gRPC exchange to write a test of (hint: a WebSocket or TCP connection cannot be one)")]
     Empty,
-    #[error(
-        "the trace begins at `{service}`, which a test cannot run: it is {why} (hint: start the trace at a service of the workspace)"
-    )]
+    #[error("the trace begins at `{service}`, which a test cannot run: it is {why}")]
     RootNotRun { service: String, why: &'static str },
     #[error(
         "exchange #{id} ({what}) was kept only in part: {size} bytes, cut at `inspector.max_body` (hint: raise it in devmesh.toml and capture again)"
@@ -147,9 +145,9 @@ pub fn write(
     let stands_in = |service: &str| !members.contains_key(service) || stubs.iter().any(|s| s == service);
     if stands_in(&root.service) {
         let why = if members.contains_key(&*root.service) {
-            "stubbed"
+            "asked to stand in (`--stub`), but the request is sent to it: it must run"
         } else {
-            "no service of the workspace"
+            "no service of the workspace (hint: start the trace at one)"
         };
         return Err(AsTestError::RootNotRun {
             service: root.service.to_string(),

@@ -233,7 +233,7 @@ fn what_cannot_be_a_test_says_why() {
         write(capture(&trace, "x"), &members(&["orders"]), &[], &masker()),
         Err(AsTestError::RootNotRun {
             service: "gateway".to_owned(),
-            why: "no service of the workspace"
+            why: "no service of the workspace (hint: start the trace at one)"
         })
     );
     let mut cut = trace.clone();

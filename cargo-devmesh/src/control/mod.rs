@@ -435,7 +435,16 @@ impl Api {
     /// digits), with the services of `?stub=a,b` standing in.
     fn as_test(&self, id: &str, query: &HashMap<String, String>) -> ApiResponse {
         let store = &self.mesh.inspector.store;
-        let (trace, origin) = match TraceId::parse(id).filter(|_| id.len() == 32) {
+        let is_trace = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_trace && id.parse::<u64>().is_err() {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &error(&format!(
+                    "`{id}` is neither an exchange's number (as `cargo devmesh traffic` lists them) nor a trace id (32 hex digits)"
+                )),
+            );
+        }
+        let (trace, origin) = match TraceId::parse(id).filter(|_| is_trace) {
             Some(trace) => (Some(trace), format!("trace {id}")),
             None => match self.kept(id) {
                 Ok(exchange) => {
@@ -461,7 +470,16 @@ impl Api {
             trace_id: trace,
             ..Filter::default()
         };
-        self.written(&store.list(&filter), query, &origin)
+        let exchanges = store.list(&filter);
+        if exchanges.is_empty() {
+            return json(
+                StatusCode::NOT_FOUND,
+                &error(&format!(
+                    "no exchange of trace {id} is kept: it never was, or its exchanges were dropped to stay within `inspector.memory` (hint: `cargo devmesh traffic` lists what is kept)"
+                )),
+            );
+        }
+        self.written(&exchanges, query, &origin)
     }
 
     fn written(&self, trace: &[Exchange], query: &HashMap<String, String>, origin: &str) -> ApiResponse {
@@ -470,10 +488,14 @@ impl Api {
             .map(|s| s.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
         if let Some(unknown) = stubs.iter().find(|s| !trace.iter().any(|e| *e.service == **s)) {
+            let mut called: Vec<&str> = trace.iter().map(|e| &*e.service).collect();
+            called.sort_unstable();
+            called.dedup();
             return json(
                 StatusCode::BAD_REQUEST,
                 &error(&format!(
-                    "`{unknown}` is not called in this trace, so it cannot stand in"
+                    "`{unknown}` is not called in this trace, so it cannot stand in (hint: it calls {})",
+                    called.join(", ")
                 )),
             );
         }
