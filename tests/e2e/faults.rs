@@ -53,11 +53,14 @@ fn a_full_disk_under_the_state_folder_loses_no_request_and_heals() {
         "{said:#?}"
     );
     // The registry is behind; `ps` asks the supervisor.
-    let new_beta: u64 = text(&ps)
-        .lines()
-        .find(|l| l.starts_with("beta "))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .expect("beta's pid in `ps`");
+    let beta_in_ps = |ps: &std::process::Output| -> u64 {
+        text(ps)
+            .lines()
+            .find(|l| l.starts_with("beta "))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .expect("beta's pid in `ps`")
+    };
+    let new_beta = beta_in_ps(&ps);
 
     std::fs::remove_file(&filler).unwrap();
     let log = mesh.state().join("logs/files.log");
@@ -70,14 +73,30 @@ fn a_full_disk_under_the_state_folder_loses_no_request_and_heals() {
         assert!(Instant::now() < deadline, "files.log was never written again");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Whichever log met the full disk, its service writes again: each
+    // prints a line as it starts.
+    for service in ["alpha", "beta"] {
+        let restarted = mesh.cli(&["restart", "--no-build", service]);
+        assert!(restarted.status.success(), "{}", text(&restarted));
+    }
     mesh.output.wait_for(1, "the logs written again", |l| {
         l.contains("logs") && l.contains("written again")
     });
     mesh.output.wait_for(1, "the registry written again", |l| {
         l.contains("`registry.json` could be written again")
     });
-    let registry = crate::harness::read_json(&mesh.state().join("registry.json"));
-    assert_eq!(registry["services"]["beta"]["pid"], new_beta, "{registry}");
+    // Written again whole: beta as it runs now, restarted once more.
+    let beta_now = beta_in_ps(&mesh.cli(&["ps"]));
+    assert_ne!(beta_now, new_beta);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let registry = crate::harness::read_json(&mesh.state().join("registry.json"));
+        if registry["services"]["beta"]["pid"] == beta_now {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{registry}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(mesh.output.count(full), 2, "and nothing more said of it");
 }
 
