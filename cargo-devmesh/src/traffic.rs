@@ -2,14 +2,14 @@
 //! the terminal, through the supervisor's API.
 
 use std::io::Write;
-
-use anyhow::Context;
 use std::time::Duration;
 
+use anyhow::Context;
 use hyper::body::Bytes;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use cargo_devmesh::as_test::Written;
 use cargo_devmesh::control::Client;
 
 /// How often `traffic -f` asks for new exchanges.
@@ -212,17 +212,18 @@ pub async fn as_test(
     } else {
         format!("?stub={}", stubs.join(","))
     };
-    let written: Value = serde_json::from_slice(&client.get(&format!("/api/traffic/{id}/as-test{query}")).await?)?;
-    let text = |key: &str| written[key].as_str().unwrap_or_default().to_owned();
-    let (name, service, code) = (text("name"), text("service"), text("code"));
-    let package = &written["package"];
-    let Some(dir) = package["dir"].as_str().map(std::path::PathBuf::from).filter(|_| !print) else {
+    let written: Written = serde_json::from_slice(&client.get(&format!("/api/traffic/{id}/as-test{query}")).await?)?;
+    let Some(package) = written.package.filter(|_| !print) else {
         if !print {
-            eprintln!("`{service}` is a command, no package of the workspace: the test is printed");
+            eprintln!(
+                "`{}` is a command, no package of the workspace: the test is printed",
+                written.service
+            );
         }
-        print!("{code}");
+        print!("{}", written.code);
         return Ok(());
     };
+    let (name, dir) = (&written.name, &package.dir);
     let tests = dir.join("tests");
     std::fs::create_dir_all(&tests).with_context(|| format!("could not make `{}`", tests.display()))?;
     // A test written before is the user's now: never overwritten.
@@ -239,14 +240,9 @@ pub async fn as_test(
             }
         })
         .expect("some file name is free");
-    file.and_then(|mut file| file.write_all(code.as_bytes()))
+    file.and_then(|mut file| file.write_all(written.code.as_bytes()))
         .with_context(|| format!("could not write `{}`", path.display()))?;
-    let stand_ins: Vec<String> = written["stand_ins"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(|s| format!("`{s}`")))
-        .collect();
+    let stand_ins: Vec<String> = written.stand_ins.iter().map(|s| format!("`{s}`")).collect();
     println!("wrote {}", path.display());
     if !stand_ins.is_empty() {
         let (verb, who) = if stand_ins.len() == 1 {
@@ -256,7 +252,7 @@ pub async fn as_test(
         };
         println!("  {} {verb} in with what {who} answered", stand_ins.join(", "));
     }
-    let varying = written["varying"].as_array().map_or(0, Vec::len);
+    let varying = written.varying.len();
     if varying > 0 {
         println!("  {varying} values that differ from run to run are listed in it, not asserted");
     }
@@ -271,7 +267,7 @@ pub async fn as_test(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let package = package["name"].as_str().unwrap_or_default();
+    let package = &package.name;
     // Run from where this was: with the manifest path it was given.
     let manifest = manifest.map_or_else(String::new, |m| format!(" --manifest-path {}", m.display()));
     println!("run it: cargo test{manifest} -p {package} --test {test}");

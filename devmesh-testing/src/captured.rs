@@ -95,26 +95,34 @@ fn header_map(pairs: &[(String, String)]) -> HeaderMap {
         .collect()
 }
 
-/// A stand-in answering `answers`: a request gets the first answer to its
-/// method and path with query not yet given, then with path alone; once
-/// all are given, the last one again. One with no answer gets a 404 that
-/// says what the capture has.
+/// A stand-in answering `answers`: a request gets the first answer not yet
+/// given to its method and its path with query (or, when the capture has
+/// none of those, its path alone); once all are given, the last one
+/// again. One with no answer gets a 404 that says what the capture has.
 pub(crate) fn stand_in(name: String, answers: Vec<Captured>) -> Handler {
     let answers = Arc::new(answers);
     let given: Arc<Mutex<HashSet<usize>>> = Arc::default();
     Arc::new(move |request: Request<Incoming>| {
         let (answers, given, name) = (Arc::clone(&answers), Arc::clone(&given), name.clone());
         Box::pin(async move {
-            let (method, path) = (request.method().as_str(), request.uri().to_string());
-            let exact = answers
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.method == method && a.path == path);
-            let routed = answers
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.method == method && a.route() == route(&path));
-            let candidates: Vec<usize> = exact.chain(routed).map(|(i, _)| i).collect();
+            // An HTTP/2 request's URI has a scheme and authority too.
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let method = request.method().as_str();
+            let fits = |same: &dyn Fn(&Captured) -> bool| -> Vec<usize> {
+                let fit = answers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.method == method && same(a));
+                fit.map(|(i, _)| i).collect()
+            };
+            // Answers to this path and query if the capture has any, else
+            // to this path with any query.
+            let exact = fits(&|a| a.path == path);
+            let candidates = if exact.is_empty() {
+                fits(&|a| a.route() == route(&path))
+            } else {
+                exact
+            };
             let chosen = {
                 let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
                 let next = candidates
@@ -245,4 +253,61 @@ pub(crate) async fn send(addr: SocketAddr, request: Request<Bytes>) -> Result<An
         trailers: collected.trailers().cloned().unwrap_or_default(),
         body: collected.to_bytes(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, version: Version) -> Request<Bytes> {
+        Request::get(path).version(version).body(Bytes::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stand_in_answers_as_captured_over_either_http() {
+        let answers = vec![
+            Captured::answer("GET", "/stock?item=tea", 200).body("tea: 3"),
+            Captured::answer("GET", "/stock?item=tea", 200).body("tea: 2"),
+            Captured::answer("GET", "/stock?item=cake", 200).body("cake: 1"),
+            Captured::answer("POST", "/greet.Greeter/SayHello", 200)
+                .header("content-type", "application/grpc")
+                .body(Bytes::from_static(b"\x00\x00\x00\x00\x00"))
+                .trailer("grpc-status", "0"),
+        ];
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let addr = crate::handler::serve(stand_in("stock".to_owned(), answers), shutdown.clone())
+            .await
+            .unwrap();
+        let text = |answer: Answer| (answer.status, answer.text());
+        for expected in ["tea: 3", "tea: 2", "tea: 2"] {
+            let answer = send(addr, get("/stock?item=tea", Version::HTTP_11)).await.unwrap();
+            assert_eq!(
+                text(answer),
+                (200, expected.to_owned()),
+                "its own query's answers, in order"
+            );
+        }
+        // A query the capture has not: the path's first answer not given.
+        let answer = send(addr, get("/stock?item=pie", Version::HTTP_11)).await.unwrap();
+        assert_eq!(text(answer), (200, "cake: 1".to_owned()));
+        let mut grpc = Request::post("/greet.Greeter/SayHello")
+            .version(Version::HTTP_2)
+            .body(Bytes::from_static(b"\x00\x00\x00\x00\x00"))
+            .unwrap();
+        grpc.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        let answer = send(addr, grpc).await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("grpc-status"), Some("0"));
+        let answer = send(addr, get("/nothing", Version::HTTP_2)).await.unwrap();
+        assert_eq!(answer.status, 404);
+        assert!(
+            answer
+                .text()
+                .contains("has no answer to GET /nothing; it has GET /stock?item=tea"),
+            "{}",
+            answer.text()
+        );
+        shutdown.cancel();
+    }
 }

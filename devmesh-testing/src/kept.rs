@@ -32,7 +32,6 @@ const BUILD_VARIABLES: &[&str] = &[
     "RUSTUP_TOOLCHAIN",
     "CARGO_BUILD_TARGET",
     "CARGO_TARGET_DIR",
-    "CARGO",
 ];
 
 /// What one workspace and build flags gave, as kept.

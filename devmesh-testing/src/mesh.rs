@@ -371,8 +371,9 @@ impl Mesh {
                 .services()
                 .get(&name)
                 .is_ok_and(|handle| handle.state.borrow().status == Status::Stopped);
-            if stopped {
-                let _ = self.start_service(&name).await;
+            if stopped && let Err(e) = self.start_service(&name).await {
+                // The next test would meet it stopped: said where it shows.
+                eprintln!("devmesh: `{name}`, stopped by a test of a shared mesh, did not start again: {e}");
             }
         }
     }

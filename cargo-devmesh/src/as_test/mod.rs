@@ -21,7 +21,7 @@ use crate::inspector::{EXTERNAL, Exchange, Kind, Masker, TUNNEL};
 pub type Members = BTreeMap<String, Option<Package>>;
 
 /// A package of the workspace: where a test of its service is written.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Package {
     pub name: String,
     pub dir: PathBuf,
@@ -85,8 +85,9 @@ pub enum AsTestError {
     Truncated { id: u64, what: &'static str, size: u64 },
 }
 
-/// A test written from a capture.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A test written from a capture, as the API sends it and the CLI reads
+/// it back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     /// The test function's name, and the file's (`tests/{name}.rs`).
     pub name: String,
@@ -183,7 +184,7 @@ pub fn write(
     if !stand_ins.is_empty() {
         test.stand_ins(&stand_ins)?;
     }
-    test.body(&name, &run, !stand_ins.is_empty(), root, &calls, &stand_ins)?;
+    test.body(&name, &run, root, &calls, &stand_ins)?;
     Ok(Written {
         name,
         service: root.service.to_string(),
@@ -330,13 +331,12 @@ impl Test<'_> {
         &mut self,
         name: &str,
         run: &[String],
-        stand_ins: bool,
         root: &Exchange,
         calls: &[&Exchange],
         stood_in: &BTreeMap<String, Vec<&Exchange>>,
     ) -> Result<(), AsTestError> {
         let services: Vec<String> = run.iter().map(|s| code::string(s)).collect();
-        let setup = if stand_ins { ", setup(stand_ins)" } else { "" };
+        let setup = if stood_in.is_empty() { "" } else { ", setup(stand_ins)" };
         self.line(format!(
             "/// `{} {}` to `{}`, sent again: the calls between the services as they were.",
             root.method, root.path, root.service

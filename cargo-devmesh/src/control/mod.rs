@@ -444,27 +444,22 @@ impl Api {
                 )),
             );
         }
-        let (trace, origin) = match TraceId::parse(id).filter(|_| is_trace) {
-            Some(trace) => (Some(trace), format!("trace {id}")),
-            None => match self.kept(id) {
-                Ok(exchange) => {
-                    let at = crate::time::timestamp(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(exchange.started_ms),
-                    );
-                    let origin = match exchange.trace_id {
-                        Some(trace) => format!("exchange #{} of trace {trace}, at {at}", exchange.id),
-                        None => format!("exchange #{}, at {at}", exchange.id),
-                    };
-                    match exchange.trace_id {
-                        Some(trace) => (Some(trace), origin),
-                        None => {
-                            let alone = vec![store.masker.exchange(exchange)];
-                            return self.written(&alone, query, &origin);
-                        }
-                    }
-                }
+        let (trace, origin) = if is_trace {
+            (TraceId::parse(id), format!("trace {id}"))
+        } else {
+            let exchange = match self.kept(id) {
+                Ok(exchange) => exchange,
                 Err(response) => return *response,
-            },
+            };
+            let at =
+                crate::time::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_millis(exchange.started_ms));
+            let of_trace = exchange.trace_id.map_or_else(String::new, |t| format!(" of trace {t}"));
+            let origin = format!("exchange #{}{of_trace}, at {at}", exchange.id);
+            if exchange.trace_id.is_none() {
+                // In no trace: the test of it alone.
+                return self.written(&[store.masker.exchange(exchange)], query, &origin);
+            }
+            (exchange.trace_id, origin)
         };
         let filter = Filter {
             trace_id: trace,
@@ -501,7 +496,8 @@ impl Api {
         }
         // The newest exchanges kept: what differs between them and the
         // trace's varies.
-        let history = self.mesh.inspector.store.list(&Filter {
+        let store = &self.mesh.inspector.store;
+        let history = store.list(&Filter {
             limit: Some(AS_TEST_HISTORY),
             ..Filter::default()
         });
@@ -512,7 +508,6 @@ impl Api {
             pids: &pids,
             origin,
         };
-        let store = &self.mesh.inspector.store;
         match crate::as_test::write(capture, &self.mesh.members, &stubs, &store.masker) {
             Ok(written) => json(StatusCode::OK, &written),
             Err(why) => json(StatusCode::UNPROCESSABLE_ENTITY, &error(&why.to_string())),
